@@ -1,0 +1,142 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
+/*
+ * The one definition of every record that crosses the kernel/user boundary.
+ * The Rust side (crates/agent/src/tracer/abi.rs) mirrors these structs and
+ * asserts their size and field offsets in a unit test; change both together.
+ * Every record starts with a one-byte type tag so a reader can dispatch
+ * without knowing which ring buffer it came from. Padding is explicit
+ * (built with -Wpadded -Werror) so the layout never depends on the compiler.
+ */
+#ifndef AUTOTEL_EVENTS_H
+#define AUTOTEL_EVENTS_H
+
+/* Hard ceiling of the payload prefix one event carries; the runtime limit
+ * (capture.max_bytes) is a read-only global set before load and is below this. */
+#define AT_MAX_CAPTURE 8192
+/* Last bytes of a syscall's buffer when the prefix did not reach them:
+ * enough to see the end of a chunked body ("\r\n0\r\n\r\n") without
+ * copying the body. */
+#define AT_TAIL_BYTES 32
+/* readv/writev/sendmsg/recvmsg: iovec entries walked per syscall. */
+#define AT_MAX_IOV 16
+
+/* Any implicit padding in the structs below is a build error. */
+#pragma clang diagnostic push
+#pragma clang diagnostic error "-Wpadded"
+
+enum at_event_type {
+	AT_EV_DATA = 1,
+	AT_EV_CLOSE = 2,
+	AT_EV_PROC = 3,
+};
+
+enum at_direction {
+	AT_DIR_INGRESS = 0, /* the process read it */
+	AT_DIR_EGRESS = 1,  /* the process wrote it */
+};
+
+enum at_role {
+	AT_ROLE_UNKNOWN = 0, /* connection existed before we saw accept/connect */
+	AT_ROLE_CLIENT = 1,  /* connect() */
+	AT_ROLE_SERVER = 2,  /* accept()/accept4() */
+};
+
+/* Which syscall produced a data event (for debugging and counters). */
+enum at_syscall {
+	AT_SYS_READ = 1,
+	AT_SYS_WRITE,
+	AT_SYS_READV,
+	AT_SYS_WRITEV,
+	AT_SYS_RECVFROM,
+	AT_SYS_SENDTO,
+	AT_SYS_RECVMSG,
+	AT_SYS_SENDMSG,
+	AT_SYS_SENDFILE,
+};
+
+enum at_proc_kind {
+	AT_PROC_EXEC = 1,
+	AT_PROC_EXIT = 2,
+	AT_PROC_LISTEN = 3,
+	AT_PROC_FORK = 4,
+};
+
+/* Indexes of the per-CPU counter array the kernel side bumps when it has to
+ * drop or cut something; user space sums them and exports them. */
+enum at_counter {
+	AT_CNT_DATA_LOST = 0,     /* ring buffer full: data event dropped */
+	AT_CNT_PROC_LOST = 1,     /* ring buffer full: process event dropped */
+	AT_CNT_CLOSE_LOST = 2,    /* ring buffer full: close event dropped */
+	AT_CNT_TRUNCATED = 3,     /* payload longer than the capture limit */
+	AT_CNT_IOV_CUT = 4,       /* more iovecs than AT_MAX_IOV */
+	AT_CNT_ARGS_MISSING = 5,  /* exit without a matching enter */
+	AT_CNT_MAX = 8,
+};
+
+/* A connection's endpoints as the process sees them. Addresses are IPv4 in
+ * the first 4 bytes (family 2) or IPv6 (family 10); ports in host order. */
+struct at_conn_tuple {
+	__u8 saddr[16]; /* local */
+	__u8 daddr[16]; /* remote */
+	__u16 sport;
+	__u16 dport;
+	__u16 family;
+	__u16 _pad;
+};
+
+struct at_data_event {
+	__u8 type;      /* AT_EV_DATA */
+	__u8 direction; /* enum at_direction */
+	__u8 role;      /* enum at_role */
+	__u8 syscall;   /* enum at_syscall */
+	__u32 pid;      /* tgid */
+	__u32 tid;
+	__s32 fd;
+	__u64 conn_start_ns; /* when we first saw this fd as a socket: with pid+fd a unique connection id */
+	__u64 enter_ns;      /* CLOCK_MONOTONIC at syscall entry */
+	__u64 exit_ns;       /* CLOCK_MONOTONIC at syscall exit */
+	__u32 total_len;     /* bytes the syscall moved */
+	__u16 captured_len;  /* bytes of data[] that are valid */
+	__u16 tail_len;      /* bytes of tail[] that are valid */
+	struct at_conn_tuple tuple;
+	__u8 tail[AT_TAIL_BYTES]; /* last bytes of the buffer when captured_len < total_len */
+	/* Twice the ceiling so the verifier can prove a masked offset plus a
+	 * masked length stays in bounds; only captured_len bytes are sent. */
+	__u8 data[AT_MAX_CAPTURE * 2];
+};
+
+struct at_close_event {
+	__u8 type; /* AT_EV_CLOSE */
+	__u8 role;
+	__u16 _pad;
+	__u32 pid;
+	__u32 tid;
+	__s32 fd;
+	__u64 conn_start_ns;
+	__u64 ts_ns;
+	struct at_conn_tuple tuple;
+};
+
+struct at_proc_event {
+	__u8 type; /* AT_EV_PROC */
+	__u8 kind; /* enum at_proc_kind */
+	__u16 _pad;
+	__u32 pid;  /* tgid */
+	__u32 ppid; /* parent tgid (fork) */
+	__u32 _pad2;
+	__u64 ts_ns;
+	char comm[16];
+};
+
+/* Per-connection state the kernel keeps, keyed by (tgid << 32 | fd). */
+struct at_conn_info {
+	__u64 start_ns;
+	struct at_conn_tuple tuple;
+	__u8 role;
+	__u8 is_socket; /* 0: a file/pipe/unix socket we ignore (negative cache) */
+	__u8 _pad[6];
+};
+
+#pragma clang diagnostic pop
+
+#endif

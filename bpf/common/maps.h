@@ -1,0 +1,106 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
+/* Maps shared by every tracer in autotel.bpf.c, and the read-only knobs user
+ * space sets before load. */
+#ifndef AUTOTEL_MAPS_H
+#define AUTOTEL_MAPS_H
+
+#include "events.h"
+
+/* Set by the loader before load (libbpf .rodata); the verifier treats them as
+ * constants, so disabled paths cost nothing. */
+const volatile __u32 capture_max_bytes = 4096;
+/* Wake the reader only when this much data is waiting; below it the reader's
+ * timer drains the ring (see DESIGN, performance notes). */
+const volatile __u64 wakeup_data_bytes = 256 * 1024;
+/* Our own tgid: never traced even if something selects it. */
+const volatile __u32 self_tgid = 0;
+
+/* tgid -> flags. The first lookup of every program: unselected processes stop here. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u32);
+} selected_pids SEC(".maps");
+
+/* Payload events (one per syscall). Size set by the loader. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 16 * 1024 * 1024);
+} data_events SEC(".maps");
+
+/* Process lifecycle and connection close events: small and rare, kept apart so
+ * a flood of payload can never delay discovery. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1024 * 1024);
+} proc_events SEC(".maps");
+
+/* (tgid << 32 | fd) -> what we know about that fd. LRU: bounded even if a
+ * close is missed. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct at_conn_info);
+} conns SEC(".maps");
+
+/* Syscall arguments saved at entry, consumed at exit, keyed by tid. */
+struct at_syscall_args {
+	__u64 enter_ns;
+	__u64 buf;    /* user buffer, or iovec array */
+	__u64 iovcnt; /* 0 for a plain buffer */
+	__s32 fd;
+	__u8 syscall; /* enum at_syscall, or one of AT_ARGS_* below */
+	__u8 _pad[3];
+};
+#define AT_ARGS_ACCEPT 100
+#define AT_ARGS_CONNECT 101
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct at_syscall_args);
+} active_args SEC(".maps");
+
+/* Scratch space for building a data event (too big for the 512-byte stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct at_data_event);
+} data_scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, AT_CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline int is_selected(__u32 tgid)
+{
+	return bpf_map_lookup_elem(&selected_pids, &tgid) != 0;
+}
+
+static __always_inline __u64 conn_key(__u32 tgid, __s32 fd)
+{
+	return ((__u64)tgid << 32) | (__u32)fd;
+}
+
+/* Wake the reader only when enough has piled up. */
+static __always_inline __u64 ringbuf_flags(void *rb)
+{
+	return bpf_ringbuf_query(rb, BPF_RB_AVAIL_DATA) >= wakeup_data_bytes ? BPF_RB_FORCE_WAKEUP
+									       : BPF_RB_NO_WAKEUP;
+}
+
+#endif

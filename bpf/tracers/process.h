@@ -1,0 +1,77 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
+/* Process discovery: exec, fork, exit and listen. These fire for every
+ * process (user space decides selection), but are rare compared to I/O. */
+#ifndef AUTOTEL_PROCESS_H
+#define AUTOTEL_PROCESS_H
+
+static __always_inline void emit_proc(__u8 kind, __u32 pid, __u32 ppid)
+{
+	struct at_proc_event *ev = bpf_ringbuf_reserve(&proc_events, sizeof(*ev), 0);
+	if (!ev) {
+		count(AT_CNT_PROC_LOST);
+		return;
+	}
+	ev->type = AT_EV_PROC;
+	ev->kind = kind;
+	ev->_pad = 0;
+	ev->pid = pid;
+	ev->ppid = ppid;
+	ev->_pad2 = 0;
+	ev->ts_ns = bpf_ktime_get_ns();
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	/* Discovery must be prompt (< 1 s): always wake the reader. */
+	bpf_ringbuf_submit(ev, 0);
+}
+
+SEC("tracepoint/sched/sched_process_exec")
+int at_exec(struct trace_event_raw_sched_process_exec *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (tgid != self_tgid)
+		emit_proc(AT_PROC_EXEC, tgid, 0);
+	return 0;
+}
+
+/* A child of a selected process is selected at once, in the kernel: pre-fork
+ * servers (nginx workers) accept right after fork, before user space could react. */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(at_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 ptgid = BPF_CORE_READ(parent, tgid);
+	__u32 ctgid = BPF_CORE_READ(child, tgid);
+	if (ctgid != BPF_CORE_READ(child, pid) || ctgid == ptgid)
+		return 0; /* a new thread, not a new process */
+	__u32 *flags = bpf_map_lookup_elem(&selected_pids, &ptgid);
+	if (!flags)
+		return 0;
+	__u32 v = *flags;
+	bpf_map_update_elem(&selected_pids, &ctgid, &v, BPF_ANY);
+	emit_proc(AT_PROC_FORK, ctgid, ptgid);
+	return 0;
+}
+
+SEC("tracepoint/sched/sched_process_exit")
+int at_exit(void *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+	if (tgid != (__u32)id)
+		return 0; /* a thread, not the process */
+	if (!is_selected(tgid))
+		return 0;
+	bpf_map_delete_elem(&selected_pids, &tgid);
+	emit_proc(AT_PROC_EXIT, tgid, 0);
+	return 0;
+}
+
+/* listen(): a process that starts serving later is picked up at once. */
+SEC("tracepoint/syscalls/sys_exit_listen")
+int at_x_listen(struct trace_event_raw_sys_exit *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (ctx->ret == 0 && tgid != self_tgid)
+		emit_proc(AT_PROC_LISTEN, tgid, 0);
+	return 0;
+}
+
+#endif

@@ -1,0 +1,82 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
+/* fd -> socket -> 4-tuple, once per new fd, cached in the conns map. Plain
+ * CO-RE reads through task->files, allowed under lockdown=integrity. */
+#ifndef AUTOTEL_SOCKETS_H
+#define AUTOTEL_SOCKETS_H
+
+#define AT_AF_INET 2
+#define AT_AF_INET6 10
+#define AT_S_IFMT 00170000
+#define AT_S_IFSOCK 0140000
+#define AT_SOCK_STREAM 1
+#define AT_IPPROTO_TCP 6
+
+static __always_inline struct file *fd_to_file(__s32 fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt)
+		return 0;
+	unsigned int max_fds = BPF_CORE_READ(fdt, max_fds);
+	if (fd < 0 || (unsigned int)fd >= max_fds)
+		return 0;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *f = 0;
+	bpf_core_read(&f, sizeof(f), &fds[fd]);
+	return f;
+}
+
+/* Fills info from the fd. Returns 0 when it is a TCP socket over IPv4/IPv6. */
+static __always_inline int read_tcp_tuple(__s32 fd, struct at_conn_info *info)
+{
+	struct file *f = fd_to_file(fd);
+	if (!f)
+		return -1;
+	umode_t mode = BPF_CORE_READ(f, f_inode, i_mode);
+	if ((mode & AT_S_IFMT) != AT_S_IFSOCK)
+		return -1;
+	struct socket *sock = BPF_CORE_READ(f, private_data);
+	if (!sock)
+		return -1;
+	struct sock *sk = BPF_CORE_READ(sock, sk);
+	if (!sk)
+		return -1;
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AT_AF_INET && family != AT_AF_INET6)
+		return -1;
+	if (BPF_CORE_READ(sk, sk_type) != AT_SOCK_STREAM || BPF_CORE_READ(sk, sk_protocol) != AT_IPPROTO_TCP)
+		return -1;
+
+	info->tuple.family = family;
+	info->tuple.sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	info->tuple.dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (family == AT_AF_INET) {
+		__u32 s = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		__u32 d = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		__builtin_memcpy(info->tuple.saddr, &s, 4);
+		__builtin_memcpy(info->tuple.daddr, &d, 4);
+	} else {
+		BPF_CORE_READ_INTO(&info->tuple.saddr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(&info->tuple.daddr, sk, __sk_common.skc_v6_daddr);
+	}
+	return 0;
+}
+
+/* The cached info for (tgid, fd), resolving and caching it on first sight.
+ * Non-sockets are cached too (is_socket = 0) so files cost one lookup. */
+static __always_inline struct at_conn_info *lookup_conn(__u32 tgid, __s32 fd, __u8 role, int refresh)
+{
+	__u64 key = conn_key(tgid, fd);
+	struct at_conn_info *info = bpf_map_lookup_elem(&conns, &key);
+	if (info && !refresh)
+		return info;
+
+	struct at_conn_info fresh = {};
+	fresh.start_ns = bpf_ktime_get_ns();
+	fresh.role = role;
+	fresh.is_socket = read_tcp_tuple(fd, &fresh) == 0;
+	bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY);
+	return bpf_map_lookup_elem(&conns, &key);
+}
+
+#endif

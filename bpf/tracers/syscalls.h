@@ -1,0 +1,304 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
+/* Syscall tracepoints: save arguments at entry, copy the payload prefix at
+ * exit (when the returned length is known), one event per syscall. No
+ * kprobes: this works on hosts where kprobes and fentry are unavailable. */
+#ifndef AUTOTEL_SYSCALLS_H
+#define AUTOTEL_SYSCALLS_H
+
+#include "sockets.h"
+
+#define AT_CAP_MASK (AT_MAX_CAPTURE - 1)
+
+/* Entry side: the selected-pid check comes first, then files we already know
+ * are not sockets are dropped with one more lookup. */
+static __always_inline int save_args(__s32 fd, __u64 buf, __u64 iovcnt, __u8 syscall)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+	if (!is_selected(tgid))
+		return 0;
+	__u64 key = conn_key(tgid, fd);
+	struct at_conn_info *info = bpf_map_lookup_elem(&conns, &key);
+	if (info && !info->is_socket)
+		return 0;
+	__u32 tid = (__u32)id;
+	struct at_syscall_args args = {
+		.enter_ns = bpf_ktime_get_ns(),
+		.buf = buf,
+		.iovcnt = iovcnt,
+		.fd = fd,
+		.syscall = syscall,
+	};
+	bpf_map_update_elem(&active_args, &tid, &args, BPF_ANY);
+	return 0;
+}
+
+/* Copies up to `want` bytes from user memory into ev->data at `off`. */
+static __always_inline void copy_chunk(struct at_data_event *ev, __u32 off, __u64 src, __u32 want)
+{
+	if (off >= AT_MAX_CAPTURE)
+		return;
+	/* Mask in registers the verifier sees: clang would drop a C mask it
+	 * can prove redundant, and the verifier would lose the bound. */
+	__u64 o = off, n = want;
+	asm volatile("%0 &= %1" : "+r"(o) : "i"(AT_CAP_MASK));
+	asm volatile("%0 &= %1" : "+r"(n) : "i"(AT_CAP_MASK));
+	bpf_probe_read_user(&ev->data[o], n, (void *)src);
+}
+
+static __always_inline void copy_tail(struct at_data_event *ev, __u64 end)
+{
+	bpf_probe_read_user(ev->tail, AT_TAIL_BYTES, (void *)(end - AT_TAIL_BYTES));
+	ev->tail_len = AT_TAIL_BYTES;
+}
+
+/* Plain buffer: prefix, and the last bytes when the prefix stops short. */
+static __always_inline void capture_plain(struct at_data_event *ev, __u64 buf, __u32 len)
+{
+	__u32 cap = capture_max_bytes;
+	__u32 n = len < cap ? len : cap;
+	copy_chunk(ev, 0, buf, n);
+	ev->captured_len = n;
+	if (len > n) {
+		count(AT_CNT_TRUNCATED);
+		if (len - n >= AT_TAIL_BYTES)
+			copy_tail(ev, buf + len);
+	}
+}
+
+/* iovec array: walk at most AT_MAX_IOV entries, filling the prefix in order
+ * and remembering where the returned length ends for the tail. */
+static __always_inline void capture_iov(struct at_data_event *ev, __u64 iov_ptr, __u64 iovcnt, __u32 len)
+{
+	__u32 cap = capture_max_bytes;
+	__u32 off = 0, left = len;
+	__u64 end = 0;
+	for (int i = 0; i < AT_MAX_IOV; i++) {
+		if (i >= iovcnt || left == 0)
+			break;
+		struct iovec iov = {};
+		if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(iov_ptr + i * sizeof(iov))))
+			break;
+		__u32 seg = iov.iov_len < left ? iov.iov_len : left;
+		if (off < cap) {
+			__u32 room = cap - off;
+			copy_chunk(ev, off, (__u64)iov.iov_base, seg < room ? seg : room);
+		}
+		off += seg;
+		left -= seg;
+		end = (__u64)iov.iov_base + seg;
+		/* The tail must lie inside one iovec to be read in one go. */
+		if (left == 0 && seg < AT_TAIL_BYTES)
+			end = 0;
+	}
+	if (left)
+		count(AT_CNT_IOV_CUT);
+	ev->captured_len = off < cap ? off : cap;
+	if (len > ev->captured_len) {
+		count(AT_CNT_TRUNCATED);
+		if (end && len - ev->captured_len >= AT_TAIL_BYTES)
+			copy_tail(ev, end);
+	}
+}
+
+/* Exit side: pairs with the saved entry, resolves the connection, emits. */
+static __always_inline int emit_data(long ret, __u8 direction)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+	if (!is_selected(tgid))
+		return 0;
+	__u32 tid = (__u32)id;
+	struct at_syscall_args *args = bpf_map_lookup_elem(&active_args, &tid);
+	if (!args) {
+		return 0;
+	}
+	struct at_syscall_args a = *args;
+	bpf_map_delete_elem(&active_args, &tid);
+	if (ret <= 0)
+		return 0;
+
+	struct at_conn_info *info = lookup_conn(tgid, a.fd, AT_ROLE_UNKNOWN, 0);
+	if (!info || !info->is_socket)
+		return 0;
+
+	__u32 zero = 0;
+	struct at_data_event *ev = bpf_map_lookup_elem(&data_scratch, &zero);
+	if (!ev)
+		return 0;
+	ev->type = AT_EV_DATA;
+	ev->direction = direction;
+	ev->role = info->role;
+	ev->syscall = a.syscall;
+	ev->pid = tgid;
+	ev->tid = tid;
+	ev->fd = a.fd;
+	ev->conn_start_ns = info->start_ns;
+	ev->enter_ns = a.enter_ns;
+	ev->exit_ns = bpf_ktime_get_ns();
+	ev->total_len = (__u32)ret;
+	ev->captured_len = 0;
+	ev->tail_len = 0;
+	ev->tuple = info->tuple;
+
+	if (a.syscall == AT_SYS_SENDFILE) {
+		/* The body never passes through user memory: count it only. */
+	} else if (a.iovcnt)
+		capture_iov(ev, a.buf, a.iovcnt, (__u32)ret);
+	else
+		capture_plain(ev, a.buf, (__u32)ret);
+
+	__u64 n = ev->captured_len;
+	asm volatile("%0 &= %1" : "+r"(n) : "i"(AT_CAP_MASK));
+	__u64 size = offsetof(struct at_data_event, data) + n;
+	if (bpf_ringbuf_output(&data_events, ev, size, ringbuf_flags(&data_events)))
+		count(AT_CNT_DATA_LOST);
+	return 0;
+}
+
+/* Reads msg_iov/msg_iovlen of a user msghdr at entry. */
+static __always_inline int save_msg_args(__s32 fd, __u64 msg_ptr, __u8 syscall)
+{
+	struct user_msghdr msg = {};
+	if (bpf_probe_read_user(&msg, sizeof(msg), (void *)msg_ptr))
+		return 0;
+	if (!msg.msg_iov || !msg.msg_iovlen)
+		return 0;
+	return save_args(fd, (__u64)msg.msg_iov, msg.msg_iovlen, syscall);
+}
+
+#define ARG(n) (ctx->args[n])
+
+SEC("tracepoint/syscalls/sys_enter_read")
+int at_e_read(struct trace_event_raw_sys_enter *ctx) { return save_args(ARG(0), ARG(1), 0, AT_SYS_READ); }
+SEC("tracepoint/syscalls/sys_exit_read")
+int at_x_read(struct trace_event_raw_sys_exit *ctx) { return emit_data(ctx->ret, AT_DIR_INGRESS); }
+
+SEC("tracepoint/syscalls/sys_enter_write")
+int at_e_write(struct trace_event_raw_sys_enter *ctx) { return save_args(ARG(0), ARG(1), 0, AT_SYS_WRITE); }
+SEC("tracepoint/syscalls/sys_exit_write")
+int at_x_write(struct trace_event_raw_sys_exit *ctx) { return emit_data(ctx->ret, AT_DIR_EGRESS); }
+
+SEC("tracepoint/syscalls/sys_enter_readv")
+int at_e_readv(struct trace_event_raw_sys_enter *ctx) { return save_args(ARG(0), ARG(1), ARG(2), AT_SYS_READV); }
+SEC("tracepoint/syscalls/sys_exit_readv")
+int at_x_readv(struct trace_event_raw_sys_exit *ctx) { return emit_data(ctx->ret, AT_DIR_INGRESS); }
+
+SEC("tracepoint/syscalls/sys_enter_writev")
+int at_e_writev(struct trace_event_raw_sys_enter *ctx) { return save_args(ARG(0), ARG(1), ARG(2), AT_SYS_WRITEV); }
+SEC("tracepoint/syscalls/sys_exit_writev")
+int at_x_writev(struct trace_event_raw_sys_exit *ctx) { return emit_data(ctx->ret, AT_DIR_EGRESS); }
+
+SEC("tracepoint/syscalls/sys_enter_recvfrom")
+int at_e_recvfrom(struct trace_event_raw_sys_enter *ctx) { return save_args(ARG(0), ARG(1), 0, AT_SYS_RECVFROM); }
+SEC("tracepoint/syscalls/sys_exit_recvfrom")
+int at_x_recvfrom(struct trace_event_raw_sys_exit *ctx) { return emit_data(ctx->ret, AT_DIR_INGRESS); }
+
+SEC("tracepoint/syscalls/sys_enter_sendto")
+int at_e_sendto(struct trace_event_raw_sys_enter *ctx) { return save_args(ARG(0), ARG(1), 0, AT_SYS_SENDTO); }
+SEC("tracepoint/syscalls/sys_exit_sendto")
+int at_x_sendto(struct trace_event_raw_sys_exit *ctx) { return emit_data(ctx->ret, AT_DIR_EGRESS); }
+
+SEC("tracepoint/syscalls/sys_enter_recvmsg")
+int at_e_recvmsg(struct trace_event_raw_sys_enter *ctx) { return save_msg_args(ARG(0), ARG(1), AT_SYS_RECVMSG); }
+SEC("tracepoint/syscalls/sys_exit_recvmsg")
+int at_x_recvmsg(struct trace_event_raw_sys_exit *ctx) { return emit_data(ctx->ret, AT_DIR_INGRESS); }
+
+SEC("tracepoint/syscalls/sys_enter_sendmsg")
+int at_e_sendmsg(struct trace_event_raw_sys_enter *ctx) { return save_msg_args(ARG(0), ARG(1), AT_SYS_SENDMSG); }
+SEC("tracepoint/syscalls/sys_exit_sendmsg")
+int at_x_sendmsg(struct trace_event_raw_sys_exit *ctx) { return emit_data(ctx->ret, AT_DIR_EGRESS); }
+
+/* sendfile(out_fd, in_fd, ...): nginx static bodies; counted, not copied. */
+SEC("tracepoint/syscalls/sys_enter_sendfile64")
+int at_e_sendfile(struct trace_event_raw_sys_enter *ctx) { return save_args(ARG(0), 0, 0, AT_SYS_SENDFILE); }
+SEC("tracepoint/syscalls/sys_exit_sendfile64")
+int at_x_sendfile(struct trace_event_raw_sys_exit *ctx) { return emit_data(ctx->ret, AT_DIR_EGRESS); }
+
+/* accept/accept4 return a server-side fd. */
+static __always_inline int save_role_args(__s32 fd, __u8 kind)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!is_selected(id >> 32))
+		return 0;
+	__u32 tid = (__u32)id;
+	struct at_syscall_args args = { .fd = fd, .syscall = kind };
+	bpf_map_update_elem(&active_args, &tid, &args, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int mark_conn(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+	if (!is_selected(tgid))
+		return 0;
+	__u32 tid = (__u32)id;
+	struct at_syscall_args *args = bpf_map_lookup_elem(&active_args, &tid);
+	if (!args)
+		return 0;
+	__u8 kind = args->syscall;
+	__s32 fd = args->fd;
+	bpf_map_delete_elem(&active_args, &tid);
+	if (kind == AT_ARGS_ACCEPT && ret >= 0)
+		lookup_conn(tgid, (__s32)ret, AT_ROLE_SERVER, 1);
+	/* Non-blocking connect returns -EINPROGRESS: still a client. */
+	else if (kind == AT_ARGS_CONNECT && (ret == 0 || ret == -115))
+		lookup_conn(tgid, fd, AT_ROLE_CLIENT, 1);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_accept")
+int at_e_accept(struct trace_event_raw_sys_enter *ctx) { return save_role_args(-1, AT_ARGS_ACCEPT); }
+SEC("tracepoint/syscalls/sys_exit_accept")
+int at_x_accept(struct trace_event_raw_sys_exit *ctx) { return mark_conn(ctx->ret); }
+SEC("tracepoint/syscalls/sys_enter_accept4")
+int at_e_accept4(struct trace_event_raw_sys_enter *ctx) { return save_role_args(-1, AT_ARGS_ACCEPT); }
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int at_x_accept4(struct trace_event_raw_sys_exit *ctx) { return mark_conn(ctx->ret); }
+SEC("tracepoint/syscalls/sys_enter_connect")
+int at_e_connect(struct trace_event_raw_sys_enter *ctx) { return save_role_args(ARG(0), AT_ARGS_CONNECT); }
+SEC("tracepoint/syscalls/sys_exit_connect")
+int at_x_connect(struct trace_event_raw_sys_exit *ctx) { return mark_conn(ctx->ret); }
+
+/* close: tell user space the connection ended, forget the fd. */
+static __always_inline int forget_fd(__s32 fd, int report)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+	if (!is_selected(tgid))
+		return 0;
+	__u64 key = conn_key(tgid, fd);
+	struct at_conn_info *info = bpf_map_lookup_elem(&conns, &key);
+	if (!info)
+		return 0;
+	if (report && info->is_socket) {
+		struct at_close_event *ev = bpf_ringbuf_reserve(&proc_events, sizeof(*ev), 0);
+		if (ev) {
+			ev->type = AT_EV_CLOSE;
+			ev->role = info->role;
+			ev->_pad = 0;
+			ev->pid = tgid;
+			ev->tid = (__u32)id;
+			ev->fd = fd;
+			ev->conn_start_ns = info->start_ns;
+			ev->ts_ns = bpf_ktime_get_ns();
+			ev->tuple = info->tuple;
+			bpf_ringbuf_submit(ev, ringbuf_flags(&proc_events));
+		} else {
+			count(AT_CNT_CLOSE_LOST);
+		}
+	}
+	bpf_map_delete_elem(&conns, &key);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_close")
+int at_e_close(struct trace_event_raw_sys_enter *ctx) { return forget_fd(ARG(0), 1); }
+/* dup2/dup3 silently close newfd: its cached identity is stale. */
+SEC("tracepoint/syscalls/sys_enter_dup2")
+int at_e_dup2(struct trace_event_raw_sys_enter *ctx) { return forget_fd(ARG(1), 1); }
+SEC("tracepoint/syscalls/sys_enter_dup3")
+int at_e_dup3(struct trace_event_raw_sys_enter *ctx) { return forget_fd(ARG(1), 1); }
+
+#endif

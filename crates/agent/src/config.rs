@@ -1,0 +1,463 @@
+//! Configuration: YAML file (sections as in DESIGN.md), then environment
+//! variables on top (standard OTEL_* names, ours prefixed AUTOTEL_). Unknown
+//! keys are errors naming the key and line; Beyla-style keys are accepted as
+//! aliases and logged once.
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Inclusive TCP port ranges, from "80,443,8000-8999".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortSet(pub Vec<(u16, u16)>);
+
+impl PortSet {
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut ranges = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (lo, hi) = match part.split_once('-') {
+                Some((a, b)) => (a.trim(), b.trim()),
+                None => (part, part),
+            };
+            let lo: u16 = lo
+                .parse()
+                .with_context(|| format!("invalid port {lo:?} in {text:?}"))?;
+            let hi: u16 = hi
+                .parse()
+                .with_context(|| format!("invalid port {hi:?} in {text:?}"))?;
+            if lo > hi {
+                bail!("invalid port range {part:?}: start is above end");
+            }
+            ranges.push((lo, hi));
+        }
+        Ok(PortSet(ranges))
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.iter().any(|(lo, hi)| (*lo..=*hi).contains(&port))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// YAML scalars users write either way: `open_port: 8080` or `"80,443"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Int(i64),
+    Str(String),
+}
+
+impl Scalar {
+    fn text(&self) -> String {
+        match self {
+            Scalar::Int(i) => i.to_string(),
+            Scalar::Str(s) => s.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryFile {
+    pub open_ports: Option<Scalar>,
+    pub executable_name: Option<String>,
+    pub pids: Option<Scalar>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TracesExportFile {
+    pub endpoint: Option<String>,
+    pub protocol: Option<String>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub queue_size: Option<usize>,
+    pub max_export_batch_size: Option<usize>,
+    pub schedule_delay_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusFile {
+    pub port: Option<u16>,
+    pub address: Option<String>,
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureFile {
+    pub max_bytes: Option<u32>,
+    pub ringbuf_bytes: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    pub discovery: Option<DiscoveryFile>,
+    pub otel_traces_export: Option<TracesExportFile>,
+    pub prometheus_export: Option<PrometheusFile>,
+    pub capture: Option<CaptureFile>,
+    pub print_traces: Option<bool>,
+    pub log_level: Option<String>,
+    // Beyla-compatible aliases (see DESIGN.md, "Compatibility").
+    pub open_port: Option<Scalar>,
+    pub executable_name: Option<String>,
+    pub pid: Option<Scalar>,
+    pub prometheus: Option<PrometheusFile>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct TracesExport {
+    /// None: no OTLP export (spans go to stdout).
+    pub endpoint: Option<String>,
+    /// True when the endpoint is signal-specific (used as is, no /v1/traces added).
+    pub endpoint_is_full: bool,
+    pub protocol: OtlpProtocol,
+    pub headers: Vec<(String, String)>,
+    pub queue_size: usize,
+    pub max_batch: usize,
+    pub schedule_delay_ms: u64,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Discovery {
+    pub open_ports: PortSet,
+    pub executable_name: Option<regex::Regex>,
+    pub pids: Vec<u32>,
+}
+
+impl Discovery {
+    /// With no selector, every process that listens on a TCP port is selected.
+    pub fn has_selector(&self) -> bool {
+        !self.open_ports.is_empty() || self.executable_name.is_some() || !self.pids.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub discovery: Discovery,
+    pub traces: TracesExport,
+    pub prometheus_port: u16,
+    pub prometheus_address: String,
+    pub prometheus_path: String,
+    pub capture_max_bytes: u32,
+    pub ringbuf_bytes: u32,
+    pub print_traces: bool,
+    pub log_level: String,
+    pub service_name_override: Option<String>,
+    pub resource_attributes: Vec<(String, String)>,
+    /// Notes to log once logging is up (e.g. aliases used).
+    pub notes: Vec<String>,
+}
+
+/// A configuration error: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn parse_pids(text: &str) -> Result<Vec<u32>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<u32>()
+                .with_context(|| format!("invalid pid {p:?}"))
+        })
+        .collect()
+}
+
+fn parse_bool(name: &str, v: &str) -> Result<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => bail!("{name}: expected true or false, got {v:?}"),
+    }
+}
+
+/// `k1=v1,k2=v2` with percent-decoding, as OTEL_EXPORTER_OTLP_HEADERS and
+/// OTEL_RESOURCE_ATTRIBUTES are specified.
+pub fn parse_kv_list(text: &str) -> Vec<(String, String)> {
+    text.split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (percent_decode(k.trim()), percent_decode(v.trim())))
+        .filter(|(k, _)| !k.is_empty())
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() + 0 && i + 2 <= bytes.len() - 1 {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_protocol(text: &str) -> Result<OtlpProtocol> {
+    match text.trim() {
+        "grpc" => Ok(OtlpProtocol::Grpc),
+        "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
+        "http/json" => bail!("OTLP protocol http/json is not supported; use grpc or http/protobuf"),
+        other => bail!("unknown OTLP protocol {other:?}; use grpc or http/protobuf"),
+    }
+}
+
+impl Config {
+    /// Reads the file (if any), then applies the environment.
+    pub fn load(path: Option<&Path>) -> std::result::Result<Config, ConfigError> {
+        let file = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    ConfigError(format!("cannot read config file {}: {e}", p.display()))
+                })?;
+                parse_file(&text)
+                    .map_err(|e| ConfigError(format!("config file {}: {e}", p.display())))?
+            }
+            None => ConfigFile::default(),
+        };
+        Self::from_file_and_env(file).map_err(|e| ConfigError(format!("{e:#}")))
+    }
+
+    fn from_file_and_env(file: ConfigFile) -> Result<Config> {
+        let mut notes = Vec::new();
+        let disc = file.discovery.clone().unwrap_or_default();
+        let traces_file = file.otel_traces_export.clone().unwrap_or_default();
+
+        // Selection: our key, then the Beyla alias, then the environment.
+        let mut open_ports = disc.open_ports.as_ref().map(Scalar::text);
+        if let Some(p) = &file.open_port {
+            notes.push("config key `open_port` is a Beyla alias of `discovery.open_ports`".into());
+            open_ports = Some(p.text());
+        }
+        let mut exe = disc.executable_name.clone();
+        if let Some(e) = &file.executable_name {
+            notes.push(
+                "config key `executable_name` is a Beyla alias of `discovery.executable_name`"
+                    .into(),
+            );
+            exe = Some(e.clone());
+        }
+        let mut pids = disc.pids.as_ref().map(Scalar::text);
+        if let Some(p) = &file.pid {
+            notes.push("config key `pid` is a Beyla alias of `discovery.pids`".into());
+            pids = Some(p.text());
+        }
+        if let Some(v) = env("BEYLA_OPEN_PORT") {
+            notes.push("environment BEYLA_OPEN_PORT is an alias of AUTOTEL_OPEN_PORTS".into());
+            open_ports = Some(v);
+        }
+        if let Some(v) = env("AUTOTEL_OPEN_PORTS") {
+            open_ports = Some(v);
+        }
+        if let Some(v) = env("AUTOTEL_EXECUTABLE_NAME") {
+            exe = Some(v);
+        }
+        if let Some(v) = env("AUTOTEL_PIDS") {
+            pids = Some(v);
+        }
+        let discovery = Discovery {
+            open_ports: PortSet::parse(open_ports.as_deref().unwrap_or(""))?,
+            executable_name: exe
+                .map(|e| {
+                    regex::Regex::new(&e)
+                        .with_context(|| format!("invalid executable_name regex {e:?}"))
+                })
+                .transpose()?,
+            pids: parse_pids(pids.as_deref().unwrap_or(""))?,
+        };
+
+        // Traces export: signal-specific endpoint wins over the generic one.
+        let mut endpoint = traces_file.endpoint.clone();
+        let mut endpoint_is_full = false;
+        if let Some(v) = env("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            endpoint = Some(v);
+        }
+        if let Some(v) = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+            endpoint = Some(v);
+            endpoint_is_full = true;
+        }
+        let protocol_text = env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
+            .or(traces_file.protocol.clone());
+        let protocol = match protocol_text {
+            Some(p) => parse_protocol(&p)?,
+            // Port 4318 is the OTLP/HTTP convention; everything else defaults to gRPC.
+            None if endpoint
+                .as_deref()
+                .is_some_and(|e| e.trim_end_matches('/').ends_with(":4318")) =>
+            {
+                OtlpProtocol::HttpProtobuf
+            }
+            None => OtlpProtocol::Grpc,
+        };
+        let mut headers: Vec<(String, String)> = traces_file
+            .headers
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        if let Some(v) = env("OTEL_EXPORTER_OTLP_HEADERS") {
+            headers.extend(parse_kv_list(&v));
+        }
+        if let Some(v) = env("OTEL_EXPORTER_OTLP_TRACES_HEADERS") {
+            headers.extend(parse_kv_list(&v));
+        }
+        let env_u64 = |name: &str| -> Result<Option<u64>> {
+            env(name)
+                .map(|v| {
+                    v.trim()
+                        .parse::<u64>()
+                        .with_context(|| format!("{name}: expected a number, got {v:?}"))
+                })
+                .transpose()
+        };
+        let traces = TracesExport {
+            endpoint,
+            endpoint_is_full,
+            protocol,
+            headers,
+            queue_size: env_u64("OTEL_BSP_MAX_QUEUE_SIZE")?
+                .map(|v| v as usize)
+                .or(traces_file.queue_size)
+                .unwrap_or(16384)
+                .max(1),
+            max_batch: env_u64("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")?
+                .map(|v| v as usize)
+                .or(traces_file.max_export_batch_size)
+                .unwrap_or(512)
+                .max(1),
+            schedule_delay_ms: env_u64("OTEL_BSP_SCHEDULE_DELAY")?
+                .or(traces_file.schedule_delay_ms)
+                .unwrap_or(1000),
+            timeout_ms: env_u64("OTEL_EXPORTER_OTLP_TIMEOUT")?
+                .or(traces_file.timeout_ms)
+                .unwrap_or(10_000),
+        };
+
+        let mut prom = file.prometheus_export.clone().unwrap_or_default();
+        if let Some(alias) = &file.prometheus {
+            notes
+                .push("config section `prometheus` is a Beyla alias of `prometheus_export`".into());
+            prom.port = alias.port.or(prom.port);
+            prom.path = alias.path.clone().or(prom.path);
+            prom.address = alias.address.clone().or(prom.address);
+        }
+        let prometheus_port = match env("AUTOTEL_PROMETHEUS_PORT") {
+            Some(v) => v
+                .trim()
+                .parse::<u16>()
+                .with_context(|| format!("AUTOTEL_PROMETHEUS_PORT: invalid port {v:?}"))?,
+            None => prom.port.unwrap_or(9400),
+        };
+        let capture = file.capture.clone().unwrap_or_default();
+        let capture_max_bytes = capture.max_bytes.unwrap_or(4096);
+        if capture_max_bytes == 0 || capture_max_bytes > crate::tracer::abi::MAX_CAPTURE {
+            bail!(
+                "capture.max_bytes must be between 1 and {}, got {capture_max_bytes}",
+                crate::tracer::abi::MAX_CAPTURE
+            );
+        }
+        let print_traces = match env("AUTOTEL_PRINT_TRACES") {
+            Some(v) => parse_bool("AUTOTEL_PRINT_TRACES", &v)?,
+            None => file.print_traces.unwrap_or(false),
+        };
+        Ok(Config {
+            discovery,
+            traces,
+            prometheus_port,
+            prometheus_address: env("AUTOTEL_PROMETHEUS_ADDRESS")
+                .or(prom.address)
+                .unwrap_or_else(|| "127.0.0.1".into()),
+            prometheus_path: prom.path.unwrap_or_else(|| "/metrics".into()),
+            capture_max_bytes,
+            ringbuf_bytes: capture
+                .ringbuf_bytes
+                .unwrap_or(16 << 20)
+                .clamp(1 << 16, 1 << 30),
+            print_traces,
+            log_level: env("AUTOTEL_LOG_LEVEL")
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".into()),
+            service_name_override: None,
+            resource_attributes: Vec::new(),
+            notes,
+        })
+    }
+}
+
+/// Strict YAML parsing: serde_yaml's errors name the unknown key and its line.
+pub fn parse_file(text: &str) -> Result<ConfigFile> {
+    if text.trim().is_empty() {
+        return Ok(ConfigFile::default());
+    }
+    serde_yaml::from_str::<ConfigFile>(text).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_sets() {
+        let p = PortSet::parse("80, 443,8000-8999").unwrap();
+        assert!(p.contains(80) && p.contains(8500) && !p.contains(9000));
+        assert!(PortSet::parse("9-1").is_err());
+        assert!(PortSet::parse("http").is_err());
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let err = parse_file("discovery:\n  open_portz: 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("open_portz") && err.contains("line 2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn beyla_config_from_the_article_parses() {
+        let f =
+            parse_file("open_port: 8080\notel_traces_export:\n  endpoint: http://localhost:4317\n")
+                .unwrap();
+        assert_eq!(f.open_port.unwrap().text(), "8080");
+        assert_eq!(
+            f.otel_traces_export.unwrap().endpoint.as_deref(),
+            Some("http://localhost:4317")
+        );
+    }
+
+    #[test]
+    fn kv_lists_are_percent_decoded() {
+        assert_eq!(
+            parse_kv_list("api-key=a%20b,x=1"),
+            vec![("api-key".into(), "a b".into()), ("x".into(), "1".into())]
+        );
+    }
+}

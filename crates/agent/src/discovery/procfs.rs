@@ -1,0 +1,163 @@
+//! What /proc says about a process: name, command line, environment,
+//! listening TCP ports. Every read tolerates the process vanishing.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::PathBuf;
+
+pub fn all_pids() -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .collect()
+}
+
+pub fn exe_path(pid: u32) -> Option<PathBuf> {
+    fs::read_link(format!("/proc/{pid}/exe")).ok()
+}
+
+pub fn comm(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end().to_owned())
+}
+
+pub fn cmdline(pid: u32) -> Vec<String> {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The target's own environment (needs CAP_SYS_PTRACE for other users).
+pub fn environ(pid: u32) -> HashMap<String, String> {
+    fs::read(format!("/proc/{pid}/environ"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter_map(|kv| {
+                    let kv = String::from_utf8_lossy(kv);
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn ppid(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // comm may contain spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Start time in clock ticks since boot: with the pid, a unique process id.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+pub fn cgroup(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default()
+}
+
+fn netns(pid: u32) -> Option<PathBuf> {
+    fs::read_link(format!("/proc/{pid}/ns/net")).ok()
+}
+
+/// socket inode -> local port, for TCP sockets in LISTEN state, parsed from
+/// /proc/<pid>/net/tcp and tcp6 (the process's own network namespace).
+fn listening_inodes(pid: u32) -> HashMap<u64, u16> {
+    let mut out = HashMap::new();
+    for file in ["tcp", "tcp6"] {
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "0A" {
+                continue;
+            }
+            let port = f[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            let inode = f[9].parse::<u64>().ok();
+            if let (Some(port), Some(inode)) = (port, inode) {
+                out.insert(inode, port);
+            }
+        }
+    }
+    out
+}
+
+fn socket_inodes(pid: u32) -> HashSet<u64> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return HashSet::new();
+    };
+    dir.filter_map(|e| {
+        let link = fs::read_link(e.ok()?.path()).ok()?;
+        let s = link.to_str()?;
+        s.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    })
+    .collect()
+}
+
+/// Caches the listening table per network namespace during one scan.
+#[derive(Default)]
+pub struct ListenScan {
+    by_netns: HashMap<PathBuf, HashMap<u64, u16>>,
+}
+
+impl ListenScan {
+    /// TCP ports the process holds a listening socket for.
+    pub fn ports(&mut self, pid: u32) -> Vec<u16> {
+        let table = match netns(pid) {
+            Some(ns) => self
+                .by_netns
+                .entry(ns)
+                .or_insert_with(|| listening_inodes(pid)),
+            None => return Vec::new(),
+        };
+        if table.is_empty() {
+            return Vec::new();
+        }
+        let mut ports: Vec<u16> = socket_inodes(pid)
+            .iter()
+            .filter_map(|i| table.get(i).copied())
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_readable() {
+        let me = std::process::id();
+        assert!(all_pids().contains(&me));
+        assert!(exe_path(me).is_some());
+        assert!(!cmdline(me).is_empty());
+        assert!(ppid(me).is_some());
+        assert!(start_time(me).is_some());
+    }
+
+    #[test]
+    fn sees_own_listening_socket() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(ListenScan::default()
+            .ports(std::process::id())
+            .contains(&port));
+    }
+}

@@ -1,0 +1,236 @@
+//! The OTel resource of a traced process: service naming, process and host
+//! attributes, container id. Built once per process.
+
+use super::procfs;
+use autotel_model::{AttrValue, Resource};
+use std::path::Path;
+
+const INTERPRETERS: [(&str, &str); 6] = [
+    ("python", "python"),
+    ("node", "nodejs"),
+    ("java", "java"),
+    ("ruby", "ruby"),
+    ("dotnet", "dotnet"),
+    ("php", "php"),
+];
+
+/// Argument keys whose values never leave the agent.
+const SECRET_KEYS: [&str; 8] = [
+    "password",
+    "passwd",
+    "pwd",
+    "token",
+    "secret",
+    "key",
+    "credential",
+    "auth",
+];
+
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Runtime from the executable's name (go/native need the ELF; see README).
+fn runtime_of(exe_name: &str) -> &'static str {
+    INTERPRETERS
+        .iter()
+        .find(|(prefix, _)| exe_name.starts_with(prefix))
+        .map(|(_, rt)| *rt)
+        .unwrap_or("native")
+}
+
+/// For interpreters, the script is the service: `python3 app.py` -> `app`.
+fn script_name(args: &[String]) -> Option<String> {
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        if a == "-m" {
+            return it.next().cloned();
+        }
+        if a == "-c" || a == "-e" {
+            return None;
+        }
+        if a.starts_with('-') {
+            continue;
+        }
+        let stem = Path::new(a).file_stem()?.to_string_lossy().into_owned();
+        return Some(stem);
+    }
+    None
+}
+
+fn is_secret_key(k: &str) -> bool {
+    let k = k.trim_start_matches('-').to_ascii_lowercase();
+    SECRET_KEYS.iter().any(|s| k.contains(s))
+}
+
+/// Command line with values of secret-looking keys replaced.
+pub fn redact_command_line(args: &[String]) -> String {
+    let mut out = Vec::with_capacity(args.len());
+    let mut hide_next = false;
+    for a in args {
+        if hide_next {
+            out.push("REDACTED".to_owned());
+            hide_next = false;
+            continue;
+        }
+        if let Some((k, _)) = a.split_once('=') {
+            if is_secret_key(k) {
+                out.push(format!("{k}=REDACTED"));
+                continue;
+            }
+        } else if a.starts_with('-') && is_secret_key(a) {
+            hide_next = true;
+        }
+        out.push(a.clone());
+    }
+    out.join(" ")
+}
+
+/// Container id from cgroup paths (docker, containerd, cri-o, podman).
+pub fn container_id(cgroup: &str) -> Option<String> {
+    for line in cgroup.lines() {
+        for part in line.rsplit('/') {
+            let part = part.trim_end_matches(".scope");
+            let id = part.rsplit(['-', ':']).next().unwrap_or(part);
+            if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Some(id.to_owned());
+            }
+        }
+    }
+    None
+}
+
+pub fn build(pid: u32, host: &str) -> Resource {
+    let exe = procfs::exe_path(pid);
+    let exe_name = exe
+        .as_ref()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .or_else(|| procfs::comm(pid))
+        .unwrap_or_else(|| "unknown".into());
+    let args = procfs::cmdline(pid);
+    let env = procfs::environ(pid);
+    let runtime = runtime_of(&exe_name);
+
+    let env_attrs = env
+        .get("OTEL_RESOURCE_ATTRIBUTES")
+        .map(|v| crate::config::parse_kv_list(v))
+        .unwrap_or_default();
+    let service_name = env
+        .get("OTEL_SERVICE_NAME")
+        .filter(|s| !s.is_empty())
+        .cloned()
+        .or_else(|| {
+            env_attrs
+                .iter()
+                .find(|(k, _)| k == "service.name")
+                .map(|(_, v)| v.clone())
+        })
+        .or_else(|| {
+            if runtime == "native" {
+                None
+            } else {
+                script_name(&args)
+            }
+        })
+        .unwrap_or_else(|| exe_name.clone());
+    let start = procfs::start_time(pid).unwrap_or(0);
+
+    let mut attributes: Vec<(String, AttrValue)> = vec![
+        ("service.name".into(), service_name.clone().into()),
+        (
+            "service.instance.id".into(),
+            format!("{host}:{pid}:{start}").into(),
+        ),
+        ("host.name".into(), host.into()),
+        ("process.pid".into(), AttrValue::Int(pid as i64)),
+        ("process.executable.name".into(), exe_name.into()),
+        (
+            "process.command_line".into(),
+            redact_command_line(&args).into(),
+        ),
+        ("process.runtime.name".into(), runtime.into()),
+        ("telemetry.sdk.name".into(), "autotel".into()),
+        (
+            "telemetry.sdk.version".into(),
+            env!("CARGO_PKG_VERSION").into(),
+        ),
+        ("telemetry.sdk.language".into(), "rust".into()),
+    ];
+    if let Some(p) = exe.as_ref() {
+        attributes.push((
+            "process.executable.path".into(),
+            p.to_string_lossy().into_owned().into(),
+        ));
+    }
+    if let Some(pp) = procfs::ppid(pid) {
+        attributes.push(("process.parent_pid".into(), AttrValue::Int(pp as i64)));
+    }
+    if let Some(id) = container_id(&procfs::cgroup(pid)) {
+        attributes.push(("container.id".into(), id.into()));
+    }
+    for (k, v) in env_attrs {
+        if !attributes.iter().any(|(have, _)| *have == k) {
+            attributes.push((k, v.into()));
+        }
+    }
+    Resource {
+        service_name,
+        pid,
+        attributes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split(' ').map(String::from).collect()
+    }
+
+    #[test]
+    fn script_names() {
+        assert_eq!(
+            script_name(&args("python3 /srv/app.py --port 80")).as_deref(),
+            Some("app")
+        );
+        assert_eq!(
+            script_name(&args("python3 -u -m http.server 8000")).as_deref(),
+            Some("http.server")
+        );
+        assert_eq!(script_name(&args("python3 -c print(1)")), None);
+    }
+
+    #[test]
+    fn secrets_in_command_lines() {
+        let red = redact_command_line(&args("app --password hunter2 --db-token=abc --port 80"));
+        assert_eq!(red, "app --password REDACTED --db-token=REDACTED --port 80");
+    }
+
+    #[test]
+    fn container_ids() {
+        let id = "a".repeat(64);
+        assert_eq!(
+            container_id(&format!("0::/system.slice/docker-{id}.scope\n")),
+            Some(id.clone())
+        );
+        assert_eq!(
+            container_id(&format!("0::/kubepods/besteffort/pod1/{id}\n")),
+            Some(id)
+        );
+        assert_eq!(container_id("0::/user.slice/user-0.slice\n"), None);
+    }
+
+    #[test]
+    fn own_resource() {
+        let r = build(std::process::id(), "h");
+        assert!(!r.service_name.is_empty());
+        assert!(r
+            .attributes
+            .iter()
+            .any(|(k, _)| k == "process.command_line"));
+    }
+}

@@ -1,0 +1,151 @@
+//! The span export stage: its own thread, fed by a bounded channel, batching
+//! by size and time, retrying retryable failures with exponential backoff.
+//! The reader thread never waits for it; while it retries, new spans queue
+//! up to the channel bound and beyond that are dropped and counted.
+
+pub mod otlp;
+pub mod prometheus;
+pub mod stdout;
+
+use crate::config::TracesExport;
+use crate::selfmetrics::SelfMetrics;
+use autotel_model::Span;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Give up on one batch after retrying this long (the queue keeps filling meanwhile).
+const RETRY_MAX_ELAPSED: Duration = Duration::from_secs(120);
+const BACKOFF_START: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+pub struct SpanExporter {
+    cfg: TracesExport,
+    print: bool,
+    metrics: Arc<SelfMetrics>,
+    shutdown: Arc<AtomicBool>,
+}
+
+impl SpanExporter {
+    pub fn new(
+        cfg: TracesExport,
+        print: bool,
+        metrics: Arc<SelfMetrics>,
+        shutdown: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            cfg,
+            print,
+            metrics,
+            shutdown,
+        }
+    }
+
+    /// Runs until the channel is closed and drained.
+    pub fn run(self, rx: Receiver<Span>) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the export runtime; spans will be dropped");
+                return;
+            }
+        };
+        let mut client = match &self.cfg.endpoint {
+            Some(ep) => match rt.block_on(async { otlp::OtlpClient::new(&self.cfg) }) {
+                Ok(c) => {
+                    tracing::info!(endpoint = %ep, protocol = ?self.cfg.protocol, "exporting traces over OTLP");
+                    Some(c)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "OTLP exporter unusable; printing spans to stdout instead");
+                    None
+                }
+            },
+            None => None,
+        };
+        let to_stdout = self.print || client.is_none();
+        let delay = Duration::from_millis(self.cfg.schedule_delay_ms.max(1));
+        let mut batch: Vec<Span> = Vec::with_capacity(self.cfg.max_batch);
+        let mut deadline = Instant::now() + delay;
+        let mut open = true;
+        while open || !batch.is_empty() {
+            if open {
+                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(span) => {
+                        batch.push(span);
+                        if batch.len() < self.cfg.max_batch {
+                            continue;
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => open = false,
+                }
+            }
+            if !batch.is_empty() {
+                if to_stdout {
+                    let mut out = std::io::stdout().lock();
+                    for s in &batch {
+                        let _ = writeln!(out, "{}", stdout::line(s));
+                    }
+                    let _ = out.flush();
+                }
+                match client.as_mut() {
+                    Some(c) => self.export_with_retry(&rt, c, &batch),
+                    None => {
+                        self.metrics.spans_exported.inc_by(batch.len() as u64);
+                    }
+                }
+                batch.clear();
+            }
+            self.metrics.export_queue_length.set(rx.len() as i64);
+            deadline = Instant::now() + delay;
+        }
+    }
+
+    fn export_with_retry(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        client: &mut otlp::OtlpClient,
+        batch: &[Span],
+    ) {
+        let req = otlp::to_request(batch);
+        let n = batch.len() as u64;
+        let started = Instant::now();
+        let mut backoff = BACKOFF_START;
+        loop {
+            let t = Instant::now();
+            let result = rt.block_on(client.export(req.clone()));
+            self.metrics
+                .export_duration
+                .observe(t.elapsed().as_secs_f64());
+            match result {
+                Ok(()) => {
+                    self.metrics.spans_exported.inc_by(n);
+                    return;
+                }
+                Err(otlp::ExportError::Retryable(msg))
+                    if started.elapsed() < RETRY_MAX_ELAPSED
+                        && !self.shutdown.load(Ordering::Relaxed) =>
+                {
+                    tracing::warn!(
+                        spans = n,
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "OTLP export failed: {msg}"
+                    );
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+                Err(e) => {
+                    tracing::error!(spans = n, "OTLP export failed, batch dropped: {e}");
+                    self.metrics.spans_failed.inc_by(n);
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Spans -> OTLP (opentelemetry-proto types), sent over gRPC (tonic) or
+//! HTTP/protobuf (reqwest), with the retryable/permanent split of the OTLP spec.
+
+use crate::config::{OtlpProtocol, TracesExport};
+use autotel_model::{AttrValue, Span, SpanKind, StatusCode};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource as OtlpResource;
+use opentelemetry_proto::tonic::trace::v1::{
+    span, status, ResourceSpans, ScopeSpans, Span as OtlpSpan, Status,
+};
+use prost::Message;
+use std::collections::HashMap;
+use std::time::Duration;
+
+pub fn any_value(v: &AttrValue) -> AnyValue {
+    AnyValue {
+        value: Some(match v {
+            AttrValue::Str(s) => any_value::Value::StringValue(s.clone()),
+            AttrValue::Int(i) => any_value::Value::IntValue(*i),
+            AttrValue::Bool(b) => any_value::Value::BoolValue(*b),
+            AttrValue::Double(d) => any_value::Value::DoubleValue(*d),
+        }),
+    }
+}
+
+pub fn key_value(k: &str, v: &AttrValue) -> KeyValue {
+    KeyValue {
+        key: k.to_owned(),
+        value: Some(any_value(v)),
+        ..Default::default()
+    }
+}
+
+pub fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: "autotel".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    }
+}
+
+fn otlp_span(s: &Span) -> OtlpSpan {
+    OtlpSpan {
+        trace_id: s.trace_id.to_vec(),
+        span_id: s.span_id.to_vec(),
+        trace_state: s.trace_state.clone(),
+        parent_span_id: s.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
+        // W3C flags: sampled (we only export what the sampler kept).
+        flags: 0x101,
+        name: s.name.clone(),
+        kind: match s.kind {
+            SpanKind::Server => span::SpanKind::Server,
+            SpanKind::Client => span::SpanKind::Client,
+            SpanKind::Internal => span::SpanKind::Internal,
+        } as i32,
+        start_time_unix_nano: s.start_unix_ns,
+        end_time_unix_nano: s.end_unix_ns,
+        attributes: s.attributes.iter().map(|(k, v)| key_value(k, v)).collect(),
+        status: Some(Status {
+            message: s.status_message.clone(),
+            code: match s.status {
+                StatusCode::Unset => status::StatusCode::Unset,
+                StatusCode::Ok => status::StatusCode::Ok,
+                StatusCode::Error => status::StatusCode::Error,
+            } as i32,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Groups spans by process (resource), one ResourceSpans each.
+pub fn to_request(spans: &[Span]) -> ExportTraceServiceRequest {
+    let mut order: Vec<u32> = Vec::new();
+    let mut groups: HashMap<u32, ResourceSpans> = HashMap::new();
+    for s in spans {
+        let pid = s.resource.pid;
+        let rs = groups.entry(pid).or_insert_with(|| {
+            order.push(pid);
+            ResourceSpans {
+                resource: Some(OtlpResource {
+                    attributes: s
+                        .resource
+                        .attributes
+                        .iter()
+                        .map(|(k, v)| key_value(k, v))
+                        .collect(),
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(scope()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }
+        });
+        rs.scope_spans[0].spans.push(otlp_span(s));
+    }
+    ExportTraceServiceRequest {
+        resource_spans: order
+            .into_iter()
+            .filter_map(|p| groups.remove(&p))
+            .collect(),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("retryable: {0}")]
+    Retryable(String),
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+enum Transport {
+    Grpc(TraceServiceClient<tonic::transport::Channel>),
+    Http {
+        client: reqwest::Client,
+        url: String,
+    },
+}
+
+pub struct OtlpClient {
+    transport: Transport,
+    headers: Vec<(String, String)>,
+    timeout: Duration,
+}
+
+impl OtlpClient {
+    /// Must be called inside a tokio runtime.
+    pub fn new(cfg: &TracesExport) -> anyhow::Result<Self> {
+        let endpoint = cfg.endpoint.clone().unwrap_or_default();
+        let timeout = Duration::from_millis(cfg.timeout_ms);
+        let transport = match cfg.protocol {
+            OtlpProtocol::Grpc => {
+                let channel = tonic::transport::Channel::from_shared(endpoint.clone())
+                    .map_err(|e| anyhow::anyhow!("invalid OTLP endpoint {endpoint:?}: {e}"))?
+                    .connect_timeout(timeout)
+                    .timeout(timeout)
+                    .connect_lazy();
+                Transport::Grpc(TraceServiceClient::new(channel))
+            }
+            OtlpProtocol::HttpProtobuf => {
+                let url = if cfg.endpoint_is_full {
+                    endpoint
+                } else {
+                    format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+                };
+                let client = reqwest::Client::builder().timeout(timeout).build()?;
+                Transport::Http { client, url }
+            }
+        };
+        Ok(Self {
+            transport,
+            headers: cfg.headers.clone(),
+            timeout,
+        })
+    }
+
+    pub async fn export(&mut self, req: ExportTraceServiceRequest) -> Result<(), ExportError> {
+        match &mut self.transport {
+            Transport::Grpc(client) => {
+                let mut request = tonic::Request::new(req);
+                request.set_timeout(self.timeout);
+                for (k, v) in &self.headers {
+                    if let (Ok(k), Ok(v)) = (
+                        tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes()),
+                        tonic::metadata::MetadataValue::try_from(v.as_str()),
+                    ) {
+                        request.metadata_mut().insert(k, v);
+                    }
+                }
+                match client.export(request).await {
+                    Ok(resp) => {
+                        let resp: ExportTraceServiceResponse = resp.into_inner();
+                        if let Some(p) = resp.partial_success.filter(|p| p.rejected_spans > 0) {
+                            tracing::warn!(rejected = p.rejected_spans, message = %p.error_message, "collector rejected spans");
+                        }
+                        Ok(())
+                    }
+                    Err(status) => {
+                        use tonic::Code::*;
+                        let msg = format!("gRPC {:?}: {}", status.code(), status.message());
+                        match status.code() {
+                            Cancelled | DeadlineExceeded | ResourceExhausted | Aborted
+                            | OutOfRange | Unavailable | DataLoss | Unknown => {
+                                Err(ExportError::Retryable(msg))
+                            }
+                            _ => Err(ExportError::Permanent(msg)),
+                        }
+                    }
+                }
+            }
+            Transport::Http { client, url } => {
+                let mut rb = client
+                    .post(url.as_str())
+                    .header("content-type", "application/x-protobuf")
+                    .body(req.encode_to_vec());
+                for (k, v) in &self.headers {
+                    rb = rb.header(k.as_str(), v.as_str());
+                }
+                match rb.send().await {
+                    Ok(resp) if resp.status().is_success() => Ok(()),
+                    Ok(resp) => {
+                        let code = resp.status().as_u16();
+                        let msg = format!("HTTP {code} from {url}");
+                        if matches!(code, 429 | 502 | 503 | 504) {
+                            Err(ExportError::Retryable(msg))
+                        } else {
+                            Err(ExportError::Permanent(msg))
+                        }
+                    }
+                    Err(e) => Err(ExportError::Retryable(format!("{url}: {e}"))),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! autotel: OpenTelemetry traces and metrics from unmodified processes, via eBPF.
+
+mod check;
+mod config;
+mod discovery;
+mod export;
+mod pipeline;
+mod run;
+mod selfmetrics;
+mod tracer;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "autotel",
+    version,
+    about = "eBPF agent: OpenTelemetry spans and metrics from unmodified processes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent.
+    Run {
+        /// YAML configuration file (environment variables override it).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Report what this host allows; non-zero exit if the agent cannot run.
+    Check,
+    /// Print the version.
+    Version,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Version => {
+            println!("autotel {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        Command::Check => check::report(),
+        Command::Run { config } => run::main(config.as_deref()),
+    };
+    std::process::exit(code);
+}

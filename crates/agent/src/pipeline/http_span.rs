@@ -1,0 +1,198 @@
+//! HTTP exchange -> span, per the OpenTelemetry HTTP semantic conventions
+//! (stable): names, attributes, status rules for server and client.
+
+use super::clock::Clock;
+use super::context::parse_traceparent;
+use crate::tracer::abi::ConnTuple;
+use autotel_model::{
+    new_span_id, new_trace_id, AttrValue, Attributes, Resource, Span, SpanKind, StatusCode,
+};
+use autotel_protocols::http1::Exchange;
+use std::sync::Arc;
+
+const KNOWN_METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY",
+];
+
+/// Host header without port; brackets of IPv6 literals removed.
+fn host_only(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    host.rsplit_once(':').map_or(host, |(h, p)| {
+        if p.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    })
+}
+
+fn path_of(target: &str) -> &str {
+    // Absolute-form targets (proxies): keep only the path.
+    let t = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
+        .map_or(target, |rest| rest.find('/').map_or("/", |i| &rest[i..]));
+    t.split(['?', '#']).next().unwrap_or(t)
+}
+
+fn version_text(minor: u8) -> &'static str {
+    if minor == 0 {
+        "1.0"
+    } else {
+        "1.1"
+    }
+}
+
+pub struct SpanInput<'a> {
+    pub exchange: &'a Exchange,
+    pub tuple: &'a ConnTuple,
+    pub resource: Arc<Resource>,
+    pub route: Option<String>,
+}
+
+pub fn build(input: SpanInput<'_>, clock: &Clock) -> Span {
+    let x = input.exchange;
+    let req = &x.request;
+    let status = x.response.status;
+    let kind = if x.server_side {
+        SpanKind::Server
+    } else {
+        SpanKind::Client
+    };
+    // Server: from the read that returned the request to the write that sent
+    // the last response byte. Client: from the write of the request to the
+    // read that returned the last response byte.
+    let start_mono = if x.server_side {
+        x.request_start.exit_ns
+    } else {
+        x.request_start.enter_ns
+    };
+    let end_mono = x.response_end_ns.max(start_mono);
+
+    let method_known = KNOWN_METHODS.contains(&req.method.as_str());
+    let method = if method_known {
+        req.method.clone()
+    } else {
+        "_OTHER".to_owned()
+    };
+    let path = path_of(&req.target);
+    let name = match (&input.route, method_known) {
+        (Some(route), true) => format!("{method} {route}"),
+        (_, true) => method.clone(),
+        (_, false) => "HTTP".to_owned(),
+    };
+
+    let mut attributes: Attributes = Vec::with_capacity(16);
+    attributes.push(("http.request.method", method.into()));
+    if !method_known {
+        attributes.push(("http.request.method_original", req.method.clone().into()));
+    }
+    attributes.push(("http.response.status_code", AttrValue::Int(status as i64)));
+    attributes.push(("network.protocol.name", "http".into()));
+    attributes.push(("network.protocol.version", version_text(req.version).into()));
+    attributes.push(("url.scheme", "http".into()));
+    if let Some(route) = &input.route {
+        attributes.push(("http.route", route.clone().into()));
+    }
+    let peer = input.tuple.remote_addr().to_string();
+    attributes.push(("network.peer.address", peer.clone().into()));
+    attributes.push((
+        "network.peer.port",
+        AttrValue::Int(input.tuple.dport as i64),
+    ));
+    let host = req.host.as_deref().map(host_only);
+    if x.server_side {
+        attributes.push(("url.path", path.to_owned().into()));
+        attributes.push((
+            "server.address",
+            host.map_or_else(|| input.tuple.local_addr().to_string(), str::to_owned)
+                .into(),
+        ));
+        attributes.push(("server.port", AttrValue::Int(input.tuple.sport as i64)));
+        attributes.push(("client.address", peer.into()));
+    } else {
+        let server = host.map_or_else(|| peer.clone(), str::to_owned);
+        // Query strings can carry secrets: url.full keeps the path only.
+        let authority = if input.tuple.dport == 80 {
+            server.clone()
+        } else {
+            format!("{server}:{}", input.tuple.dport)
+        };
+        attributes.push(("url.full", format!("http://{authority}{path}").into()));
+        attributes.push(("server.address", server.into()));
+        attributes.push(("server.port", AttrValue::Int(input.tuple.dport as i64)));
+    }
+    if let Some(ua) = &req.user_agent {
+        attributes.push(("user_agent.original", ua.clone().into()));
+    }
+    if x.request_body_bytes > 0 {
+        attributes.push((
+            "http.request.body.size",
+            AttrValue::Int(x.request_body_bytes as i64),
+        ));
+    }
+    attributes.push((
+        "http.response.body.size",
+        AttrValue::Int(x.response_body_bytes as i64),
+    ));
+
+    let is_error = if x.server_side {
+        status >= 500
+    } else {
+        status >= 400
+    };
+    if is_error {
+        attributes.push(("error.type", status.to_string().into()));
+    }
+
+    // An incoming traceparent makes the server span a child of the caller.
+    let parent = if x.server_side {
+        req.traceparent.as_deref().and_then(parse_traceparent)
+    } else {
+        None
+    };
+    let (trace_id, parent_span_id, trace_state) = match parent {
+        Some(p) => (
+            p.trace_id,
+            Some(p.span_id),
+            req.tracestate.clone().unwrap_or_default(),
+        ),
+        None => (new_trace_id(), None, String::new()),
+    };
+
+    Span {
+        trace_id,
+        span_id: new_span_id(),
+        parent_span_id,
+        trace_state,
+        name,
+        kind,
+        start_unix_ns: clock.to_unix_ns(start_mono),
+        end_unix_ns: clock.to_unix_ns(end_mono),
+        attributes,
+        status: if is_error {
+            StatusCode::Error
+        } else {
+            StatusCode::Unset
+        },
+        status_message: String::new(),
+        resource: input.resource,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_and_paths() {
+        assert_eq!(host_only("example.com:8080"), "example.com");
+        assert_eq!(host_only("[::1]:80"), "::1");
+        assert_eq!(host_only("example.com"), "example.com");
+        assert_eq!(path_of("/a/b?x=1"), "/a/b");
+        assert_eq!(path_of("http://h:1/a?b"), "/a");
+        assert_eq!(path_of("http://h"), "/");
+    }
+}

@@ -1,0 +1,278 @@
+//! Connection tracking -> protocol parsing -> span building. Runs on the
+//! ring-buffer reader thread: no locks or allocations per event beyond what a
+//! new connection or a finished span needs. Spans leave through a bounded
+//! channel; when it is full they are dropped and counted, never waited for.
+
+pub mod clock;
+pub mod context;
+pub mod http_span;
+
+use crate::discovery::{resource, ProcEvent, Resources};
+use crate::selfmetrics::SelfMetrics;
+use crate::tracer::abi::{self, ConnTuple, DataEvent, Event};
+use autotel_model::{Resource, Span};
+use autotel_protocols::http1::{Dir, Http1Connection, Http1Event, Segment, Timing};
+use clock::Clock;
+use crossbeam_channel::{Sender, TrySendError};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Connection states kept at most; beyond it the least recently used go.
+const MAX_CONNS: usize = 65_536;
+/// A connection silent this long is forgotten (its close was missed).
+const IDLE_NS: u64 = 300 * 1_000_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ConnKey {
+    pid: u32,
+    fd: i32,
+    start_ns: u64,
+}
+
+struct Conn {
+    http: Http1Connection,
+    tuple: ConnTuple,
+    last_ns: u64,
+}
+
+/// Counts gathered on the hot path and published once a second.
+#[derive(Default)]
+struct LocalCounts {
+    data_records: u64,
+    proc_records: u64,
+    decode_errors: u64,
+    spans: u64,
+    dropped_queue_full: u64,
+    evicted: u64,
+    parse_errors: HashMap<&'static str, u64>,
+}
+
+pub struct Pipeline {
+    conns: HashMap<ConnKey, Conn>,
+    clock: Clock,
+    resources: Resources,
+    host: String,
+    spans: Sender<Span>,
+    proc_events: Sender<ProcEvent>,
+    metrics: Arc<SelfMetrics>,
+    counts: LocalCounts,
+    scratch: Vec<Http1Event>,
+}
+
+impl Pipeline {
+    pub fn new(
+        resources: Resources,
+        spans: Sender<Span>,
+        proc_events: Sender<ProcEvent>,
+        metrics: Arc<SelfMetrics>,
+    ) -> Self {
+        Self {
+            conns: HashMap::new(),
+            clock: Clock::new(),
+            resources,
+            host: resource::host_name(),
+            spans,
+            proc_events,
+            metrics,
+            counts: LocalCounts::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// One ring-buffer record.
+    pub fn on_record(&mut self, bytes: &[u8]) {
+        match abi::decode(bytes) {
+            Ok(Event::Data(d)) => {
+                self.counts.data_records += 1;
+                self.on_data(&d);
+            }
+            Ok(Event::Close(c)) => {
+                self.counts.proc_records += 1;
+                let key = ConnKey {
+                    pid: c.pid,
+                    fd: c.fd,
+                    start_ns: c.conn_start_ns,
+                };
+                self.close(key);
+            }
+            Ok(Event::Proc(p)) => {
+                self.counts.proc_records += 1;
+                let ev = match p.proc_kind {
+                    abi::PROC_EXEC => ProcEvent::Exec(p.pid),
+                    abi::PROC_FORK => ProcEvent::Fork {
+                        pid: p.pid,
+                        parent: p.ppid,
+                    },
+                    abi::PROC_LISTEN => ProcEvent::Listen(p.pid),
+                    abi::PROC_EXIT => {
+                        self.process_exited(p.pid);
+                        ProcEvent::Exit(p.pid)
+                    }
+                    _ => return,
+                };
+                let _ = self.proc_events.try_send(ev);
+            }
+            Err(e) => {
+                self.counts.decode_errors += 1;
+                tracing::debug!(error = %e, "undecodable ring-buffer record");
+            }
+        }
+    }
+
+    fn on_data(&mut self, d: &DataEvent<'_>) {
+        let h = &d.header;
+        let key = ConnKey {
+            pid: h.pid,
+            fd: h.fd,
+            start_ns: h.conn_start_ns,
+        };
+        if !self.conns.contains_key(&key) && self.conns.len() >= MAX_CONNS {
+            self.evict_oldest();
+        }
+        let conn = self.conns.entry(key).or_insert_with(|| Conn {
+            http: Http1Connection::new(match h.role {
+                abi::ROLE_SERVER => Some(Dir::Ingress),
+                abi::ROLE_CLIENT => Some(Dir::Egress),
+                _ => None,
+            }),
+            tuple: h.tuple,
+            last_ns: h.exit_ns,
+        });
+        conn.last_ns = h.exit_ns;
+        if conn.http.is_opaque() {
+            return;
+        }
+        let seg = Segment {
+            data: d.data,
+            total_len: h.total_len as usize,
+            tail: d.tail(),
+            timing: Timing {
+                enter_ns: h.enter_ns,
+                exit_ns: h.exit_ns,
+            },
+        };
+        let dir = if h.direction == abi::DIR_INGRESS {
+            Dir::Ingress
+        } else {
+            Dir::Egress
+        };
+        let mut events = std::mem::take(&mut self.scratch);
+        conn.http.feed(dir, &seg, &mut events);
+        let tuple = conn.tuple;
+        self.emit(key.pid, &tuple, &mut events);
+        self.scratch = events;
+    }
+
+    fn emit(&mut self, pid: u32, tuple: &ConnTuple, events: &mut Vec<Http1Event>) {
+        for ev in events.drain(..) {
+            match ev {
+                Http1Event::Exchange(x) => {
+                    let resource = self.resource(pid);
+                    let span = http_span::build(
+                        http_span::SpanInput {
+                            exchange: &x,
+                            tuple,
+                            resource,
+                            route: None,
+                        },
+                        &self.clock,
+                    );
+                    self.counts.spans += 1;
+                    match self.spans.try_send(span) {
+                        Ok(()) => {}
+                        Err(TrySendError::Full(_)) => self.counts.dropped_queue_full += 1,
+                        Err(TrySendError::Disconnected(_)) => {}
+                    }
+                }
+                Http1Event::Error(e) => *self.counts.parse_errors.entry(e.kind()).or_default() += 1,
+            }
+        }
+    }
+
+    fn resource(&self, pid: u32) -> Arc<Resource> {
+        if let Some(r) = self
+            .resources
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&pid)
+        {
+            return r.clone();
+        }
+        // Selected in the kernel (fork) before discovery caught up.
+        let r = Arc::new(resource::build(pid, &self.host));
+        self.resources
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pid, r.clone());
+        r
+    }
+
+    fn close(&mut self, key: ConnKey) {
+        if let Some(mut conn) = self.conns.remove(&key) {
+            let mut events = std::mem::take(&mut self.scratch);
+            conn.http.close(&mut events);
+            self.emit(key.pid, &conn.tuple, &mut events);
+            self.scratch = events;
+        }
+    }
+
+    fn process_exited(&mut self, pid: u32) {
+        let keys: Vec<ConnKey> = self
+            .conns
+            .keys()
+            .filter(|k| k.pid == pid)
+            .copied()
+            .collect();
+        for k in keys {
+            self.close(k);
+        }
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some(key) = self
+            .conns
+            .iter()
+            .min_by_key(|(_, c)| c.last_ns)
+            .map(|(k, _)| *k)
+        {
+            self.conns.remove(&key);
+            self.counts.evicted += 1;
+        }
+    }
+
+    /// Housekeeping, once a second: forget idle connections, publish counts.
+    pub fn tick(&mut self, now_mono_ns: u64) {
+        let before = self.conns.len();
+        self.conns
+            .retain(|_, c| now_mono_ns.saturating_sub(c.last_ns) < IDLE_NS);
+        self.counts.evicted += (before - self.conns.len()) as u64;
+        self.clock = Clock::new();
+        self.publish();
+    }
+
+    fn publish(&mut self) {
+        let c = std::mem::take(&mut self.counts);
+        let m = &self.metrics;
+        m.events_received
+            .get_or_create(&crate::selfmetrics::RingbufLabel {
+                ringbuf: "data".into(),
+            })
+            .inc_by(c.data_records);
+        m.events_received
+            .get_or_create(&crate::selfmetrics::RingbufLabel {
+                ringbuf: "proc".into(),
+            })
+            .inc_by(c.proc_records);
+        m.decode_errors.inc_by(c.decode_errors);
+        m.spans_created.inc_by(c.spans);
+        if c.dropped_queue_full > 0 {
+            m.dropped("queue_full", c.dropped_queue_full);
+        }
+        m.connections_evicted.inc_by(c.evicted);
+        for (kind, n) in c.parse_errors {
+            m.parse_error("http1", kind, n);
+        }
+        m.tracked_connections.set(self.conns.len() as i64);
+        m.export_queue_length.set(self.spans.len() as i64);
+    }
+}

@@ -1,0 +1,208 @@
+//! `autotel run`: wires the stages together and owns shutdown.
+//!
+//! Threads: this one reads the ring buffers and runs the pipeline (it owns
+//! the BPF object); `discovery` selects processes; `export` batches and sends
+//! spans; `prometheus` serves /metrics. SIGINT/SIGTERM stop the reader, which
+//! detaches every BPF program before anything else is torn down.
+
+use crate::config::{Config, ConfigError};
+use crate::discovery::{Discoverer, Resources};
+use crate::export::prometheus::PromServer;
+use crate::export::SpanExporter;
+use crate::pipeline::{clock, Pipeline};
+use crate::selfmetrics::SelfMetrics;
+use crate::tracer::{Tracer, TracerOptions};
+use anyhow::{Context, Result};
+use std::cell::RefCell;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often the reader drains the rings when nothing woke it.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+
+pub fn main(config_path: Option<&Path>) -> i32 {
+    let cfg = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(ConfigError(msg)) => {
+            eprintln!("autotel: configuration error: {msg}");
+            return 2;
+        }
+    };
+    init_logging(&cfg.log_level);
+    for note in &cfg.notes {
+        tracing::info!("{note}");
+    }
+    match run(cfg) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("autotel: {e:#}");
+            1
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("{level},libbpf=warn"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run(cfg: Config) -> Result<()> {
+    let shutdown = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, shutdown.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, shutdown.clone())?;
+
+    let metrics = Arc::new(SelfMetrics::new());
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let registry = Arc::new(registry);
+    let _prom = if cfg.prometheus_port != 0 {
+        let m = metrics.clone();
+        Some(PromServer::start(
+            &cfg.prometheus_address,
+            cfg.prometheus_port,
+            &cfg.prometheus_path,
+            registry.clone(),
+            Box::new(move || m.refresh_process()),
+        )?)
+    } else {
+        None
+    };
+
+    let tracer = Tracer::load(&TracerOptions {
+        capture_max_bytes: cfg.capture_max_bytes,
+        data_ringbuf_bytes: cfg.ringbuf_bytes,
+        wakeup_bytes: (cfg.ringbuf_bytes / 16) as u64,
+    })?;
+
+    // Stages and the channels between them.
+    let (span_tx, span_rx) = crossbeam_channel::bounded(cfg.traces.queue_size);
+    let (proc_tx, proc_rx) = crossbeam_channel::bounded(65_536);
+    let resources: Resources = Default::default();
+
+    let exporter = SpanExporter::new(
+        cfg.traces.clone(),
+        cfg.print_traces,
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    let export_thread = std::thread::Builder::new()
+        .name("export".into())
+        .spawn(move || exporter.run(span_rx))?;
+
+    let mut discoverer = Discoverer::new(
+        cfg.discovery.clone(),
+        tracer.selected_pids_handle()?,
+        resources.clone(),
+        metrics.clone(),
+    );
+    // Select what already runs before saying we are ready.
+    discoverer.full_scan();
+    let discovery_thread = std::thread::Builder::new()
+        .name("discovery".into())
+        .spawn(move || discoverer.run(proc_rx))?;
+
+    let pipeline = Rc::new(RefCell::new(Pipeline::new(
+        resources,
+        span_tx,
+        proc_tx,
+        metrics.clone(),
+    )));
+    read_loop(&tracer, &pipeline, &metrics, &shutdown)?;
+
+    // Detach first: after this nothing of ours runs in the kernel.
+    let attached = tracer.attached();
+    drop(tracer);
+    tracing::info!(programs = attached, "shutting down");
+    // Closing the channels ends discovery and lets the exporter drain.
+    drop(pipeline);
+    let _ = discovery_thread.join();
+    let _ = export_thread.join();
+    Ok(())
+}
+
+fn read_loop(
+    tracer: &Tracer,
+    pipeline: &Rc<RefCell<Pipeline>>,
+    metrics: &SelfMetrics,
+    shutdown: &AtomicBool,
+) -> Result<()> {
+    let mut builder = libbpf_rs::RingBufferBuilder::new();
+    let p = pipeline.clone();
+    builder.add(&tracer.skel.maps.data_events, move |bytes| {
+        p.borrow_mut().on_record(bytes);
+        0
+    })?;
+    let p = pipeline.clone();
+    builder.add(&tracer.skel.maps.proc_events, move |bytes| {
+        p.borrow_mut().on_record(bytes);
+        0
+    })?;
+    let rings = builder.build().context("setting up ring buffers")?;
+
+    eprintln!("autotel ready: {} BPF programs attached", tracer.attached());
+    tracing::info!("autotel ready");
+    let mut next_tick = Instant::now();
+    while !shutdown.load(Ordering::Relaxed) {
+        // poll() returns on wakeups; consume() also drains records submitted
+        // without a wakeup (see DESIGN, performance notes).
+        if let Err(e) = rings.poll(DRAIN_INTERVAL) {
+            if e.kind() != libbpf_rs::ErrorKind::Interrupted {
+                tracing::warn!(error = %e, "ring buffer poll failed");
+            }
+        }
+        let _ = rings.consume();
+        if Instant::now() >= next_tick {
+            next_tick += Duration::from_secs(1);
+            pipeline.borrow_mut().tick(clock::monotonic_ns());
+            publish_kernel_counters(tracer, metrics);
+        }
+    }
+    let _ = rings.consume();
+    pipeline.borrow_mut().tick(clock::monotonic_ns());
+    publish_kernel_counters(tracer, metrics);
+    Ok(())
+}
+
+fn publish_kernel_counters(tracer: &Tracer, metrics: &SelfMetrics) {
+    use crate::selfmetrics::{KindLabel, RingbufLabel};
+    for (name, total) in tracer.kernel_counters() {
+        let counter = match name {
+            "data_lost" => metrics
+                .events_lost
+                .get_or_create(&RingbufLabel {
+                    ringbuf: "data".into(),
+                })
+                .clone(),
+            "proc_lost" | "close_lost" => {
+                // Both go through the proc ring: publish their sum below.
+                continue;
+            }
+            other => metrics
+                .kernel_counters
+                .get_or_create(&KindLabel { kind: other.into() })
+                .clone(),
+        };
+        SelfMetrics::sync_total(&counter, total);
+    }
+    let proc_lost: u64 = tracer
+        .kernel_counters()
+        .iter()
+        .filter(|(n, _)| *n == "proc_lost" || *n == "close_lost")
+        .map(|(_, v)| v)
+        .sum();
+    let c = metrics
+        .events_lost
+        .get_or_create(&RingbufLabel {
+            ringbuf: "proc".into(),
+        })
+        .clone();
+    SelfMetrics::sync_total(&c, proc_lost);
+}

@@ -1,0 +1,225 @@
+//! Kernel records as Rust values. The layouts mirror bpf/common/events.h; the
+//! test at the bottom checks them against the skeleton types libbpf-cargo
+//! generated from the BPF object's BTF, so drift fails the build's tests.
+
+/// Record type tags (the first byte of every ring-buffer record).
+pub const EV_DATA: u8 = 1;
+pub const EV_CLOSE: u8 = 2;
+pub const EV_PROC: u8 = 3;
+
+pub const DIR_INGRESS: u8 = 0;
+
+pub const ROLE_CLIENT: u8 = 1;
+pub const ROLE_SERVER: u8 = 2;
+
+pub const PROC_EXEC: u8 = 1;
+pub const PROC_EXIT: u8 = 2;
+pub const PROC_LISTEN: u8 = 3;
+pub const PROC_FORK: u8 = 4;
+
+/// Per-CPU counter indexes (enum at_counter).
+pub const COUNTER_NAMES: [(u32, &str); 6] = [
+    (0, "data_lost"),
+    (1, "proc_lost"),
+    (2, "close_lost"),
+    (3, "truncated"),
+    (4, "iov_cut"),
+    (5, "args_missing"),
+];
+pub const COUNTER_SLOTS: u32 = 8;
+
+pub const TAIL_BYTES: usize = 32;
+/// Hard ceiling of capture.max_bytes (AT_MAX_CAPTURE - 1: the kernel masks lengths).
+pub const MAX_CAPTURE: u32 = 8191;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnTuple {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub _pad: u16,
+}
+
+impl ConnTuple {
+    fn addr(&self, raw: &[u8; 16]) -> std::net::IpAddr {
+        if self.family == 10 {
+            let v6 = std::net::Ipv6Addr::from(*raw);
+            v6.to_ipv4_mapped().map(Into::into).unwrap_or(v6.into())
+        } else {
+            std::net::Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]).into()
+        }
+    }
+    pub fn local_addr(&self) -> std::net::IpAddr {
+        self.addr(&self.saddr)
+    }
+    pub fn remote_addr(&self) -> std::net::IpAddr {
+        self.addr(&self.daddr)
+    }
+}
+
+/// `struct at_data_event` without its payload array.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct DataHeader {
+    pub kind: u8,
+    pub direction: u8,
+    pub role: u8,
+    pub syscall: u8,
+    pub pid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    pub conn_start_ns: u64,
+    pub enter_ns: u64,
+    pub exit_ns: u64,
+    pub total_len: u32,
+    pub captured_len: u16,
+    pub tail_len: u16,
+    pub tuple: ConnTuple,
+    pub tail: [u8; TAIL_BYTES],
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct CloseEvent {
+    pub kind: u8,
+    pub role: u8,
+    pub _pad: u16,
+    pub pid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    pub conn_start_ns: u64,
+    pub ts_ns: u64,
+    pub tuple: ConnTuple,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ProcEvent {
+    pub kind: u8,
+    pub proc_kind: u8,
+    pub _pad: u16,
+    pub pid: u32,
+    pub ppid: u32,
+    pub _pad2: u32,
+    pub ts_ns: u64,
+    pub comm: [u8; 16],
+}
+
+/// A data record borrowed from the ring buffer.
+pub struct DataEvent<'a> {
+    pub header: DataHeader,
+    pub data: &'a [u8],
+}
+
+impl DataEvent<'_> {
+    pub fn tail(&self) -> &[u8] {
+        &self.header.tail[..(self.header.tail_len as usize).min(TAIL_BYTES)]
+    }
+}
+
+pub enum Event<'a> {
+    Data(DataEvent<'a>),
+    Close(CloseEvent),
+    Proc(ProcEvent),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AbiError {
+    #[error("record of {0} bytes is shorter than its type requires")]
+    Short(usize),
+    #[error("unknown record type {0}")]
+    UnknownType(u8),
+}
+
+/// Reads a plain-old-data struct from the start of `bytes`, length-checked.
+fn read_pod<T: Copy>(bytes: &[u8]) -> Result<T, AbiError> {
+    if bytes.len() < std::mem::size_of::<T>() {
+        return Err(AbiError::Short(bytes.len()));
+    }
+    // SAFETY: length checked above; T is a repr(C) struct of integers and
+    // byte arrays, valid for any bit pattern; read_unaligned has no alignment needs.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(bytes: &[u8]) -> Result<Event<'_>, AbiError> {
+    match bytes.first().copied() {
+        Some(EV_DATA) => {
+            let header: DataHeader = read_pod(bytes)?;
+            let start = std::mem::size_of::<DataHeader>();
+            let end = start + header.captured_len as usize;
+            let data = bytes.get(start..end).ok_or(AbiError::Short(bytes.len()))?;
+            Ok(Event::Data(DataEvent { header, data }))
+        }
+        Some(EV_CLOSE) => Ok(Event::Close(read_pod(bytes)?)),
+        Some(EV_PROC) => Ok(Event::Proc(read_pod(bytes)?)),
+        Some(t) => Err(AbiError::UnknownType(t)),
+        None => Err(AbiError::Short(0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracer::skel::types;
+    use std::mem::{offset_of, size_of};
+
+    #[test]
+    fn layouts_match_the_bpf_object() {
+        assert_eq!(
+            size_of::<DataHeader>(),
+            offset_of!(types::at_data_event, data)
+        );
+        assert_eq!(
+            offset_of!(DataHeader, conn_start_ns),
+            offset_of!(types::at_data_event, conn_start_ns)
+        );
+        assert_eq!(
+            offset_of!(DataHeader, total_len),
+            offset_of!(types::at_data_event, total_len)
+        );
+        assert_eq!(
+            offset_of!(DataHeader, tuple),
+            offset_of!(types::at_data_event, tuple)
+        );
+        assert_eq!(
+            offset_of!(DataHeader, tail),
+            offset_of!(types::at_data_event, tail)
+        );
+        assert_eq!(size_of::<CloseEvent>(), size_of::<types::at_close_event>());
+        assert_eq!(
+            offset_of!(CloseEvent, tuple),
+            offset_of!(types::at_close_event, tuple)
+        );
+        assert_eq!(size_of::<ProcEvent>(), size_of::<types::at_proc_event>());
+        assert_eq!(
+            offset_of!(ProcEvent, comm),
+            offset_of!(types::at_proc_event, comm)
+        );
+        assert_eq!(size_of::<ConnTuple>(), size_of::<types::at_conn_tuple>());
+        assert_eq!(
+            size_of::<types::at_data_event>() - offset_of!(types::at_data_event, data),
+            2 * (MAX_CAPTURE as usize + 1)
+        );
+    }
+
+    #[test]
+    fn decode_rejects_short_and_unknown() {
+        assert_eq!(decode(&[]).err(), Some(AbiError::Short(0)));
+        assert_eq!(decode(&[EV_DATA, 0, 0]).err(), Some(AbiError::Short(3)));
+        assert_eq!(decode(&[9; 200]).err(), Some(AbiError::UnknownType(9)));
+        let mut rec = vec![0u8; size_of::<DataHeader>()];
+        rec[0] = EV_DATA;
+        // captured_len claims 5 bytes that are not there
+        rec[offset_of!(DataHeader, captured_len)] = 5;
+        assert!(decode(&rec).is_err());
+        rec.extend_from_slice(b"hello");
+        match decode(&rec).unwrap() {
+            Event::Data(d) => assert_eq!(d.data, b"hello"),
+            _ => panic!("not data"),
+        }
+    }
+}

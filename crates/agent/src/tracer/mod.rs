@@ -1,0 +1,176 @@
+//! Loads and attaches the BPF object, owns its links, and hands out what the
+//! rest of the agent needs: the ring buffers, the selected-pid map and the
+//! kernel-side counters. Dropping the Tracer detaches every program.
+
+pub mod abi;
+pub mod tracefs;
+
+#[allow(clippy::all, dead_code, non_camel_case_types, unsafe_op_in_unsafe_fn)]
+pub mod skel {
+    include!(concat!(env!("OUT_DIR"), "/autotel.skel.rs"));
+}
+
+use anyhow::{Context, Result};
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, MapHandle};
+use skel::{AutotelSkel, AutotelSkelBuilder};
+use std::mem::MaybeUninit;
+
+pub struct TracerOptions {
+    pub capture_max_bytes: u32,
+    pub data_ringbuf_bytes: u32,
+    pub wakeup_bytes: u64,
+}
+
+pub struct Tracer {
+    // Links first: they must drop (detach) before the object they point into.
+    links: Vec<Link>,
+    pub skel: AutotelSkel<'static>,
+}
+
+/// Routes libbpf's own messages (including verifier logs) into our logs.
+fn libbpf_log(level: libbpf_rs::PrintLevel, msg: String) {
+    let msg = msg.trim_end();
+    match level {
+        libbpf_rs::PrintLevel::Warn => tracing::warn!(target: "libbpf", "{msg}"),
+        libbpf_rs::PrintLevel::Info => tracing::debug!(target: "libbpf", "{msg}"),
+        libbpf_rs::PrintLevel::Debug => tracing::trace!(target: "libbpf", "{msg}"),
+    }
+}
+
+impl Tracer {
+    pub fn load(opts: &TracerOptions) -> Result<Self> {
+        libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, libbpf_log)));
+        tracefs::ensure_mounted()?;
+        // The open object must outlive the skeleton, which lives as long as
+        // the agent: leak one small allocation instead of self-referencing.
+        let storage: &'static mut MaybeUninit<libbpf_rs::OpenObject> =
+            Box::leak(Box::new(MaybeUninit::uninit()));
+        let builder = AutotelSkelBuilder::default();
+        let mut open = builder.open(storage).context("opening the BPF object")?;
+        let rodata = open
+            .maps
+            .rodata_data
+            .as_deref_mut()
+            .context("BPF object has no .rodata")?;
+        rodata.capture_max_bytes = opts.capture_max_bytes.min(abi::MAX_CAPTURE);
+        rodata.wakeup_data_bytes = opts.wakeup_bytes;
+        rodata.self_tgid = std::process::id();
+        open.maps
+            .data_events
+            .set_max_entries(opts.data_ringbuf_bytes.next_power_of_two())
+            .context("sizing the data ring buffer")?;
+        let skel = open.load().context(
+            "loading BPF programs into the kernel (the verifier log is above at debug level; \
+             run `autotel check` to see what this host is missing)",
+        )?;
+        let mut tracer = Tracer {
+            links: Vec::new(),
+            skel,
+        };
+        tracer.attach_all()?;
+        Ok(tracer)
+    }
+
+    /// Attaches every program on its own so one missing hook is a logged,
+    /// counted degradation rather than a failure of the whole agent.
+    fn attach_all(&mut self) -> Result<()> {
+        let mut failed = Vec::new();
+        for prog in self.skel.object().progs_mut() {
+            let name = prog.name().to_string_lossy().into_owned();
+            match prog.attach() {
+                Ok(link) => self.links.push(link),
+                Err(e) => {
+                    tracing::warn!(program = %name, error = %e, "could not attach BPF program");
+                    failed.push(name);
+                }
+            }
+        }
+        let essential = [
+            "at_e_read",
+            "at_x_read",
+            "at_e_write",
+            "at_x_write",
+            "at_exec",
+        ];
+        if let Some(name) = failed.iter().find(|n| essential.contains(&n.as_str())) {
+            anyhow::bail!(
+                "essential BPF program {name} could not be attached; see `autotel check`"
+            );
+        }
+        tracing::info!(
+            attached = self.links.len(),
+            failed = failed.len(),
+            "BPF programs attached"
+        );
+        Ok(())
+    }
+
+    pub fn attached(&self) -> usize {
+        self.links.len()
+    }
+
+    /// An owned handle to the selected-pid map, usable from another thread.
+    pub fn selected_pids_handle(&self) -> Result<SelectedPids> {
+        let handle = MapHandle::try_from(&self.skel.maps.selected_pids)
+            .context("duplicating the pid map fd")?;
+        Ok(SelectedPids { handle })
+    }
+
+    /// Sums the per-CPU kernel counters: (name, value).
+    pub fn kernel_counters(&self) -> Vec<(&'static str, u64)> {
+        let map = &self.skel.maps.counters;
+        abi::COUNTER_NAMES
+            .iter()
+            .map(|(idx, name)| {
+                let total = map
+                    .lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY)
+                    .ok()
+                    .flatten()
+                    .map(|per_cpu| {
+                        per_cpu
+                            .iter()
+                            .filter_map(|v| {
+                                v.get(..8)
+                                    .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or_default()))
+                            })
+                            .sum()
+                    })
+                    .unwrap_or(0);
+                (*name, total)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let n = self.links.len();
+        self.links.clear();
+        tracing::info!(detached = n, "BPF programs detached");
+    }
+}
+
+/// The kernel's view of which processes are traced.
+pub struct SelectedPids {
+    handle: MapHandle,
+}
+
+impl SelectedPids {
+    pub fn insert(&self, pid: u32) -> Result<()> {
+        self.handle
+            .update(&pid.to_ne_bytes(), &1u32.to_ne_bytes(), MapFlags::ANY)
+            .with_context(|| format!("selecting pid {pid}"))
+    }
+
+    pub fn remove(&self, pid: u32) {
+        let _ = self.handle.delete(&pid.to_ne_bytes());
+    }
+
+    pub fn contains(&self, pid: u32) -> bool {
+        matches!(
+            self.handle.lookup(&pid.to_ne_bytes(), MapFlags::ANY),
+            Ok(Some(_))
+        )
+    }
+}

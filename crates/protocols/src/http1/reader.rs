@@ -1,0 +1,248 @@
+//! One direction of an HTTP/1 connection: finds message heads and the end of
+//! each body from captured prefixes plus total lengths (bodies are counted,
+//! never copied).
+
+use super::chunked::{ends_with_last_chunk, ChunkProgress, ChunkedDecoder};
+use super::head::{
+    looks_like_request, looks_like_response, parse_request, parse_response, Framing, RequestHead,
+    ResponseHead,
+};
+use super::{ParseError, Segment, Timing};
+
+/// A head larger than this is not HTTP we can follow.
+const MAX_HEAD: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Request,
+    Response,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Head {
+    Request(RequestHead),
+    Response(ResponseHead),
+}
+
+/// What a reader saw, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReaderEvent {
+    Head(Head, Timing),
+    /// The current message ended: body bytes on the wire, time of the last byte.
+    End {
+        body_bytes: u64,
+        last_ns: u64,
+    },
+    Error(ParseError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Head,
+    Body(u64),
+    Chunked(ChunkedDecoder),
+    /// Chunk boundaries unknown: watch segment ends for the last chunk.
+    ChunkedLost,
+    UntilClose,
+    /// Out of step: wait for a segment that starts like a message.
+    Lost,
+}
+
+#[derive(Debug, Clone)]
+pub struct Reader {
+    kind: Kind,
+    state: State,
+    head_buf: Vec<u8>,
+    head_timing: Option<Timing>,
+    body_bytes: u64,
+    last_ns: u64,
+}
+
+impl Reader {
+    pub fn new(kind: Kind) -> Self {
+        Self {
+            kind,
+            state: State::Head,
+            head_buf: Vec::new(),
+            head_timing: None,
+            body_bytes: 0,
+            last_ns: 0,
+        }
+    }
+
+    /// True while a message is partly read (its end not yet seen).
+    pub fn in_message(&self) -> bool {
+        !self.head_buf.is_empty() || !matches!(self.state, State::Head | State::Lost)
+    }
+
+    fn looks_like_start(&self, b: &[u8]) -> bool {
+        match self.kind {
+            Kind::Request => looks_like_request(b),
+            Kind::Response => looks_like_response(b),
+        }
+    }
+
+    fn lose(&mut self, err: ParseError, out: &mut Vec<ReaderEvent>) {
+        self.head_buf.clear();
+        self.head_timing = None;
+        self.state = State::Lost;
+        out.push(ReaderEvent::Error(err));
+    }
+
+    fn end(&mut self, out: &mut Vec<ReaderEvent>) {
+        out.push(ReaderEvent::End {
+            body_bytes: self.body_bytes,
+            last_ns: self.last_ns,
+        });
+        self.body_bytes = 0;
+        self.state = State::Head;
+    }
+
+    /// Feeds one segment. `framing` maps a parsed head to its body framing
+    /// (responses need the request they answer).
+    pub fn feed(
+        &mut self,
+        seg: &Segment<'_>,
+        framing: &mut dyn FnMut(&Head) -> Framing,
+        out: &mut Vec<ReaderEvent>,
+    ) {
+        let total = seg.total_len;
+        let data = seg.data;
+        self.last_ns = seg.timing.exit_ns;
+        let mut pos = 0usize;
+        while pos < total {
+            match &mut self.state {
+                State::Lost => {
+                    if pos == 0 && self.looks_like_start(data) {
+                        self.state = State::Head;
+                        continue;
+                    }
+                    return;
+                }
+                State::Head => {
+                    if pos >= data.len() {
+                        // The next message starts in bytes we did not capture.
+                        self.lose(ParseError::Truncated, out);
+                        return;
+                    }
+                    let avail = &data[pos..];
+                    if self.head_buf.is_empty() {
+                        if !self.looks_like_start(avail) {
+                            self.lose(ParseError::NotHttp, out);
+                            return;
+                        }
+                        self.head_timing = Some(seg.timing);
+                    }
+                    let before = self.head_buf.len();
+                    if before + avail.len() > MAX_HEAD {
+                        self.lose(ParseError::HeadTooLarge, out);
+                        return;
+                    }
+                    self.head_buf.extend_from_slice(avail);
+                    let parsed = match self.kind {
+                        Kind::Request => {
+                            parse_request(&self.head_buf).map(|h| h.map(Head::Request))
+                        }
+                        Kind::Response => {
+                            parse_response(&self.head_buf).map(|h| h.map(Head::Response))
+                        }
+                    };
+                    match parsed {
+                        Ok(None) => {
+                            if data.len() < total {
+                                self.lose(ParseError::Truncated, out);
+                            }
+                            return;
+                        }
+                        Err(e) => {
+                            self.lose(e, out);
+                            return;
+                        }
+                        Ok(Some(head)) => {
+                            let head_len = match &head {
+                                Head::Request(h) => h.head_len,
+                                Head::Response(h) => h.head_len,
+                            };
+                            pos += head_len - before;
+                            self.head_buf.clear();
+                            let f = framing(&head);
+                            let timing = self.head_timing.take().unwrap_or(seg.timing);
+                            out.push(ReaderEvent::Head(head, timing));
+                            self.body_bytes = 0;
+                            match f {
+                                Framing::None => self.end(out),
+                                Framing::Length(n) => self.state = State::Body(n),
+                                Framing::Chunked => {
+                                    self.state = State::Chunked(ChunkedDecoder::new())
+                                }
+                                Framing::UntilClose => self.state = State::UntilClose,
+                            }
+                        }
+                    }
+                }
+                State::Body(left) => {
+                    let n = (*left).min((total - pos) as u64);
+                    pos += n as usize;
+                    self.body_bytes += n;
+                    *left -= n;
+                    if *left == 0 {
+                        self.end(out);
+                    }
+                }
+                State::Chunked(dec) => {
+                    let known = data.get(pos..).unwrap_or_default();
+                    match dec.feed(known, total - pos) {
+                        ChunkProgress::NeedMore => {
+                            self.body_bytes += (total - pos) as u64;
+                            pos = total;
+                        }
+                        ChunkProgress::Done(n) => {
+                            self.body_bytes += n as u64;
+                            pos += n;
+                            self.end(out);
+                        }
+                        ChunkProgress::LostSync => {
+                            self.state = State::ChunkedLost;
+                            out.push(ReaderEvent::Error(ParseError::ChunkSyncLost));
+                            self.check_last_chunk(seg, pos, out);
+                            return;
+                        }
+                    }
+                }
+                State::ChunkedLost => {
+                    self.check_last_chunk(seg, pos, out);
+                    return;
+                }
+                State::UntilClose => {
+                    self.body_bytes += (total - pos) as u64;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Without chunk sync, a body ends with the segment whose bytes end in
+    /// the last chunk (seen in the captured data or the captured tail).
+    fn check_last_chunk(&mut self, seg: &Segment<'_>, pos: usize, out: &mut Vec<ReaderEvent>) {
+        self.body_bytes += (seg.total_len - pos) as u64;
+        let end: &[u8] = if seg.data.len() == seg.total_len {
+            &seg.data[pos.min(seg.data.len())..]
+        } else {
+            seg.tail
+        };
+        if ends_with_last_chunk(end) {
+            self.end(out);
+        }
+    }
+
+    /// The connection closed: a body delimited by close ends here; a message
+    /// cut short is reported.
+    pub fn close(&mut self, out: &mut Vec<ReaderEvent>) {
+        match self.state {
+            State::UntilClose => self.end(out),
+            State::Head if self.head_buf.is_empty() => {}
+            State::Lost => {}
+            _ => self.lose(ParseError::Truncated, out),
+        }
+    }
+}

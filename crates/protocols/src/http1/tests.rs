@@ -1,0 +1,308 @@
+//! Table tests on real captured bytes (testdata/http1, recorded by
+//! testdata/capture_http1.py from curl, urllib, nginx and python http.server).
+
+use super::*;
+
+fn testdata(name: &str) -> Vec<u8> {
+    let path = format!("{}/../../testdata/http1/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn seg(data: &[u8], t: u64) -> Segment<'_> {
+    Segment {
+        data,
+        total_len: data.len(),
+        tail: &[],
+        timing: Timing {
+            enter_ns: t,
+            exit_ns: t + 1,
+        },
+    }
+}
+
+fn exchanges(events: &[Http1Event]) -> Vec<&Exchange> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Http1Event::Exchange(x) => Some(x.as_ref()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn errors(events: &[Http1Event]) -> Vec<&ParseError> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Http1Event::Error(x) => Some(x),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn curl_request_head() {
+    let head = parse_request(&testdata("curl_get.req")).unwrap().unwrap();
+    assert_eq!(head.method, "GET");
+    assert_eq!(head.target, "/users/42?x=1");
+    assert_eq!(head.version, 1);
+    assert!(head.host.as_deref().unwrap().starts_with("127.0.0.1:"));
+    assert!(head.user_agent.as_deref().unwrap().starts_with("curl/"));
+    assert_eq!(head.framing(), Framing::None);
+}
+
+#[test]
+fn post_with_traceparent_and_body() {
+    let bytes = testdata("curl_post_traceparent.req");
+    let head = parse_request(&bytes).unwrap().unwrap();
+    assert_eq!(head.method, "POST");
+    assert_eq!(
+        head.traceparent.as_deref(),
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    );
+    assert_eq!(head.framing(), Framing::Length(23));
+    assert_eq!(bytes.len(), head.head_len + 23);
+}
+
+#[test]
+fn urllib_request_closes() {
+    let head = parse_request(&testdata("urllib_get.req")).unwrap().unwrap();
+    assert_eq!(head.target, "/api/v1/items");
+    assert!(head.connection_close);
+}
+
+#[test]
+fn every_prefix_of_a_request_needs_more() {
+    let bytes = testdata("curl_get.req");
+    for cut in 0..bytes.len() {
+        assert_eq!(parse_request(&bytes[..cut]), Ok(None), "cut {cut}");
+        assert!(looks_like_request(&bytes[..cut]) || cut == 0, "cut {cut}");
+    }
+}
+
+#[test]
+fn server_side_pipelined_nginx_exchange() {
+    // Requests as nginx read them (one read), responses as recorded.
+    let reqs = b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\nGET /missing HTTP/1.1\r\nHost: x\r\n\r\nHEAD /index.html HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let resp = testdata("nginx_pipelined.resp");
+    let mut c = Http1Connection::new(Some(Dir::Ingress));
+    let mut out = Vec::new();
+    c.feed(Dir::Ingress, &seg(reqs, 10), &mut out);
+    // Responses written in small pieces, as a server might.
+    for (i, piece) in resp.chunks(700).enumerate() {
+        c.feed(Dir::Egress, &seg(piece, 100 + i as u64), &mut out);
+    }
+    c.close(&mut out);
+    let x = exchanges(&out);
+    assert_eq!(errors(&out), Vec::<&ParseError>::new(), "{out:#?}");
+    assert_eq!(x.len(), 3, "{out:?}");
+    assert_eq!(
+        (x[0].request.target.as_str(), x[0].response.status),
+        ("/index.html", 200)
+    );
+    assert_eq!(
+        (x[1].request.target.as_str(), x[1].response.status),
+        ("/missing", 404)
+    );
+    assert_eq!(
+        (x[2].request.method.as_str(), x[2].response.status),
+        ("HEAD", 200)
+    );
+    assert_eq!(x[2].response_body_bytes, 0, "HEAD has no body");
+    assert!(x.iter().all(|e| e.server_side));
+    assert_eq!(
+        x[0].response_body_bytes,
+        x[0].response.content_length.unwrap()
+    );
+}
+
+#[test]
+fn client_side_chunked_gzip_with_truncated_capture() {
+    let resp = testdata("nginx_gzip_chunked.resp");
+    let mut c = Http1Connection::new(Some(Dir::Egress));
+    let mut out = Vec::new();
+    c.feed(
+        Dir::Egress,
+        &seg(b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n", 1),
+        &mut out,
+    );
+    // Capture limited to the first 260 bytes; the tail carries the end.
+    let cap = 260;
+    let tail = &resp[resp.len() - 32..];
+    let s = Segment {
+        data: &resp[..cap],
+        total_len: resp.len(),
+        tail,
+        timing: Timing {
+            enter_ns: 5,
+            exit_ns: 6,
+        },
+    };
+    c.feed(Dir::Ingress, &s, &mut out);
+    let x = exchanges(&out);
+    assert_eq!(x.len(), 1, "{out:?}");
+    assert!(x[0].response.chunked);
+    assert!(!x[0].server_side);
+    assert_eq!(x[0].response_end_ns, 6);
+}
+
+#[test]
+fn python_http10_until_close() {
+    let resp = testdata("pyserver_http10.resp");
+    let mut c = Http1Connection::new(None);
+    let mut out = Vec::new();
+    c.feed(
+        Dir::Ingress,
+        &seg(b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n", 1),
+        &mut out,
+    );
+    c.feed(Dir::Egress, &seg(&resp, 3), &mut out);
+    let x = exchanges(&out);
+    assert_eq!(x.len(), 1, "{out:?}");
+    assert_eq!(x[0].response.version, 0);
+    assert!(x[0].server_side, "role inferred from a request arriving");
+}
+
+#[test]
+fn large_body_counted_not_captured() {
+    let body_len = 10 * 1024 * 1024;
+    let mut c = Http1Connection::new(Some(Dir::Ingress));
+    let mut out = Vec::new();
+    let head = format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {body_len}\r\n\r\n");
+    let mut first = head.clone().into_bytes();
+    first.extend(std::iter::repeat_n(b'a', 100));
+    // First read: head plus body start, captured up to 4 KiB of 64 KiB.
+    let s = Segment {
+        data: &first,
+        total_len: head.len() + 65536,
+        tail: &[],
+        timing: Timing::default(),
+    };
+    c.feed(Dir::Ingress, &s, &mut out);
+    let mut left = body_len - 65536;
+    while left > 0 {
+        let n = left.min(65536);
+        let s = Segment {
+            data: b"aaaa",
+            total_len: n,
+            tail: &[],
+            timing: Timing::default(),
+        };
+        c.feed(Dir::Ingress, &s, &mut out);
+        left -= n;
+    }
+    c.feed(
+        Dir::Egress,
+        &seg(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok", 9),
+        &mut out,
+    );
+    let x = exchanges(&out);
+    assert_eq!(x.len(), 1, "{out:?}");
+    assert_eq!(x[0].request_body_bytes, body_len as u64);
+    assert_eq!(x[0].response_body_bytes, 2);
+}
+
+#[test]
+fn no_body_statuses_do_not_swallow_next_response() {
+    let mut c = Http1Connection::new(Some(Dir::Ingress));
+    let mut out = Vec::new();
+    c.feed(
+        Dir::Ingress,
+        &seg(
+            b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\n\r\n",
+            1,
+        ),
+        &mut out,
+    );
+    c.feed(
+        Dir::Egress,
+        &seg(b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n", 2),
+        &mut out,
+    );
+    let codes: Vec<u16> = exchanges(&out).iter().map(|x| x.response.status).collect();
+    assert_eq!(codes, vec![204, 304, 500]);
+}
+
+#[test]
+fn garbage_is_an_error_and_no_exchange() {
+    let mut c = Http1Connection::new(Some(Dir::Ingress));
+    let mut out = Vec::new();
+    c.feed(
+        Dir::Ingress,
+        &seg(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 1),
+        &mut out,
+    );
+    c.feed(Dir::Ingress, &seg(b"more garbage", 2), &mut out);
+    assert!(exchanges(&out).is_empty());
+    assert_eq!(errors(&out), vec![&ParseError::NotHttp]);
+    assert!(c.is_opaque());
+}
+
+#[test]
+fn truncated_request_then_close_is_counted() {
+    let mut c = Http1Connection::new(Some(Dir::Ingress));
+    let mut out = Vec::new();
+    c.feed(Dir::Ingress, &seg(b"GET /x HTT", 1), &mut out);
+    c.close(&mut out);
+    assert!(exchanges(&out).is_empty());
+    assert_eq!(errors(&out), vec![&ParseError::Truncated]);
+}
+
+#[test]
+fn unknown_role_mid_stream_waits_for_a_message_start() {
+    let mut c = Http1Connection::new(None);
+    let mut out = Vec::new();
+    c.feed(Dir::Egress, &seg(b"...tail of an old body", 1), &mut out);
+    c.feed(
+        Dir::Ingress,
+        &seg(b"GET /next HTTP/1.1\r\n\r\n", 2),
+        &mut out,
+    );
+    c.feed(
+        Dir::Egress,
+        &seg(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 3),
+        &mut out,
+    );
+    assert_eq!(exchanges(&out).len(), 1);
+}
+
+#[test]
+fn upgrade_makes_the_connection_opaque() {
+    let mut c = Http1Connection::new(Some(Dir::Egress));
+    let mut out = Vec::new();
+    c.feed(
+        Dir::Egress,
+        &seg(
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            1,
+        ),
+        &mut out,
+    );
+    c.feed(
+        Dir::Ingress,
+        &seg(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+            2,
+        ),
+        &mut out,
+    );
+    c.feed(Dir::Ingress, &seg(b"\x81\x05hello", 3), &mut out);
+    assert_eq!(exchanges(&out).len(), 1);
+    assert!(errors(&out).is_empty());
+    assert!(c.is_opaque());
+}
+
+#[test]
+fn byte_at_a_time_keeps_counts() {
+    let resp = testdata("nginx_pipelined.resp");
+    let reqs = b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\nGET /missing HTTP/1.1\r\nHost: x\r\n\r\nHEAD /index.html HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut c = Http1Connection::new(None);
+    let mut out = Vec::new();
+    for b in reqs.chunks(1) {
+        c.feed(Dir::Ingress, &seg(b, 1), &mut out);
+    }
+    for b in resp.chunks(1) {
+        c.feed(Dir::Egress, &seg(b, 2), &mut out);
+    }
+    assert_eq!(exchanges(&out).len(), 3, "{:?}", errors(&out));
+}
