@@ -17,6 +17,15 @@
  * enough to see the end of a chunked body ("\r\n0\r\n\r\n") without
  * copying the body. */
 #define AT_TAIL_BYTES 32
+/* Bytes of an exec'ed path carried in a process event. */
+#define AT_FILENAME_LEN 128
+
+/* Values of the selected_pids map (bit flags). */
+#define AT_SEL_CONFIRMED 1   /* user space selected it */
+#define AT_SEL_INHERITED 2   /* forked from a selected process */
+#define AT_SEL_PROVISIONAL 4 /* exec'ed while an executable-name selector is set: user space decides */
+#define AT_SEL_EXPLICIT 8    /* listed by pid: survives exec */
+
 /* readv/writev/sendmsg/recvmsg: iovec entries walked per syscall. */
 #define AT_MAX_IOV 16
 
@@ -126,6 +135,7 @@ struct at_proc_event {
 	__u32 _pad2;
 	__u64 ts_ns;
 	char comm[16];
+	char filename[AT_FILENAME_LEN]; /* exec: the path given to execve */
 };
 
 /* Per-connection state the kernel keeps, keyed by (tgid << 32 | fd). */

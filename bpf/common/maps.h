@@ -14,6 +14,10 @@ const volatile __u32 capture_max_bytes = 4096;
 const volatile __u64 wakeup_data_bytes = 256 * 1024;
 /* Our own tgid: never traced even if something selects it. */
 const volatile __u32 self_tgid = 0;
+/* Set when processes are selected by executable name: every exec is selected
+ * provisionally, so a short-lived client is traced from its first syscall,
+ * and user space confirms or drops it on the exec event. */
+const volatile __u32 select_on_exec = 0;
 
 /* tgid -> flags. The first lookup of every program: unselected processes stop here. */
 struct {

@@ -4,13 +4,16 @@
 #ifndef AUTOTEL_PROCESS_H
 #define AUTOTEL_PROCESS_H
 
-static __always_inline void emit_proc(__u8 kind, __u32 pid, __u32 ppid)
+static __always_inline struct at_proc_event *reserve_proc(void)
 {
 	struct at_proc_event *ev = bpf_ringbuf_reserve(&proc_events, sizeof(*ev), 0);
-	if (!ev) {
+	if (!ev)
 		count(AT_CNT_PROC_LOST);
-		return;
-	}
+	return ev;
+}
+
+static __always_inline void submit_proc(struct at_proc_event *ev, __u8 kind, __u32 pid, __u32 ppid)
+{
 	ev->type = AT_EV_PROC;
 	ev->kind = kind;
 	ev->_pad = 0;
@@ -23,12 +26,36 @@ static __always_inline void emit_proc(__u8 kind, __u32 pid, __u32 ppid)
 	bpf_ringbuf_submit(ev, 0);
 }
 
+static __always_inline void emit_proc(__u8 kind, __u32 pid, __u32 ppid)
+{
+	struct at_proc_event *ev = reserve_proc();
+	if (!ev)
+		return;
+	ev->filename[0] = 0;
+	submit_proc(ev, kind, pid, ppid);
+}
+
+/* exec replaces the program: an inherited selection no longer holds. */
 SEC("tracepoint/sched/sched_process_exec")
 int at_exec(struct trace_event_raw_sched_process_exec *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (tgid != self_tgid)
-		emit_proc(AT_PROC_EXEC, tgid, 0);
+	if (tgid == self_tgid)
+		return 0;
+	__u32 *flags = bpf_map_lookup_elem(&selected_pids, &tgid);
+	__u32 explicit_flag = flags ? (*flags & AT_SEL_EXPLICIT) : 0;
+	if (select_on_exec) {
+		__u32 v = AT_SEL_PROVISIONAL | explicit_flag;
+		bpf_map_update_elem(&selected_pids, &tgid, &v, BPF_ANY);
+	} else if (flags && !explicit_flag) {
+		bpf_map_delete_elem(&selected_pids, &tgid);
+	}
+	struct at_proc_event *ev = reserve_proc();
+	if (!ev)
+		return 0;
+	__u32 off = ctx->__data_loc_filename & 0xFFFF;
+	bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename), (void *)ctx + off);
+	submit_proc(ev, AT_PROC_EXEC, tgid, 0);
 	return 0;
 }
 
@@ -41,10 +68,9 @@ int BPF_PROG(at_fork, struct task_struct *parent, struct task_struct *child)
 	__u32 ctgid = BPF_CORE_READ(child, tgid);
 	if (ctgid != BPF_CORE_READ(child, pid) || ctgid == ptgid)
 		return 0; /* a new thread, not a new process */
-	__u32 *flags = bpf_map_lookup_elem(&selected_pids, &ptgid);
-	if (!flags)
+	if (!is_selected(ptgid))
 		return 0;
-	__u32 v = *flags;
+	__u32 v = AT_SEL_INHERITED;
 	bpf_map_update_elem(&selected_pids, &ctgid, &v, BPF_ANY);
 	emit_proc(AT_PROC_FORK, ctgid, ptgid);
 	return 0;

@@ -82,6 +82,29 @@ pub struct TracesExportFile {
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+pub struct MetricsExportFile {
+    pub endpoint: Option<String>,
+    pub protocol: Option<String>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub interval_ms: Option<u64>,
+    pub temporality: Option<String>,
+    pub cardinality_limit: Option<usize>,
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RoutesFile {
+    pub patterns: Option<Vec<String>>,
+    pub ignored_patterns: Option<Vec<String>>,
+    /// Beyla alias of ignored_patterns.
+    pub ignored: Option<Vec<String>>,
+    pub ignore_mode: Option<String>,
+    pub unmatched: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct PrometheusFile {
     pub port: Option<u16>,
     pub address: Option<String>,
@@ -100,6 +123,8 @@ pub struct CaptureFile {
 pub struct ConfigFile {
     pub discovery: Option<DiscoveryFile>,
     pub otel_traces_export: Option<TracesExportFile>,
+    pub otel_metrics_export: Option<MetricsExportFile>,
+    pub routes: Option<RoutesFile>,
     pub prometheus_export: Option<PrometheusFile>,
     pub capture: Option<CaptureFile>,
     pub print_traces: Option<bool>,
@@ -117,18 +142,32 @@ pub enum OtlpProtocol {
     HttpProtobuf,
 }
 
+/// Where and how one OTLP signal is sent.
 #[derive(Debug, Clone)]
-pub struct TracesExport {
-    /// None: no OTLP export (spans go to stdout).
+pub struct OtlpTarget {
+    /// None: this signal is not exported over OTLP.
     pub endpoint: Option<String>,
-    /// True when the endpoint is signal-specific (used as is, no /v1/traces added).
+    /// True when the endpoint is signal-specific (used as is, no /v1/<signal> added).
     pub endpoint_is_full: bool,
     pub protocol: OtlpProtocol,
     pub headers: Vec<(String, String)>,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct TracesExport {
+    pub otlp: OtlpTarget,
     pub queue_size: usize,
     pub max_batch: usize,
     pub schedule_delay_ms: u64,
-    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsExport {
+    pub otlp: OtlpTarget,
+    pub interval_ms: u64,
+    pub temporality: crate::metrics::otlp::Temporality,
+    pub cardinality_limit: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -143,12 +182,20 @@ impl Discovery {
     pub fn has_selector(&self) -> bool {
         !self.open_ports.is_empty() || self.executable_name.is_some() || !self.pids.is_empty()
     }
+
+    /// Executable name is the criterion that decides at exec time (ports
+    /// are only known once a process listens).
+    pub fn selects_on_exec(&self) -> bool {
+        self.executable_name.is_some() && self.open_ports.is_empty()
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Config {
     pub discovery: Discovery,
     pub traces: TracesExport,
+    pub metrics: MetricsExport,
+    pub router: crate::pipeline::routes::Router,
     pub prometheus_port: u16,
     pub prometheus_address: String,
     pub prometheus_path: String,
@@ -156,8 +203,6 @@ pub struct Config {
     pub ringbuf_bytes: u32,
     pub print_traces: bool,
     pub log_level: String,
-    pub service_name_override: Option<String>,
-    pub resource_attributes: Vec<(String, String)>,
     /// Notes to log once logging is up (e.g. aliases used).
     pub notes: Vec<String>,
 }
@@ -205,7 +250,7 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() + 0 && i + 2 <= bytes.len() - 1 {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
             if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
                 out.push(b);
                 i += 3;
@@ -225,6 +270,63 @@ fn parse_protocol(text: &str) -> Result<OtlpProtocol> {
         "http/json" => bail!("OTLP protocol http/json is not supported; use grpc or http/protobuf"),
         other => bail!("unknown OTLP protocol {other:?}; use grpc or http/protobuf"),
     }
+}
+
+/// Endpoint, protocol and headers of one signal: OTEL_EXPORTER_OTLP_<SIGNAL>_*
+/// wins over OTEL_EXPORTER_OTLP_*, which wins over the file.
+fn otlp_target(
+    signal: &str,
+    file_endpoint: Option<String>,
+    file_protocol: Option<String>,
+    file_headers: Option<BTreeMap<String, String>>,
+    file_timeout_ms: Option<u64>,
+) -> Result<OtlpTarget> {
+    let mut endpoint = file_endpoint;
+    let mut endpoint_is_full = false;
+    if let Some(v) = env("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        endpoint = Some(v);
+    }
+    if let Some(v) = env(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT")) {
+        endpoint = Some(v);
+        endpoint_is_full = true;
+    }
+    let protocol_text = env(&format!("OTEL_EXPORTER_OTLP_{signal}_PROTOCOL"))
+        .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        .or(file_protocol);
+    let protocol = match protocol_text {
+        Some(p) => parse_protocol(&p)?,
+        // Port 4318 is the OTLP/HTTP convention; everything else defaults to gRPC.
+        None if endpoint
+            .as_deref()
+            .is_some_and(|e| e.trim_end_matches('/').ends_with(":4318")) =>
+        {
+            OtlpProtocol::HttpProtobuf
+        }
+        None => OtlpProtocol::Grpc,
+    };
+    let mut headers: Vec<(String, String)> = file_headers.unwrap_or_default().into_iter().collect();
+    if let Some(v) = env("OTEL_EXPORTER_OTLP_HEADERS") {
+        headers.extend(parse_kv_list(&v));
+    }
+    if let Some(v) = env(&format!("OTEL_EXPORTER_OTLP_{signal}_HEADERS")) {
+        headers.extend(parse_kv_list(&v));
+    }
+    let timeout_ms = match env(&format!("OTEL_EXPORTER_OTLP_{signal}_TIMEOUT"))
+        .or_else(|| env("OTEL_EXPORTER_OTLP_TIMEOUT"))
+    {
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .with_context(|| format!("OTLP timeout: expected milliseconds, got {v:?}"))?,
+        None => file_timeout_ms.unwrap_or(10_000),
+    };
+    Ok(OtlpTarget {
+        endpoint,
+        endpoint_is_full,
+        protocol,
+        headers,
+        timeout_ms,
+    })
 }
 
 impl Config {
@@ -291,42 +393,6 @@ impl Config {
             pids: parse_pids(pids.as_deref().unwrap_or(""))?,
         };
 
-        // Traces export: signal-specific endpoint wins over the generic one.
-        let mut endpoint = traces_file.endpoint.clone();
-        let mut endpoint_is_full = false;
-        if let Some(v) = env("OTEL_EXPORTER_OTLP_ENDPOINT") {
-            endpoint = Some(v);
-        }
-        if let Some(v) = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
-            endpoint = Some(v);
-            endpoint_is_full = true;
-        }
-        let protocol_text = env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-            .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
-            .or(traces_file.protocol.clone());
-        let protocol = match protocol_text {
-            Some(p) => parse_protocol(&p)?,
-            // Port 4318 is the OTLP/HTTP convention; everything else defaults to gRPC.
-            None if endpoint
-                .as_deref()
-                .is_some_and(|e| e.trim_end_matches('/').ends_with(":4318")) =>
-            {
-                OtlpProtocol::HttpProtobuf
-            }
-            None => OtlpProtocol::Grpc,
-        };
-        let mut headers: Vec<(String, String)> = traces_file
-            .headers
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        if let Some(v) = env("OTEL_EXPORTER_OTLP_HEADERS") {
-            headers.extend(parse_kv_list(&v));
-        }
-        if let Some(v) = env("OTEL_EXPORTER_OTLP_TRACES_HEADERS") {
-            headers.extend(parse_kv_list(&v));
-        }
         let env_u64 = |name: &str| -> Result<Option<u64>> {
             env(name)
                 .map(|v| {
@@ -337,10 +403,13 @@ impl Config {
                 .transpose()
         };
         let traces = TracesExport {
-            endpoint,
-            endpoint_is_full,
-            protocol,
-            headers,
+            otlp: otlp_target(
+                "TRACES",
+                traces_file.endpoint.clone(),
+                traces_file.protocol.clone(),
+                traces_file.headers.clone(),
+                traces_file.timeout_ms,
+            )?,
             queue_size: env_u64("OTEL_BSP_MAX_QUEUE_SIZE")?
                 .map(|v| v as usize)
                 .or(traces_file.queue_size)
@@ -354,10 +423,48 @@ impl Config {
             schedule_delay_ms: env_u64("OTEL_BSP_SCHEDULE_DELAY")?
                 .or(traces_file.schedule_delay_ms)
                 .unwrap_or(1000),
-            timeout_ms: env_u64("OTEL_EXPORTER_OTLP_TIMEOUT")?
-                .or(traces_file.timeout_ms)
-                .unwrap_or(10_000),
         };
+        let metrics_file = file.otel_metrics_export.clone().unwrap_or_default();
+        let temporality_text = env("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE")
+            .or(metrics_file.temporality.clone())
+            .unwrap_or_else(|| "cumulative".into());
+        let metrics = MetricsExport {
+            otlp: otlp_target(
+                "METRICS",
+                metrics_file.endpoint.clone(),
+                metrics_file.protocol.clone(),
+                metrics_file.headers.clone(),
+                metrics_file.timeout_ms,
+            )?,
+            interval_ms: env_u64("OTEL_METRIC_EXPORT_INTERVAL")?
+                .or(metrics_file.interval_ms)
+                .unwrap_or(60_000)
+                .max(100),
+            temporality: crate::metrics::otlp::Temporality::parse(&temporality_text)?,
+            cardinality_limit: env_u64("AUTOTEL_METRICS_CARDINALITY_LIMIT")?
+                .map(|v| v as usize)
+                .or(metrics_file.cardinality_limit)
+                .unwrap_or(2000),
+        };
+        let routes = file.routes.clone().unwrap_or_default();
+        if routes.ignored.is_some() {
+            notes.push(
+                "config key `routes.ignored` is a Beyla alias of `routes.ignored_patterns`".into(),
+            );
+        }
+        let router = crate::pipeline::routes::Router::new(
+            &routes.patterns.unwrap_or_default(),
+            &routes
+                .ignored_patterns
+                .or(routes.ignored)
+                .unwrap_or_default(),
+            crate::pipeline::routes::IgnoreMode::parse(
+                routes.ignore_mode.as_deref().unwrap_or("both"),
+            )?,
+            crate::pipeline::routes::Unmatched::parse(
+                routes.unmatched.as_deref().unwrap_or("heuristic"),
+            )?,
+        )?;
 
         let mut prom = file.prometheus_export.clone().unwrap_or_default();
         if let Some(alias) = &file.prometheus {
@@ -389,6 +496,8 @@ impl Config {
         Ok(Config {
             discovery,
             traces,
+            metrics,
+            router,
             prometheus_port,
             prometheus_address: env("AUTOTEL_PROMETHEUS_ADDRESS")
                 .or(prom.address)
@@ -403,8 +512,6 @@ impl Config {
             log_level: env("AUTOTEL_LOG_LEVEL")
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".into()),
-            service_name_override: None,
-            resource_attributes: Vec::new(),
             notes,
         })
     }

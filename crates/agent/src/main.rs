@@ -4,6 +4,7 @@ mod check;
 mod config;
 mod discovery;
 mod export;
+mod metrics;
 mod pipeline;
 mod run;
 mod selfmetrics;

@@ -7,9 +7,12 @@
 
 use crate::config::{Config, ConfigError};
 use crate::discovery::{Discoverer, Resources};
+use crate::export::metrics::MetricsExporter;
 use crate::export::prometheus::PromServer;
 use crate::export::SpanExporter;
-use crate::pipeline::{clock, Pipeline};
+use crate::metrics::prom::RedCollector;
+use crate::metrics::{SharedStore, Store};
+use crate::pipeline::{clock, Pipeline, PipelineConfig};
 use crate::selfmetrics::SelfMetrics;
 use crate::tracer::{Tracer, TracerOptions};
 use anyhow::{Context, Result};
@@ -17,7 +20,7 @@ use std::cell::RefCell;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How often the reader drains the rings when nothing woke it.
@@ -60,8 +63,10 @@ fn run(cfg: Config) -> Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGTERM, shutdown.clone())?;
 
     let metrics = Arc::new(SelfMetrics::new());
+    let red: SharedStore = Arc::new(Mutex::new(Store::new(cfg.metrics.cardinality_limit)));
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
+    registry.register_collector(Box::new(RedCollector { store: red.clone() }));
     let registry = Arc::new(registry);
     let _prom = if cfg.prometheus_port != 0 {
         let m = metrics.clone();
@@ -80,6 +85,7 @@ fn run(cfg: Config) -> Result<()> {
         capture_max_bytes: cfg.capture_max_bytes,
         data_ringbuf_bytes: cfg.ringbuf_bytes,
         wakeup_bytes: (cfg.ringbuf_bytes / 16) as u64,
+        select_on_exec: cfg.discovery.selects_on_exec(),
     })?;
 
     // Stages and the channels between them.
@@ -96,6 +102,11 @@ fn run(cfg: Config) -> Result<()> {
     let export_thread = std::thread::Builder::new()
         .name("export".into())
         .spawn(move || exporter.run(span_rx))?;
+    let (metrics_stop_tx, metrics_stop_rx) = crossbeam_channel::bounded::<()>(1);
+    let metrics_exporter = MetricsExporter::new(cfg.metrics.clone(), red.clone());
+    let metrics_thread = std::thread::Builder::new()
+        .name("export-metrics".into())
+        .spawn(move || metrics_exporter.run(metrics_stop_rx))?;
 
     let mut discoverer = Discoverer::new(
         cfg.discovery.clone(),
@@ -110,6 +121,11 @@ fn run(cfg: Config) -> Result<()> {
         .spawn(move || discoverer.run(proc_rx))?;
 
     let pipeline = Rc::new(RefCell::new(Pipeline::new(
+        PipelineConfig {
+            router: cfg.router.clone(),
+            red,
+            discovery: cfg.discovery.clone(),
+        },
         resources,
         span_tx,
         proc_tx,
@@ -123,8 +139,10 @@ fn run(cfg: Config) -> Result<()> {
     tracing::info!(programs = attached, "shutting down");
     // Closing the channels ends discovery and lets the exporter drain.
     drop(pipeline);
+    drop(metrics_stop_tx);
     let _ = discovery_thread.join();
     let _ = export_thread.join();
+    let _ = metrics_thread.join();
     Ok(())
 }
 
@@ -134,14 +152,16 @@ fn read_loop(
     metrics: &SelfMetrics,
     shutdown: &AtomicBool,
 ) -> Result<()> {
+    // The process ring goes first: a consume() pass then sees a process's
+    // exec decision before any data that process produced after it.
     let mut builder = libbpf_rs::RingBufferBuilder::new();
     let p = pipeline.clone();
-    builder.add(&tracer.skel.maps.data_events, move |bytes| {
+    builder.add(&tracer.skel.maps.proc_events, move |bytes| {
         p.borrow_mut().on_record(bytes);
         0
     })?;
     let p = pipeline.clone();
-    builder.add(&tracer.skel.maps.proc_events, move |bytes| {
+    builder.add(&tracer.skel.maps.data_events, move |bytes| {
         p.borrow_mut().on_record(bytes);
         0
     })?;

@@ -8,7 +8,7 @@ pub mod resource;
 
 use crate::config::Discovery;
 use crate::selfmetrics::SelfMetrics;
-use crate::tracer::SelectedPids;
+use crate::tracer::{abi, SelectedPids};
 use autotel_model::Resource;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::collections::HashMap;
@@ -19,10 +19,19 @@ use std::time::{Duration, Instant};
 const RESCAN: Duration = Duration::from_secs(5);
 
 /// Process events forwarded from the ring-buffer reader.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum ProcEvent {
-    Exec(u32),
-    Fork { pid: u32, parent: u32 },
+    /// `selected`: the pipeline's decision when selection happens at exec
+    /// (executable name); None when discovery must evaluate the process.
+    Exec {
+        pid: u32,
+        selected: Option<bool>,
+        path: String,
+    },
+    Fork {
+        pid: u32,
+        parent: u32,
+    },
     Listen(u32),
     Exit(u32),
 }
@@ -102,7 +111,7 @@ impl Discoverer {
             Vec::new()
         };
         if matches(&self.cfg, pid, &exe_name, &cmd, &ports) {
-            self.select(pid);
+            self.select(pid, None);
         } else if self.selected.contains_key(&pid) && !self.inherited(pid) {
             self.deselect(pid);
         }
@@ -115,16 +124,25 @@ impl Discoverer {
             && procfs::exe_path(pid) == procfs::ppid(pid).and_then(procfs::exe_path)
     }
 
-    fn select(&mut self, pid: u32) {
+    fn select(&mut self, pid: u32, exec_path: Option<&str>) {
         let start = procfs::start_time(pid).unwrap_or(0);
-        if self.selected.get(&pid) == Some(&start) && self.kernel.contains(pid) {
+        let confirmed = self
+            .kernel
+            .flags(pid)
+            .is_some_and(|f| f & abi::SEL_CONFIRMED != 0);
+        if self.selected.get(&pid) == Some(&start) && confirmed {
             return;
         }
-        if let Err(e) = self.kernel.insert(pid) {
+        let flags = if self.cfg.pids.contains(&pid) {
+            abi::SEL_CONFIRMED | abi::SEL_EXPLICIT
+        } else {
+            abi::SEL_CONFIRMED
+        };
+        if let Err(e) = self.kernel.insert(pid, flags) {
             tracing::warn!(pid, error = %e, "could not select process");
             return;
         }
-        let res = Arc::new(resource::build(pid, &self.host));
+        let res = Arc::new(resource::build(pid, &self.host, exec_path));
         tracing::info!(pid, service = %res.service_name, "instrumenting process");
         self.resources
             .write()
@@ -175,11 +193,33 @@ impl Discoverer {
     pub fn handle(&mut self, ev: ProcEvent) {
         let mut scan = procfs::ListenScan::default();
         match ev {
-            ProcEvent::Exec(pid) | ProcEvent::Listen(pid) => self.evaluate(pid, &mut scan),
+            ProcEvent::Exec {
+                pid,
+                selected: Some(true),
+                path,
+            } => self.select(pid, Some(&path)),
+            ProcEvent::Exec {
+                pid,
+                selected: Some(false),
+                ..
+            } => {
+                self.kernel.remove(pid);
+                self.exited(pid);
+            }
+            ProcEvent::Exec {
+                pid,
+                selected: None,
+                ..
+            } => {
+                // The kernel dropped an inherited selection at exec: decide afresh.
+                self.selected.remove(&pid);
+                self.evaluate(pid, &mut scan);
+            }
+            ProcEvent::Listen(pid) => self.evaluate(pid, &mut scan),
             ProcEvent::Fork { pid, parent } => {
                 // Already selected in the kernel; record it and build its resource.
                 if self.selected.contains_key(&parent) {
-                    self.select(pid);
+                    self.select(pid, None);
                 }
             }
             ProcEvent::Exit(pid) => self.exited(pid),

@@ -102,8 +102,14 @@ pub fn container_id(cgroup: &str) -> Option<String> {
     None
 }
 
-pub fn build(pid: u32, host: &str) -> Resource {
-    let exe = procfs::exe_path(pid);
+/// `exec_path`: the path seen at exec, used when /proc no longer has the
+/// process (short-lived clients).
+pub fn build(pid: u32, host: &str, exec_path: Option<&str>) -> Resource {
+    let exe = procfs::exe_path(pid).or_else(|| {
+        exec_path
+            .filter(|p| !p.is_empty())
+            .map(std::path::PathBuf::from)
+    });
     let exe_name = exe
         .as_ref()
         .and_then(|p| p.file_name())
@@ -226,7 +232,7 @@ mod tests {
 
     #[test]
     fn own_resource() {
-        let r = build(std::process::id(), "h");
+        let r = build(std::process::id(), "h", None);
         assert!(!r.service_name.is_empty());
         assert!(r
             .attributes

@@ -3,6 +3,7 @@
 //! The reader thread never waits for it; while it retries, new spans queue
 //! up to the channel bound and beyond that are dropped and counted.
 
+pub mod metrics;
 pub mod otlp;
 pub mod prometheus;
 pub mod stdout;
@@ -55,10 +56,12 @@ impl SpanExporter {
                 return;
             }
         };
-        let mut client = match &self.cfg.endpoint {
-            Some(ep) => match rt.block_on(async { otlp::OtlpClient::new(&self.cfg) }) {
+        let client = match &self.cfg.otlp.endpoint {
+            Some(ep) => match rt
+                .block_on(async { otlp::OtlpClient::new(&self.cfg.otlp, otlp::Signal::Traces) })
+            {
                 Ok(c) => {
-                    tracing::info!(endpoint = %ep, protocol = ?self.cfg.protocol, "exporting traces over OTLP");
+                    tracing::info!(endpoint = %ep, protocol = ?self.cfg.otlp.protocol, "exporting traces over OTLP");
                     Some(c)
                 }
                 Err(e) => {
@@ -94,7 +97,7 @@ impl SpanExporter {
                     }
                     let _ = out.flush();
                 }
-                match client.as_mut() {
+                match client.as_ref() {
                     Some(c) => self.export_with_retry(&rt, c, &batch),
                     None => {
                         self.metrics.spans_exported.inc_by(batch.len() as u64);
@@ -110,7 +113,7 @@ impl SpanExporter {
     fn export_with_retry(
         &self,
         rt: &tokio::runtime::Runtime,
-        client: &mut otlp::OtlpClient,
+        client: &otlp::OtlpClient,
         batch: &[Span],
     ) {
         let req = otlp::to_request(batch);
@@ -119,7 +122,7 @@ impl SpanExporter {
         let mut backoff = BACKOFF_START;
         loop {
             let t = Instant::now();
-            let result = rt.block_on(client.export(req.clone()));
+            let result = rt.block_on(client.export_traces(req.clone()));
             self.metrics
                 .export_duration
                 .observe(t.elapsed().as_secs_f64());

@@ -1,12 +1,12 @@
 //! Spans -> OTLP (opentelemetry-proto types), sent over gRPC (tonic) or
 //! HTTP/protobuf (reqwest), with the retryable/permanent split of the OTLP spec.
 
-use crate::config::{OtlpProtocol, TracesExport};
+use crate::config::{OtlpProtocol, OtlpTarget};
 use autotel_model::{AttrValue, Span, SpanKind, StatusCode};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource as OtlpResource;
 use opentelemetry_proto::tonic::trace::v1::{
@@ -116,11 +116,18 @@ pub enum ExportError {
 }
 
 enum Transport {
-    Grpc(TraceServiceClient<tonic::transport::Channel>),
+    Grpc(tonic::transport::Channel),
     Http {
         client: reqwest::Client,
         url: String,
     },
+}
+
+/// Which OTLP signal a client sends (selects the gRPC service or HTTP path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Traces,
+    Metrics,
 }
 
 pub struct OtlpClient {
@@ -129,25 +136,38 @@ pub struct OtlpClient {
     timeout: Duration,
 }
 
+fn grpc_error(status: tonic::Status) -> ExportError {
+    use tonic::Code::*;
+    let msg = format!("gRPC {:?}: {}", status.code(), status.message());
+    match status.code() {
+        Cancelled | DeadlineExceeded | ResourceExhausted | Aborted | OutOfRange | Unavailable
+        | DataLoss | Unknown => ExportError::Retryable(msg),
+        _ => ExportError::Permanent(msg),
+    }
+}
+
 impl OtlpClient {
     /// Must be called inside a tokio runtime.
-    pub fn new(cfg: &TracesExport) -> anyhow::Result<Self> {
+    pub fn new(cfg: &OtlpTarget, signal: Signal) -> anyhow::Result<Self> {
         let endpoint = cfg.endpoint.clone().unwrap_or_default();
         let timeout = Duration::from_millis(cfg.timeout_ms);
         let transport = match cfg.protocol {
-            OtlpProtocol::Grpc => {
-                let channel = tonic::transport::Channel::from_shared(endpoint.clone())
+            OtlpProtocol::Grpc => Transport::Grpc(
+                tonic::transport::Channel::from_shared(endpoint.clone())
                     .map_err(|e| anyhow::anyhow!("invalid OTLP endpoint {endpoint:?}: {e}"))?
                     .connect_timeout(timeout)
                     .timeout(timeout)
-                    .connect_lazy();
-                Transport::Grpc(TraceServiceClient::new(channel))
-            }
+                    .connect_lazy(),
+            ),
             OtlpProtocol::HttpProtobuf => {
                 let url = if cfg.endpoint_is_full {
                     endpoint
                 } else {
-                    format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+                    let path = match signal {
+                        Signal::Traces => "v1/traces",
+                        Signal::Metrics => "v1/metrics",
+                    };
+                    format!("{}/{path}", endpoint.trim_end_matches('/'))
                 };
                 let client = reqwest::Client::builder().timeout(timeout).build()?;
                 Transport::Http { client, url }
@@ -160,62 +180,88 @@ impl OtlpClient {
         })
     }
 
-    pub async fn export(&mut self, req: ExportTraceServiceRequest) -> Result<(), ExportError> {
-        match &mut self.transport {
-            Transport::Grpc(client) => {
-                let mut request = tonic::Request::new(req);
-                request.set_timeout(self.timeout);
-                for (k, v) in &self.headers {
-                    if let (Ok(k), Ok(v)) = (
-                        tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes()),
-                        tonic::metadata::MetadataValue::try_from(v.as_str()),
-                    ) {
-                        request.metadata_mut().insert(k, v);
-                    }
-                }
-                match client.export(request).await {
-                    Ok(resp) => {
-                        let resp: ExportTraceServiceResponse = resp.into_inner();
-                        if let Some(p) = resp.partial_success.filter(|p| p.rejected_spans > 0) {
-                            tracing::warn!(rejected = p.rejected_spans, message = %p.error_message, "collector rejected spans");
-                        }
-                        Ok(())
-                    }
-                    Err(status) => {
-                        use tonic::Code::*;
-                        let msg = format!("gRPC {:?}: {}", status.code(), status.message());
-                        match status.code() {
-                            Cancelled | DeadlineExceeded | ResourceExhausted | Aborted
-                            | OutOfRange | Unavailable | DataLoss | Unknown => {
-                                Err(ExportError::Retryable(msg))
-                            }
-                            _ => Err(ExportError::Permanent(msg)),
-                        }
-                    }
+    fn grpc_request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(msg);
+        request.set_timeout(self.timeout);
+        for (k, v) in &self.headers {
+            if let (Ok(k), Ok(v)) = (
+                tonic::metadata::MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes()),
+                tonic::metadata::MetadataValue::try_from(v.as_str()),
+            ) {
+                request.metadata_mut().insert(k, v);
+            }
+        }
+        request
+    }
+
+    async fn post(
+        &self,
+        client: &reqwest::Client,
+        url: &str,
+        body: Vec<u8>,
+    ) -> Result<(), ExportError> {
+        let mut rb = client
+            .post(url)
+            .header("content-type", "application/x-protobuf")
+            .body(body);
+        for (k, v) in &self.headers {
+            rb = rb.header(k.as_str(), v.as_str());
+        }
+        match rb.send().await {
+            Ok(resp) if resp.status().is_success() => Ok(()),
+            Ok(resp) => {
+                let code = resp.status().as_u16();
+                let msg = format!("HTTP {code} from {url}");
+                if matches!(code, 429 | 502 | 503 | 504) {
+                    Err(ExportError::Retryable(msg))
+                } else {
+                    Err(ExportError::Permanent(msg))
                 }
             }
-            Transport::Http { client, url } => {
-                let mut rb = client
-                    .post(url.as_str())
-                    .header("content-type", "application/x-protobuf")
-                    .body(req.encode_to_vec());
-                for (k, v) in &self.headers {
-                    rb = rb.header(k.as_str(), v.as_str());
+            Err(e) => Err(ExportError::Retryable(format!("{url}: {e}"))),
+        }
+    }
+
+    pub async fn export_traces(&self, req: ExportTraceServiceRequest) -> Result<(), ExportError> {
+        match &self.transport {
+            Transport::Grpc(channel) => {
+                let resp = TraceServiceClient::new(channel.clone())
+                    .export(self.grpc_request(req))
+                    .await
+                    .map_err(grpc_error)?;
+                if let Some(p) = resp
+                    .into_inner()
+                    .partial_success
+                    .filter(|p| p.rejected_spans > 0)
+                {
+                    tracing::warn!(rejected = p.rejected_spans, message = %p.error_message, "collector rejected spans");
                 }
-                match rb.send().await {
-                    Ok(resp) if resp.status().is_success() => Ok(()),
-                    Ok(resp) => {
-                        let code = resp.status().as_u16();
-                        let msg = format!("HTTP {code} from {url}");
-                        if matches!(code, 429 | 502 | 503 | 504) {
-                            Err(ExportError::Retryable(msg))
-                        } else {
-                            Err(ExportError::Permanent(msg))
-                        }
-                    }
-                    Err(e) => Err(ExportError::Retryable(format!("{url}: {e}"))),
-                }
+                Ok(())
             }
+            Transport::Http { client, url } => self.post(client, url, req.encode_to_vec()).await,
+        }
+    }
+
+    pub async fn export_metrics(
+        &self,
+        req: ExportMetricsServiceRequest,
+    ) -> Result<(), ExportError> {
+        match &self.transport {
+            Transport::Grpc(channel) => {
+                let resp = MetricsServiceClient::new(channel.clone())
+                    .export(self.grpc_request(req))
+                    .await
+                    .map_err(grpc_error)?;
+                if let Some(p) = resp
+                    .into_inner()
+                    .partial_success
+                    .filter(|p| p.rejected_data_points > 0)
+                {
+                    tracing::warn!(rejected = p.rejected_data_points, message = %p.error_message, "collector rejected data points");
+                }
+                Ok(())
+            }
+            Transport::Http { client, url } => self.post(client, url, req.encode_to_vec()).await,
         }
     }
 }

@@ -30,7 +30,7 @@ impl Clock {
         }
     }
 
-    pub fn to_unix_ns(&self, mono_ns: u64) -> u64 {
+    pub fn to_unix_ns(self, mono_ns: u64) -> u64 {
         (mono_ns as i128 + self.offset_ns).max(0) as u64
     }
 }

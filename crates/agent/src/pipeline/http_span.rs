@@ -28,7 +28,7 @@ fn host_only(host: &str) -> &str {
     })
 }
 
-fn path_of(target: &str) -> &str {
+pub fn path_of(target: &str) -> &str {
     // Absolute-form targets (proxies): keep only the path.
     let t = target
         .strip_prefix("http://")

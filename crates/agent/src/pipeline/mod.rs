@@ -6,15 +6,19 @@
 pub mod clock;
 pub mod context;
 pub mod http_span;
+pub mod routes;
 
+use crate::config::Discovery;
 use crate::discovery::{resource, ProcEvent, Resources};
+use crate::metrics::SharedStore;
 use crate::selfmetrics::SelfMetrics;
 use crate::tracer::abi::{self, ConnTuple, DataEvent, Event};
 use autotel_model::{Resource, Span};
 use autotel_protocols::http1::{Dir, Http1Connection, Http1Event, Segment, Timing};
 use clock::Clock;
 use crossbeam_channel::{Sender, TrySendError};
-use std::collections::HashMap;
+use routes::Router;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// Connection states kept at most; beyond it the least recently used go.
@@ -55,18 +59,40 @@ pub struct Pipeline {
     spans: Sender<Span>,
     proc_events: Sender<ProcEvent>,
     metrics: Arc<SelfMetrics>,
+    red: SharedStore,
+    router: Router,
+    /// Set when selection is decided at exec (executable name).
+    exec_selector: Option<Discovery>,
+    /// Processes selected provisionally at exec and then rejected: their
+    /// data is dropped until the kernel map catches up.
+    rejected: HashSet<u32>,
+    /// Exec'ed path per pid, for resources of processes gone from /proc.
+    exec_paths: HashMap<u32, String>,
     counts: LocalCounts,
     scratch: Vec<Http1Event>,
 }
 
+/// What the pipeline needs besides its channels.
+pub struct PipelineConfig {
+    pub router: Router,
+    pub red: SharedStore,
+    pub discovery: Discovery,
+}
+
 impl Pipeline {
     pub fn new(
+        cfg: PipelineConfig,
         resources: Resources,
         spans: Sender<Span>,
         proc_events: Sender<ProcEvent>,
         metrics: Arc<SelfMetrics>,
     ) -> Self {
         Self {
+            red: cfg.red,
+            router: cfg.router,
+            exec_selector: cfg.discovery.selects_on_exec().then_some(cfg.discovery),
+            rejected: HashSet::new(),
+            exec_paths: HashMap::new(),
             conns: HashMap::new(),
             clock: Clock::new(),
             resources,
@@ -98,7 +124,7 @@ impl Pipeline {
             Ok(Event::Proc(p)) => {
                 self.counts.proc_records += 1;
                 let ev = match p.proc_kind {
-                    abi::PROC_EXEC => ProcEvent::Exec(p.pid),
+                    abi::PROC_EXEC => self.exec_decision(&p),
                     abi::PROC_FORK => ProcEvent::Fork {
                         pid: p.pid,
                         parent: p.ppid,
@@ -106,6 +132,8 @@ impl Pipeline {
                     abi::PROC_LISTEN => ProcEvent::Listen(p.pid),
                     abi::PROC_EXIT => {
                         self.process_exited(p.pid);
+                        self.rejected.remove(&p.pid);
+                        self.exec_paths.remove(&p.pid);
                         ProcEvent::Exit(p.pid)
                     }
                     _ => return,
@@ -119,8 +147,39 @@ impl Pipeline {
         }
     }
 
+    /// With executable-name selection the kernel traces every exec until we
+    /// decide here, from the exec'ed path, before its data is looked at.
+    fn exec_decision(&mut self, p: &abi::ProcEvent) -> ProcEvent {
+        let path = p.filename();
+        let Some(sel) = &self.exec_selector else {
+            return ProcEvent::Exec {
+                pid: p.pid,
+                selected: None,
+                path,
+            };
+        };
+        let base = path.rsplit('/').next().unwrap_or(&path).to_owned();
+        let selected =
+            crate::discovery::matches(sel, p.pid, &base, std::slice::from_ref(&path), &[])
+                || crate::discovery::matches(sel, p.pid, &p.comm(), &[], &[]);
+        if selected {
+            self.rejected.remove(&p.pid);
+            self.exec_paths.insert(p.pid, path.clone());
+        } else {
+            self.rejected.insert(p.pid);
+        }
+        ProcEvent::Exec {
+            pid: p.pid,
+            selected: Some(selected),
+            path,
+        }
+    }
+
     fn on_data(&mut self, d: &DataEvent<'_>) {
         let h = &d.header;
+        if self.rejected.contains(&h.pid) {
+            return;
+        }
         let key = ConnKey {
             pid: h.pid,
             fd: h.fd,
@@ -167,16 +226,28 @@ impl Pipeline {
         for ev in events.drain(..) {
             match ev {
                 Http1Event::Exchange(x) => {
+                    let path = http_span::path_of(&x.request.target);
+                    let ignored = x.server_side && self.router.is_ignored(path);
+                    let mode = self.router.ignore_mode;
+                    let route = x.server_side.then(|| self.router.route(path));
                     let resource = self.resource(pid);
                     let span = http_span::build(
                         http_span::SpanInput {
                             exchange: &x,
                             tuple,
                             resource,
-                            route: None,
+                            route,
                         },
                         &self.clock,
                     );
+                    // Metrics see every span, before sampling or ignoring for traces.
+                    self.red
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .record_http_span(&span, ignored && mode.skips_metrics());
+                    if ignored && mode.skips_traces() {
+                        continue;
+                    }
                     self.counts.spans += 1;
                     match self.spans.try_send(span) {
                         Ok(()) => {}
@@ -198,8 +269,12 @@ impl Pipeline {
         {
             return r.clone();
         }
-        // Selected in the kernel (fork) before discovery caught up.
-        let r = Arc::new(resource::build(pid, &self.host));
+        // Selected in the kernel (fork, exec) before discovery caught up.
+        let r = Arc::new(resource::build(
+            pid,
+            &self.host,
+            self.exec_paths.get(&pid).map(String::as_str),
+        ));
         self.resources
             .write()
             .unwrap_or_else(|e| e.into_inner())

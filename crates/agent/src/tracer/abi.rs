@@ -26,9 +26,13 @@ pub const COUNTER_NAMES: [(u32, &str); 6] = [
     (4, "iov_cut"),
     (5, "args_missing"),
 ];
-pub const COUNTER_SLOTS: u32 = 8;
 
 pub const TAIL_BYTES: usize = 32;
+pub const FILENAME_LEN: usize = 128;
+
+/// selected_pids values (AT_SEL_* in events.h).
+pub const SEL_CONFIRMED: u32 = 1;
+pub const SEL_EXPLICIT: u32 = 8;
 /// Hard ceiling of capture.max_bytes (AT_MAX_CAPTURE - 1: the kernel masks lengths).
 pub const MAX_CAPTURE: u32 = 8191;
 
@@ -106,6 +110,20 @@ pub struct ProcEvent {
     pub _pad2: u32,
     pub ts_ns: u64,
     pub comm: [u8; 16],
+    pub filename: [u8; FILENAME_LEN],
+}
+
+impl ProcEvent {
+    fn text(raw: &[u8]) -> String {
+        let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
+        String::from_utf8_lossy(&raw[..end]).into_owned()
+    }
+    pub fn comm(&self) -> String {
+        Self::text(&self.comm)
+    }
+    pub fn filename(&self) -> String {
+        Self::text(&self.filename)
+    }
 }
 
 /// A data record borrowed from the ring buffer.

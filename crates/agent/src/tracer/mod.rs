@@ -20,6 +20,8 @@ pub struct TracerOptions {
     pub capture_max_bytes: u32,
     pub data_ringbuf_bytes: u32,
     pub wakeup_bytes: u64,
+    /// Select every exec provisionally (executable-name selection).
+    pub select_on_exec: bool,
 }
 
 pub struct Tracer {
@@ -56,6 +58,7 @@ impl Tracer {
         rodata.capture_max_bytes = opts.capture_max_bytes.min(abi::MAX_CAPTURE);
         rodata.wakeup_data_bytes = opts.wakeup_bytes;
         rodata.self_tgid = std::process::id();
+        rodata.select_on_exec = u32::from(opts.select_on_exec);
         open.maps
             .data_events
             .set_max_entries(opts.data_ringbuf_bytes.next_power_of_two())
@@ -157,9 +160,9 @@ pub struct SelectedPids {
 }
 
 impl SelectedPids {
-    pub fn insert(&self, pid: u32) -> Result<()> {
+    pub fn insert(&self, pid: u32, flags: u32) -> Result<()> {
         self.handle
-            .update(&pid.to_ne_bytes(), &1u32.to_ne_bytes(), MapFlags::ANY)
+            .update(&pid.to_ne_bytes(), &flags.to_ne_bytes(), MapFlags::ANY)
             .with_context(|| format!("selecting pid {pid}"))
     }
 
@@ -167,10 +170,12 @@ impl SelectedPids {
         let _ = self.handle.delete(&pid.to_ne_bytes());
     }
 
-    pub fn contains(&self, pid: u32) -> bool {
-        matches!(
-            self.handle.lookup(&pid.to_ne_bytes(), MapFlags::ANY),
-            Ok(Some(_))
-        )
+    pub fn flags(&self, pid: u32) -> Option<u32> {
+        match self.handle.lookup(&pid.to_ne_bytes(), MapFlags::ANY) {
+            Ok(Some(v)) => v
+                .get(..4)
+                .map(|b| u32::from_ne_bytes(b.try_into().unwrap_or_default())),
+            _ => None,
+        }
     }
 }

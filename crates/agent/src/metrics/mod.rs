@@ -1,0 +1,310 @@
+//! RED metrics derived from every span before sampling: one cumulative store
+//! (histograms per process and attribute set) read by both the Prometheus
+//! endpoint and the OTLP metrics exporter (which derives deltas from it).
+
+pub mod otlp;
+pub mod prom;
+
+use autotel_model::{AttrValue, Resource, Span, SpanKind};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Semantic-convention advisory buckets for HTTP/RPC/DB durations (seconds).
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+/// The OTel SDK's default explicit buckets, used for sizes (no advisory buckets exist).
+pub const SIZE_BUCKETS: &[f64] = &[
+    0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0, 7500.0,
+    10000.0,
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Metric {
+    HttpServerDuration,
+    HttpClientDuration,
+    HttpServerRequestBodySize,
+    HttpServerResponseBodySize,
+}
+
+pub struct MetricDef {
+    /// OTel name.
+    pub name: &'static str,
+    /// UCUM unit: "s" or "By".
+    pub unit: &'static str,
+    pub description: &'static str,
+    pub buckets: &'static [f64],
+}
+
+impl Metric {
+    pub const ALL: [Metric; 4] = [
+        Metric::HttpServerDuration,
+        Metric::HttpClientDuration,
+        Metric::HttpServerRequestBodySize,
+        Metric::HttpServerResponseBodySize,
+    ];
+
+    pub fn def(self) -> MetricDef {
+        match self {
+            Metric::HttpServerDuration => MetricDef {
+                name: "http.server.request.duration",
+                unit: "s",
+                description: "Duration of HTTP server requests.",
+                buckets: DURATION_BUCKETS,
+            },
+            Metric::HttpClientDuration => MetricDef {
+                name: "http.client.request.duration",
+                unit: "s",
+                description: "Duration of HTTP client requests.",
+                buckets: DURATION_BUCKETS,
+            },
+            Metric::HttpServerRequestBodySize => MetricDef {
+                name: "http.server.request.body.size",
+                unit: "By",
+                description: "Size of HTTP server request bodies.",
+                buckets: SIZE_BUCKETS,
+            },
+            Metric::HttpServerResponseBodySize => MetricDef {
+                name: "http.server.response.body.size",
+                unit: "By",
+                description: "Size of HTTP server response bodies.",
+                buckets: SIZE_BUCKETS,
+            },
+        }
+    }
+}
+
+/// One histogram time series.
+#[derive(Debug, Clone)]
+pub struct Series {
+    pub resource: Arc<Resource>,
+    pub attrs: Vec<(&'static str, AttrValue)>,
+    /// Per bucket (not cumulative), the last one is +Inf.
+    pub counts: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+    pub min: f64,
+    pub max: f64,
+    pub start_unix_ns: u64,
+}
+
+impl Series {
+    fn new(
+        resource: Arc<Resource>,
+        attrs: Vec<(&'static str, AttrValue)>,
+        buckets: usize,
+        now: u64,
+    ) -> Self {
+        Series {
+            resource,
+            attrs,
+            counts: vec![0; buckets + 1],
+            sum: 0.0,
+            count: 0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            start_unix_ns: now,
+        }
+    }
+
+    fn observe(&mut self, bounds: &[f64], v: f64) {
+        // Explicit-bucket semantics: bucket i holds (bounds[i-1], bounds[i]].
+        let i = bounds.partition_point(|b| *b < v);
+        self.counts[i] += 1;
+        self.sum += v;
+        self.count += 1;
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+    }
+}
+
+/// Series per metric, keyed by process and attribute values.
+#[derive(Debug)]
+pub struct Store {
+    series: HashMap<Metric, HashMap<(u32, String), Series>>,
+    cardinality_limit: usize,
+    pub overflowed: u64,
+}
+
+pub type SharedStore = Arc<Mutex<Store>>;
+
+pub fn key_of(attrs: &[(&'static str, AttrValue)]) -> String {
+    let mut k = String::with_capacity(64);
+    for (name, v) in attrs {
+        k.push_str(name);
+        k.push('=');
+        k.push_str(&v.to_string());
+        k.push('\u{1f}');
+    }
+    k
+}
+
+impl Store {
+    pub fn new(cardinality_limit: usize) -> Self {
+        Store {
+            series: HashMap::new(),
+            cardinality_limit: cardinality_limit.max(1),
+            overflowed: 0,
+        }
+    }
+
+    pub fn record(
+        &mut self,
+        metric: Metric,
+        resource: &Arc<Resource>,
+        attrs: Vec<(&'static str, AttrValue)>,
+        v: f64,
+        now: u64,
+    ) {
+        let def = metric.def();
+        let per_metric = self.series.entry(metric).or_default();
+        let mut key = (resource.pid, key_of(&attrs));
+        let mut attrs = attrs;
+        if !per_metric.contains_key(&key) && per_metric.len() >= self.cardinality_limit {
+            // Semconv overflow series: the attributes are dropped, counts are kept.
+            attrs = vec![("otel.metric.overflow", AttrValue::Bool(true))];
+            key = (resource.pid, key_of(&attrs));
+            self.overflowed += 1;
+        }
+        per_metric
+            .entry(key)
+            .or_insert_with(|| Series::new(resource.clone(), attrs, def.buckets.len(), now))
+            .observe(def.buckets, v);
+    }
+
+    /// Visits every series of a metric.
+    pub fn each(&self, metric: Metric) -> impl Iterator<Item = &Series> {
+        self.series
+            .get(&metric)
+            .into_iter()
+            .flat_map(|m| m.values())
+    }
+
+    /// Distinct resources that have any series.
+    pub fn resources(&self) -> Vec<Arc<Resource>> {
+        let mut seen: HashMap<u32, Arc<Resource>> = HashMap::new();
+        for m in self.series.values() {
+            for s in m.values() {
+                seen.entry(s.resource.pid)
+                    .or_insert_with(|| s.resource.clone());
+            }
+        }
+        let mut v: Vec<_> = seen.into_values().collect();
+        v.sort_by_key(|r| r.pid);
+        v
+    }
+
+    pub fn series_count(&self, metric: Metric) -> usize {
+        self.series.get(&metric).map_or(0, HashMap::len)
+    }
+
+    /// Records the RED metrics of one finished HTTP span.
+    pub fn record_http_span(&mut self, span: &Span, ignore_route_metrics: bool) {
+        if ignore_route_metrics {
+            return;
+        }
+        let server = span.kind == SpanKind::Server;
+        let keys: &[&'static str] = if server {
+            &[
+                "http.request.method",
+                "http.response.status_code",
+                "http.route",
+                "url.scheme",
+                "server.port",
+                "network.protocol.version",
+                "error.type",
+            ]
+        } else {
+            &[
+                "http.request.method",
+                "http.response.status_code",
+                "server.address",
+                "server.port",
+                "url.scheme",
+                "network.protocol.version",
+                "error.type",
+            ]
+        };
+        let attrs: Vec<(&'static str, AttrValue)> = keys
+            .iter()
+            .filter_map(|k| span.attr(k).map(|v| (*k, v.clone())))
+            .collect();
+        let now = span.end_unix_ns;
+        let secs = span.duration_ns() as f64 / 1e9;
+        if server {
+            self.record(
+                Metric::HttpServerDuration,
+                &span.resource,
+                attrs.clone(),
+                secs,
+                now,
+            );
+            let size = |k| match span.attr(k) {
+                Some(AttrValue::Int(n)) => *n as f64,
+                _ => 0.0,
+            };
+            self.record(
+                Metric::HttpServerRequestBodySize,
+                &span.resource,
+                attrs.clone(),
+                size("http.request.body.size"),
+                now,
+            );
+            self.record(
+                Metric::HttpServerResponseBodySize,
+                &span.resource,
+                attrs,
+                size("http.response.body.size"),
+                now,
+            );
+        } else {
+            self.record(Metric::HttpClientDuration, &span.resource, attrs, secs, now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(pid: u32) -> Arc<Resource> {
+        Arc::new(Resource {
+            service_name: "s".into(),
+            pid,
+            attributes: vec![],
+        })
+    }
+
+    #[test]
+    fn buckets_are_upper_inclusive() {
+        let mut s = Store::new(10);
+        let r = res(1);
+        for v in [0.005, 0.0051, 11.0] {
+            s.record(Metric::HttpServerDuration, &r, vec![], v, 0);
+        }
+        let series: Vec<_> = s.each(Metric::HttpServerDuration).collect();
+        assert_eq!(series[0].counts[0], 1);
+        assert_eq!(series[0].counts[1], 1);
+        assert_eq!(*series[0].counts.last().unwrap(), 1);
+        assert_eq!(series[0].count, 3);
+    }
+
+    #[test]
+    fn cardinality_is_capped_with_overflow_series() {
+        let mut s = Store::new(5);
+        let r = res(1);
+        for i in 0..100 {
+            s.record(
+                Metric::HttpServerDuration,
+                &r,
+                vec![("http.route", format!("/r{i}").into())],
+                0.1,
+                0,
+            );
+        }
+        assert_eq!(s.series_count(Metric::HttpServerDuration), 6);
+        let total: u64 = s.each(Metric::HttpServerDuration).map(|x| x.count).sum();
+        assert_eq!(total, 100, "no count is lost to the cap");
+        assert_eq!(s.overflowed, 95);
+    }
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian 12 machine lacks to build autotel and run its
+# tests. Idempotent: installs only what is missing. Needs root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup.sh: run as root (sudo make setup): it installs Debian packages" >&2
+  exit 1
+fi
+
+# Build: clang compiles the BPF C; libelf/zlib/pkg-config for libbpf-sys.
+# Tests: the real peers and tools the integration tests drive.
+PACKAGES=(clang llvm libelf-dev zlib1g-dev pkg-config make
+          bpftool nginx-light curl wrk iproute2 tmux prometheus python3-venv)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  # Debian's prometheus package starts its own service on install; we only
+  # want the binaries (tests start their own server on a private port).
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+  rm -f /usr/sbin/policy-rc.d
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found; install Rust stable (https://rustup.rs) and re-run" >&2
+  exit 1
+fi
+
+# Python packages for the integration tests (official OTel decoders, grpcio).
+PY=${PYTHON:-python3}
+if ! "$PY" -c "import opentelemetry.proto, grpc, pytest, prometheus_client, requests" 2>/dev/null; then
+  echo "setup: installing Python test packages"
+  "$PY" -m pip install -q -r tests/requirements.txt
+fi
+echo "setup: done"
