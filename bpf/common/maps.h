@@ -33,8 +33,9 @@ struct {
 	__uint(max_entries, 16 * 1024 * 1024);
 } data_events SEC(".maps");
 
-/* Process lifecycle and connection close events: small and rare, kept apart so
- * a flood of payload can never delay discovery. */
+/* Process lifecycle events: small and rare, kept apart so a flood of payload
+ * can never delay discovery. (Connection closes go with the data, to keep
+ * their order.) */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1024 * 1024);

@@ -273,7 +273,8 @@ static __always_inline int forget_fd(__s32 fd, int report)
 	if (!info)
 		return 0;
 	if (report && info->is_socket) {
-		struct at_close_event *ev = bpf_ringbuf_reserve(&proc_events, sizeof(*ev), 0);
+		/* Same ring as the data: the close must be read after the last data. */
+		struct at_close_event *ev = bpf_ringbuf_reserve(&data_events, sizeof(*ev), 0);
 		if (ev) {
 			ev->type = AT_EV_CLOSE;
 			ev->role = info->role;
@@ -284,7 +285,7 @@ static __always_inline int forget_fd(__s32 fd, int report)
 			ev->conn_start_ns = info->start_ns;
 			ev->ts_ns = bpf_ktime_get_ns();
 			ev->tuple = info->tuple;
-			bpf_ringbuf_submit(ev, ringbuf_flags(&proc_events));
+			bpf_ringbuf_submit(ev, ringbuf_flags(&data_events));
 		} else {
 			count(AT_CNT_CLOSE_LOST);
 		}

@@ -193,36 +193,36 @@ fn read_loop(
 
 fn publish_kernel_counters(tracer: &Tracer, metrics: &SelfMetrics) {
     use crate::selfmetrics::{KindLabel, RingbufLabel};
-    for (name, total) in tracer.kernel_counters() {
-        let counter = match name {
-            "data_lost" => metrics
-                .events_lost
-                .get_or_create(&RingbufLabel {
-                    ringbuf: "data".into(),
-                })
-                .clone(),
-            "proc_lost" | "close_lost" => {
-                // Both go through the proc ring: publish their sum below.
-                continue;
-            }
-            other => metrics
-                .kernel_counters
-                .get_or_create(&KindLabel { kind: other.into() })
-                .clone(),
-        };
-        SelfMetrics::sync_total(&counter, total);
+    let counters = tracer.kernel_counters();
+    let total = |names: &[&str]| -> u64 {
+        counters
+            .iter()
+            .filter(|(n, _)| names.contains(n))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    // Closes travel with the data, so their losses count against that ring.
+    for (ring, names) in [
+        ("data", &["data_lost", "close_lost"][..]),
+        ("proc", &["proc_lost"][..]),
+    ] {
+        let c = metrics
+            .events_lost
+            .get_or_create(&RingbufLabel {
+                ringbuf: ring.into(),
+            })
+            .clone();
+        SelfMetrics::sync_total(&c, total(names));
     }
-    let proc_lost: u64 = tracer
-        .kernel_counters()
-        .iter()
-        .filter(|(n, _)| *n == "proc_lost" || *n == "close_lost")
-        .map(|(_, v)| v)
-        .sum();
-    let c = metrics
-        .events_lost
-        .get_or_create(&RingbufLabel {
-            ringbuf: "proc".into(),
-        })
-        .clone();
-    SelfMetrics::sync_total(&c, proc_lost);
+    for (name, value) in &counters {
+        if !name.ends_with("_lost") {
+            let c = metrics
+                .kernel_counters
+                .get_or_create(&KindLabel {
+                    kind: (*name).into(),
+                })
+                .clone();
+            SelfMetrics::sync_total(&c, *value);
+        }
+    }
 }

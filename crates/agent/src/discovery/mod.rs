@@ -28,10 +28,7 @@ pub enum ProcEvent {
         selected: Option<bool>,
         path: String,
     },
-    Fork {
-        pid: u32,
-        parent: u32,
-    },
+    Fork(u32),
     Listen(u32),
     Exit(u32),
 }
@@ -152,6 +149,22 @@ impl Discoverer {
         self.metrics.set_instrumented(self.selected.len());
     }
 
+    /// A child the kernel selected at fork: record it, never write the kernel
+    /// map (it may have exec'ed meanwhile, and the kernel already decided).
+    fn adopt(&mut self, pid: u32) {
+        if self.kernel.flags(pid).is_none() || self.selected.contains_key(&pid) {
+            return;
+        }
+        let res = Arc::new(resource::build(pid, &self.host, None));
+        self.resources
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pid, res);
+        self.selected
+            .insert(pid, procfs::start_time(pid).unwrap_or(0));
+        self.metrics.set_instrumented(self.selected.len());
+    }
+
     fn deselect(&mut self, pid: u32) {
         if self.selected.remove(&pid).is_some() {
             self.kernel.remove(pid);
@@ -212,16 +225,13 @@ impl Discoverer {
                 ..
             } => {
                 // The kernel dropped an inherited selection at exec: decide afresh.
-                self.selected.remove(&pid);
+                if self.selected.remove(&pid).is_some() && !self.cfg.pids.contains(&pid) {
+                    self.kernel.remove(pid);
+                }
                 self.evaluate(pid, &mut scan);
             }
             ProcEvent::Listen(pid) => self.evaluate(pid, &mut scan),
-            ProcEvent::Fork { pid, parent } => {
-                // Already selected in the kernel; record it and build its resource.
-                if self.selected.contains_key(&parent) {
-                    self.select(pid, None);
-                }
-            }
+            ProcEvent::Fork(pid) => self.adopt(pid),
             ProcEvent::Exit(pid) => self.exited(pid),
         }
     }

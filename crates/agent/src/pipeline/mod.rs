@@ -113,7 +113,7 @@ impl Pipeline {
                 self.on_data(&d);
             }
             Ok(Event::Close(c)) => {
-                self.counts.proc_records += 1;
+                self.counts.data_records += 1;
                 let key = ConnKey {
                     pid: c.pid,
                     fd: c.fd,
@@ -125,10 +125,7 @@ impl Pipeline {
                 self.counts.proc_records += 1;
                 let ev = match p.proc_kind {
                     abi::PROC_EXEC => self.exec_decision(&p),
-                    abi::PROC_FORK => ProcEvent::Fork {
-                        pid: p.pid,
-                        parent: p.ppid,
-                    },
+                    abi::PROC_FORK => ProcEvent::Fork(p.pid),
                     abi::PROC_LISTEN => ProcEvent::Listen(p.pid),
                     abi::PROC_EXIT => {
                         self.process_exited(p.pid);
