@@ -19,6 +19,8 @@ pub const SIZE_BUCKETS: &[f64] = &[
     10000.0,
 ];
 
+// RPC, DB and DNS metrics join these; the shared prefix is temporary.
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Metric {
     HttpServerDuration,
