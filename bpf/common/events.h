@@ -107,6 +107,11 @@ struct at_data_event {
 	__u32 total_len;     /* bytes the syscall moved */
 	__u16 captured_len;  /* bytes of data[] that are valid */
 	__u16 tail_len;      /* bytes of tail[] that are valid */
+	/* The server connection whose request this thread was serving when it
+	 * wrote this (egress on non-server sockets); ctx_fd < 0: none. */
+	__s32 ctx_fd;
+	__u32 _pad;
+	__u64 ctx_conn_start_ns;
 	struct at_conn_tuple tuple;
 	__u8 tail[AT_TAIL_BYTES]; /* last bytes of the buffer when captured_len < total_len */
 	/* Twice the ceiling so the verifier can prove a masked offset plus a
@@ -136,6 +141,14 @@ struct at_proc_event {
 	__u64 ts_ns;
 	char comm[16];
 	char filename[AT_FILENAME_LEN]; /* exec: the path given to execve */
+};
+
+/* The request a thread is serving: the server connection it last read a
+ * request from. Keyed by tid. */
+struct at_thread_ctx {
+	__s32 fd;
+	__u32 _pad;
+	__u64 conn_start_ns;
 };
 
 /* Per-connection state the kernel keeps, keyed by (tgid << 32 | fd). */

@@ -69,6 +69,14 @@ struct {
 	__type(value, struct at_syscall_args);
 } active_args SEC(".maps");
 
+/* tid -> the server request it is serving (trace context inside a process). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct at_thread_ctx);
+} thread_ctx SEC(".maps");
+
 /* Scratch space for building a data event (too big for the 512-byte stack). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -140,6 +140,22 @@ static __always_inline int emit_data(long ret, __u8 direction)
 	ev->captured_len = 0;
 	ev->tail_len = 0;
 	ev->tuple = info->tuple;
+	ev->ctx_fd = -1;
+	ev->_pad = 0;
+	ev->ctx_conn_start_ns = 0;
+	if (info->role == AT_ROLE_SERVER) {
+		if (direction == AT_DIR_INGRESS) {
+			/* This thread now serves the request arriving on this connection. */
+			struct at_thread_ctx t = { .fd = a.fd, .conn_start_ns = info->start_ns };
+			bpf_map_update_elem(&thread_ctx, &tid, &t, BPF_ANY);
+		}
+	} else if (direction == AT_DIR_EGRESS) {
+		struct at_thread_ctx *t = bpf_map_lookup_elem(&thread_ctx, &tid);
+		if (t) {
+			ev->ctx_fd = t->fd;
+			ev->ctx_conn_start_ns = t->conn_start_ns;
+		}
+	}
 
 	if (a.syscall == AT_SYS_SENDFILE) {
 		/* The body never passes through user memory: count it only. */

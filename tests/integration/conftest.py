@@ -552,6 +552,7 @@ http {{
             client_max_body_size 20m;
             return 200 "ok\\n";
         }}
+{extra_locations}
     }}
 }}
 """
@@ -586,7 +587,9 @@ def nginx(tmp_path):
         pytest.fail(f"{NGINX} not found: apt-get install nginx-light", pytrace=False)
     started: List[Nginx] = []
 
-    def _start(port: Optional[int] = None) -> Nginx:
+    def _start(port: Optional[int] = None, extra_locations: str = "") -> Nginx:
+        """``extra_locations``: nginx directives added inside the server block, e.g.
+        ``location /c/ { return 200 "ok"; }`` (written as is, braces single)."""
         port = port or free_port()
         prefix = tmp_path / f"nginx{len(started)}"
         static = prefix / "static"
@@ -601,7 +604,8 @@ def nginx(tmp_path):
             for _ in range(BIG_SIZE // len(chunk)):
                 f.write(chunk)
         conf = prefix / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(prefix=prefix, port=port, static=static))
+        conf.write_text(NGINX_CONF.format(prefix=prefix, port=port, static=static,
+                                             extra_locations=extra_locations))
         log = open(prefix / "stderr.log", "wb")
         proc = subprocess.Popen([NGINX, "-p", str(prefix), "-e", str(prefix / "error.log"),
                                  "-c", str(conf)],

@@ -62,10 +62,37 @@ impl Scalar {
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    pub open_ports: Option<Scalar>,
+    pub executable_name: Option<String>,
+    pub pids: Option<Scalar>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct DiscoveryFile {
     pub open_ports: Option<Scalar>,
     pub executable_name: Option<String>,
     pub pids: Option<Scalar>,
+    pub services: Option<Vec<ServiceFile>>,
+    pub skip_sdk_instrumented: Option<bool>,
+    pub service_namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SamplerFile {
+    pub name: Option<String>,
+    pub arg: Option<Scalar>,
+}
+
+/// Beyla's `traces:` section (only the sampler is meaningful here).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BeylaTracesFile {
+    pub sampler: Option<SamplerFile>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -127,6 +154,8 @@ pub struct ConfigFile {
     pub routes: Option<RoutesFile>,
     pub prometheus_export: Option<PrometheusFile>,
     pub capture: Option<CaptureFile>,
+    pub sampler: Option<SamplerFile>,
+    pub same_host_linking: Option<bool>,
     pub print_traces: Option<bool>,
     pub log_level: Option<String>,
     // Beyla-compatible aliases (see DESIGN.md, "Compatibility").
@@ -134,6 +163,7 @@ pub struct ConfigFile {
     pub executable_name: Option<String>,
     pub pid: Option<Scalar>,
     pub prometheus: Option<PrometheusFile>,
+    pub traces: Option<BeylaTracesFile>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,23 +200,43 @@ pub struct MetricsExport {
     pub cardinality_limit: usize,
 }
 
+/// A named group of processes: selects them and names their service.
 #[derive(Debug, Clone)]
-pub struct Discovery {
+pub struct ServiceRule {
+    pub name: Option<String>,
+    pub namespace: Option<String>,
     pub open_ports: PortSet,
     pub executable_name: Option<regex::Regex>,
     pub pids: Vec<u32>,
 }
 
+#[derive(Debug, Clone)]
+pub struct Discovery {
+    pub open_ports: PortSet,
+    pub executable_name: Option<regex::Regex>,
+    pub pids: Vec<u32>,
+    pub services: Vec<ServiceRule>,
+    pub skip_sdk_instrumented: bool,
+    pub service_namespace: Option<String>,
+}
+
 impl Discovery {
     /// With no selector, every process that listens on a TCP port is selected.
     pub fn has_selector(&self) -> bool {
-        !self.open_ports.is_empty() || self.executable_name.is_some() || !self.pids.is_empty()
+        !self.open_ports.is_empty()
+            || self.executable_name.is_some()
+            || !self.pids.is_empty()
+            || !self.services.is_empty()
     }
 
     /// Executable name is the criterion that decides at exec time (ports
     /// are only known once a process listens).
     pub fn selects_on_exec(&self) -> bool {
-        self.executable_name.is_some() && self.open_ports.is_empty()
+        (self.executable_name.is_some() && self.open_ports.is_empty())
+            || self
+                .services
+                .iter()
+                .any(|s| s.executable_name.is_some() && s.open_ports.is_empty())
     }
 }
 
@@ -196,6 +246,8 @@ pub struct Config {
     pub traces: TracesExport,
     pub metrics: MetricsExport,
     pub router: crate::pipeline::routes::Router,
+    pub sampler: crate::pipeline::sampler::Sampler,
+    pub same_host_linking: bool,
     pub prometheus_port: u16,
     pub prometheus_address: String,
     pub prometheus_path: String,
@@ -382,15 +434,54 @@ impl Config {
         if let Some(v) = env("AUTOTEL_PIDS") {
             pids = Some(v);
         }
+        let regex = |e: String| regex::Regex::new(&e).with_context(|| format!("invalid executable_name regex {e:?}"));
+        let services = disc
+            .services
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| -> Result<ServiceRule> {
+                let rule = ServiceRule {
+                    name: s.name,
+                    namespace: s.namespace,
+                    open_ports: PortSet::parse(&s.open_ports.as_ref().map(Scalar::text).unwrap_or_default())?,
+                    executable_name: s.executable_name.map(regex).transpose()?,
+                    pids: parse_pids(&s.pids.as_ref().map(Scalar::text).unwrap_or_default())?,
+                };
+                if rule.open_ports.is_empty() && rule.executable_name.is_none() && rule.pids.is_empty() {
+                    bail!("discovery.services: each entry needs open_ports, executable_name or pids");
+                }
+                Ok(rule)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let skip_sdk = match env("AUTOTEL_SKIP_SDK_INSTRUMENTED") {
+            Some(v) => parse_bool("AUTOTEL_SKIP_SDK_INSTRUMENTED", &v)?,
+            None => disc.skip_sdk_instrumented.unwrap_or(false),
+        };
         let discovery = Discovery {
             open_ports: PortSet::parse(open_ports.as_deref().unwrap_or(""))?,
-            executable_name: exe
-                .map(|e| {
-                    regex::Regex::new(&e)
-                        .with_context(|| format!("invalid executable_name regex {e:?}"))
-                })
-                .transpose()?,
+            executable_name: exe.map(regex).transpose()?,
             pids: parse_pids(pids.as_deref().unwrap_or(""))?,
+            services,
+            skip_sdk_instrumented: skip_sdk,
+            service_namespace: disc.service_namespace.clone(),
+        };
+
+        // Sampler: environment, then our section, then Beyla's traces.sampler.
+        let mut sampler_file = file.sampler.clone();
+        if let Some(t) = file.traces.as_ref().and_then(|t| t.sampler.clone()) {
+            notes.push("config key `traces.sampler` is a Beyla alias of `sampler`".into());
+            sampler_file = sampler_file.or(Some(t));
+        }
+        let sampler_name = env("OTEL_TRACES_SAMPLER").or(sampler_file.as_ref().and_then(|s| s.name.clone()));
+        let sampler_arg = env("OTEL_TRACES_SAMPLER_ARG").or(sampler_file.and_then(|s| s.arg.map(|a| a.text())));
+        let sampler = match sampler_name {
+            Some(n) => crate::pipeline::sampler::Sampler::parse(&n, sampler_arg.as_deref())?,
+            None => crate::pipeline::sampler::Sampler::default(),
+        };
+        let same_host_linking = match env("AUTOTEL_SAME_HOST_LINKING") {
+            Some(v) => parse_bool("AUTOTEL_SAME_HOST_LINKING", &v)?,
+            None => file.same_host_linking.unwrap_or(true),
         };
 
         let env_u64 = |name: &str| -> Result<Option<u64>> {
@@ -498,6 +589,8 @@ impl Config {
             traces,
             metrics,
             router,
+            sampler,
+            same_host_linking,
             prometheus_port,
             prometheus_address: env("AUTOTEL_PROMETHEUS_ADDRESS")
                 .or(prom.address)

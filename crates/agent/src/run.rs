@@ -123,6 +123,8 @@ fn run(cfg: Config) -> Result<()> {
     let pipeline = Rc::new(RefCell::new(Pipeline::new(
         PipelineConfig {
             router: cfg.router.clone(),
+            sampler: cfg.sampler,
+            same_host_linking: cfg.same_host_linking,
             red,
             discovery: cfg.discovery.clone(),
         },

@@ -6,7 +6,7 @@
 pub mod procfs;
 pub mod resource;
 
-use crate::config::Discovery;
+use crate::config::{Discovery, PortSet, ServiceRule};
 use crate::selfmetrics::SelfMetrics;
 use crate::tracer::{abi, SelectedPids};
 use autotel_model::Resource;
@@ -36,25 +36,56 @@ pub enum ProcEvent {
 /// Resources of selected processes, shared with the span builder.
 pub type Resources = Arc<RwLock<HashMap<u32, Arc<Resource>>>>;
 
-/// Does a process match the configured selectors? Explicit pids always do;
-/// otherwise every configured criterion (port, executable) must hold. With no
-/// selector at all, listening on any TCP port is enough.
-pub fn matches(d: &Discovery, pid: u32, exe_name: &str, cmd: &[String], ports: &[u16]) -> bool {
-    if d.pids.contains(&pid) {
+/// One selector's criteria: listed pids always match; otherwise every given
+/// criterion (port, executable) must hold, and at least one must be given.
+fn criteria(
+    open_ports: &PortSet,
+    exe: Option<&regex::Regex>,
+    pids: &[u32],
+    p: &Candidate<'_>,
+) -> bool {
+    if pids.contains(&p.pid) {
         return true;
     }
-    if !d.has_selector() {
-        return !ports.is_empty();
+    if open_ports.is_empty() && exe.is_none() {
+        return false;
     }
-    if d.open_ports.is_empty() && d.executable_name.is_none() {
-        return false; // only pids were given
-    }
-    let port_ok = d.open_ports.is_empty() || ports.iter().any(|p| d.open_ports.contains(*p));
-    let exe_ok = d
-        .executable_name
-        .as_ref()
-        .is_none_or(|re| re.is_match(exe_name) || cmd.first().is_some_and(|a0| re.is_match(a0)));
+    let port_ok = open_ports.is_empty() || p.ports.iter().any(|port| open_ports.contains(*port));
+    let exe_ok = exe.is_none_or(|re| re.is_match(p.exe_name) || p.cmd.first().is_some_and(|a0| re.is_match(a0)));
     port_ok && exe_ok
+}
+
+/// What selection looks at for one process.
+pub struct Candidate<'a> {
+    pub pid: u32,
+    pub exe_name: &'a str,
+    pub cmd: &'a [String],
+    pub ports: &'a [u16],
+}
+
+/// The `discovery.services` entry a process falls under, if any.
+pub fn service_rule<'a>(d: &'a Discovery, p: &Candidate<'_>) -> Option<&'a ServiceRule> {
+    d.services
+        .iter()
+        .find(|r| criteria(&r.open_ports, r.executable_name.as_ref(), &r.pids, p))
+}
+
+/// Is a process selected? The top-level selectors or any services entry;
+/// with no selector at all, listening on any TCP port is enough.
+pub fn matches(d: &Discovery, p: &Candidate<'_>) -> bool {
+    if !d.has_selector() {
+        return !p.ports.is_empty();
+    }
+    criteria(&d.open_ports, d.executable_name.as_ref(), &d.pids, p) || service_rule(d, p).is_some()
+}
+
+/// Service naming from configuration for a selected process.
+pub fn naming_for(d: &Discovery, p: &Candidate<'_>) -> resource::Naming {
+    let rule = service_rule(d, p);
+    resource::Naming {
+        name: rule.and_then(|r| r.name.clone()),
+        namespace: rule.and_then(|r| r.namespace.clone()).or_else(|| d.service_namespace.clone()),
+    }
 }
 
 pub struct Discoverer {
@@ -66,6 +97,8 @@ pub struct Discoverer {
     self_pid: u32,
     /// pid -> start time of the process we selected (guards against pid reuse).
     selected: HashMap<u32, u64>,
+    /// SDK-instrumented processes already logged.
+    sdk_noted: std::collections::HashSet<u32>,
 }
 
 impl Discoverer {
@@ -83,6 +116,7 @@ impl Discoverer {
             host: resource::host_name(),
             self_pid: std::process::id(),
             selected: HashMap::new(),
+            sdk_noted: Default::default(),
         }
     }
 
@@ -101,17 +135,35 @@ impl Discoverer {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let cmd = procfs::cmdline(pid);
-        let needs_ports = !self.cfg.has_selector() || !self.cfg.open_ports.is_empty();
-        let ports = if needs_ports {
-            scan.ports(pid)
-        } else {
-            Vec::new()
+        let needs_ports = !self.cfg.has_selector()
+            || !self.cfg.open_ports.is_empty()
+            || self.cfg.services.iter().any(|r| !r.open_ports.is_empty());
+        let ports = if needs_ports { scan.ports(pid) } else { Vec::new() };
+        let cand = Candidate {
+            pid,
+            exe_name: &exe_name,
+            cmd: &cmd,
+            ports: &ports,
         };
-        if matches(&self.cfg, pid, &exe_name, &cmd, &ports) {
-            self.select(pid, None);
+        if matches(&self.cfg, &cand) && !self.skip_for_sdk(pid) {
+            let naming = naming_for(&self.cfg, &cand);
+            self.select(pid, None, naming);
         } else if self.selected.contains_key(&pid) && !self.inherited(pid) {
             self.deselect(pid);
         }
+    }
+
+    /// SDK-instrumented processes: always noted once; skipped when configured.
+    fn skip_for_sdk(&mut self, pid: u32) -> bool {
+        let Some(sdk) = resource::detect_sdk(pid) else { return false };
+        if self.sdk_noted.insert(pid) {
+            if self.cfg.skip_sdk_instrumented {
+                tracing::info!(pid, sdk, "process is instrumented by an OpenTelemetry SDK: skipping it (discovery.skip_sdk_instrumented)");
+            } else {
+                tracing::info!(pid, sdk, "process is instrumented by an OpenTelemetry SDK: its spans may duplicate ours (set discovery.skip_sdk_instrumented to skip it)");
+            }
+        }
+        self.cfg.skip_sdk_instrumented
     }
 
     /// A child forked by a selected process keeps its selection until it
@@ -121,7 +173,7 @@ impl Discoverer {
             && procfs::exe_path(pid) == procfs::ppid(pid).and_then(procfs::exe_path)
     }
 
-    fn select(&mut self, pid: u32, exec_path: Option<&str>) {
+    fn select(&mut self, pid: u32, exec_path: Option<&str>, naming: resource::Naming) {
         let start = procfs::start_time(pid).unwrap_or(0);
         let confirmed = self
             .kernel
@@ -139,7 +191,7 @@ impl Discoverer {
             tracing::warn!(pid, error = %e, "could not select process");
             return;
         }
-        let res = Arc::new(resource::build(pid, &self.host, exec_path));
+        let res = Arc::new(resource::build(pid, &self.host, exec_path, &naming));
         tracing::info!(pid, service = %res.service_name, "instrumenting process");
         self.resources
             .write()
@@ -155,7 +207,12 @@ impl Discoverer {
         if self.kernel.flags(pid).is_none() || self.selected.contains_key(&pid) {
             return;
         }
-        let res = Arc::new(resource::build(pid, &self.host, None));
+        // A forked child carries its parent's configured naming.
+        let naming = procfs::ppid(pid)
+            .and_then(|pp| self.resources.read().unwrap_or_else(|e| e.into_inner()).get(&pp).cloned())
+            .map(|r| resource::Naming::inherit(&r))
+            .unwrap_or_default();
+        let res = Arc::new(resource::build(pid, &self.host, None, &naming));
         self.resources
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -178,6 +235,7 @@ impl Discoverer {
             self.kernel.remove(pid);
             self.metrics.set_instrumented(self.selected.len());
         }
+        self.sdk_noted.remove(&pid);
         // Spans still in flight hold their own Arc of the resource.
         self.resources
             .write()
@@ -210,7 +268,13 @@ impl Discoverer {
                 pid,
                 selected: Some(true),
                 path,
-            } => self.select(pid, Some(&path)),
+            } => {
+                let base = path.rsplit('/').next().unwrap_or(&path).to_owned();
+                let cmd = [path.clone()];
+                let cand = Candidate { pid, exe_name: &base, cmd: &cmd, ports: &[] };
+                let naming = naming_for(&self.cfg, &cand);
+                self.select(pid, Some(&path), naming);
+            }
             ProcEvent::Exec {
                 pid,
                 selected: Some(false),
@@ -264,24 +328,48 @@ mod tests {
             open_ports: PortSet::parse(ports).unwrap(),
             executable_name: exe.map(|e| regex::Regex::new(e).unwrap()),
             pids,
+            services: vec![],
+            skip_sdk_instrumented: false,
+            service_namespace: None,
         }
+    }
+
+    fn m(d: &Discovery, pid: u32, exe: &str, ports: &[u16]) -> bool {
+        matches(d, &Candidate { pid, exe_name: exe, cmd: &[], ports })
     }
 
     #[test]
     fn selection_rules() {
         let none = disc("", None, vec![]);
-        assert!(matches(&none, 1, "nginx", &[], &[80]));
-        assert!(!matches(&none, 1, "curl", &[], &[]));
+        assert!(m(&none, 1, "nginx", &[80]));
+        assert!(!m(&none, 1, "curl", &[]));
         let port = disc("8000-8999", None, vec![]);
-        assert!(matches(&port, 1, "python3", &[], &[8080]));
-        assert!(!matches(&port, 1, "python3", &[], &[80]));
+        assert!(m(&port, 1, "python3", &[8080]));
+        assert!(!m(&port, 1, "python3", &[80]));
         let exe = disc("", Some("^curl$"), vec![]);
-        assert!(matches(&exe, 1, "curl", &[], &[]));
-        assert!(!matches(&exe, 1, "wget", &[], &[]));
+        assert!(m(&exe, 1, "curl", &[]));
+        assert!(!m(&exe, 1, "wget", &[]));
         let both = disc("80", Some("nginx"), vec![]);
-        assert!(!matches(&both, 1, "python3", &[], &[80]));
+        assert!(!m(&both, 1, "python3", &[80]));
         let pids = disc("", None, vec![42]);
-        assert!(matches(&pids, 42, "x", &[], &[]));
-        assert!(!matches(&pids, 43, "x", &[], &[80]));
+        assert!(m(&pids, 42, "x", &[]));
+        assert!(!m(&pids, 43, "x", &[80]));
+    }
+
+    #[test]
+    fn services_select_and_name() {
+        let mut d = disc("", None, vec![]);
+        d.services.push(ServiceRule {
+            name: Some("checkout".into()),
+            namespace: Some("shop".into()),
+            open_ports: PortSet::parse("8080").unwrap(),
+            executable_name: None,
+            pids: vec![],
+        });
+        let c = Candidate { pid: 1, exe_name: "python3", cmd: &[], ports: &[8080] };
+        assert!(matches(&d, &c));
+        let n = naming_for(&d, &c);
+        assert_eq!((n.name.as_deref(), n.namespace.as_deref()), (Some("checkout"), Some("shop")));
+        assert!(!m(&d, 1, "python3", &[9090]));
     }
 }

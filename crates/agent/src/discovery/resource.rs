@@ -102,9 +102,51 @@ pub fn container_id(cgroup: &str) -> Option<String> {
     None
 }
 
+/// Service naming decided by configuration (discovery.services).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Naming {
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+}
+
+impl Naming {
+    /// What a forked child takes from its parent's resource.
+    pub fn inherit(parent: &Resource) -> Naming {
+        let attr = |k: &str| parent.attributes.iter().find(|(a, _)| a == k).map(|(_, v)| v.to_string());
+        Naming {
+            name: attr("autotel.service.name.source").filter(|s| s == "config").map(|_| parent.service_name.clone()),
+            namespace: attr("service.namespace"),
+        }
+    }
+}
+
+/// How a process shows it runs an OpenTelemetry SDK / zero-code agent.
+pub fn detect_sdk_in(env: &std::collections::HashMap<String, String>, args: &[String]) -> Option<&'static str> {
+    let has = |k: &str, needle: &str| env.get(k).is_some_and(|v| v.contains(needle));
+    if has("PYTHONPATH", "opentelemetry/instrumentation/auto_instrumentation")
+        || args.iter().any(|a| a.ends_with("opentelemetry-instrument"))
+    {
+        return Some("python opentelemetry-instrument");
+    }
+    if args.iter().any(|a| a.starts_with("-javaagent:") && a.contains("opentelemetry")) || has("JAVA_TOOL_OPTIONS", "opentelemetry") {
+        return Some("java agent");
+    }
+    if has("NODE_OPTIONS", "@opentelemetry") {
+        return Some("node auto-instrumentation");
+    }
+    if env.contains_key("OTEL_DOTNET_AUTO_HOME") {
+        return Some(".NET auto-instrumentation");
+    }
+    None
+}
+
+pub fn detect_sdk(pid: u32) -> Option<&'static str> {
+    detect_sdk_in(&procfs::environ(pid), &procfs::cmdline(pid))
+}
+
 /// `exec_path`: the path seen at exec, used when /proc no longer has the
 /// process (short-lived clients).
-pub fn build(pid: u32, host: &str, exec_path: Option<&str>) -> Resource {
+pub fn build(pid: u32, host: &str, exec_path: Option<&str>, naming: &Naming) -> Resource {
     let exe = procfs::exe_path(pid).or_else(|| {
         exec_path
             .filter(|p| !p.is_empty())
@@ -124,28 +166,26 @@ pub fn build(pid: u32, host: &str, exec_path: Option<&str>) -> Resource {
         .get("OTEL_RESOURCE_ATTRIBUTES")
         .map(|v| crate::config::parse_kv_list(v))
         .unwrap_or_default();
-    let service_name = env
-        .get("OTEL_SERVICE_NAME")
-        .filter(|s| !s.is_empty())
-        .cloned()
-        .or_else(|| {
-            env_attrs
-                .iter()
-                .find(|(k, _)| k == "service.name")
-                .map(|(_, v)| v.clone())
-        })
-        .or_else(|| {
-            if runtime == "native" {
-                None
-            } else {
-                script_name(&args)
-            }
-        })
-        .unwrap_or_else(|| exe_name.clone());
+    let from_attrs = |k: &str| env_attrs.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone());
+    // Order: configuration, the target's OTEL_SERVICE_NAME, its
+    // OTEL_RESOURCE_ATTRIBUTES, the script of an interpreter, the executable.
+    let (service_name, source) = if let Some(n) = naming.name.clone() {
+        (n, "config")
+    } else if let Some(n) = env.get("OTEL_SERVICE_NAME").filter(|s| !s.is_empty()) {
+        (n.clone(), "env")
+    } else if let Some(n) = from_attrs("service.name") {
+        (n, "env")
+    } else if let Some(n) = (runtime != "native").then(|| script_name(&args)).flatten() {
+        (n, "script")
+    } else {
+        (exe_name.clone(), "executable")
+    };
+    let namespace = naming.namespace.clone().or_else(|| from_attrs("service.namespace"));
     let start = procfs::start_time(pid).unwrap_or(0);
 
     let mut attributes: Vec<(String, AttrValue)> = vec![
         ("service.name".into(), service_name.clone().into()),
+        ("autotel.service.name.source".into(), source.into()),
         (
             "service.instance.id".into(),
             format!("{host}:{pid}:{start}").into(),
@@ -165,6 +205,9 @@ pub fn build(pid: u32, host: &str, exec_path: Option<&str>) -> Resource {
         ),
         ("telemetry.sdk.language".into(), "rust".into()),
     ];
+    if let Some(ns) = namespace {
+        attributes.push(("service.namespace".into(), ns.into()));
+    }
     if let Some(p) = exe.as_ref() {
         attributes.push((
             "process.executable.path".into(),
@@ -231,8 +274,20 @@ mod tests {
     }
 
     #[test]
+    fn sdk_detection() {
+        let mut env = std::collections::HashMap::new();
+        assert_eq!(detect_sdk_in(&env, &args("python3 app.py")), None);
+        env.insert(
+            "PYTHONPATH".to_string(),
+            "/v/lib/python3.11/site-packages/opentelemetry/instrumentation/auto_instrumentation".to_string(),
+        );
+        assert!(detect_sdk_in(&env, &args("python3 app.py")).is_some());
+        assert!(detect_sdk_in(&Default::default(), &args("java -javaagent:/o/opentelemetry-javaagent.jar -jar a.jar")).is_some());
+    }
+
+    #[test]
     fn own_resource() {
-        let r = build(std::process::id(), "h", None);
+        let r = build(std::process::id(), "h", None, &Naming::default());
         assert!(!r.service_name.is_empty());
         assert!(r
             .attributes

@@ -71,3 +71,134 @@ mod tests {
         }
     }
 }
+
+/// The trace context assigned to one request when its head is read; the
+/// span built when the exchange completes takes these ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpanCtx {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    pub parent_span_id: Option<SpanId>,
+    pub trace_state: String,
+    pub sampled: bool,
+}
+
+/// (client address, client port, server address, server port)
+pub type FlowKey = ([u8; 16], u16, [u8; 16], u16);
+
+/// Client requests in flight on this host, by flow, so the server side of
+/// the same TCP connection can take them as parent (no header injection).
+const MAX_FLOWS: usize = 65_536;
+
+pub struct ContextTracker {
+    pub sampler: super::sampler::Sampler,
+    pub same_host_linking: bool,
+    clients: std::collections::HashMap<FlowKey, std::collections::VecDeque<SpanCtx>>,
+}
+
+impl ContextTracker {
+    pub fn new(sampler: super::sampler::Sampler, same_host_linking: bool) -> Self {
+        Self {
+            sampler,
+            same_host_linking,
+            clients: Default::default(),
+        }
+    }
+
+    fn child_of(&self, parent: Option<(TraceId, SpanId, String, bool)>) -> SpanCtx {
+        match parent {
+            Some((trace_id, parent_id, trace_state, parent_sampled)) => SpanCtx {
+                trace_id,
+                span_id: autotel_model::new_span_id(),
+                parent_span_id: Some(parent_id),
+                trace_state,
+                sampled: self.sampler.sample(&trace_id, Some(parent_sampled)),
+            },
+            None => {
+                let trace_id = autotel_model::new_trace_id();
+                SpanCtx {
+                    trace_id,
+                    span_id: autotel_model::new_span_id(),
+                    parent_span_id: None,
+                    trace_state: String::new(),
+                    sampled: self.sampler.sample(&trace_id, None),
+                }
+            }
+        }
+    }
+
+    /// A request arrived at a server: an explicit traceparent wins, then a
+    /// client span of this host on the same connection, else a new trace.
+    pub fn server_request(&mut self, traceparent: Option<&str>, tracestate: Option<&str>, flow: FlowKey) -> SpanCtx {
+        if let Some(p) = traceparent.and_then(parse_traceparent) {
+            // Drop the same-host entry too: it describes the same request.
+            self.take_client(&flow);
+            return self.child_of(Some((p.trace_id, p.span_id, tracestate.unwrap_or_default().to_owned(), p.sampled)));
+        }
+        if self.same_host_linking {
+            if let Some(c) = self.take_client(&flow) {
+                return self.child_of(Some((c.trace_id, c.span_id, c.trace_state, c.sampled)));
+            }
+        }
+        self.child_of(None)
+    }
+
+    /// A client request was written; `parent` is the server request the
+    /// writing thread was serving, if any.
+    pub fn client_request(&mut self, parent: Option<&SpanCtx>, flow: FlowKey) -> SpanCtx {
+        let ctx = self.child_of(parent.map(|p| (p.trace_id, p.span_id, p.trace_state.clone(), p.sampled)));
+        if self.same_host_linking && self.clients.len() < MAX_FLOWS {
+            self.clients.entry(flow).or_default().push_back(ctx.clone());
+        }
+        ctx
+    }
+
+    fn take_client(&mut self, flow: &FlowKey) -> Option<SpanCtx> {
+        let q = self.clients.get_mut(flow)?;
+        let c = q.pop_front();
+        if q.is_empty() {
+            self.clients.remove(flow);
+        }
+        c
+    }
+
+    /// The client's connection closed: nothing more will match it.
+    pub fn forget_flow(&mut self, flow: &FlowKey) {
+        self.clients.remove(flow);
+    }
+}
+
+#[cfg(test)]
+mod tracker_tests {
+    use super::super::sampler::Sampler;
+    use super::*;
+
+    const FLOW: FlowKey = ([1; 16], 40000, [2; 16], 80);
+
+    #[test]
+    fn same_host_server_is_child_of_client() {
+        let mut t = ContextTracker::new(Sampler::default(), true);
+        let server_a = t.server_request(None, None, ([9; 16], 1, [9; 16], 2));
+        let client = t.client_request(Some(&server_a), FLOW);
+        assert_eq!(client.trace_id, server_a.trace_id);
+        assert_eq!(client.parent_span_id, Some(server_a.span_id));
+        let server_b = t.server_request(None, None, FLOW);
+        assert_eq!(server_b.trace_id, server_a.trace_id);
+        assert_eq!(server_b.parent_span_id, Some(client.span_id));
+        // consumed: a second request on the flow without a client is a new root
+        assert_eq!(t.server_request(None, None, FLOW).parent_span_id, None);
+    }
+
+    #[test]
+    fn traceparent_wins_and_linking_can_be_off() {
+        let mut t = ContextTracker::new(Sampler::default(), true);
+        t.client_request(None, FLOW);
+        let s = t.server_request(Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"), Some("a=b"), FLOW);
+        assert_eq!(hex::encode(s.parent_span_id.unwrap()), "00f067aa0ba902b7");
+        assert_eq!(s.trace_state, "a=b");
+        assert!(!s.sampled, "parent-based default follows the 00 flag");
+        let mut off = ContextTracker::new(Sampler::default(), false);
+        off.client_request(None, FLOW);
+        assert_eq!(off.server_request(None, None, FLOW).parent_span_id, None);
+    }
+}

@@ -2,10 +2,10 @@
 //! (stable): names, attributes, status rules for server and client.
 
 use super::clock::Clock;
-use super::context::parse_traceparent;
+use super::context::SpanCtx;
 use crate::tracer::abi::ConnTuple;
 use autotel_model::{
-    new_span_id, new_trace_id, AttrValue, Attributes, Resource, Span, SpanKind, StatusCode,
+    AttrValue, Attributes, Resource, Span, SpanKind, StatusCode,
 };
 use autotel_protocols::http1::Exchange;
 use std::sync::Arc;
@@ -50,6 +50,7 @@ pub struct SpanInput<'a> {
     pub tuple: &'a ConnTuple,
     pub resource: Arc<Resource>,
     pub route: Option<String>,
+    pub ctx: SpanCtx,
 }
 
 pub fn build(input: SpanInput<'_>, clock: &Clock) -> Span {
@@ -147,26 +148,12 @@ pub fn build(input: SpanInput<'_>, clock: &Clock) -> Span {
         attributes.push(("error.type", status.to_string().into()));
     }
 
-    // An incoming traceparent makes the server span a child of the caller.
-    let parent = if x.server_side {
-        req.traceparent.as_deref().and_then(parse_traceparent)
-    } else {
-        None
-    };
-    let (trace_id, parent_span_id, trace_state) = match parent {
-        Some(p) => (
-            p.trace_id,
-            Some(p.span_id),
-            req.tracestate.clone().unwrap_or_default(),
-        ),
-        None => (new_trace_id(), None, String::new()),
-    };
-
+    let ctx = input.ctx;
     Span {
-        trace_id,
-        span_id: new_span_id(),
-        parent_span_id,
-        trace_state,
+        trace_id: ctx.trace_id,
+        span_id: ctx.span_id,
+        parent_span_id: ctx.parent_span_id,
+        trace_state: ctx.trace_state,
         name,
         kind,
         start_unix_ns: clock.to_unix_ns(start_mono),

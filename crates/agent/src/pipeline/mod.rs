@@ -7,6 +7,7 @@ pub mod clock;
 pub mod context;
 pub mod http_span;
 pub mod routes;
+pub mod sampler;
 
 use crate::config::Discovery;
 use crate::discovery::{resource, ProcEvent, Resources};
@@ -14,11 +15,12 @@ use crate::metrics::SharedStore;
 use crate::selfmetrics::SelfMetrics;
 use crate::tracer::abi::{self, ConnTuple, DataEvent, Event};
 use autotel_model::{Resource, Span};
-use autotel_protocols::http1::{Dir, Http1Connection, Http1Event, Segment, Timing};
+use autotel_protocols::http1::{Dir, Exchange, Http1Connection, Http1Event, ParseError, Segment, Timing};
 use clock::Clock;
+use context::{ContextTracker, FlowKey, SpanCtx};
 use crossbeam_channel::{Sender, TrySendError};
 use routes::Router;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 /// Connection states kept at most; beyond it the least recently used go.
@@ -37,6 +39,24 @@ struct Conn {
     http: Http1Connection,
     tuple: ConnTuple,
     last_ns: u64,
+    /// Contexts of requests read and not yet answered, oldest first.
+    ctxs: VecDeque<SpanCtx>,
+    /// Server side: context of the latest request (what a nested call joins).
+    last_ctx: Option<SpanCtx>,
+    /// Client side: the server request the writing thread was serving.
+    client_parent: Option<SpanCtx>,
+}
+
+impl Conn {
+    /// (client, client port, server, server port) of this connection.
+    fn flow(&self, server_side: bool) -> FlowKey {
+        let t = &self.tuple;
+        if server_side {
+            (t.daddr, t.dport, t.saddr, t.sport)
+        } else {
+            (t.saddr, t.sport, t.daddr, t.dport)
+        }
+    }
 }
 
 /// Counts gathered on the hot path and published once a second.
@@ -61,6 +81,7 @@ pub struct Pipeline {
     metrics: Arc<SelfMetrics>,
     red: SharedStore,
     router: Router,
+    contexts: ContextTracker,
     /// Set when selection is decided at exec (executable name).
     exec_selector: Option<Discovery>,
     /// Processes selected provisionally at exec and then rejected: their
@@ -75,6 +96,8 @@ pub struct Pipeline {
 /// What the pipeline needs besides its channels.
 pub struct PipelineConfig {
     pub router: Router,
+    pub sampler: sampler::Sampler,
+    pub same_host_linking: bool,
     pub red: SharedStore,
     pub discovery: Discovery,
 }
@@ -90,6 +113,7 @@ impl Pipeline {
         Self {
             red: cfg.red,
             router: cfg.router,
+            contexts: ContextTracker::new(cfg.sampler, cfg.same_host_linking),
             exec_selector: cfg.discovery.selects_on_exec().then_some(cfg.discovery),
             rejected: HashSet::new(),
             exec_paths: HashMap::new(),
@@ -156,9 +180,24 @@ impl Pipeline {
             };
         };
         let base = path.rsplit('/').next().unwrap_or(&path).to_owned();
-        let selected =
-            crate::discovery::matches(sel, p.pid, &base, std::slice::from_ref(&path), &[])
-                || crate::discovery::matches(sel, p.pid, &p.comm(), &[], &[]);
+        let comm = p.comm();
+        let by_path = crate::discovery::Candidate {
+            pid: p.pid,
+            exe_name: &base,
+            cmd: std::slice::from_ref(&path),
+            ports: &[],
+        };
+        let by_comm = crate::discovery::Candidate {
+            pid: p.pid,
+            exe_name: &comm,
+            cmd: &[],
+            ports: &[],
+        };
+        let mut selected = crate::discovery::matches(sel, &by_path) || crate::discovery::matches(sel, &by_comm);
+        if selected && sel.skip_sdk_instrumented && resource::detect_sdk(p.pid).is_some() {
+            tracing::info!(pid = p.pid, "process is instrumented by an OpenTelemetry SDK: skipping it (discovery.skip_sdk_instrumented)");
+            selected = false;
+        }
         if selected {
             self.rejected.remove(&p.pid);
             self.exec_paths.insert(p.pid, path.clone());
@@ -182,78 +221,133 @@ impl Pipeline {
             fd: h.fd,
             start_ns: h.conn_start_ns,
         };
-        if !self.conns.contains_key(&key) && self.conns.len() >= MAX_CONNS {
-            self.evict_oldest();
-        }
-        let conn = self.conns.entry(key).or_insert_with(|| Conn {
-            http: Http1Connection::new(match h.role {
-                abi::ROLE_SERVER => Some(Dir::Ingress),
-                abi::ROLE_CLIENT => Some(Dir::Egress),
-                _ => None,
-            }),
-            tuple: h.tuple,
-            last_ns: h.exit_ns,
-        });
-        conn.last_ns = h.exit_ns;
-        if conn.http.is_opaque() {
-            return;
-        }
-        let seg = Segment {
-            data: d.data,
-            total_len: h.total_len as usize,
-            tail: d.tail(),
-            timing: Timing {
-                enter_ns: h.enter_ns,
-                exit_ns: h.exit_ns,
-            },
-        };
-        let dir = if h.direction == abi::DIR_INGRESS {
-            Dir::Ingress
+        // The server request this thread serves, for a nested client call.
+        let parent = if h.direction != abi::DIR_INGRESS && h.ctx_fd >= 0 {
+            let server = ConnKey {
+                pid: h.pid,
+                fd: h.ctx_fd,
+                start_ns: h.ctx_conn_start_ns,
+            };
+            self.conns.get(&server).and_then(|c| c.last_ctx.clone())
         } else {
-            Dir::Egress
+            None
         };
-        let mut events = std::mem::take(&mut self.scratch);
-        conn.http.feed(dir, &seg, &mut events);
-        let tuple = conn.tuple;
-        self.emit(key.pid, &tuple, &mut events);
-        self.scratch = events;
+        let mut conn = match self.conns.remove(&key) {
+            Some(c) => c,
+            None => {
+                if self.conns.len() >= MAX_CONNS {
+                    self.evict_oldest();
+                }
+                Conn {
+                    http: Http1Connection::new(match h.role {
+                        abi::ROLE_SERVER => Some(Dir::Ingress),
+                        abi::ROLE_CLIENT => Some(Dir::Egress),
+                        _ => None,
+                    }),
+                    tuple: h.tuple,
+                    last_ns: h.exit_ns,
+                    ctxs: VecDeque::new(),
+                    last_ctx: None,
+                    client_parent: None,
+                }
+            }
+        };
+        conn.last_ns = h.exit_ns;
+        if !conn.http.is_opaque() {
+            if parent.is_some() {
+                conn.client_parent = parent;
+            }
+            let seg = Segment {
+                data: d.data,
+                total_len: h.total_len as usize,
+                tail: d.tail(),
+                timing: Timing {
+                    enter_ns: h.enter_ns,
+                    exit_ns: h.exit_ns,
+                },
+            };
+            let dir = if h.direction == abi::DIR_INGRESS {
+                Dir::Ingress
+            } else {
+                Dir::Egress
+            };
+            let mut events = std::mem::take(&mut self.scratch);
+            conn.http.feed(dir, &seg, &mut events);
+            self.emit(key.pid, &mut conn, &mut events);
+            self.scratch = events;
+        }
+        self.conns.insert(key, conn);
     }
 
-    fn emit(&mut self, pid: u32, tuple: &ConnTuple, events: &mut Vec<Http1Event>) {
+    fn emit(&mut self, pid: u32, conn: &mut Conn, events: &mut Vec<Http1Event>) {
         for ev in events.drain(..) {
             match ev {
-                Http1Event::Exchange(x) => {
-                    let path = http_span::path_of(&x.request.target);
-                    let ignored = x.server_side && self.router.is_ignored(path);
-                    let mode = self.router.ignore_mode;
-                    let route = x.server_side.then(|| self.router.route(path));
-                    let resource = self.resource(pid);
-                    let span = http_span::build(
-                        http_span::SpanInput {
-                            exchange: &x,
-                            tuple,
-                            resource,
-                            route,
-                        },
-                        &self.clock,
-                    );
-                    // Metrics see every span, before sampling or ignoring for traces.
-                    self.red
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .record_http_span(&span, ignored && mode.skips_metrics());
-                    if ignored && mode.skips_traces() {
-                        continue;
-                    }
-                    self.counts.spans += 1;
-                    match self.spans.try_send(span) {
-                        Ok(()) => {}
-                        Err(TrySendError::Full(_)) => self.counts.dropped_queue_full += 1,
-                        Err(TrySendError::Disconnected(_)) => {}
-                    }
+                Http1Event::RequestStart {
+                    traceparent,
+                    tracestate,
+                } => {
+                    let server_side = conn.http.server_side();
+                    let flow = conn.flow(server_side);
+                    let ctx = if server_side {
+                        let ctx = self
+                            .contexts
+                            .server_request(traceparent.as_deref(), tracestate.as_deref(), flow);
+                        conn.last_ctx = Some(ctx.clone());
+                        ctx
+                    } else {
+                        self.contexts.client_request(conn.client_parent.as_ref(), flow)
+                    };
+                    conn.ctxs.push_back(ctx);
                 }
-                Http1Event::Error(e) => *self.counts.parse_errors.entry(e.kind()).or_default() += 1,
+                Http1Event::Exchange(x) => {
+                    let ctx = conn.ctxs.pop_front().unwrap_or_else(|| {
+                        // Defensive: a request whose start we did not see.
+                        self.contexts.server_request(None, None, conn.flow(x.server_side))
+                    });
+                    self.finish(pid, conn, &x, ctx);
+                }
+                Http1Event::Error(e) => {
+                    if e == ParseError::TooManyPending {
+                        conn.ctxs.pop_front();
+                    }
+                    *self.counts.parse_errors.entry(e.kind()).or_default() += 1
+                }
             }
+        }
+    }
+
+    /// Builds the span of a finished exchange, records its metrics, and
+    /// sends it on when it is sampled and not ignored.
+    fn finish(&mut self, pid: u32, conn: &Conn, x: &Exchange, ctx: SpanCtx) {
+        let path = http_span::path_of(&x.request.target);
+        let ignored = x.server_side && self.router.is_ignored(path);
+        let mode = self.router.ignore_mode;
+        let route = x.server_side.then(|| self.router.route(path));
+        let resource = self.resource(pid);
+        let sampled = ctx.sampled;
+        let span = http_span::build(
+            http_span::SpanInput {
+                exchange: x,
+                tuple: &conn.tuple,
+                resource,
+                route,
+                ctx,
+            },
+            &self.clock,
+        );
+        // Metrics see every span, before sampling or ignoring for traces.
+        self.red
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record_http_span(&span, ignored && mode.skips_metrics());
+        if !sampled || (ignored && mode.skips_traces()) {
+            return;
+        }
+        self.counts.spans += 1;
+        match self.spans.try_send(span) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.counts.dropped_queue_full += 1,
+            Err(TrySendError::Disconnected(_)) => {}
         }
     }
 
@@ -271,6 +365,7 @@ impl Pipeline {
             pid,
             &self.host,
             self.exec_paths.get(&pid).map(String::as_str),
+            &resource::Naming::default(),
         ));
         self.resources
             .write()
@@ -283,8 +378,11 @@ impl Pipeline {
         if let Some(mut conn) = self.conns.remove(&key) {
             let mut events = std::mem::take(&mut self.scratch);
             conn.http.close(&mut events);
-            self.emit(key.pid, &conn.tuple, &mut events);
+            self.emit(key.pid, &mut conn, &mut events);
             self.scratch = events;
+            if !conn.http.server_side() {
+                self.contexts.forget_flow(&conn.flow(false));
+            }
         }
     }
 

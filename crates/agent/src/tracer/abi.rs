@@ -81,6 +81,9 @@ pub struct DataHeader {
     pub total_len: u32,
     pub captured_len: u16,
     pub tail_len: u16,
+    pub ctx_fd: i32,
+    pub _pad: u32,
+    pub ctx_conn_start_ns: u64,
     pub tuple: ConnTuple,
     pub tail: [u8; TAIL_BYTES],
 }

@@ -112,6 +112,12 @@ pub struct Exchange {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Http1Event {
+    /// A request head was read (before its response): the moment trace
+    /// context is decided. Exchanges later complete in the same order.
+    RequestStart {
+        traceparent: Option<String>,
+        tracestate: Option<String>,
+    },
     Exchange(Box<Exchange>),
     Error(ParseError),
 }
@@ -157,6 +163,11 @@ impl Http1Connection {
 
     pub fn is_opaque(&self) -> bool {
         self.opaque
+    }
+
+    /// True once requests are known to arrive (the observed process serves).
+    pub fn server_side(&self) -> bool {
+        self.requests_dir == Some(Dir::Ingress)
     }
 
     pub fn feed(&mut self, dir: Dir, seg: &Segment<'_>, out: &mut Vec<Http1Event>) {
@@ -237,6 +248,10 @@ impl Http1Connection {
                     self.pending.pop_front();
                     out.push(Http1Event::Error(ParseError::TooManyPending));
                 }
+                out.push(Http1Event::RequestStart {
+                    traceparent: head.traceparent.clone(),
+                    tracestate: head.tracestate.clone(),
+                });
                 self.pending.push_back(Pending {
                     head,
                     start: timing,
