@@ -121,7 +121,9 @@ impl Discoverer {
     }
 
     /// Evaluates one process and updates the kernel map and resources.
-    fn evaluate(&mut self, pid: u32, scan: &mut procfs::ListenScan) {
+    /// `scan`: None skips the listening-port lookup (reading a netns's TCP
+    /// table walks every established socket: too costly for every exec).
+    fn evaluate(&mut self, pid: u32, scan: Option<&mut procfs::ListenScan>) {
         if pid == self.self_pid {
             return;
         }
@@ -138,7 +140,10 @@ impl Discoverer {
         let needs_ports = !self.cfg.has_selector()
             || !self.cfg.open_ports.is_empty()
             || self.cfg.services.iter().any(|r| !r.open_ports.is_empty());
-        let ports = if needs_ports { scan.ports(pid) } else { Vec::new() };
+        let ports = match scan {
+            Some(scan) if needs_ports => scan.ports(pid),
+            _ => Vec::new(),
+        };
         let cand = Candidate {
             pid,
             exe_name: &exe_name,
@@ -247,7 +252,7 @@ impl Discoverer {
         let mut scan = procfs::ListenScan::default();
         let pids = procfs::all_pids();
         for pid in &pids {
-            self.evaluate(*pid, &mut scan);
+            self.evaluate(*pid, Some(&mut scan));
         }
         // Forget processes that died without us seeing the exit event.
         let gone: Vec<u32> = self
@@ -262,7 +267,6 @@ impl Discoverer {
     }
 
     pub fn handle(&mut self, ev: ProcEvent) {
-        let mut scan = procfs::ListenScan::default();
         match ev {
             ProcEvent::Exec {
                 pid,
@@ -292,9 +296,11 @@ impl Discoverer {
                 if self.selected.remove(&pid).is_some() && !self.cfg.pids.contains(&pid) {
                     self.kernel.remove(pid);
                 }
-                self.evaluate(pid, &mut scan);
+                // Just exec'ed: not listening yet (a listen event or the
+                // rescan picks up inherited listening sockets).
+                self.evaluate(pid, None);
             }
-            ProcEvent::Listen(pid) => self.evaluate(pid, &mut scan),
+            ProcEvent::Listen(pid) => self.evaluate(pid, Some(&mut procfs::ListenScan::default())),
             ProcEvent::Fork(pid) => self.adopt(pid),
             ProcEvent::Exit(pid) => self.exited(pid),
         }
