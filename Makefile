@@ -25,7 +25,17 @@ lint:
 integration: build
 	$(PYTHON) -m pytest tests/integration -v -p no:cacheprovider
 
-test: setup build lint unit integration
+# A short bounded run of every fuzz target, seeded with the captured traffic
+# in testdata/. cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the
+# stable toolchain (the only one here) accept them.
+FUZZ_SECONDS ?= 20
+fuzz-smoke:
+	cd fuzz && for t in http1; do \
+	  mkdir -p corpus/$$t && \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run $$t corpus/$$t ../testdata/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
+
+test: setup build lint unit integration fuzz-smoke
 
 clean:
 	$(CARGO) clean

@@ -34,6 +34,12 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+# cargo-fuzz for the bounded fuzz run of `make test`.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-fuzz"
+  cargo install cargo-fuzz --locked -q
+fi
+
 # Python packages for the integration tests (official OTel decoders, grpcio).
 PY=${PYTHON:-python3}
 if ! "$PY" -c "import opentelemetry.proto, grpc, pytest, prometheus_client, requests" 2>/dev/null; then
