@@ -185,51 +185,24 @@ static __always_inline int save_msg_args(__s32 fd, __u64 msg_ptr, __u8 syscall)
 
 #define ARG(n) (ctx->args[n])
 
-SEC("tracepoint/syscalls/sys_enter_read")
-int at_e_read(struct trace_event_raw_sys_enter *ctx) { return save_args(ARG(0), ARG(1), 0, AT_SYS_READ); }
-SEC("tracepoint/syscalls/sys_exit_read")
-int at_x_read(struct trace_event_raw_sys_exit *ctx) { return emit_data(ctx->ret, AT_DIR_INGRESS); }
+/* One enter/exit pair per data syscall: `save` runs at entry (ctx in scope),
+ * the exit emits the event in `dir`. Program names: at_e_<name>, at_x_<name>. */
+#define DATA_SYSCALL(name, sys, dir, save)                                              \
+	SEC("tracepoint/syscalls/sys_enter_" #sys)                                      \
+	int at_e_##name(struct trace_event_raw_sys_enter *ctx) { return save; }         \
+	SEC("tracepoint/syscalls/sys_exit_" #sys)                                       \
+	int at_x_##name(struct trace_event_raw_sys_exit *ctx) { return emit_data(ctx->ret, dir); }
 
-SEC("tracepoint/syscalls/sys_enter_write")
-int at_e_write(struct trace_event_raw_sys_enter *ctx) { return save_args(ARG(0), ARG(1), 0, AT_SYS_WRITE); }
-SEC("tracepoint/syscalls/sys_exit_write")
-int at_x_write(struct trace_event_raw_sys_exit *ctx) { return emit_data(ctx->ret, AT_DIR_EGRESS); }
-
-SEC("tracepoint/syscalls/sys_enter_readv")
-int at_e_readv(struct trace_event_raw_sys_enter *ctx) { return save_args(ARG(0), ARG(1), ARG(2), AT_SYS_READV); }
-SEC("tracepoint/syscalls/sys_exit_readv")
-int at_x_readv(struct trace_event_raw_sys_exit *ctx) { return emit_data(ctx->ret, AT_DIR_INGRESS); }
-
-SEC("tracepoint/syscalls/sys_enter_writev")
-int at_e_writev(struct trace_event_raw_sys_enter *ctx) { return save_args(ARG(0), ARG(1), ARG(2), AT_SYS_WRITEV); }
-SEC("tracepoint/syscalls/sys_exit_writev")
-int at_x_writev(struct trace_event_raw_sys_exit *ctx) { return emit_data(ctx->ret, AT_DIR_EGRESS); }
-
-SEC("tracepoint/syscalls/sys_enter_recvfrom")
-int at_e_recvfrom(struct trace_event_raw_sys_enter *ctx) { return save_args(ARG(0), ARG(1), 0, AT_SYS_RECVFROM); }
-SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int at_x_recvfrom(struct trace_event_raw_sys_exit *ctx) { return emit_data(ctx->ret, AT_DIR_INGRESS); }
-
-SEC("tracepoint/syscalls/sys_enter_sendto")
-int at_e_sendto(struct trace_event_raw_sys_enter *ctx) { return save_args(ARG(0), ARG(1), 0, AT_SYS_SENDTO); }
-SEC("tracepoint/syscalls/sys_exit_sendto")
-int at_x_sendto(struct trace_event_raw_sys_exit *ctx) { return emit_data(ctx->ret, AT_DIR_EGRESS); }
-
-SEC("tracepoint/syscalls/sys_enter_recvmsg")
-int at_e_recvmsg(struct trace_event_raw_sys_enter *ctx) { return save_msg_args(ARG(0), ARG(1), AT_SYS_RECVMSG); }
-SEC("tracepoint/syscalls/sys_exit_recvmsg")
-int at_x_recvmsg(struct trace_event_raw_sys_exit *ctx) { return emit_data(ctx->ret, AT_DIR_INGRESS); }
-
-SEC("tracepoint/syscalls/sys_enter_sendmsg")
-int at_e_sendmsg(struct trace_event_raw_sys_enter *ctx) { return save_msg_args(ARG(0), ARG(1), AT_SYS_SENDMSG); }
-SEC("tracepoint/syscalls/sys_exit_sendmsg")
-int at_x_sendmsg(struct trace_event_raw_sys_exit *ctx) { return emit_data(ctx->ret, AT_DIR_EGRESS); }
-
+DATA_SYSCALL(read, read, AT_DIR_INGRESS, save_args(ARG(0), ARG(1), 0, AT_SYS_READ))
+DATA_SYSCALL(write, write, AT_DIR_EGRESS, save_args(ARG(0), ARG(1), 0, AT_SYS_WRITE))
+DATA_SYSCALL(readv, readv, AT_DIR_INGRESS, save_args(ARG(0), ARG(1), ARG(2), AT_SYS_READV))
+DATA_SYSCALL(writev, writev, AT_DIR_EGRESS, save_args(ARG(0), ARG(1), ARG(2), AT_SYS_WRITEV))
+DATA_SYSCALL(recvfrom, recvfrom, AT_DIR_INGRESS, save_args(ARG(0), ARG(1), 0, AT_SYS_RECVFROM))
+DATA_SYSCALL(sendto, sendto, AT_DIR_EGRESS, save_args(ARG(0), ARG(1), 0, AT_SYS_SENDTO))
+DATA_SYSCALL(recvmsg, recvmsg, AT_DIR_INGRESS, save_msg_args(ARG(0), ARG(1), AT_SYS_RECVMSG))
+DATA_SYSCALL(sendmsg, sendmsg, AT_DIR_EGRESS, save_msg_args(ARG(0), ARG(1), AT_SYS_SENDMSG))
 /* sendfile(out_fd, in_fd, ...): nginx static bodies; counted, not copied. */
-SEC("tracepoint/syscalls/sys_enter_sendfile64")
-int at_e_sendfile(struct trace_event_raw_sys_enter *ctx) { return save_args(ARG(0), 0, 0, AT_SYS_SENDFILE); }
-SEC("tracepoint/syscalls/sys_exit_sendfile64")
-int at_x_sendfile(struct trace_event_raw_sys_exit *ctx) { return emit_data(ctx->ret, AT_DIR_EGRESS); }
+DATA_SYSCALL(sendfile, sendfile64, AT_DIR_EGRESS, save_args(ARG(0), 0, 0, AT_SYS_SENDFILE))
 
 /* accept/accept4 return a server-side fd. */
 static __always_inline int save_role_args(__s32 fd, __u8 kind)

@@ -434,7 +434,9 @@ impl Config {
         if let Some(v) = env("AUTOTEL_PIDS") {
             pids = Some(v);
         }
-        let regex = |e: String| regex::Regex::new(&e).with_context(|| format!("invalid executable_name regex {e:?}"));
+        let regex = |e: String| {
+            regex::Regex::new(&e).with_context(|| format!("invalid executable_name regex {e:?}"))
+        };
         let services = disc
             .services
             .clone()
@@ -444,12 +446,19 @@ impl Config {
                 let rule = ServiceRule {
                     name: s.name,
                     namespace: s.namespace,
-                    open_ports: PortSet::parse(&s.open_ports.as_ref().map(Scalar::text).unwrap_or_default())?,
+                    open_ports: PortSet::parse(
+                        &s.open_ports.as_ref().map(Scalar::text).unwrap_or_default(),
+                    )?,
                     executable_name: s.executable_name.map(regex).transpose()?,
                     pids: parse_pids(&s.pids.as_ref().map(Scalar::text).unwrap_or_default())?,
                 };
-                if rule.open_ports.is_empty() && rule.executable_name.is_none() && rule.pids.is_empty() {
-                    bail!("discovery.services: each entry needs open_ports, executable_name or pids");
+                if rule.open_ports.is_empty()
+                    && rule.executable_name.is_none()
+                    && rule.pids.is_empty()
+                {
+                    bail!(
+                        "discovery.services: each entry needs open_ports, executable_name or pids"
+                    );
                 }
                 Ok(rule)
             })
@@ -473,8 +482,10 @@ impl Config {
             notes.push("config key `traces.sampler` is a Beyla alias of `sampler`".into());
             sampler_file = sampler_file.or(Some(t));
         }
-        let sampler_name = env("OTEL_TRACES_SAMPLER").or(sampler_file.as_ref().and_then(|s| s.name.clone()));
-        let sampler_arg = env("OTEL_TRACES_SAMPLER_ARG").or(sampler_file.and_then(|s| s.arg.map(|a| a.text())));
+        let sampler_name =
+            env("OTEL_TRACES_SAMPLER").or(sampler_file.as_ref().and_then(|s| s.name.clone()));
+        let sampler_arg =
+            env("OTEL_TRACES_SAMPLER_ARG").or(sampler_file.and_then(|s| s.arg.map(|a| a.text())));
         let sampler = match sampler_name {
             Some(n) => crate::pipeline::sampler::Sampler::parse(&n, sampler_arg.as_deref())?,
             None => crate::pipeline::sampler::Sampler::default(),

@@ -63,6 +63,7 @@ fn run(cfg: Config) -> Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGTERM, shutdown.clone())?;
 
     let metrics = Arc::new(SelfMetrics::new());
+    metrics.init_known_series(autotel_protocols::http1::ParseError::KINDS);
     let red: SharedStore = Arc::new(Mutex::new(Store::new(cfg.metrics.cardinality_limit)));
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);

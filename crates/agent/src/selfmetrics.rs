@@ -159,6 +159,23 @@ impl SelfMetrics {
         );
     }
 
+    /// Creates the series whose labels are known in advance, so dashboards
+    /// and rate() see 0 from the first scrape instead of no series.
+    pub fn init_known_series(&self, parse_error_kinds: &[&str]) {
+        for ring in ["data", "proc"] {
+            let _ = self.events_received.get_or_create(&RingbufLabel {
+                ringbuf: ring.into(),
+            });
+            let _ = self.events_lost.get_or_create(&RingbufLabel {
+                ringbuf: ring.into(),
+            });
+        }
+        for kind in parse_error_kinds {
+            self.parse_error("http1", kind, 0);
+        }
+        self.dropped("queue_full", 0);
+    }
+
     pub fn set_instrumented(&self, n: usize) {
         self.instrumented_processes.set(n as i64);
     }

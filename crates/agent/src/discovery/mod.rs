@@ -51,7 +51,9 @@ fn criteria(
         return false;
     }
     let port_ok = open_ports.is_empty() || p.ports.iter().any(|port| open_ports.contains(*port));
-    let exe_ok = exe.is_none_or(|re| re.is_match(p.exe_name) || p.cmd.first().is_some_and(|a0| re.is_match(a0)));
+    let exe_ok = exe.is_none_or(|re| {
+        re.is_match(p.exe_name) || p.cmd.first().is_some_and(|a0| re.is_match(a0))
+    });
     port_ok && exe_ok
 }
 
@@ -84,7 +86,9 @@ pub fn naming_for(d: &Discovery, p: &Candidate<'_>) -> resource::Naming {
     let rule = service_rule(d, p);
     resource::Naming {
         name: rule.and_then(|r| r.name.clone()),
-        namespace: rule.and_then(|r| r.namespace.clone()).or_else(|| d.service_namespace.clone()),
+        namespace: rule
+            .and_then(|r| r.namespace.clone())
+            .or_else(|| d.service_namespace.clone()),
     }
 }
 
@@ -160,7 +164,9 @@ impl Discoverer {
 
     /// SDK-instrumented processes: always noted once; skipped when configured.
     fn skip_for_sdk(&mut self, pid: u32) -> bool {
-        let Some(sdk) = resource::detect_sdk(pid) else { return false };
+        let Some(sdk) = resource::detect_sdk(pid) else {
+            return false;
+        };
         if self.sdk_noted.insert(pid) {
             if self.cfg.skip_sdk_instrumented {
                 tracing::info!(pid, sdk, "process is instrumented by an OpenTelemetry SDK: skipping it (discovery.skip_sdk_instrumented)");
@@ -214,7 +220,13 @@ impl Discoverer {
         }
         // A forked child carries its parent's configured naming.
         let naming = procfs::ppid(pid)
-            .and_then(|pp| self.resources.read().unwrap_or_else(|e| e.into_inner()).get(&pp).cloned())
+            .and_then(|pp| {
+                self.resources
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&pp)
+                    .cloned()
+            })
             .map(|r| resource::Naming::inherit(&r))
             .unwrap_or_default();
         let res = Arc::new(resource::build(pid, &self.host, None, &naming));
@@ -275,7 +287,12 @@ impl Discoverer {
             } => {
                 let base = path.rsplit('/').next().unwrap_or(&path).to_owned();
                 let cmd = [path.clone()];
-                let cand = Candidate { pid, exe_name: &base, cmd: &cmd, ports: &[] };
+                let cand = Candidate {
+                    pid,
+                    exe_name: &base,
+                    cmd: &cmd,
+                    ports: &[],
+                };
                 let naming = naming_for(&self.cfg, &cand);
                 self.select(pid, Some(&path), naming);
             }
@@ -341,7 +358,15 @@ mod tests {
     }
 
     fn m(d: &Discovery, pid: u32, exe: &str, ports: &[u16]) -> bool {
-        matches(d, &Candidate { pid, exe_name: exe, cmd: &[], ports })
+        matches(
+            d,
+            &Candidate {
+                pid,
+                exe_name: exe,
+                cmd: &[],
+                ports,
+            },
+        )
     }
 
     #[test]
@@ -372,10 +397,18 @@ mod tests {
             executable_name: None,
             pids: vec![],
         });
-        let c = Candidate { pid: 1, exe_name: "python3", cmd: &[], ports: &[8080] };
+        let c = Candidate {
+            pid: 1,
+            exe_name: "python3",
+            cmd: &[],
+            ports: &[8080],
+        };
         assert!(matches(&d, &c));
         let n = naming_for(&d, &c);
-        assert_eq!((n.name.as_deref(), n.namespace.as_deref()), (Some("checkout"), Some("shop")));
+        assert_eq!(
+            (n.name.as_deref(), n.namespace.as_deref()),
+            (Some("checkout"), Some("shop"))
+        );
         assert!(!m(&d, 1, "python3", &[9090]));
     }
 }

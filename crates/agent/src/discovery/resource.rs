@@ -112,23 +112,40 @@ pub struct Naming {
 impl Naming {
     /// What a forked child takes from its parent's resource.
     pub fn inherit(parent: &Resource) -> Naming {
-        let attr = |k: &str| parent.attributes.iter().find(|(a, _)| a == k).map(|(_, v)| v.to_string());
+        let attr = |k: &str| {
+            parent
+                .attributes
+                .iter()
+                .find(|(a, _)| a == k)
+                .map(|(_, v)| v.to_string())
+        };
         Naming {
-            name: attr("autotel.service.name.source").filter(|s| s == "config").map(|_| parent.service_name.clone()),
+            name: attr("autotel.service.name.source")
+                .filter(|s| s == "config")
+                .map(|_| parent.service_name.clone()),
             namespace: attr("service.namespace"),
         }
     }
 }
 
 /// How a process shows it runs an OpenTelemetry SDK / zero-code agent.
-pub fn detect_sdk_in(env: &std::collections::HashMap<String, String>, args: &[String]) -> Option<&'static str> {
+pub fn detect_sdk_in(
+    env: &std::collections::HashMap<String, String>,
+    args: &[String],
+) -> Option<&'static str> {
     let has = |k: &str, needle: &str| env.get(k).is_some_and(|v| v.contains(needle));
-    if has("PYTHONPATH", "opentelemetry/instrumentation/auto_instrumentation")
-        || args.iter().any(|a| a.ends_with("opentelemetry-instrument"))
+    if has(
+        "PYTHONPATH",
+        "opentelemetry/instrumentation/auto_instrumentation",
+    ) || args.iter().any(|a| a.ends_with("opentelemetry-instrument"))
     {
         return Some("python opentelemetry-instrument");
     }
-    if args.iter().any(|a| a.starts_with("-javaagent:") && a.contains("opentelemetry")) || has("JAVA_TOOL_OPTIONS", "opentelemetry") {
+    if args
+        .iter()
+        .any(|a| a.starts_with("-javaagent:") && a.contains("opentelemetry"))
+        || has("JAVA_TOOL_OPTIONS", "opentelemetry")
+    {
         return Some("java agent");
     }
     if has("NODE_OPTIONS", "@opentelemetry") {
@@ -166,7 +183,12 @@ pub fn build(pid: u32, host: &str, exec_path: Option<&str>, naming: &Naming) -> 
         .get("OTEL_RESOURCE_ATTRIBUTES")
         .map(|v| crate::config::parse_kv_list(v))
         .unwrap_or_default();
-    let from_attrs = |k: &str| env_attrs.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone());
+    let from_attrs = |k: &str| {
+        env_attrs
+            .iter()
+            .find(|(a, _)| a == k)
+            .map(|(_, v)| v.clone())
+    };
     // Order: configuration, the target's OTEL_SERVICE_NAME, its
     // OTEL_RESOURCE_ATTRIBUTES, the script of an interpreter, the executable.
     let (service_name, source) = if let Some(n) = naming.name.clone() {
@@ -180,7 +202,10 @@ pub fn build(pid: u32, host: &str, exec_path: Option<&str>, naming: &Naming) -> 
     } else {
         (exe_name.clone(), "executable")
     };
-    let namespace = naming.namespace.clone().or_else(|| from_attrs("service.namespace"));
+    let namespace = naming
+        .namespace
+        .clone()
+        .or_else(|| from_attrs("service.namespace"));
     let start = procfs::start_time(pid).unwrap_or(0);
 
     let mut attributes: Vec<(String, AttrValue)> = vec![
@@ -279,10 +304,15 @@ mod tests {
         assert_eq!(detect_sdk_in(&env, &args("python3 app.py")), None);
         env.insert(
             "PYTHONPATH".to_string(),
-            "/v/lib/python3.11/site-packages/opentelemetry/instrumentation/auto_instrumentation".to_string(),
+            "/v/lib/python3.11/site-packages/opentelemetry/instrumentation/auto_instrumentation"
+                .to_string(),
         );
         assert!(detect_sdk_in(&env, &args("python3 app.py")).is_some());
-        assert!(detect_sdk_in(&Default::default(), &args("java -javaagent:/o/opentelemetry-javaagent.jar -jar a.jar")).is_some());
+        assert!(detect_sdk_in(
+            &Default::default(),
+            &args("java -javaagent:/o/opentelemetry-javaagent.jar -jar a.jar")
+        )
+        .is_some());
     }
 
     #[test]

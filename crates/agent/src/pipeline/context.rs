@@ -129,11 +129,21 @@ impl ContextTracker {
 
     /// A request arrived at a server: an explicit traceparent wins, then a
     /// client span of this host on the same connection, else a new trace.
-    pub fn server_request(&mut self, traceparent: Option<&str>, tracestate: Option<&str>, flow: FlowKey) -> SpanCtx {
+    pub fn server_request(
+        &mut self,
+        traceparent: Option<&str>,
+        tracestate: Option<&str>,
+        flow: FlowKey,
+    ) -> SpanCtx {
         if let Some(p) = traceparent.and_then(parse_traceparent) {
             // Drop the same-host entry too: it describes the same request.
             self.take_client(&flow);
-            return self.child_of(Some((p.trace_id, p.span_id, tracestate.unwrap_or_default().to_owned(), p.sampled)));
+            return self.child_of(Some((
+                p.trace_id,
+                p.span_id,
+                tracestate.unwrap_or_default().to_owned(),
+                p.sampled,
+            )));
         }
         if self.same_host_linking {
             if let Some(c) = self.take_client(&flow) {
@@ -146,7 +156,8 @@ impl ContextTracker {
     /// A client request was written; `parent` is the server request the
     /// writing thread was serving, if any.
     pub fn client_request(&mut self, parent: Option<&SpanCtx>, flow: FlowKey) -> SpanCtx {
-        let ctx = self.child_of(parent.map(|p| (p.trace_id, p.span_id, p.trace_state.clone(), p.sampled)));
+        let ctx = self
+            .child_of(parent.map(|p| (p.trace_id, p.span_id, p.trace_state.clone(), p.sampled)));
         if self.same_host_linking && self.clients.len() < MAX_FLOWS {
             self.clients.entry(flow).or_default().push_back(ctx.clone());
         }
@@ -193,7 +204,11 @@ mod tracker_tests {
     fn traceparent_wins_and_linking_can_be_off() {
         let mut t = ContextTracker::new(Sampler::default(), true);
         t.client_request(None, FLOW);
-        let s = t.server_request(Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"), Some("a=b"), FLOW);
+        let s = t.server_request(
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
+            Some("a=b"),
+            FLOW,
+        );
         assert_eq!(hex::encode(s.parent_span_id.unwrap()), "00f067aa0ba902b7");
         assert_eq!(s.trace_state, "a=b");
         assert!(!s.sampled, "parent-based default follows the 00 flag");

@@ -4,9 +4,7 @@
 use super::clock::Clock;
 use super::context::SpanCtx;
 use crate::tracer::abi::ConnTuple;
-use autotel_model::{
-    AttrValue, Attributes, Resource, Span, SpanKind, StatusCode,
-};
+use autotel_model::{AttrValue, Attributes, Resource, Span, SpanKind, StatusCode};
 use autotel_protocols::http1::Exchange;
 use std::sync::Arc;
 

@@ -15,7 +15,9 @@ use crate::metrics::SharedStore;
 use crate::selfmetrics::SelfMetrics;
 use crate::tracer::abi::{self, ConnTuple, DataEvent, Event};
 use autotel_model::{Resource, Span};
-use autotel_protocols::http1::{Dir, Exchange, Http1Connection, Http1Event, ParseError, Segment, Timing};
+use autotel_protocols::http1::{
+    Dir, Exchange, Http1Connection, Http1Event, ParseError, Segment, Timing,
+};
 use clock::Clock;
 use context::{ContextTracker, FlowKey, SpanCtx};
 use crossbeam_channel::{Sender, TrySendError};
@@ -193,7 +195,8 @@ impl Pipeline {
             cmd: &[],
             ports: &[],
         };
-        let mut selected = crate::discovery::matches(sel, &by_path) || crate::discovery::matches(sel, &by_comm);
+        let mut selected =
+            crate::discovery::matches(sel, &by_path) || crate::discovery::matches(sel, &by_comm);
         if selected && sel.skip_sdk_instrumented && resource::detect_sdk(p.pid).is_some() {
             tracing::info!(pid = p.pid, "process is instrumented by an OpenTelemetry SDK: skipping it (discovery.skip_sdk_instrumented)");
             selected = false;
@@ -289,20 +292,24 @@ impl Pipeline {
                     let server_side = conn.http.server_side();
                     let flow = conn.flow(server_side);
                     let ctx = if server_side {
-                        let ctx = self
-                            .contexts
-                            .server_request(traceparent.as_deref(), tracestate.as_deref(), flow);
+                        let ctx = self.contexts.server_request(
+                            traceparent.as_deref(),
+                            tracestate.as_deref(),
+                            flow,
+                        );
                         conn.last_ctx = Some(ctx.clone());
                         ctx
                     } else {
-                        self.contexts.client_request(conn.client_parent.as_ref(), flow)
+                        self.contexts
+                            .client_request(conn.client_parent.as_ref(), flow)
                     };
                     conn.ctxs.push_back(ctx);
                 }
                 Http1Event::Exchange(x) => {
                     let ctx = conn.ctxs.pop_front().unwrap_or_else(|| {
                         // Defensive: a request whose start we did not see.
-                        self.contexts.server_request(None, None, conn.flow(x.server_side))
+                        self.contexts
+                            .server_request(None, None, conn.flow(x.server_side))
                     });
                     self.finish(pid, conn, &x, ctx);
                 }

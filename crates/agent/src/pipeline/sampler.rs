@@ -53,10 +53,9 @@ impl Sampler {
             match arg {
                 None => Ok(1.0),
                 Some(a) => {
-                    let r: f64 = a
-                        .trim()
-                        .parse()
-                        .map_err(|_| anyhow::anyhow!("sampler argument must be a ratio in [0, 1], got {a:?}"))?;
+                    let r: f64 = a.trim().parse().map_err(|_| {
+                        anyhow::anyhow!("sampler argument must be a ratio in [0, 1], got {a:?}")
+                    })?;
                     if !(0.0..=1.0).contains(&r) {
                         bail!("sampler ratio must be in [0, 1], got {r}");
                     }
@@ -101,8 +100,12 @@ mod tests {
     #[test]
     fn parse_and_decide() {
         let id = [0xab; 16];
-        assert!(Sampler::parse("always_on", None).unwrap().sample(&id, Some(false)));
-        assert!(!Sampler::parse("always_off", None).unwrap().sample(&id, Some(true)));
+        assert!(Sampler::parse("always_on", None)
+            .unwrap()
+            .sample(&id, Some(false)));
+        assert!(!Sampler::parse("always_off", None)
+            .unwrap()
+            .sample(&id, Some(true)));
         let pb = Sampler::parse("parentbased_always_off", None).unwrap();
         assert!(pb.sample(&id, Some(true)));
         assert!(!pb.sample(&id, None));
@@ -114,10 +117,15 @@ mod tests {
     fn ratio_is_close_and_deterministic() {
         let s = Sampler::parse("traceidratio", Some("0.25")).unwrap();
         let n = 40_000;
-        let kept = (0..n).filter(|_| s.sample(&autotel_model::new_trace_id(), None)).count();
+        let kept = (0..n)
+            .filter(|_| s.sample(&autotel_model::new_trace_id(), None))
+            .count();
         let expected = n as f64 * 0.25;
         let sd = (n as f64 * 0.25 * 0.75).sqrt();
-        assert!((kept as f64 - expected).abs() < 5.0 * sd, "kept {kept} of {n}");
+        assert!(
+            (kept as f64 - expected).abs() < 5.0 * sd,
+            "kept {kept} of {n}"
+        );
         let id = autotel_model::new_trace_id();
         assert_eq!(s.sample(&id, None), s.sample(&id, None));
         // A lower ratio keeps a subset of what a higher one keeps.

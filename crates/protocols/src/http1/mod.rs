@@ -42,6 +42,18 @@ pub enum ParseError {
 }
 
 impl ParseError {
+    /// Every value `kind()` can return.
+    pub const KINDS: &'static [&'static str] = &[
+        "not_http",
+        "truncated",
+        "head_too_large",
+        "bad_content_length",
+        "chunk_sync_lost",
+        "unmatched_response",
+        "too_many_pending",
+        "syntax",
+    ];
+
     /// Short stable name for counters.
     pub fn kind(&self) -> &'static str {
         match self {
