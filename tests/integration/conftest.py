@@ -308,9 +308,14 @@ class Agent:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def metrics_text(self) -> str:
+    def metrics_text(self, openmetrics: bool = False) -> str:
+        """/metrics as a plain client gets it (classic text format), or as Prometheus
+        asks for it (``Accept: application/openmetrics-text``) with ``openmetrics``."""
         url = f"http://127.0.0.1:{self.prom_port}/metrics"
-        with NO_PROXY_OPENER.open(url, timeout=10) as r:
+        req = urllib.request.Request(url)
+        if openmetrics:
+            req.add_header("Accept", "application/openmetrics-text; version=1.0.0")
+        with NO_PROXY_OPENER.open(req, timeout=10) as r:
             return r.read().decode("utf-8", errors="replace")
 
     def prom_value(self, name: str, labels: Optional[Dict[str, str]] = None) -> Optional[float]:

@@ -49,11 +49,25 @@ impl PromServer {
                         );
                         continue;
                     }
-                    let ct = tiny_http::Header::from_bytes(
-                        &b"Content-Type"[..],
-                        &b"application/openmetrics-text; version=1.0.0; charset=utf-8"[..],
-                    )
-                    .expect("static header");
+                    // Prometheus asks for OpenMetrics; other clients (curl,
+                    // promtool, older scrapers) get the classic text format.
+                    let wants_openmetrics = req.headers().iter().any(|h| {
+                        h.field.equiv("Accept")
+                            && h.value.as_str().contains("application/openmetrics-text")
+                    });
+                    let (body, ct): (String, &[u8]) = if wants_openmetrics {
+                        (
+                            body,
+                            b"application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )
+                    } else {
+                        (
+                            openmetrics_to_text(&body),
+                            b"text/plain; version=0.0.4; charset=utf-8",
+                        )
+                    };
+                    let ct = tiny_http::Header::from_bytes(&b"Content-Type"[..], ct)
+                        .expect("static header");
                     let _ = req.respond(tiny_http::Response::from_string(body).with_header(ct));
                 }
             })?;
@@ -70,5 +84,48 @@ impl Drop for PromServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// OpenMetrics text -> Prometheus text format 0.0.4: counter families are
+/// named with their `_total` suffix in HELP/TYPE, UNIT and EOF lines go.
+pub fn openmetrics_to_text(om: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in om.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some(name) = rest.strip_suffix(" counter") {
+                counters.insert(name.to_owned());
+            }
+        }
+    }
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}").trim_end().to_owned())
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_get_total_in_metadata() {
+        let om = "# HELP a_b Help.\n# TYPE a_b counter\na_b_total 1\n# HELP h Hist.\n# TYPE h histogram\n# UNIT h seconds\nh_count 0\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_text(om),
+            "# HELP a_b_total Help.\n# TYPE a_b_total counter\na_b_total 1\n# HELP h Hist.\n# TYPE h histogram\nh_count 0\n"
+        );
     }
 }
