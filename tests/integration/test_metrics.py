@@ -626,11 +626,12 @@ def test_4_cardinality_overflow(require_root, sink, start_agent, nginx, tmp_path
         regular = [(l, v) for l, v in samples if "otel_metric_overflow" not in l]
         total = sum(v for _, v in samples)
         report(f"{name}: series (regular + overflow)", f"{len(regular)}+{len(over)}",
-               f"<={LIMIT}+1")
+               f"{LIMIT - 1}+1")
         report(f"{name}: sum of counts", int(total), N_PATHS)
         assert len(over) == 1, over
         assert set(over[0][0]) == {"job", "instance", "otel_metric_overflow"}, over
-        assert LIMIT - 1 <= len(regular) and len(regular) + len(over) <= LIMIT + 1, len(regular)
+        # The overflow series counts within the limit (OTel SDK spec).
+        assert len(regular) == LIMIT - 1, len(regular)
         assert all(v == 1 for _, v in regular), [r for r in regular if r[1] != 1]
         assert total == N_PATHS
         report(f"{name}: overflow count", int(over[0][1]), N_PATHS - len(regular))
@@ -638,10 +639,10 @@ def test_4_cardinality_overflow(require_root, sink, start_agent, nginx, tmp_path
     # The same cap over OTLP (latest cumulative points).
     pts = wait_cumulative(sink, DUR, lambda p: True, N_PATHS, timeout=10, settle=EXPORT_S)
     over = [p for p in pts if p["attrs"] == {"otel.metric.overflow": True}]
-    report("OTLP duration points (series)", len(pts), f"<={LIMIT + 1}")
+    report("OTLP duration points (series)", len(pts), LIMIT)
     report("OTLP duration sum of counts", sum(p["count"] for p in pts), N_PATHS)
     assert len(over) == 1, show_points(over)
-    assert len(pts) <= LIMIT + 1, len(pts)
+    assert len(pts) == LIMIT, len(pts)
     assert sum(p["count"] for p in pts) == N_PATHS
     assert agent.alive(), agent.logs_tail(40)
     assert_no_panic(agent)

@@ -145,7 +145,7 @@ impl Store {
     pub fn new(cardinality_limit: usize) -> Self {
         Store {
             series: HashMap::new(),
-            cardinality_limit: cardinality_limit.max(1),
+            cardinality_limit: cardinality_limit.max(2),
             overflowed: 0,
         }
     }
@@ -162,7 +162,8 @@ impl Store {
         let per_metric = self.series.entry(metric).or_default();
         let mut key = (resource.pid, key_of(&attrs));
         let mut attrs = attrs;
-        if !per_metric.contains_key(&key) && per_metric.len() >= self.cardinality_limit {
+        // The overflow series counts within the limit, as the OTel SDK spec has it.
+        if !per_metric.contains_key(&key) && per_metric.len() + 1 >= self.cardinality_limit {
             // Semconv overflow series: the attributes are dropped, counts are kept.
             attrs = vec![("otel.metric.overflow", AttrValue::Bool(true))];
             key = (resource.pid, key_of(&attrs));
@@ -304,9 +305,9 @@ mod tests {
                 0,
             );
         }
-        assert_eq!(s.series_count(Metric::HttpServerDuration), 6);
+        assert_eq!(s.series_count(Metric::HttpServerDuration), 5);
         let total: u64 = s.each(Metric::HttpServerDuration).map(|x| x.count).sum();
         assert_eq!(total, 100, "no count is lost to the cap");
-        assert_eq!(s.overflowed, 95);
+        assert_eq!(s.overflowed, 96);
     }
 }
