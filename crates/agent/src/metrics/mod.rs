@@ -6,6 +6,7 @@ pub mod otlp;
 pub mod prom;
 
 use autotel_model::{AttrValue, Resource, Span, SpanKind};
+use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -123,7 +124,7 @@ impl Series {
 /// Series per metric, keyed by process and attribute values.
 #[derive(Debug)]
 pub struct Store {
-    series: HashMap<Metric, HashMap<(u32, String), Series>>,
+    series: HashMap<Metric, FxHashMap<(u32, String), Series>>,
     cardinality_limit: usize,
     pub overflowed: u64,
 }
@@ -158,21 +159,40 @@ impl Store {
         v: f64,
         now: u64,
     ) {
-        let def = metric.def();
-        let per_metric = self.series.entry(metric).or_default();
-        let mut key = (resource.pid, key_of(&attrs));
-        let mut attrs = attrs;
-        // The overflow series counts within the limit, as the OTel SDK spec has it.
-        if !per_metric.contains_key(&key) && per_metric.len() + 1 >= self.cardinality_limit {
-            // Semconv overflow series: the attributes are dropped, counts are kept.
-            attrs = vec![("otel.metric.overflow", AttrValue::Bool(true))];
-            key = (resource.pid, key_of(&attrs));
-            self.overflowed += 1;
+        self.record_all(&[(metric, v)], resource, attrs, now);
+    }
+
+    /// Records several metrics that share one attribute set (the key is
+    /// built once).
+    pub fn record_all(
+        &mut self,
+        values: &[(Metric, f64)],
+        resource: &Arc<Resource>,
+        attrs: Vec<(&'static str, AttrValue)>,
+        now: u64,
+    ) {
+        let key = (resource.pid, key_of(&attrs));
+        for (metric, v) in values {
+            let def = metric.def();
+            let per_metric = self.series.entry(*metric).or_default();
+            if let Some(series) = per_metric.get_mut(&key) {
+                series.observe(def.buckets, *v);
+                continue;
+            }
+            let (key, attrs) = if per_metric.len() + 1 >= self.cardinality_limit {
+                // Semconv overflow series, counted within the limit as the
+                // OTel SDK spec has it: attributes dropped, counts kept.
+                self.overflowed += 1;
+                let attrs = vec![("otel.metric.overflow", AttrValue::Bool(true))];
+                ((resource.pid, key_of(&attrs)), attrs)
+            } else {
+                (key.clone(), attrs.clone())
+            };
+            per_metric
+                .entry(key)
+                .or_insert_with(|| Series::new(resource.clone(), attrs, def.buckets.len(), now))
+                .observe(def.buckets, *v);
         }
-        per_metric
-            .entry(key)
-            .or_insert_with(|| Series::new(resource.clone(), attrs, def.buckets.len(), now))
-            .observe(def.buckets, v);
     }
 
     /// Visits every series of a metric.
@@ -198,7 +218,7 @@ impl Store {
     }
 
     pub fn series_count(&self, metric: Metric) -> usize {
-        self.series.get(&metric).map_or(0, HashMap::len)
+        self.series.get(&metric).map_or(0, FxHashMap::len)
     }
 
     /// Records the RED metrics of one finished HTTP span.
@@ -235,31 +255,22 @@ impl Store {
         let now = span.end_unix_ns;
         let secs = span.duration_ns() as f64 / 1e9;
         if server {
-            self.record(
-                Metric::HttpServerDuration,
-                &span.resource,
-                attrs.clone(),
-                secs,
-                now,
-            );
             let size = |k| match span.attr(k) {
                 Some(AttrValue::Int(n)) => *n as f64,
                 _ => 0.0,
             };
-            self.record(
-                Metric::HttpServerRequestBodySize,
-                &span.resource,
-                attrs.clone(),
-                size("http.request.body.size"),
-                now,
-            );
-            self.record(
-                Metric::HttpServerResponseBodySize,
-                &span.resource,
-                attrs,
-                size("http.response.body.size"),
-                now,
-            );
+            let values = [
+                (Metric::HttpServerDuration, secs),
+                (
+                    Metric::HttpServerRequestBodySize,
+                    size("http.request.body.size"),
+                ),
+                (
+                    Metric::HttpServerResponseBodySize,
+                    size("http.response.body.size"),
+                ),
+            ];
+            self.record_all(&values, &span.resource, attrs, now);
         } else {
             self.record(Metric::HttpClientDuration, &span.resource, attrs, secs, now);
         }

@@ -22,6 +22,7 @@ use clock::Clock;
 use context::{ContextTracker, FlowKey, SpanCtx};
 use crossbeam_channel::{Sender, TrySendError};
 use routes::Router;
+use rustc_hash::FxHashMap;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
@@ -74,7 +75,8 @@ struct LocalCounts {
 }
 
 pub struct Pipeline {
-    conns: HashMap<ConnKey, Conn>,
+    /// FxHash: keys are kernel ids, not attacker-chosen strings.
+    conns: FxHashMap<ConnKey, Conn>,
     clock: Clock,
     resources: Resources,
     host: String,
@@ -119,7 +121,7 @@ impl Pipeline {
             exec_selector: cfg.discovery.selects_on_exec().then_some(cfg.discovery),
             rejected: HashSet::new(),
             exec_paths: HashMap::new(),
-            conns: HashMap::new(),
+            conns: FxHashMap::default(),
             clock: Clock::new(),
             resources,
             host: resource::host_name(),

@@ -138,19 +138,23 @@ impl Reader {
                         self.lose(ParseError::HeadTooLarge, out);
                         return;
                     }
-                    self.head_buf.extend_from_slice(avail);
+                    // Common case: the whole head is in this segment; parse
+                    // it in place and buffer only when it is split.
+                    let buffered = before > 0;
+                    if buffered {
+                        self.head_buf.extend_from_slice(avail);
+                    }
+                    let bytes: &[u8] = if buffered { &self.head_buf } else { avail };
                     let parsed = match self.kind {
-                        Kind::Request => {
-                            parse_request(&self.head_buf).map(|h| h.map(Head::Request))
-                        }
-                        Kind::Response => {
-                            parse_response(&self.head_buf).map(|h| h.map(Head::Response))
-                        }
+                        Kind::Request => parse_request(bytes).map(|h| h.map(Head::Request)),
+                        Kind::Response => parse_response(bytes).map(|h| h.map(Head::Response)),
                     };
                     match parsed {
                         Ok(None) => {
                             if data.len() < total {
                                 self.lose(ParseError::Truncated, out);
+                            } else if !buffered {
+                                self.head_buf.extend_from_slice(avail);
                             }
                             return;
                         }
