@@ -14,6 +14,9 @@ fi
 PACKAGES=(clang llvm libelf-dev zlib1g-dev pkg-config make
           bpftool nginx-light curl wrk iproute2 tmux prometheus python3-venv)
 
+# Node.js for the trace-context tests (any recent version already present will do).
+command -v node >/dev/null 2>&1 || PACKAGES+=(nodejs)
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -42,7 +45,7 @@ fi
 
 # Python packages for the integration tests (official OTel decoders, grpcio).
 PY=${PYTHON:-python3}
-if ! "$PY" -c "import opentelemetry.proto, grpc, pytest, prometheus_client, requests" 2>/dev/null; then
+if ! "$PY" -c "import opentelemetry.proto, grpc, pytest, prometheus_client, requests, opentelemetry.instrumentation.auto_instrumentation, opentelemetry.instrumentation.requests" 2>/dev/null; then
   echo "setup: installing Python test packages"
   "$PY" -m pip install -q -r tests/requirements.txt
 fi

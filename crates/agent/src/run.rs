@@ -182,6 +182,7 @@ fn read_loop(
             }
         }
         let _ = rings.consume();
+        pipeline.borrow_mut().after_drain();
         if Instant::now() >= next_tick {
             next_tick += Duration::from_secs(1);
             pipeline.borrow_mut().tick(clock::monotonic_ns());
@@ -189,6 +190,7 @@ fn read_loop(
         }
     }
     let _ = rings.consume();
+    pipeline.borrow_mut().after_drain();
     pipeline.borrow_mut().tick(clock::monotonic_ns());
     publish_kernel_counters(tracer, metrics);
     Ok(())

@@ -93,6 +93,8 @@ pub struct Pipeline {
     rejected: HashSet<u32>,
     /// Exec'ed path per pid, for resources of processes gone from /proc.
     exec_paths: HashMap<u32, String>,
+    /// Processes that exited, to forget once the data ring is drained.
+    pending_exits: Vec<u32>,
     counts: LocalCounts,
     scratch: Vec<Http1Event>,
 }
@@ -121,6 +123,7 @@ impl Pipeline {
             exec_selector: cfg.discovery.selects_on_exec().then_some(cfg.discovery),
             rejected: HashSet::new(),
             exec_paths: HashMap::new(),
+            pending_exits: Vec::new(),
             conns: FxHashMap::default(),
             clock: Clock::new(),
             resources,
@@ -156,10 +159,10 @@ impl Pipeline {
                     abi::PROC_FORK => ProcEvent::Fork(p.pid),
                     abi::PROC_LISTEN => ProcEvent::Listen(p.pid),
                     abi::PROC_EXIT => {
-                        self.process_exited(p.pid);
-                        self.rejected.remove(&p.pid);
-                        self.exec_paths.remove(&p.pid);
-                        ProcEvent::Exit(p.pid)
+                        // The process ring is read before the data ring: its
+                        // last data is still queued. Finish it after the drain.
+                        self.pending_exits.push(p.pid);
+                        return;
                     }
                     _ => return,
                 };
@@ -392,6 +395,17 @@ impl Pipeline {
             if !conn.http.server_side() {
                 self.contexts.forget_flow(&conn.flow(false));
             }
+        }
+    }
+
+    /// Called after each full drain of the rings: exits seen in this pass
+    /// now have all their data processed.
+    pub fn after_drain(&mut self) {
+        for pid in std::mem::take(&mut self.pending_exits) {
+            self.process_exited(pid);
+            self.rejected.remove(&pid);
+            self.exec_paths.remove(&pid);
+            let _ = self.proc_events.try_send(ProcEvent::Exit(pid));
         }
     }
 

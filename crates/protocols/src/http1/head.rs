@@ -151,6 +151,18 @@ fn header_text(headers: &[httparse::Header<'_>], name: &str) -> Option<String> {
         .map(|h| String::from_utf8_lossy(h.value).into_owned())
 }
 
+/// All values of a list-valued header, joined with commas (RFC 9110 5.3;
+/// W3C tracestate may be split over several lines).
+fn header_joined(headers: &[httparse::Header<'_>], name: &str) -> Option<String> {
+    let parts: Vec<String> = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(","))
+}
+
 /// Parses a request head at the start of `buf`. `Ok(None)`: need more bytes.
 pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, ParseError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -168,7 +180,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, ParseError> {
         version,
         host: header_text(req.headers, "host"),
         traceparent: header_text(req.headers, "traceparent"),
-        tracestate: header_text(req.headers, "tracestate"),
+        tracestate: header_joined(req.headers, "tracestate"),
         user_agent: header_text(req.headers, "user-agent"),
         content_length: framing.content_length,
         chunked: framing.chunked,

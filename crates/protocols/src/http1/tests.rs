@@ -306,3 +306,11 @@ fn byte_at_a_time_keeps_counts() {
     }
     assert_eq!(exchanges(&out).len(), 3, "{:?}", errors(&out));
 }
+
+#[test]
+fn tracestate_lines_are_combined() {
+    let head = parse_request(b"GET / HTTP/1.1\r\ntracestate: a=1\r\nTraceState: b=2\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(head.tracestate.as_deref(), Some("a=1,b=2"));
+}
