@@ -196,6 +196,13 @@ class OtlpSink:
         #              "time": monotonic seconds}
         self._exports: List[dict] = []
         self._on_export = on_export
+        # Fault injection (see ``set_faults``): delay per export call, and rejection of
+        # the first N calls with a retryable error. Every call is logged in ``_calls``.
+        self._faults = {"delay_s": 0.0, "fail_first": 0, "signals": ("traces",),
+                        "grpc_code": grpc.StatusCode.UNAVAILABLE, "http_status": 503}
+        self._failed_so_far = 0
+        # Each entry: {"signal", "transport", "outcome": "ok"|"rejected", "start", "end"}
+        self._calls: List[dict] = []
         self._grpc_server = None
         self._http_server = None
         self._http_thread = None
@@ -215,11 +222,17 @@ class OtlpSink:
 
         class TraceServicer(trace_service_pb2_grpc.TraceServiceServicer):
             def Export(self, request, context):  # noqa: N802 (gRPC naming)
+                code = sink._fault("traces", "grpc")
+                if code is not None:
+                    context.abort(code, "otlp_sink fault mode: rejected")
                 sink._record("traces", "grpc", dict(context.invocation_metadata()), request)
                 return trace_service_pb2.ExportTraceServiceResponse()
 
         class MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
             def Export(self, request, context):  # noqa: N802
+                code = sink._fault("metrics", "grpc")
+                if code is not None:
+                    context.abort(code, "otlp_sink fault mode: rejected")
                 sink._record("metrics", "grpc", dict(context.invocation_metadata()), request)
                 return metrics_service_pb2.ExportMetricsServiceResponse()
 
@@ -258,6 +271,52 @@ class OtlpSink:
     def __exit__(self, *exc):
         self.stop()
 
+    # ---- fault injection -------------------------------------------------------------
+    def set_faults(self, delay_s: float = 0.0, fail_first: int = 0,
+                   signals: tuple = ("traces",),
+                   grpc_code: "grpc.StatusCode" = grpc.StatusCode.UNAVAILABLE,
+                   http_status: int = 503) -> None:
+        """Make the sink misbehave like a real collector under trouble.
+
+        * ``delay_s``: every export call of ``signals`` sleeps this long before it is
+          answered (a slow collector); the data is stored after the sleep.
+        * ``fail_first``: the next ``fail_first`` calls of ``signals`` are rejected
+          (gRPC status ``grpc_code``, default UNAVAILABLE; HTTP ``http_status``, default
+          503) without storing anything; later calls succeed.
+
+        ``set_faults()`` with no argument turns every fault off."""
+        with self._lock:
+            self._faults = {"delay_s": float(delay_s), "fail_first": int(fail_first),
+                            "signals": tuple(signals), "grpc_code": grpc_code,
+                            "http_status": int(http_status)}
+            self._failed_so_far = 0
+
+    def _fault(self, signal: str, transport: str):
+        """Apply the faults to one incoming call: sleep, then return None (accept) or
+        the gRPC code / HTTP status to reject it with. Logs the call."""
+        start = time.monotonic()
+        with self._lock:
+            f = dict(self._faults)
+        if signal not in f["signals"]:
+            f = {"delay_s": 0.0, "fail_first": 0}
+        if f["delay_s"] > 0:
+            time.sleep(f["delay_s"])
+        reject = None
+        with self._cond:
+            if f["fail_first"] and self._failed_so_far < f["fail_first"]:
+                self._failed_so_far += 1
+                reject = f["grpc_code"] if transport == "grpc" else f["http_status"]
+            self._calls.append({"signal": signal, "transport": transport,
+                                "outcome": "ok" if reject is None else "rejected",
+                                "start": start, "end": time.monotonic()})
+        return reject
+
+    def calls(self, signal: Optional[str] = None, outcome: Optional[str] = None) -> List[dict]:
+        """Every export call received (accepted or rejected by a fault), in order."""
+        with self._lock:
+            return [c for c in self._calls if (signal is None or c["signal"] == signal)
+                    and (outcome is None or c["outcome"] == outcome)]
+
     # ---- storage ---------------------------------------------------------------------
     def _record(self, signal: str, transport: str, headers: dict, request) -> None:
         entry = {
@@ -284,6 +343,7 @@ class OtlpSink:
     def clear(self) -> None:
         with self._lock:
             self._exports.clear()
+            self._calls.clear()
 
     def spans(self) -> List[dict]:
         """All received spans, flattened (see ``flatten_trace_request``)."""
@@ -407,6 +467,10 @@ class _OtlpHttpHandler(http.server.BaseHTTPRequestHandler):
                 return
         except Exception as e:
             self._reply(400, f"cannot decode {req_cls.__name__}: {e}".encode(), "text/plain")
+            return
+        status = self.server.sink._fault(signal, "http")
+        if status is not None:
+            self._reply(status, b"otlp_sink fault mode: rejected", "text/plain")
             return
         self.server.sink._record(signal, "http", dict(self.headers.items()), req)
         self._reply(200, out, out_type)

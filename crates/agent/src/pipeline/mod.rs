@@ -62,6 +62,36 @@ impl Conn {
     }
 }
 
+/// Accumulates a count and says it at most once per period (log flood guard).
+struct RateLimitedCount {
+    period: std::time::Duration,
+    last: Option<std::time::Instant>,
+    pending: u64,
+}
+
+impl RateLimitedCount {
+    fn new(period: std::time::Duration) -> Self {
+        Self {
+            period,
+            last: None,
+            pending: 0,
+        }
+    }
+
+    fn add(&mut self, n: u64) {
+        self.pending += n;
+    }
+
+    /// The count to report now, if any and if the period has passed.
+    fn due(&mut self) -> Option<u64> {
+        if self.pending == 0 || self.last.is_some_and(|t| t.elapsed() < self.period) {
+            return None;
+        }
+        self.last = Some(std::time::Instant::now());
+        Some(std::mem::take(&mut self.pending))
+    }
+}
+
 /// Counts gathered on the hot path and published once a second.
 #[derive(Default)]
 struct LocalCounts {
@@ -95,6 +125,7 @@ pub struct Pipeline {
     exec_paths: HashMap<u32, String>,
     /// Processes that exited, to forget once the data ring is drained.
     pending_exits: Vec<u32>,
+    drop_warning: RateLimitedCount,
     counts: LocalCounts,
     scratch: Vec<Http1Event>,
 }
@@ -124,6 +155,7 @@ impl Pipeline {
             rejected: HashSet::new(),
             exec_paths: HashMap::new(),
             pending_exits: Vec::new(),
+            drop_warning: RateLimitedCount::new(std::time::Duration::from_secs(10)),
             conns: FxHashMap::default(),
             clock: Clock::new(),
             resources,
@@ -445,6 +477,15 @@ impl Pipeline {
 
     fn publish(&mut self) {
         let c = std::mem::take(&mut self.counts);
+        if c.dropped_queue_full > 0 {
+            self.drop_warning.add(c.dropped_queue_full);
+        }
+        if let Some(n) = self.drop_warning.due() {
+            tracing::warn!(
+                spans = n,
+                "export queue full: spans dropped (collector down or slow? see autotel_spans_dropped_total)"
+            );
+        }
         let m = &self.metrics;
         m.events_received
             .get_or_create(&crate::selfmetrics::RingbufLabel {
