@@ -50,7 +50,7 @@ struct {
 	__type(value, struct at_conn_info);
 } conns SEC(".maps");
 
-/* Syscall arguments saved at entry, consumed at exit, keyed by tid. */
+/* Syscall arguments saved at entry, consumed at exit. */
 struct at_syscall_args {
 	__u64 enter_ns;
 	__u64 buf;    /* user buffer, or iovec array */
@@ -62,20 +62,28 @@ struct at_syscall_args {
 #define AT_ARGS_ACCEPT 100
 #define AT_ARGS_CONNECT 101
 
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u32);
-	__type(value, struct at_syscall_args);
-} active_args SEC(".maps");
+/* Per-thread state in task-local storage: no hashing, freed with the
+ * thread. `args`: syscall arguments saved at entry for the exit; `ctx`: the
+ * server request this thread serves (trace context inside a process). */
+struct at_task_state {
+	struct at_syscall_args args;
+	struct at_thread_ctx ctx;
+	__u8 args_valid;
+	__u8 ctx_valid;
+	__u8 _pad[6];
+};
 
-/* tid -> the server request it is serving (trace context inside a process). */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u32);
-	__type(value, struct at_thread_ctx);
-} thread_ctx SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct at_task_state);
+} task_state SEC(".maps");
+
+static __always_inline struct at_task_state *task_state_get(__u64 flags)
+{
+	return bpf_task_storage_get(&task_state, bpf_get_current_task_btf(), 0, flags);
+}
 
 /* Scratch space for building a data event (too big for the 512-byte stack). */
 struct {

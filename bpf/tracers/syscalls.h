@@ -21,15 +21,15 @@ static __always_inline int save_args(__s32 fd, __u64 buf, __u64 iovcnt, __u8 sys
 	struct at_conn_info *info = bpf_map_lookup_elem(&conns, &key);
 	if (info && !info->is_socket)
 		return 0;
-	__u32 tid = (__u32)id;
-	struct at_syscall_args args = {
-		.enter_ns = bpf_ktime_get_ns(),
-		.buf = buf,
-		.iovcnt = iovcnt,
-		.fd = fd,
-		.syscall = syscall,
-	};
-	bpf_map_update_elem(&active_args, &tid, &args, BPF_ANY);
+	struct at_task_state *st = task_state_get(BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!st)
+		return 0;
+	st->args.enter_ns = bpf_ktime_get_ns();
+	st->args.buf = buf;
+	st->args.iovcnt = iovcnt;
+	st->args.fd = fd;
+	st->args.syscall = syscall;
+	st->args_valid = 1;
 	return 0;
 }
 
@@ -109,12 +109,11 @@ static __always_inline int emit_data(long ret, __u8 direction)
 	if (!is_selected(tgid))
 		return 0;
 	__u32 tid = (__u32)id;
-	struct at_syscall_args *args = bpf_map_lookup_elem(&active_args, &tid);
-	if (!args) {
+	struct at_task_state *st = task_state_get(0);
+	if (!st || !st->args_valid)
 		return 0;
-	}
-	struct at_syscall_args a = *args;
-	bpf_map_delete_elem(&active_args, &tid);
+	struct at_syscall_args a = st->args;
+	st->args_valid = 0;
 	if (ret <= 0)
 		return 0;
 
@@ -146,14 +145,14 @@ static __always_inline int emit_data(long ret, __u8 direction)
 	if (info->role == AT_ROLE_SERVER) {
 		if (direction == AT_DIR_INGRESS) {
 			/* This thread now serves the request arriving on this connection. */
-			struct at_thread_ctx t = { .fd = a.fd, .conn_start_ns = info->start_ns };
-			bpf_map_update_elem(&thread_ctx, &tid, &t, BPF_ANY);
+			st->ctx.fd = a.fd;
+			st->ctx.conn_start_ns = info->start_ns;
+			st->ctx_valid = 1;
 		}
 	} else if (direction == AT_DIR_EGRESS) {
-		struct at_thread_ctx *t = bpf_map_lookup_elem(&thread_ctx, &tid);
-		if (t) {
-			ev->ctx_fd = t->fd;
-			ev->ctx_conn_start_ns = t->conn_start_ns;
+		if (st->ctx_valid) {
+			ev->ctx_fd = st->ctx.fd;
+			ev->ctx_conn_start_ns = st->ctx.conn_start_ns;
 		}
 	}
 
@@ -210,9 +209,12 @@ static __always_inline int save_role_args(__s32 fd, __u8 kind)
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!is_selected(id >> 32))
 		return 0;
-	__u32 tid = (__u32)id;
-	struct at_syscall_args args = { .fd = fd, .syscall = kind };
-	bpf_map_update_elem(&active_args, &tid, &args, BPF_ANY);
+	struct at_task_state *st = task_state_get(BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!st)
+		return 0;
+	st->args.fd = fd;
+	st->args.syscall = kind;
+	st->args_valid = 1;
 	return 0;
 }
 
@@ -222,13 +224,12 @@ static __always_inline int mark_conn(long ret)
 	__u32 tgid = id >> 32;
 	if (!is_selected(tgid))
 		return 0;
-	__u32 tid = (__u32)id;
-	struct at_syscall_args *args = bpf_map_lookup_elem(&active_args, &tid);
-	if (!args)
+	struct at_task_state *st = task_state_get(0);
+	if (!st || !st->args_valid)
 		return 0;
-	__u8 kind = args->syscall;
-	__s32 fd = args->fd;
-	bpf_map_delete_elem(&active_args, &tid);
+	__u8 kind = st->args.syscall;
+	__s32 fd = st->args.fd;
+	st->args_valid = 0;
 	if (kind == AT_ARGS_ACCEPT && ret >= 0)
 		lookup_conn(tgid, (__s32)ret, AT_ROLE_SERVER, 1);
 	/* Non-blocking connect returns -EINPROGRESS: still a client. */

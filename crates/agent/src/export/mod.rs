@@ -91,7 +91,9 @@ impl SpanExporter {
             }
             if !batch.is_empty() {
                 if to_stdout {
-                    let mut out = std::io::stdout().lock();
+                    // One write per batch, not per line (stdout is line-buffered).
+                    let mut out =
+                        std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
                     for s in &batch {
                         let _ = writeln!(out, "{}", stdout::line(s));
                     }
