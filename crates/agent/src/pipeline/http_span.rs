@@ -46,6 +46,8 @@ fn version_text(minor: u8) -> &'static str {
 pub struct SpanInput<'a> {
     pub exchange: &'a Exchange,
     pub tuple: &'a ConnTuple,
+    pub local_addr: &'a str,
+    pub peer_addr: &'a str,
     pub resource: Arc<Resource>,
     pub route: Option<String>,
     pub ctx: SpanCtx,
@@ -95,7 +97,7 @@ pub fn build(input: SpanInput<'_>, clock: &Clock) -> Span {
     if let Some(route) = &input.route {
         attributes.push(("http.route", route.clone().into()));
     }
-    let peer = input.tuple.remote_addr().to_string();
+    let peer = input.peer_addr.to_owned();
     attributes.push(("network.peer.address", peer.clone().into()));
     attributes.push((
         "network.peer.port",
@@ -106,8 +108,7 @@ pub fn build(input: SpanInput<'_>, clock: &Clock) -> Span {
         attributes.push(("url.path", path.to_owned().into()));
         attributes.push((
             "server.address",
-            host.map_or_else(|| input.tuple.local_addr().to_string(), str::to_owned)
-                .into(),
+            host.unwrap_or(input.local_addr).to_owned().into(),
         ));
         attributes.push(("server.port", AttrValue::Int(input.tuple.sport as i64)));
         attributes.push(("client.address", peer.into()));

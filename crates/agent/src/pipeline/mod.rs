@@ -41,6 +41,9 @@ struct ConnKey {
 struct Conn {
     http: Http1Connection,
     tuple: ConnTuple,
+    /// Addresses formatted once per connection, not per span.
+    local_addr: String,
+    peer_addr: String,
     last_ns: u64,
     /// Contexts of requests read and not yet answered, oldest first.
     ctxs: VecDeque<SpanCtx>,
@@ -106,7 +109,8 @@ struct LocalCounts {
 
 pub struct Pipeline {
     /// FxHash: keys are kernel ids, not attacker-chosen strings.
-    conns: FxHashMap<ConnKey, Conn>,
+    /// Boxed: taken out and put back per event, so only a pointer moves.
+    conns: FxHashMap<ConnKey, Box<Conn>>,
     clock: Clock,
     resources: Resources,
     host: String,
@@ -278,7 +282,9 @@ impl Pipeline {
                 if self.conns.len() >= MAX_CONNS {
                     self.evict_oldest();
                 }
-                Conn {
+                Box::new(Conn {
+                    local_addr: h.tuple.local_addr().to_string(),
+                    peer_addr: h.tuple.remote_addr().to_string(),
                     http: Http1Connection::new(match h.role {
                         abi::ROLE_SERVER => Some(Dir::Ingress),
                         abi::ROLE_CLIENT => Some(Dir::Egress),
@@ -289,7 +295,7 @@ impl Pipeline {
                     ctxs: VecDeque::new(),
                     last_ctx: None,
                     client_parent: None,
-                }
+                })
             }
         };
         conn.last_ns = h.exit_ns;
@@ -373,6 +379,8 @@ impl Pipeline {
             http_span::SpanInput {
                 exchange: x,
                 tuple: &conn.tuple,
+                local_addr: &conn.local_addr,
+                peer_addr: &conn.peer_addr,
                 resource,
                 route,
                 ctx,
