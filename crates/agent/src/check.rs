@@ -131,14 +131,18 @@ pub fn run_checks() -> Vec<Finding> {
         ),
         fix: "kernel 5.8 or newer is required",
     });
-    let tp_btf = probe_prog(sys::BPF_PROG_TYPE_TRACING);
+    // tp_btf programs need BTF ids to load, which libbpf's generic probe
+    // cannot supply: probe raw tracepoints and require BTF alongside.
+    let raw_tp = probe_prog(sys::BPF_PROG_TYPE_RAW_TRACEPOINT);
+    let tp_btf = raw_tp && btf;
     out.push(Finding {
         name: "tp_btf/raw tracepoints",
         ok: tp_btf,
         need: Need::Optional,
         detail: format!(
-            "BPF_PROG_TYPE_TRACING {}",
-            if tp_btf { "loadable" } else { "not loadable" }
+            "raw tracepoints {}, BTF {}",
+            if raw_tp { "loadable" } else { "not loadable" },
+            if btf { "present" } else { "missing" }
         ),
         fix: "without it, forked children are picked up by the /proc rescan instead of at once",
     });
