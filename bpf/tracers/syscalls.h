@@ -11,15 +11,23 @@
 
 /* Entry side: the selected-pid check comes first, then files we already know
  * are not sockets are dropped with one more lookup. */
-static __always_inline int save_args(__s32 fd, __u64 buf, __u64 iovcnt, __u8 syscall)
+/* The selected-pid check, then what we know of this fd (NULL: nothing yet).
+ * *selected is 0 when the process is not traced. */
+static __always_inline struct at_conn_info *known_fd(__s32 fd, int *selected)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	__u32 tgid = id >> 32;
-	if (!is_selected(tgid))
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	*selected = is_selected(tgid);
+	if (!*selected)
 		return 0;
 	__u64 key = conn_key(tgid, fd);
-	struct at_conn_info *info = bpf_map_lookup_elem(&conns, &key);
-	if (info && !info->is_socket)
+	return bpf_map_lookup_elem(&conns, &key);
+}
+
+static __always_inline int save_args(__s32 fd, __u64 buf, __u64 iovcnt, __u8 syscall)
+{
+	int selected;
+	struct at_conn_info *info = known_fd(fd, &selected);
+	if (!selected || (info && !info->is_socket))
 		return 0;
 	struct at_task_state *st = task_state_get(BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!st)
@@ -256,12 +264,11 @@ static __always_inline int forget_fd(__s32 fd, int report)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
-	if (!is_selected(tgid))
-		return 0;
-	__u64 key = conn_key(tgid, fd);
-	struct at_conn_info *info = bpf_map_lookup_elem(&conns, &key);
+	int selected;
+	struct at_conn_info *info = known_fd(fd, &selected);
 	if (!info)
 		return 0;
+	__u64 key = conn_key(tgid, fd);
 	if (report && info->is_socket) {
 		/* Same ring as the data: the close must be read after the last data. */
 		struct at_close_event *ev = bpf_ringbuf_reserve(&data_events, sizeof(*ev), 0);

@@ -222,19 +222,21 @@ impl OtlpClient {
         }
     }
 
-    pub async fn export_traces(&self, req: ExportTraceServiceRequest) -> Result<(), ExportError> {
+    /// Sends one request over either transport. `grpc` performs the call on
+    /// the signal's service and returns what the collector rejected, if any.
+    async fn send<R, F, Fut>(&self, req: R, what: &str, grpc: F) -> Result<(), ExportError>
+    where
+        R: Message,
+        F: FnOnce(tonic::transport::Channel, tonic::Request<R>) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<(i64, String)>, tonic::Status>>,
+    {
         match &self.transport {
             Transport::Grpc(channel) => {
-                let resp = TraceServiceClient::new(channel.clone())
-                    .export(self.grpc_request(req))
+                let rejected = grpc(channel.clone(), self.grpc_request(req))
                     .await
                     .map_err(grpc_error)?;
-                if let Some(p) = resp
-                    .into_inner()
-                    .partial_success
-                    .filter(|p| p.rejected_spans > 0)
-                {
-                    tracing::warn!(rejected = p.rejected_spans, message = %p.error_message, "collector rejected spans");
+                if let Some((n, message)) = rejected.filter(|(n, _)| *n > 0) {
+                    tracing::warn!(rejected = n, %message, "collector rejected {what}");
                 }
                 Ok(())
             }
@@ -242,26 +244,26 @@ impl OtlpClient {
         }
     }
 
+    pub async fn export_traces(&self, req: ExportTraceServiceRequest) -> Result<(), ExportError> {
+        self.send(req, "spans", |ch, r| async move {
+            let resp = TraceServiceClient::new(ch).export(r).await?.into_inner();
+            Ok(resp
+                .partial_success
+                .map(|p| (p.rejected_spans, p.error_message)))
+        })
+        .await
+    }
+
     pub async fn export_metrics(
         &self,
         req: ExportMetricsServiceRequest,
     ) -> Result<(), ExportError> {
-        match &self.transport {
-            Transport::Grpc(channel) => {
-                let resp = MetricsServiceClient::new(channel.clone())
-                    .export(self.grpc_request(req))
-                    .await
-                    .map_err(grpc_error)?;
-                if let Some(p) = resp
-                    .into_inner()
-                    .partial_success
-                    .filter(|p| p.rejected_data_points > 0)
-                {
-                    tracing::warn!(rejected = p.rejected_data_points, message = %p.error_message, "collector rejected data points");
-                }
-                Ok(())
-            }
-            Transport::Http { client, url } => self.post(client, url, req.encode_to_vec()).await,
-        }
+        self.send(req, "data points", |ch, r| async move {
+            let resp = MetricsServiceClient::new(ch).export(r).await?.into_inner();
+            Ok(resp
+                .partial_success
+                .map(|p| (p.rejected_data_points, p.error_message)))
+        })
+        .await
     }
 }
