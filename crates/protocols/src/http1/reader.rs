@@ -120,6 +120,16 @@ impl Reader {
                     return;
                 }
                 State::Head => {
+                    // RFC 9112 2.2: ignore empty lines before a request line
+                    // (some clients send a stray CRLF after a body).
+                    if self.head_buf.is_empty() && self.kind == Kind::Request {
+                        while pos < data.len() && matches!(data[pos], b'\r' | b'\n') {
+                            pos += 1;
+                        }
+                        if pos == total {
+                            return;
+                        }
+                    }
                     if pos >= data.len() {
                         // The next message starts in bytes we did not capture.
                         self.lose(ParseError::Truncated, out);

@@ -314,3 +314,31 @@ fn tracestate_lines_are_combined() {
         .unwrap();
     assert_eq!(head.tracestate.as_deref(), Some("a=1,b=2"));
 }
+
+#[test]
+fn stray_crlf_between_requests_is_ignored() {
+    let mut c = Http1Connection::new(Some(Dir::Ingress));
+    let mut out = Vec::new();
+    c.feed(
+        Dir::Ingress,
+        &seg(b"POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\nok\r\n", 1),
+        &mut out,
+    );
+    c.feed(
+        Dir::Egress,
+        &seg(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 2),
+        &mut out,
+    );
+    c.feed(
+        Dir::Ingress,
+        &seg(b"\r\nGET /b HTTP/1.1\r\n\r\n", 3),
+        &mut out,
+    );
+    c.feed(
+        Dir::Egress,
+        &seg(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 4),
+        &mut out,
+    );
+    assert_eq!(errors(&out), Vec::<&ParseError>::new());
+    assert_eq!(exchanges(&out).len(), 2);
+}
