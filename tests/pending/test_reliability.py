@@ -14,8 +14,10 @@ delivered + dropped + failed == created); every test prints its figures.
 
 Numbers refer to the reliability test plan:
 1 collector down then back (gRPC 60 s down, HTTP 15 s down, run side by side),
-2 queue bound, 3 slow / erroring collector, 4 secrets never leave, 5 bad config,
-6 SIGTERM / kill -9 under load, 7 garbage and out-of-order input.
+2 queue bound, 3 slow / erroring collector, 4 secrets never leave (4b: secrets on
+curl's own command line), 5 bad config, 6 SIGTERM / kill -9 under load, 7 garbage
+and out-of-order input (7b: stray CRLFs between keep-alive requests).
+0 checks the sink's fault modes themselves (no root needed).
 """
 
 from __future__ import annotations

@@ -65,7 +65,53 @@ fn is_secret_key(k: &str) -> bool {
     SECRET_KEYS.iter().any(|s| k.contains(s))
 }
 
-/// Command line with values of secret-looking keys replaced.
+/// Header names whose values are credentials even without a secret-looking key.
+const SECRET_HEADERS: [&str; 3] = ["cookie", "set-cookie", "proxy-authorization"];
+/// Flags whose next argument is a credential (curl/wget style).
+const SECRET_VALUE_FLAGS: [&str; 6] = ["-u", "--user", "-b", "--cookie", "--proxy-user", "-U"];
+
+/// One argument with every secret inside it replaced: `key=value` pairs (also
+/// inside URLs and query strings), `Name: value` headers, URL userinfo.
+fn redact_arg(a: &str) -> String {
+    // Header style: "Authorization: Bearer x", "Cookie: a=b".
+    if let Some((name, _)) = a.split_once(':') {
+        let n = name.trim().to_ascii_lowercase();
+        if !n.contains('/') && (is_secret_key(&n) || SECRET_HEADERS.contains(&n.as_str())) {
+            return format!("{name}: REDACTED");
+        }
+    }
+    let mut out = String::with_capacity(a.len());
+    // URL userinfo: scheme://user:pass@host
+    let mut rest = a;
+    if let Some(scheme_end) = a.find("://") {
+        let after = &a[scheme_end + 3..];
+        let host_end = after.find('/').unwrap_or(after.len());
+        if let Some(at) = after[..host_end].rfind('@') {
+            out.push_str(&a[..scheme_end + 3]);
+            out.push_str("REDACTED@");
+            rest = &after[at + 1..];
+        }
+    }
+    // key=value pairs separated by ? & ; (query strings, --flag=value).
+    for piece in rest.split_inclusive(['?', '&', ';']) {
+        let (body, sep) = match piece.char_indices().last() {
+            Some((i, '?' | '&' | ';')) => (&piece[..i], &piece[i..]),
+            _ => (piece, ""),
+        };
+        match body.split_once('=') {
+            Some((k, _)) if is_secret_key(k.rsplit(['?', '&']).next().unwrap_or(k)) => {
+                out.push_str(k);
+                out.push_str("=REDACTED");
+            }
+            _ => out.push_str(body),
+        }
+        out.push_str(sep);
+    }
+    out
+}
+
+/// Command line with secrets replaced: values of secret-looking keys and
+/// flags, credential headers, URL userinfo and query-string secrets.
 pub fn redact_command_line(args: &[String]) -> String {
     let mut out = Vec::with_capacity(args.len());
     let mut hide_next = false;
@@ -75,15 +121,15 @@ pub fn redact_command_line(args: &[String]) -> String {
             hide_next = false;
             continue;
         }
-        if let Some((k, _)) = a.split_once('=') {
-            if is_secret_key(k) {
-                out.push(format!("{k}=REDACTED"));
-                continue;
-            }
-        } else if a.starts_with('-') && is_secret_key(a) {
+        if a.starts_with('-')
+            && !a.contains('=')
+            && (is_secret_key(a) || SECRET_VALUE_FLAGS.contains(&a.as_str()))
+        {
             hide_next = true;
+            out.push(a.clone());
+            continue;
         }
-        out.push(a.clone());
+        out.push(redact_arg(a));
     }
     out.join(" ")
 }
@@ -282,6 +328,32 @@ mod tests {
     fn secrets_in_command_lines() {
         let red = redact_command_line(&args("app --password hunter2 --db-token=abc --port 80"));
         assert_eq!(red, "app --password REDACTED --db-token=REDACTED --port 80");
+        let curl: Vec<String> = [
+            "curl",
+            "-H",
+            "Authorization: Bearer S1",
+            "-H",
+            "Cookie: s=S2",
+            "-H",
+            "Accept: text/html",
+            "-u",
+            "bob:S3",
+            "http://u:S4@h/p?user=bob&token=S5",
+            "https://h:8080/x",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let red = redact_command_line(&curl);
+        for secret in ["S1", "S2", "S3", "S4", "S5"] {
+            assert!(!red.contains(secret), "{secret} in {red}");
+        }
+        assert!(
+            red.contains("Accept: text/html")
+                && red.contains("user=bob")
+                && red.contains("https://h:8080/x"),
+            "{red}"
+        );
     }
 
     #[test]
