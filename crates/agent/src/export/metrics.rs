@@ -23,15 +23,8 @@ impl MetricsExporter {
         let Some(endpoint) = self.cfg.otlp.endpoint.clone() else {
             return;
         };
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the metrics export runtime");
-                return;
-            }
+        let Some(rt) = super::runtime("metrics export") else {
+            return;
         };
         let client = match rt.block_on(async { OtlpClient::new(&self.cfg.otlp, Signal::Metrics) }) {
             Ok(c) => c,

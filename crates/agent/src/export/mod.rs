@@ -22,6 +22,20 @@ const RETRY_MAX_ELAPSED: Duration = Duration::from_secs(120);
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// The single-threaded tokio runtime an export thread drives its client with.
+pub fn runtime(what: &str) -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime for {what}");
+            None
+        }
+    }
+}
+
 pub struct SpanExporter {
     cfg: TracesExport,
     print: bool,
@@ -46,15 +60,8 @@ impl SpanExporter {
 
     /// Runs until the channel is closed and drained.
     pub fn run(self, rx: Receiver<Span>) {
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start the export runtime; spans will be dropped");
-                return;
-            }
+        let Some(rt) = runtime("span export; spans will be dropped") else {
+            return;
         };
         let client = match &self.cfg.otlp.endpoint {
             Some(ep) => match rt
