@@ -1,4 +1,10 @@
 //! Pure protocol parsers: functions over bytes, no I/O, no globals. Each has
 //! unit tests on captured real traffic (testdata/) and a fuzz target (fuzz/).
 
+pub mod db;
 pub mod http1;
+pub mod memcached;
+pub mod mysql;
+pub mod postgres;
+pub mod redis;
+pub mod sql;

@@ -1,0 +1,79 @@
+//! What every database and cache parser reports: one operation per request
+//! and its answer, in the order the client sent them. Parsers take bytes
+//! from the client's point of view (`from_client`), so the same parser works
+//! when the observed process is the client (egress = from client) and when
+//! it is the server (ingress = from client).
+
+pub use crate::http1::{Segment, Timing};
+
+/// `db.system.name` values (OpenTelemetry semantic conventions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DbSystem {
+    Postgresql,
+    Mysql,
+    Redis,
+    Memcached,
+}
+
+impl DbSystem {
+    pub fn name(self) -> &'static str {
+        match self {
+            DbSystem::Postgresql => "postgresql",
+            DbSystem::Mysql => "mysql",
+            DbSystem::Redis => "redis",
+            DbSystem::Memcached => "memcached",
+        }
+    }
+}
+
+/// The server said no: SQLSTATE, MySQL error number, Redis error prefix
+/// (`ERR`, `WRONGTYPE`...), or memcached's `ERROR`/`CLIENT_ERROR`/`SERVER_ERROR`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbError {
+    /// Goes to `db.response.status_code`.
+    pub code: String,
+    pub message: String,
+}
+
+/// One request and its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbOperation {
+    pub system: DbSystem,
+    /// The statement as the client sent it. SQL systems: raw text, literals
+    /// NOT yet replaced (the consumer runs `sql::sanitize`); for prepared
+    /// statements, the text remembered from Parse/COM_STMT_PREPARE, None if
+    /// it was prepared before we joined. Redis/memcached: command with
+    /// values already replaced by `?` (e.g. `SET user:1 ?`).
+    pub query_text: Option<String>,
+    /// Set when the protocol names the operation itself (Redis command,
+    /// memcached verb, `COMMIT` in a prepared-statement execute we can't
+    /// see the text of is not guessed). SQL systems leave it None: the
+    /// consumer derives it from the text.
+    pub operation: Option<String>,
+    /// Database name / index the connection works in, when seen.
+    pub namespace: Option<String>,
+    /// True when this ran a prepared statement (Execute / COM_STMT_EXECUTE).
+    pub prepared: bool,
+    pub error: Option<DbError>,
+    /// Rows returned or affected, when the protocol reports it.
+    pub rows: Option<u64>,
+    /// Syscall that carried the request's first bytes.
+    pub request_start: Timing,
+    /// Exit time of the syscall that carried the answer's last byte.
+    pub response_end_ns: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DbEvent {
+    Operation(Box<DbOperation>),
+    /// Something we could not parse; a stable short name for counters.
+    Error(&'static str),
+}
+
+/// One connection's parser state, both directions.
+pub trait DbConnection: Send {
+    /// Bytes of one syscall. `from_client`: the client sent them.
+    fn feed(&mut self, from_client: bool, seg: &Segment<'_>, out: &mut Vec<DbEvent>);
+    /// The connection closed: report what can still be reported.
+    fn close(&mut self, out: &mut Vec<DbEvent>);
+}
