@@ -11,6 +11,8 @@ pub use crate::http1::{Segment, Timing};
 pub enum DbSystem {
     Postgresql,
     Mysql,
+    /// MySQL wire protocol, server greeting says MariaDB.
+    Mariadb,
     Redis,
     Memcached,
 }
@@ -20,6 +22,7 @@ impl DbSystem {
         match self {
             DbSystem::Postgresql => "postgresql",
             DbSystem::Mysql => "mysql",
+            DbSystem::Mariadb => "mariadb",
             DbSystem::Redis => "redis",
             DbSystem::Memcached => "memcached",
         }
