@@ -10,8 +10,8 @@
 
 #include "common/events.h"
 #include "common/maps.h"
-#include "tracers/syscalls.h"
 #include "tracers/process.h"
+#include "tracers/syscalls.h"
 
 /* Force BTF emission of the event types so the skeleton generates Rust
  * mirrors of them (checked against our own abi.rs layout in tests). */

@@ -36,8 +36,8 @@ static __always_inline void emit_proc(__u8 kind, __u32 pid, __u32 ppid)
 }
 
 /* exec replaces the program: an inherited selection no longer holds. */
-SEC("tracepoint/sched/sched_process_exec")
-int at_exec(struct trace_event_raw_sched_process_exec *ctx)
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(at_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	if (tgid == self_tgid)
@@ -53,8 +53,7 @@ int at_exec(struct trace_event_raw_sched_process_exec *ctx)
 	struct at_proc_event *ev = reserve_proc();
 	if (!ev)
 		return 0;
-	__u32 off = ctx->__data_loc_filename & 0xFFFF;
-	bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename), (void *)ctx + off);
+	bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename), BPF_CORE_READ(bprm, filename));
 	submit_proc(ev, AT_PROC_EXEC, tgid, 0);
 	return 0;
 }
@@ -76,8 +75,8 @@ int BPF_PROG(at_fork, struct task_struct *parent, struct task_struct *child)
 	return 0;
 }
 
-SEC("tracepoint/sched/sched_process_exit")
-int at_exit(void *ctx)
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(at_exit)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
@@ -90,12 +89,12 @@ int at_exit(void *ctx)
 	return 0;
 }
 
-/* listen(): a process that starts serving later is picked up at once. */
-SEC("tracepoint/syscalls/sys_exit_listen")
-int at_x_listen(struct trace_event_raw_sys_exit *ctx)
+/* listen(): a process that starts serving later is picked up at once.
+ * Called from the sys_exit dispatch. */
+static __always_inline int on_listen(long ret)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (ctx->ret == 0 && tgid != self_tgid)
+	if (ret == 0 && tgid != self_tgid)
 		emit_proc(AT_PROC_LISTEN, tgid, 0);
 	return 0;
 }

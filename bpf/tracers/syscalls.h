@@ -1,11 +1,16 @@
 /* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
-/* Syscall tracepoints: save arguments at entry, copy the payload prefix at
- * exit (when the returned length is known), one event per syscall. No
- * kprobes: this works on hosts where kprobes and fentry are unavailable. */
+/* Syscall hooks: save arguments at entry, copy the payload prefix at exit
+ * (when the returned length is known), one event per syscall. Two raw
+ * tp_btf hooks (sys_enter/sys_exit) dispatch on the syscall number instead
+ * of one tracepoint per syscall: they skip the perf trace-event machinery on
+ * every syscall, and two links detach in milliseconds where thirty took
+ * seconds (each release waits for its own RCU grace period). No kprobes or
+ * fentry: this works where both are unavailable. */
 #ifndef AUTOTEL_SYSCALLS_H
 #define AUTOTEL_SYSCALLS_H
 
 #include "sockets.h"
+#include "../common/syscall_nr.h"
 
 #define AT_CAP_MASK (AT_MAX_CAPTURE - 1)
 
@@ -190,27 +195,6 @@ static __always_inline int save_msg_args(__s32 fd, __u64 msg_ptr, __u8 syscall)
 	return save_args(fd, (__u64)msg.msg_iov, msg.msg_iovlen, syscall);
 }
 
-#define ARG(n) (ctx->args[n])
-
-/* One enter/exit pair per data syscall: `save` runs at entry (ctx in scope),
- * the exit emits the event in `dir`. Program names: at_e_<name>, at_x_<name>. */
-#define DATA_SYSCALL(name, sys, dir, save)                                              \
-	SEC("tracepoint/syscalls/sys_enter_" #sys)                                      \
-	int at_e_##name(struct trace_event_raw_sys_enter *ctx) { return save; }         \
-	SEC("tracepoint/syscalls/sys_exit_" #sys)                                       \
-	int at_x_##name(struct trace_event_raw_sys_exit *ctx) { return emit_data(ctx->ret, dir); }
-
-DATA_SYSCALL(read, read, AT_DIR_INGRESS, save_args(ARG(0), ARG(1), 0, AT_SYS_READ))
-DATA_SYSCALL(write, write, AT_DIR_EGRESS, save_args(ARG(0), ARG(1), 0, AT_SYS_WRITE))
-DATA_SYSCALL(readv, readv, AT_DIR_INGRESS, save_args(ARG(0), ARG(1), ARG(2), AT_SYS_READV))
-DATA_SYSCALL(writev, writev, AT_DIR_EGRESS, save_args(ARG(0), ARG(1), ARG(2), AT_SYS_WRITEV))
-DATA_SYSCALL(recvfrom, recvfrom, AT_DIR_INGRESS, save_args(ARG(0), ARG(1), 0, AT_SYS_RECVFROM))
-DATA_SYSCALL(sendto, sendto, AT_DIR_EGRESS, save_args(ARG(0), ARG(1), 0, AT_SYS_SENDTO))
-DATA_SYSCALL(recvmsg, recvmsg, AT_DIR_INGRESS, save_msg_args(ARG(0), ARG(1), AT_SYS_RECVMSG))
-DATA_SYSCALL(sendmsg, sendmsg, AT_DIR_EGRESS, save_msg_args(ARG(0), ARG(1), AT_SYS_SENDMSG))
-/* sendfile(out_fd, in_fd, ...): nginx static bodies; counted, not copied. */
-DATA_SYSCALL(sendfile, sendfile64, AT_DIR_EGRESS, save_args(ARG(0), 0, 0, AT_SYS_SENDFILE))
-
 /* accept/accept4 return a server-side fd. */
 static __always_inline int save_role_args(__s32 fd, __u8 kind)
 {
@@ -246,19 +230,6 @@ static __always_inline int mark_conn(long ret)
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_accept")
-int at_e_accept(struct trace_event_raw_sys_enter *ctx) { return save_role_args(-1, AT_ARGS_ACCEPT); }
-SEC("tracepoint/syscalls/sys_exit_accept")
-int at_x_accept(struct trace_event_raw_sys_exit *ctx) { return mark_conn(ctx->ret); }
-SEC("tracepoint/syscalls/sys_enter_accept4")
-int at_e_accept4(struct trace_event_raw_sys_enter *ctx) { return save_role_args(-1, AT_ARGS_ACCEPT); }
-SEC("tracepoint/syscalls/sys_exit_accept4")
-int at_x_accept4(struct trace_event_raw_sys_exit *ctx) { return mark_conn(ctx->ret); }
-SEC("tracepoint/syscalls/sys_enter_connect")
-int at_e_connect(struct trace_event_raw_sys_enter *ctx) { return save_role_args(ARG(0), AT_ARGS_CONNECT); }
-SEC("tracepoint/syscalls/sys_exit_connect")
-int at_x_connect(struct trace_event_raw_sys_exit *ctx) { return mark_conn(ctx->ret); }
-
 /* close: tell user space the connection ended, forget the fd. */
 static __always_inline int forget_fd(__s32 fd, int report)
 {
@@ -291,12 +262,102 @@ static __always_inline int forget_fd(__s32 fd, int report)
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_close")
-int at_e_close(struct trace_event_raw_sys_enter *ctx) { return forget_fd(ARG(0), 1); }
-/* dup2/dup3 silently close newfd: its cached identity is stale. */
-SEC("tracepoint/syscalls/sys_enter_dup2")
-int at_e_dup2(struct trace_event_raw_sys_enter *ctx) { return forget_fd(ARG(1), 1); }
-SEC("tracepoint/syscalls/sys_enter_dup3")
-int at_e_dup3(struct trace_event_raw_sys_enter *ctx) { return forget_fd(ARG(1), 1); }
+/* Entry dispatch: only the syscalls we follow go further. */
+SEC("tp_btf/sys_enter")
+int BPF_PROG(at_sys_enter, struct pt_regs *regs, long id)
+{
+	switch (id) {
+	case AT_NR_READ:
+	case AT_NR_WRITE:
+	case AT_NR_READV:
+	case AT_NR_WRITEV:
+	case AT_NR_RECVFROM:
+	case AT_NR_SENDTO:
+	case AT_NR_RECVMSG:
+	case AT_NR_SENDMSG:
+	case AT_NR_SENDFILE:
+	case AT_NR_ACCEPT:
+	case AT_NR_ACCEPT4:
+	case AT_NR_CONNECT:
+	case AT_NR_CLOSE:
+	case AT_NR_DUP2:
+	case AT_NR_DUP3:
+		break;
+	default:
+		return 0;
+	}
+	if (AT_IS_COMPAT())
+		return 0;
+	__s32 fd = (__s32)AT_ARG0(regs);
+	__u64 buf = AT_ARG1(regs);
+	switch (id) {
+	case AT_NR_READ:
+		return save_args(fd, buf, 0, AT_SYS_READ);
+	case AT_NR_WRITE:
+		return save_args(fd, buf, 0, AT_SYS_WRITE);
+	case AT_NR_READV:
+		return save_args(fd, buf, AT_ARG2(regs), AT_SYS_READV);
+	case AT_NR_WRITEV:
+		return save_args(fd, buf, AT_ARG2(regs), AT_SYS_WRITEV);
+	case AT_NR_RECVFROM:
+		return save_args(fd, buf, 0, AT_SYS_RECVFROM);
+	case AT_NR_SENDTO:
+		return save_args(fd, buf, 0, AT_SYS_SENDTO);
+	case AT_NR_RECVMSG:
+		return save_msg_args(fd, buf, AT_SYS_RECVMSG);
+	case AT_NR_SENDMSG:
+		return save_msg_args(fd, buf, AT_SYS_SENDMSG);
+	/* sendfile(out_fd, in_fd, ...): nginx static bodies; counted, not copied. */
+	case AT_NR_SENDFILE:
+		return save_args(fd, 0, 0, AT_SYS_SENDFILE);
+	/* accept/accept4 return a server-side fd. */
+	case AT_NR_ACCEPT:
+	case AT_NR_ACCEPT4:
+		return save_role_args(-1, AT_ARGS_ACCEPT);
+	case AT_NR_CONNECT:
+		return save_role_args(fd, AT_ARGS_CONNECT);
+	case AT_NR_CLOSE:
+		return forget_fd(fd, 1);
+	/* dup2/dup3 silently close newfd: its cached identity is stale. */
+	case AT_NR_DUP2:
+	case AT_NR_DUP3:
+		return forget_fd((__s32)buf, 1);
+	}
+	return 0;
+}
 
+/* Exit dispatch: the saved entry says what to finish. */
+SEC("tp_btf/sys_exit")
+int BPF_PROG(at_sys_exit, struct pt_regs *regs, long ret)
+{
+	long id = AT_SYSCALL_ID(regs);
+	switch (id) {
+	case AT_NR_READ:
+	case AT_NR_READV:
+	case AT_NR_RECVFROM:
+	case AT_NR_RECVMSG:
+		if (AT_IS_COMPAT())
+			return 0;
+		return emit_data(ret, AT_DIR_INGRESS);
+	case AT_NR_WRITE:
+	case AT_NR_WRITEV:
+	case AT_NR_SENDTO:
+	case AT_NR_SENDMSG:
+	case AT_NR_SENDFILE:
+		if (AT_IS_COMPAT())
+			return 0;
+		return emit_data(ret, AT_DIR_EGRESS);
+	case AT_NR_ACCEPT:
+	case AT_NR_ACCEPT4:
+	case AT_NR_CONNECT:
+		if (AT_IS_COMPAT())
+			return 0;
+		return mark_conn(ret);
+	case AT_NR_LISTEN:
+		if (AT_IS_COMPAT())
+			return 0;
+		return on_listen(ret);
+	}
+	return 0;
+}
 #endif

@@ -149,7 +149,7 @@ impl SpanExporter {
                         retry_in_ms = backoff.as_millis() as u64,
                         "OTLP export failed: {msg}"
                     );
-                    std::thread::sleep(backoff);
+                    self.sleep_unless_shutdown(backoff);
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
                 Err(e) => {
@@ -158,6 +158,19 @@ impl SpanExporter {
                     return;
                 }
             }
+        }
+    }
+
+    /// Backoff that a SIGTERM cuts short: shutdown must not wait out a
+    /// collector outage.
+    fn sleep_unless_shutdown(&self, d: Duration) {
+        let end = Instant::now() + d;
+        while !self.shutdown.load(Ordering::Relaxed) {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(50)));
         }
     }
 }

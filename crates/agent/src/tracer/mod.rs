@@ -89,13 +89,7 @@ impl Tracer {
                 }
             }
         }
-        let essential = [
-            "at_e_read",
-            "at_x_read",
-            "at_e_write",
-            "at_x_write",
-            "at_exec",
-        ];
+        let essential = ["at_sys_enter", "at_sys_exit", "at_exec"];
         if let Some(name) = failed.iter().find(|n| essential.contains(&n.as_str())) {
             anyhow::bail!(
                 "essential BPF program {name} could not be attached; see `autotel check`"
