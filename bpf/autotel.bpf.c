@@ -11,6 +11,8 @@
 #include "common/events.h"
 #include "common/maps.h"
 #include "tracers/process.h"
+#include "tracers/sockets.h"
+#include "tracers/network.h"
 #include "tracers/syscalls.h"
 
 /* Force BTF emission of the event types so the skeleton generates Rust
@@ -18,5 +20,6 @@
 struct at_data_event *_at_data_event_btf;
 struct at_close_event *_at_close_event_btf;
 struct at_proc_event *_at_proc_event_btf;
+struct at_flow_event *_at_flow_event_btf;
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -12,7 +12,8 @@ fi
 # Build: clang compiles the BPF C; libelf/zlib/pkg-config for libbpf-sys.
 # Tests: the real peers and tools the integration tests drive.
 PACKAGES=(clang llvm libelf-dev zlib1g-dev pkg-config make
-          bpftool nginx-light curl wrk iproute2 tmux prometheus python3-venv)
+          bpftool nginx-light curl wrk iproute2 tmux prometheus python3-venv
+          postgresql mariadb-server mariadb-client redis-server redis-tools memcached)
 
 # Node.js for the trace-context tests (any recent version already present will do).
 command -v node >/dev/null 2>&1 || PACKAGES+=(nodejs)
@@ -45,7 +46,7 @@ fi
 
 # Python packages for the integration tests (official OTel decoders, grpcio).
 PY=${PYTHON:-python3}
-if ! "$PY" -c "import opentelemetry.proto, grpc, pytest, prometheus_client, requests, opentelemetry.instrumentation.auto_instrumentation, opentelemetry.instrumentation.requests" 2>/dev/null; then
+if ! "$PY" -c "import opentelemetry.proto, grpc, pytest, prometheus_client, requests, opentelemetry.instrumentation.auto_instrumentation, opentelemetry.instrumentation.requests, psycopg, pymysql, pymemcache, redis" 2>/dev/null; then
   echo "setup: installing Python test packages"
   "$PY" -m pip install -q -r tests/requirements.txt
 fi

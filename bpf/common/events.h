@@ -26,8 +26,9 @@
 #define AT_SEL_PROVISIONAL 4 /* exec'ed while an executable-name selector is set: user space decides */
 #define AT_SEL_EXPLICIT 8    /* listed by pid: survives exec */
 
-/* readv/writev/sendmsg/recvmsg: iovec entries walked per syscall. */
-#define AT_MAX_IOV 16
+/* readv/writev/sendmsg/recvmsg: iovec entries walked per syscall (gRPC
+ * writes one small iovec per frame piece). */
+#define AT_MAX_IOV 64
 
 /* Any implicit padding in the structs below is a build error. */
 #pragma clang diagnostic push
@@ -37,6 +38,7 @@ enum at_event_type {
 	AT_EV_DATA = 1,
 	AT_EV_CLOSE = 2,
 	AT_EV_PROC = 3,
+	AT_EV_FLOW = 4,
 };
 
 enum at_direction {
@@ -61,6 +63,7 @@ enum at_syscall {
 	AT_SYS_RECVMSG,
 	AT_SYS_SENDMSG,
 	AT_SYS_SENDFILE,
+	AT_SYS_SENDMMSG,
 };
 
 enum at_proc_kind {
@@ -79,6 +82,7 @@ enum at_counter {
 	AT_CNT_TRUNCATED = 3,     /* payload longer than the capture limit */
 	AT_CNT_IOV_CUT = 4,       /* more iovecs than AT_MAX_IOV */
 	AT_CNT_ARGS_MISSING = 5,  /* exit without a matching enter */
+	AT_CNT_FLOW_LOST = 6,     /* ring buffer full: TCP lifecycle event dropped */
 	AT_CNT_MAX = 8,
 };
 
@@ -90,7 +94,8 @@ struct at_conn_tuple {
 	__u16 sport;
 	__u16 dport;
 	__u16 family;
-	__u16 _pad;
+	__u8 proto; /* 6 TCP, 17 UDP */
+	__u8 _pad;
 };
 
 struct at_data_event {
@@ -141,6 +146,33 @@ struct at_proc_event {
 	__u64 ts_ns;
 	char comm[16];
 	char filename[AT_FILENAME_LEN]; /* exec: the path given to execve */
+};
+
+enum at_flow_kind {
+	AT_FLOW_OPEN = 1,  /* active: SYN-ACK came back; passive: accept() returned it */
+	AT_FLOW_CLOSE = 2, /* the socket reached TCP_CLOSE (closed, reset, refused, timed out) */
+};
+
+/* TCP lifecycle of one socket of a selected process. Counters are the
+ * kernel's own (tcp_sock) at the time of the event. */
+struct at_flow_event {
+	__u8 type; /* AT_EV_FLOW */
+	__u8 kind; /* enum at_flow_kind */
+	__u8 role; /* enum at_role: client = active open, server = passive */
+	__u8 old_state; /* state before TCP_CLOSE (SYN_SENT: the connect failed) */
+	__u32 pid;
+	__u32 tid;       /* the thread that connected/accepted */
+	__s32 sk_err;    /* errno the socket ended with (ECONNREFUSED, ETIMEDOUT, ECONNRESET) */
+	__u64 start_ns;  /* connect() sent the SYN / accept() returned */
+	__u64 established_ns; /* 0: never established */
+	__u64 ts_ns;
+	__u64 bytes_acked;    /* sent and acknowledged */
+	__u64 bytes_received;
+	__u32 retransmits;    /* total_retrans */
+	/* The server request the connecting thread was serving (ctx_fd < 0: none). */
+	__s32 ctx_fd;
+	__u64 ctx_conn_start_ns;
+	struct at_conn_tuple tuple;
 };
 
 /* The request a thread is serving: the server connection it last read a

@@ -18,6 +18,7 @@
 #define AT_NR_SENDTO 206
 #define AT_NR_RECVFROM 207
 #define AT_NR_SENDMSG 211
+#define AT_NR_SENDMMSG 269
 #define AT_NR_RECVMSG 212
 #define AT_NR_LISTEN 201
 #define AT_NR_DUP2 (-1) /* arm64 has only dup3 */
@@ -40,6 +41,7 @@
 #define AT_NR_SENDTO 44
 #define AT_NR_RECVFROM 45
 #define AT_NR_SENDMSG 46
+#define AT_NR_SENDMMSG 307
 #define AT_NR_RECVMSG 47
 #define AT_NR_LISTEN 50
 #define AT_NR_ACCEPT4 288

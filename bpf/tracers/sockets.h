@@ -9,7 +9,10 @@
 #define AT_S_IFMT 00170000
 #define AT_S_IFSOCK 0140000
 #define AT_SOCK_STREAM 1
+#define AT_SOCK_DGRAM 2
 #define AT_IPPROTO_TCP 6
+#define AT_IPPROTO_UDP 17
+#define AT_DNS_PORT 53
 
 static __always_inline struct file *fd_to_file(__s32 fd)
 {
@@ -26,39 +29,61 @@ static __always_inline struct file *fd_to_file(__s32 fd)
 	return f;
 }
 
-/* Fills info from the fd. Returns 0 when it is a TCP socket over IPv4/IPv6. */
-static __always_inline int read_tcp_tuple(__s32 fd, struct at_conn_info *info)
+/* The sock behind an fd, or NULL when the fd is not a socket. */
+static __always_inline struct sock *fd_to_sock(__s32 fd)
 {
 	struct file *f = fd_to_file(fd);
 	if (!f)
-		return -1;
+		return 0;
 	umode_t mode = BPF_CORE_READ(f, f_inode, i_mode);
 	if ((mode & AT_S_IFMT) != AT_S_IFSOCK)
-		return -1;
+		return 0;
 	struct socket *sock = BPF_CORE_READ(f, private_data);
 	if (!sock)
-		return -1;
-	struct sock *sk = BPF_CORE_READ(sock, sk);
-	if (!sk)
-		return -1;
+		return 0;
+	return BPF_CORE_READ(sock, sk);
+}
+
+/* Endpoints of an IPv4/IPv6 sock. Returns 0 on success. */
+static __always_inline int read_sk_tuple(const struct sock *sk, struct at_conn_tuple *t)
+{
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	if (family != AT_AF_INET && family != AT_AF_INET6)
 		return -1;
-	if (BPF_CORE_READ(sk, sk_type) != AT_SOCK_STREAM || BPF_CORE_READ(sk, sk_protocol) != AT_IPPROTO_TCP)
-		return -1;
-
-	info->tuple.family = family;
-	info->tuple.sport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	info->tuple.dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	t->family = family;
+	t->proto = BPF_CORE_READ(sk, sk_protocol);
+	t->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	t->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	if (family == AT_AF_INET) {
 		__u32 s = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
 		__u32 d = BPF_CORE_READ(sk, __sk_common.skc_daddr);
-		__builtin_memcpy(info->tuple.saddr, &s, 4);
-		__builtin_memcpy(info->tuple.daddr, &d, 4);
+		__builtin_memcpy(t->saddr, &s, 4);
+		__builtin_memcpy(t->daddr, &d, 4);
 	} else {
-		BPF_CORE_READ_INTO(&info->tuple.saddr, sk, __sk_common.skc_v6_rcv_saddr);
-		BPF_CORE_READ_INTO(&info->tuple.daddr, sk, __sk_common.skc_v6_daddr);
+		BPF_CORE_READ_INTO(&t->saddr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(&t->daddr, sk, __sk_common.skc_v6_daddr);
 	}
+	return 0;
+}
+
+/* Fills info from the fd. Returns 0 for what we parse: TCP over IPv4/IPv6,
+ * and connected UDP sockets talking to port 53 (DNS lookups). */
+static __always_inline int read_tcp_tuple(__s32 fd, struct at_conn_info *info)
+{
+	struct sock *sk = fd_to_sock(fd);
+	if (!sk)
+		return -1;
+	__u16 type = BPF_CORE_READ(sk, sk_type);
+	__u16 proto = BPF_CORE_READ(sk, sk_protocol);
+	int tcp = type == AT_SOCK_STREAM && proto == AT_IPPROTO_TCP;
+	int udp = type == AT_SOCK_DGRAM && proto == AT_IPPROTO_UDP;
+	if (!tcp && !udp)
+		return -1;
+	if (read_sk_tuple(sk, &info->tuple))
+		return -1;
+	/* Other UDP traffic (media, QUIC, metrics) is not ours to parse. */
+	if (udp && info->tuple.dport != AT_DNS_PORT)
+		return -1;
 	return 0;
 }
 

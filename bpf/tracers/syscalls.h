@@ -79,38 +79,94 @@ static __always_inline void capture_plain(struct at_data_event *ev, __u64 buf, _
 	}
 }
 
+/* iovec walk state for bpf_loop: the callback is verified once, so gRPC
+ * style writes of dozens of small iovecs cost no verifier budget per entry. */
+struct at_iov_walk {
+	__u64 iov_ptr;
+	__u64 iovcnt;
+	__u64 end;
+	__u32 cap;
+	__u32 off;
+	__u32 left;
+	__u32 _pad;
+};
+
+static long iov_step(__u64 i, void *ctx)
+{
+	struct at_iov_walk *w = ctx;
+	if (i >= w->iovcnt || w->left == 0)
+		return 1;
+	struct iovec iov = {};
+	if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(w->iov_ptr + i * sizeof(iov))))
+		return 1;
+	__u32 seg = iov.iov_len < w->left ? iov.iov_len : w->left;
+	if (w->off < w->cap) {
+		/* The event being built: this CPU's scratch slot. */
+		__u32 zero = 0;
+		struct at_data_event *ev = bpf_map_lookup_elem(&data_scratch, &zero);
+		if (!ev)
+			return 1;
+		__u32 room = w->cap - w->off;
+		copy_chunk(ev, w->off, (__u64)iov.iov_base, seg < room ? seg : room);
+	}
+	w->off += seg;
+	w->left -= seg;
+	w->end = (__u64)iov.iov_base + seg;
+	/* The tail must lie inside one iovec to be read in one go. */
+	if (w->left == 0 && seg < AT_TAIL_BYTES)
+		w->end = 0;
+	return 0;
+}
+
 /* iovec array: walk at most AT_MAX_IOV entries, filling the prefix in order
  * and remembering where the returned length ends for the tail. */
 static __always_inline void capture_iov(struct at_data_event *ev, __u64 iov_ptr, __u64 iovcnt, __u32 len)
 {
-	__u32 cap = capture_max_bytes;
-	__u32 off = 0, left = len;
-	__u64 end = 0;
-	for (int i = 0; i < AT_MAX_IOV; i++) {
-		if (i >= iovcnt || left == 0)
-			break;
-		struct iovec iov = {};
-		if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(iov_ptr + i * sizeof(iov))))
-			break;
-		__u32 seg = iov.iov_len < left ? iov.iov_len : left;
-		if (off < cap) {
-			__u32 room = cap - off;
-			copy_chunk(ev, off, (__u64)iov.iov_base, seg < room ? seg : room);
-		}
-		off += seg;
-		left -= seg;
-		end = (__u64)iov.iov_base + seg;
-		/* The tail must lie inside one iovec to be read in one go. */
-		if (left == 0 && seg < AT_TAIL_BYTES)
-			end = 0;
-	}
-	if (left)
+	struct at_iov_walk w = {
+		.iov_ptr = iov_ptr,
+		.iovcnt = iovcnt,
+		.cap = capture_max_bytes,
+		.left = len,
+	};
+	bpf_loop(AT_MAX_IOV, iov_step, &w, 0);
+	if (w.left)
 		count(AT_CNT_IOV_CUT);
-	ev->captured_len = off < cap ? off : cap;
+	ev->captured_len = w.off < w.cap ? w.off : w.cap;
 	if (len > ev->captured_len) {
 		count(AT_CNT_TRUNCATED);
-		if (end && len - ev->captured_len >= AT_TAIL_BYTES)
-			copy_tail(ev, end);
+		if (w.end && len - ev->captured_len >= AT_TAIL_BYTES)
+			copy_tail(ev, w.end);
+	}
+}
+
+static __always_inline void output_data(struct at_data_event *ev)
+{
+	__u64 n = ev->captured_len;
+	asm volatile("%0 &= %1" : "+r"(n) : "i"(AT_CAP_MASK));
+	__u64 size = offsetof(struct at_data_event, data) + n;
+	if (bpf_ringbuf_output(&data_events, ev, size, ringbuf_flags(&data_events)))
+		count(AT_CNT_DATA_LOST);
+}
+
+/* sendmmsg (glibc's resolver sends its A and AAAA queries in one call): one
+ * event per message, first iovec only (DNS queries are a single buffer). */
+#define AT_MAX_MMSG 2
+static __always_inline void emit_mmsg(struct at_data_event *ev, __u64 vec, long sent)
+{
+	for (int i = 0; i < AT_MAX_MMSG; i++) {
+		if (i >= sent)
+			break;
+		struct mmsghdr m = {};
+		if (bpf_probe_read_user(&m, sizeof(m), (void *)(vec + i * sizeof(m))))
+			break;
+		struct iovec iov = {};
+		if (!m.msg_hdr.msg_iov || bpf_probe_read_user(&iov, sizeof(iov), m.msg_hdr.msg_iov))
+			break;
+		__u32 len = m.msg_len < iov.iov_len ? m.msg_len : (__u32)iov.iov_len;
+		ev->total_len = len;
+		ev->tail_len = 0;
+		capture_plain(ev, (__u64)iov.iov_base, len);
+		output_data(ev);
 	}
 }
 
@@ -169,18 +225,17 @@ static __always_inline int emit_data(long ret, __u8 direction)
 		}
 	}
 
+	if (a.syscall == AT_SYS_SENDMMSG) {
+		emit_mmsg(ev, a.buf, ret);
+		return 0;
+	}
 	if (a.syscall == AT_SYS_SENDFILE) {
 		/* The body never passes through user memory: count it only. */
 	} else if (a.iovcnt)
 		capture_iov(ev, a.buf, a.iovcnt, (__u32)ret);
 	else
 		capture_plain(ev, a.buf, (__u32)ret);
-
-	__u64 n = ev->captured_len;
-	asm volatile("%0 &= %1" : "+r"(n) : "i"(AT_CAP_MASK));
-	__u64 size = offsetof(struct at_data_event, data) + n;
-	if (bpf_ringbuf_output(&data_events, ev, size, ringbuf_flags(&data_events)))
-		count(AT_CNT_DATA_LOST);
+	output_data(ev);
 	return 0;
 }
 
@@ -222,8 +277,10 @@ static __always_inline int mark_conn(long ret)
 	__u8 kind = st->args.syscall;
 	__s32 fd = st->args.fd;
 	st->args_valid = 0;
-	if (kind == AT_ARGS_ACCEPT && ret >= 0)
+	if (kind == AT_ARGS_ACCEPT && ret >= 0) {
 		lookup_conn(tgid, (__s32)ret, AT_ROLE_SERVER, 1);
+		flow_accepted(tgid, (__u32)id, (__s32)ret);
+	}
 	/* Non-blocking connect returns -EINPROGRESS: still a client. */
 	else if (kind == AT_ARGS_CONNECT && (ret == 0 || ret == -115))
 		lookup_conn(tgid, fd, AT_ROLE_CLIENT, 1);
@@ -275,6 +332,7 @@ int BPF_PROG(at_sys_enter, struct pt_regs *regs, long id)
 	case AT_NR_SENDTO:
 	case AT_NR_RECVMSG:
 	case AT_NR_SENDMSG:
+	case AT_NR_SENDMMSG:
 	case AT_NR_SENDFILE:
 	case AT_NR_ACCEPT:
 	case AT_NR_ACCEPT4:
@@ -307,6 +365,8 @@ int BPF_PROG(at_sys_enter, struct pt_regs *regs, long id)
 		return save_msg_args(fd, buf, AT_SYS_RECVMSG);
 	case AT_NR_SENDMSG:
 		return save_msg_args(fd, buf, AT_SYS_SENDMSG);
+	case AT_NR_SENDMMSG:
+		return save_args(fd, buf, AT_ARG2(regs), AT_SYS_SENDMMSG);
 	/* sendfile(out_fd, in_fd, ...): nginx static bodies; counted, not copied. */
 	case AT_NR_SENDFILE:
 		return save_args(fd, 0, 0, AT_SYS_SENDFILE);
@@ -343,6 +403,7 @@ int BPF_PROG(at_sys_exit, struct pt_regs *regs, long ret)
 	case AT_NR_WRITEV:
 	case AT_NR_SENDTO:
 	case AT_NR_SENDMSG:
+	case AT_NR_SENDMMSG:
 	case AT_NR_SENDFILE:
 		if (AT_IS_COMPAT())
 			return 0;

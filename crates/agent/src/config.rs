@@ -143,6 +143,16 @@ pub struct PrometheusFile {
 pub struct CaptureFile {
     pub max_bytes: Option<u32>,
     pub ringbuf_bytes: Option<u32>,
+    /// `sanitized` (default), `raw` or `off`: what db.query.text carries.
+    pub db_query_text: Option<String>,
+}
+
+/// TCP flow metrics: peers inside these networks are reported as the
+/// network (e.g. `10.0.0.0/8`) to keep series counts in check.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkFile {
+    pub cidrs: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -154,6 +164,7 @@ pub struct ConfigFile {
     pub routes: Option<RoutesFile>,
     pub prometheus_export: Option<PrometheusFile>,
     pub capture: Option<CaptureFile>,
+    pub network: Option<NetworkFile>,
     pub sampler: Option<SamplerFile>,
     pub same_host_linking: Option<bool>,
     pub print_traces: Option<bool>,
@@ -253,6 +264,8 @@ pub struct Config {
     pub prometheus_path: String,
     pub capture_max_bytes: u32,
     pub ringbuf_bytes: u32,
+    pub db_query_text: crate::pipeline::db_span::QueryTextMode,
+    pub peers: crate::pipeline::network::PeerGrouping,
     pub print_traces: bool,
     pub log_level: String,
     /// Notes to log once logging is up (e.g. aliases used).
@@ -403,36 +416,44 @@ impl Config {
         let traces_file = file.otel_traces_export.clone().unwrap_or_default();
 
         // Selection: our key, then the Beyla alias, then the environment.
-        let mut open_ports = disc.open_ports.as_ref().map(Scalar::text);
+        // Each value keeps where it came from, so an error names the
+        // variable or key the user has to fix.
+        let mut open_ports = disc
+            .open_ports
+            .as_ref()
+            .map(|v| (v.text(), "discovery.open_ports"));
         if let Some(p) = &file.open_port {
             notes.push("config key `open_port` is a Beyla alias of `discovery.open_ports`".into());
-            open_ports = Some(p.text());
+            open_ports = Some((p.text(), "open_port"));
         }
-        let mut exe = disc.executable_name.clone();
+        let mut exe = disc
+            .executable_name
+            .clone()
+            .map(|v| (v, "discovery.executable_name"));
         if let Some(e) = &file.executable_name {
             notes.push(
                 "config key `executable_name` is a Beyla alias of `discovery.executable_name`"
                     .into(),
             );
-            exe = Some(e.clone());
+            exe = Some((e.clone(), "executable_name"));
         }
-        let mut pids = disc.pids.as_ref().map(Scalar::text);
+        let mut pids = disc.pids.as_ref().map(|v| (v.text(), "discovery.pids"));
         if let Some(p) = &file.pid {
             notes.push("config key `pid` is a Beyla alias of `discovery.pids`".into());
-            pids = Some(p.text());
+            pids = Some((p.text(), "pid"));
         }
         if let Some(v) = env("BEYLA_OPEN_PORT") {
             notes.push("environment BEYLA_OPEN_PORT is an alias of AUTOTEL_OPEN_PORTS".into());
-            open_ports = Some(v);
+            open_ports = Some((v, "BEYLA_OPEN_PORT"));
         }
-        if let Some(v) = env("AUTOTEL_OPEN_PORTS") {
-            open_ports = Some(v);
-        }
-        if let Some(v) = env("AUTOTEL_EXECUTABLE_NAME") {
-            exe = Some(v);
-        }
-        if let Some(v) = env("AUTOTEL_PIDS") {
-            pids = Some(v);
+        for (var, slot) in [
+            ("AUTOTEL_OPEN_PORTS", &mut open_ports),
+            ("AUTOTEL_PIDS", &mut pids),
+            ("AUTOTEL_EXECUTABLE_NAME", &mut exe),
+        ] {
+            if let Some(v) = env(var) {
+                *slot = Some((v, var));
+            }
         }
         let regex = |e: String| {
             regex::Regex::new(&e).with_context(|| format!("invalid executable_name regex {e:?}"))
@@ -468,9 +489,15 @@ impl Config {
             None => disc.skip_sdk_instrumented.unwrap_or(false),
         };
         let discovery = Discovery {
-            open_ports: PortSet::parse(open_ports.as_deref().unwrap_or(""))?,
-            executable_name: exe.map(regex).transpose()?,
-            pids: parse_pids(pids.as_deref().unwrap_or(""))?,
+            open_ports: match open_ports {
+                Some((v, from)) => PortSet::parse(&v).context(from)?,
+                None => PortSet::default(),
+            },
+            executable_name: exe.map(|(v, from)| regex(v).context(from)).transpose()?,
+            pids: match pids {
+                Some((v, from)) => parse_pids(&v).context(from)?,
+                None => Vec::new(),
+            },
             services,
             skip_sdk_instrumented: skip_sdk,
             service_namespace: disc.service_namespace.clone(),
@@ -591,6 +618,29 @@ impl Config {
                 crate::tracer::abi::MAX_CAPTURE
             );
         }
+        let db_query_text = match env("AUTOTEL_DB_QUERY_TEXT") {
+            Some(v) => crate::pipeline::db_span::QueryTextMode::parse(&v)
+                .context("AUTOTEL_DB_QUERY_TEXT")?,
+            None => match &capture.db_query_text {
+                Some(v) => crate::pipeline::db_span::QueryTextMode::parse(v)
+                    .context("capture.db_query_text")?,
+                None => Default::default(),
+            },
+        };
+        let peers = match env("AUTOTEL_NETWORK_CIDRS") {
+            Some(v) => crate::pipeline::network::PeerGrouping::parse(
+                &v.split(',').map(str::to_owned).collect::<Vec<_>>(),
+            )
+            .context("AUTOTEL_NETWORK_CIDRS")?,
+            None => crate::pipeline::network::PeerGrouping::parse(
+                &file
+                    .network
+                    .as_ref()
+                    .and_then(|n| n.cidrs.clone())
+                    .unwrap_or_default(),
+            )
+            .context("network.cidrs")?,
+        };
         let print_traces = match env("AUTOTEL_PRINT_TRACES") {
             Some(v) => parse_bool("AUTOTEL_PRINT_TRACES", &v)?,
             None => file.print_traces.unwrap_or(false),
@@ -608,6 +658,8 @@ impl Config {
                 .unwrap_or_else(|| "127.0.0.1".into()),
             prometheus_path: prom.path.unwrap_or_else(|| "/metrics".into()),
             capture_max_bytes,
+            db_query_text,
+            peers,
             ringbuf_bytes: capture
                 .ringbuf_bytes
                 .unwrap_or(16 << 20)

@@ -128,6 +128,8 @@ fn run(cfg: Config) -> Result<()> {
             same_host_linking: cfg.same_host_linking,
             red,
             discovery: cfg.discovery.clone(),
+            query_text: cfg.db_query_text,
+            peers: cfg.peers.clone(),
         },
         resources,
         span_tx,

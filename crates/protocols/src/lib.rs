@@ -2,7 +2,9 @@
 //! unit tests on captured real traffic (testdata/) and a fuzz target (fuzz/).
 
 pub mod db;
+pub mod dns;
 pub mod http1;
+pub mod http2;
 pub mod memcached;
 pub mod mysql;
 pub mod postgres;

@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex};
 pub const DURATION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
+/// Database semconv advisory buckets: most queries finish well under 5 ms.
+pub const DB_DURATION_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
 /// The OTel SDK's default explicit buckets, used for sizes (no advisory buckets exist).
 pub const SIZE_BUCKETS: &[f64] = &[
     0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0, 7500.0,
@@ -28,6 +30,14 @@ pub enum Metric {
     HttpClientDuration,
     HttpServerRequestBodySize,
     HttpServerResponseBodySize,
+    DbClientDuration,
+    NetFlowBytes,
+    TcpConnections,
+    TcpRetransmits,
+    TcpConnectDuration,
+    DnsLookupDuration,
+    RpcServerDuration,
+    RpcClientDuration,
 }
 
 pub struct MetricDef {
@@ -37,14 +47,24 @@ pub struct MetricDef {
     pub unit: &'static str,
     pub description: &'static str,
     pub buckets: &'static [f64],
+    /// A monotonic sum (the series' `sum`), not a histogram.
+    pub counter: bool,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 4] = [
+    pub const ALL: [Metric; 12] = [
+        Metric::RpcServerDuration,
+        Metric::RpcClientDuration,
         Metric::HttpServerDuration,
         Metric::HttpClientDuration,
         Metric::HttpServerRequestBodySize,
         Metric::HttpServerResponseBodySize,
+        Metric::DbClientDuration,
+        Metric::NetFlowBytes,
+        Metric::TcpConnections,
+        Metric::TcpRetransmits,
+        Metric::TcpConnectDuration,
+        Metric::DnsLookupDuration,
     ];
 
     pub fn def(self) -> MetricDef {
@@ -54,24 +74,85 @@ impl Metric {
                 unit: "s",
                 description: "Duration of HTTP server requests.",
                 buckets: DURATION_BUCKETS,
+                counter: false,
             },
             Metric::HttpClientDuration => MetricDef {
                 name: "http.client.request.duration",
                 unit: "s",
                 description: "Duration of HTTP client requests.",
                 buckets: DURATION_BUCKETS,
+                counter: false,
             },
             Metric::HttpServerRequestBodySize => MetricDef {
                 name: "http.server.request.body.size",
                 unit: "By",
                 description: "Size of HTTP server request bodies.",
                 buckets: SIZE_BUCKETS,
+                counter: false,
             },
             Metric::HttpServerResponseBodySize => MetricDef {
                 name: "http.server.response.body.size",
                 unit: "By",
                 description: "Size of HTTP server response bodies.",
                 buckets: SIZE_BUCKETS,
+                counter: false,
+            },
+            Metric::DbClientDuration => MetricDef {
+                name: "db.client.operation.duration",
+                unit: "s",
+                description: "Duration of database client operations.",
+                buckets: DB_DURATION_BUCKETS,
+                counter: false,
+            },
+            Metric::NetFlowBytes => MetricDef {
+                name: "autotel.network.flow.bytes",
+                unit: "By",
+                description: "TCP payload bytes per flow direction (kernel counters at close).",
+                buckets: &[],
+                counter: true,
+            },
+            Metric::TcpConnections => MetricDef {
+                name: "autotel.tcp.connections",
+                unit: "{connection}",
+                description: "TCP connections opened and ended, by outcome.",
+                buckets: &[],
+                counter: true,
+            },
+            Metric::TcpRetransmits => MetricDef {
+                name: "autotel.tcp.retransmits",
+                unit: "{segment}",
+                description: "TCP segments retransmitted.",
+                buckets: &[],
+                counter: true,
+            },
+            Metric::TcpConnectDuration => MetricDef {
+                name: "autotel.tcp.connect.duration",
+                unit: "s",
+                description:
+                    "Time from SYN to established (or to failure) of outgoing TCP connections.",
+                buckets: DB_DURATION_BUCKETS,
+                counter: false,
+            },
+            Metric::RpcServerDuration => MetricDef {
+                name: "rpc.server.call.duration",
+                unit: "s",
+                description: "Duration of RPCs served.",
+                buckets: DURATION_BUCKETS,
+                counter: false,
+            },
+            Metric::RpcClientDuration => MetricDef {
+                name: "rpc.client.call.duration",
+                unit: "s",
+                description: "Duration of outgoing RPCs.",
+                buckets: DURATION_BUCKETS,
+                counter: false,
+            },
+            Metric::DnsLookupDuration => MetricDef {
+                name: "dns.lookup.duration",
+                unit: "s",
+                description: "Duration of DNS lookups.",
+                buckets: DB_DURATION_BUCKETS,
+                counter: false,
             },
         }
     }
@@ -111,6 +192,12 @@ impl Series {
     }
 
     fn observe(&mut self, bounds: &[f64], v: f64) {
+        if bounds.is_empty() {
+            // A counter: only the sum matters.
+            self.sum += v;
+            self.count += 1;
+            return;
+        }
         // Explicit-bucket semantics: bucket i holds (bounds[i-1], bounds[i]].
         let i = bounds.partition_point(|b| *b < v);
         self.counts[i] += 1;
@@ -219,6 +306,83 @@ impl Store {
 
     pub fn series_count(&self, metric: Metric) -> usize {
         self.series.get(&metric).map_or(0, FxHashMap::len)
+    }
+
+    /// Records `db.client.operation.duration` for one client database span
+    /// (the semantic conventions define no server-side database metric).
+    pub fn record_db_span(&mut self, span: &Span) {
+        if span.kind != SpanKind::Client {
+            return;
+        }
+        const KEYS: [&str; 7] = [
+            "db.system.name",
+            "db.operation.name",
+            "db.collection.name",
+            "db.namespace",
+            "db.response.status_code",
+            "server.address",
+            "server.port",
+        ];
+        let mut attrs: Vec<(&'static str, AttrValue)> = KEYS
+            .iter()
+            .filter_map(|k| span.attr(k).map(|v| (*k, v.clone())))
+            .collect();
+        if let Some(e) = span.attr("error.type") {
+            attrs.push(("error.type", e.clone()));
+        }
+        let secs = span.duration_ns() as f64 / 1e9;
+        self.record(
+            Metric::DbClientDuration,
+            &span.resource,
+            attrs,
+            secs,
+            span.end_unix_ns,
+        );
+    }
+
+    /// Records `rpc.{server,client}.call.duration` for one gRPC span.
+    pub fn record_rpc_span(&mut self, span: &Span) {
+        const KEYS: [&str; 6] = [
+            "rpc.system",
+            "rpc.service",
+            "rpc.method",
+            "rpc.grpc.status_code",
+            "server.address",
+            "server.port",
+        ];
+        let attrs: Vec<(&'static str, AttrValue)> = KEYS
+            .iter()
+            .filter_map(|k| span.attr(k).map(|v| (*k, v.clone())))
+            .collect();
+        let metric = if span.kind == SpanKind::Server {
+            Metric::RpcServerDuration
+        } else {
+            Metric::RpcClientDuration
+        };
+        let secs = span.duration_ns() as f64 / 1e9;
+        self.record(metric, &span.resource, attrs, secs, span.end_unix_ns);
+    }
+
+    /// Records `dns.lookup.duration` for one DNS span.
+    pub fn record_dns_span(&mut self, span: &Span) {
+        const KEYS: [&str; 4] = [
+            "dns.question.name",
+            "dns.question.type",
+            "server.address",
+            "error.type",
+        ];
+        let attrs: Vec<(&'static str, AttrValue)> = KEYS
+            .iter()
+            .filter_map(|k| span.attr(k).map(|v| (*k, v.clone())))
+            .collect();
+        let secs = span.duration_ns() as f64 / 1e9;
+        self.record(
+            Metric::DnsLookupDuration,
+            &span.resource,
+            attrs,
+            secs,
+            span.end_unix_ns,
+        );
     }
 
     /// Records the RED metrics of one finished HTTP span.

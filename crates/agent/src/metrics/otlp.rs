@@ -6,8 +6,8 @@ use super::{key_of, Metric, Store};
 use crate::export::otlp::{key_value, scope};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::metrics::v1::{
-    metric, AggregationTemporality, Histogram, HistogramDataPoint, Metric as OtlpMetric,
-    ResourceMetrics, ScopeMetrics,
+    metric, number_data_point, AggregationTemporality, Histogram, HistogramDataPoint,
+    Metric as OtlpMetric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource as OtlpResource;
 use std::collections::HashMap;
@@ -128,14 +128,36 @@ pub fn to_request(
                     .filter_map(|m| metrics.get(m).map(|points| (m, points)))
                     .map(|(m, points)| {
                         let def = m.def();
+                        let data = if def.counter {
+                            // Counters travel as monotonic sums; the point's
+                            // histogram sum holds their value.
+                            metric::Data::Sum(Sum {
+                                data_points: points
+                                    .iter()
+                                    .map(|p| NumberDataPoint {
+                                        attributes: p.attributes.clone(),
+                                        start_time_unix_nano: p.start_time_unix_nano,
+                                        time_unix_nano: p.time_unix_nano,
+                                        value: Some(number_data_point::Value::AsInt(
+                                            p.sum.unwrap_or(0.0) as i64,
+                                        )),
+                                        ..Default::default()
+                                    })
+                                    .collect(),
+                                aggregation_temporality: temporality_code,
+                                is_monotonic: true,
+                            })
+                        } else {
+                            metric::Data::Histogram(Histogram {
+                                data_points: points.clone(),
+                                aggregation_temporality: temporality_code,
+                            })
+                        };
                         OtlpMetric {
                             name: def.name.into(),
                             description: def.description.into(),
                             unit: def.unit.into(),
-                            data: Some(metric::Data::Histogram(Histogram {
-                                data_points: points.clone(),
-                                aggregation_temporality: temporality_code,
-                            })),
+                            data: Some(data),
                             ..Default::default()
                         }
                     })

@@ -84,16 +84,32 @@ impl Collector for RedCollector {
             if store.series_count(metric) == 0 {
                 continue;
             }
-            let unit = match def.unit {
-                "s" => Unit::Seconds,
-                "By" => Unit::Bytes,
-                other => Unit::Other(other.into()),
-            };
             let name = sanitize(def.name);
+            // The unit becomes a suffix, unless the name already ends with
+            // it or it is an annotation like {connection}.
+            let unit = match def.unit {
+                "s" => Some(Unit::Seconds),
+                "By" if !name.ends_with("bytes") => Some(Unit::Bytes),
+                _ => None,
+            };
+            if def.counter {
+                let mut e = encoder.encode_descriptor(
+                    &name,
+                    def.description,
+                    unit.as_ref(),
+                    MetricType::Counter,
+                )?;
+                for s in store.each(metric) {
+                    let l = labels(&s.resource, &s.attrs);
+                    prometheus_client::metrics::counter::ConstCounter::new(s.sum as u64)
+                        .encode(e.encode_family(&l)?)?;
+                }
+                continue;
+            }
             let mut e = encoder.encode_descriptor(
                 &name,
                 def.description,
-                Some(&unit),
+                unit.as_ref(),
                 MetricType::Histogram,
             )?;
             for s in store.each(metric) {

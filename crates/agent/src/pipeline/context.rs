@@ -164,6 +164,12 @@ impl ContextTracker {
         ctx
     }
 
+    /// A client call whose server side is not linked by flow (database
+    /// calls: their answers, not their requests, are what we report).
+    pub fn child_request(&mut self, parent: Option<&SpanCtx>) -> SpanCtx {
+        self.child_of(parent.map(|p| (p.trace_id, p.span_id, p.trace_state.clone(), p.sampled)))
+    }
+
     fn take_client(&mut self, flow: &FlowKey) -> Option<SpanCtx> {
         let q = self.clients.get_mut(flow)?;
         let c = q.pop_front();

@@ -35,13 +35,18 @@ pub fn path_of(target: &str) -> &str {
     t.split(['?', '#']).next().unwrap_or(t)
 }
 
-fn version_text(minor: u8) -> &'static str {
-    if minor == 0 {
-        "1.0"
-    } else {
-        "1.1"
+/// `version` holds the HTTP/1 minor version; HTTP/2 streams built into an
+/// Exchange carry [`HTTP2_VERSION`].
+fn version_text(version: u8) -> &'static str {
+    match version {
+        0 => "1.0",
+        HTTP2_VERSION => "2",
+        _ => "1.1",
     }
 }
+
+/// RequestHead::version of an exchange that came from an HTTP/2 stream.
+pub const HTTP2_VERSION: u8 = 2;
 
 pub struct SpanInput<'a> {
     pub exchange: &'a Exchange,

@@ -5,7 +5,12 @@
 
 pub mod clock;
 pub mod context;
+pub mod db_span;
+pub mod detect;
+pub mod dns_span;
+pub mod h2_span;
 pub mod http_span;
+pub mod network;
 pub mod routes;
 pub mod sampler;
 
@@ -15,12 +20,17 @@ use crate::metrics::SharedStore;
 use crate::selfmetrics::SelfMetrics;
 use crate::tracer::abi::{self, ConnTuple, DataEvent, Event};
 use autotel_model::{Resource, Span};
+use autotel_protocols::db::{DbConnection, DbEvent, DbOperation};
+use autotel_protocols::dns::{self, DnsLookup, DnsTcpFramer, LookupTracker};
 use autotel_protocols::http1::{
     Dir, Exchange, Http1Connection, Http1Event, ParseError, Segment, Timing,
 };
+use autotel_protocols::http2::{Http2Connection, Http2Event, Http2Stream};
 use clock::Clock;
 use context::{ContextTracker, FlowKey, SpanCtx};
 use crossbeam_channel::{Sender, TrySendError};
+use db_span::QueryTextMode;
+use detect::{Protocol, Role};
 use routes::Router;
 use rustc_hash::FxHashMap;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -28,6 +38,8 @@ use std::sync::Arc;
 
 /// Connection states kept at most; beyond it the least recently used go.
 const MAX_CONNS: usize = 65_536;
+/// Lifecycle events buffered per drain pass at most.
+const MAX_PENDING_FLOWS: usize = 65_536;
 /// A connection silent this long is forgotten (its close was missed).
 const IDLE_NS: u64 = 300 * 1_000_000_000;
 
@@ -38,8 +50,59 @@ struct ConnKey {
     start_ns: u64,
 }
 
+/// The parser a connection's bytes go to, once its first bytes decided it.
+/// HTTP/1 is kept inline: it is the common case and Conn is boxed already.
+#[allow(clippy::large_enum_variant)]
+enum Proto {
+    Http1(Http1Connection),
+    Db {
+        parser: Box<dyn DbConnection>,
+        server_side: bool,
+        name: &'static str,
+    },
+    /// DNS lookups of a client: datagrams (UDP) or length-prefixed (TCP).
+    Dns(Box<DnsState>),
+    Http2(Box<H2State>),
+}
+
+struct H2State {
+    parser: Http2Connection,
+    server_side: bool,
+    /// Trace context per open stream, decided when its request arrived.
+    ctxs: FxHashMap<u32, SpanCtx>,
+}
+
+/// Streams whose context we keep at most (the parser's own stream cap).
+const MAX_H2_CTXS: usize = autotel_protocols::http2::MAX_STREAMS;
+
+struct DnsState {
+    tracker: LookupTracker,
+    /// TCP only: (client -> server, server -> client) framers.
+    framers: Option<(DnsTcpFramer, DnsTcpFramer)>,
+}
+
+/// First bytes too few to tell the protocol, kept until more arrive.
+struct Held {
+    dir: Dir,
+    bytes: Vec<u8>,
+    timing: Timing,
+}
+
+enum Decision {
+    /// Hold the bytes: too few to decide.
+    Wait,
+    /// The parser is chosen; held bytes (if any) must be fed first.
+    Decided(Option<Held>),
+}
+
+/// Below this many bytes an unrecognised start is held rather than judged.
+const MIN_DECIDE_BYTES: usize = 16;
+
 struct Conn {
-    http: Http1Connection,
+    /// None until the first bytes with content arrive.
+    proto: Option<Proto>,
+    held: Option<Held>,
+    role: Role,
     tuple: ConnTuple,
     /// Addresses formatted once per connection, not per span.
     local_addr: String,
@@ -54,6 +117,21 @@ struct Conn {
 }
 
 impl Conn {
+    fn is_opaque(&self) -> bool {
+        matches!(&self.proto, Some(Proto::Http1(h)) if h.is_opaque())
+    }
+
+    /// True when the observed process serves this connection.
+    fn server_side(&self) -> bool {
+        match &self.proto {
+            Some(Proto::Http1(h)) => h.server_side(),
+            Some(Proto::Db { server_side, .. }) => *server_side,
+            Some(Proto::Dns(_)) => false,
+            Some(Proto::Http2(h)) => h.server_side,
+            None => self.role == Role::Server,
+        }
+    }
+
     /// (client, client port, server, server port) of this connection.
     fn flow(&self, server_side: bool) -> FlowKey {
         let t = &self.tuple;
@@ -104,7 +182,9 @@ struct LocalCounts {
     spans: u64,
     dropped_queue_full: u64,
     evicted: u64,
-    parse_errors: HashMap<&'static str, u64>,
+    flows_dropped: u64,
+    /// (parser, error kind) -> count.
+    parse_errors: HashMap<(&'static str, &'static str), u64>,
 }
 
 pub struct Pipeline {
@@ -129,9 +209,14 @@ pub struct Pipeline {
     exec_paths: HashMap<u32, String>,
     /// Processes that exited, to forget once the data ring is drained.
     pending_exits: Vec<u32>,
+    /// TCP lifecycle events, handled once the data ring is drained.
+    pending_flows: Vec<abi::FlowEvent>,
+    peers: network::PeerGrouping,
     drop_warning: RateLimitedCount,
     counts: LocalCounts,
     scratch: Vec<Http1Event>,
+    db_scratch: Vec<DbEvent>,
+    query_text: QueryTextMode,
 }
 
 /// What the pipeline needs besides its channels.
@@ -141,6 +226,8 @@ pub struct PipelineConfig {
     pub same_host_linking: bool,
     pub red: SharedStore,
     pub discovery: Discovery,
+    pub query_text: QueryTextMode,
+    pub peers: network::PeerGrouping,
 }
 
 impl Pipeline {
@@ -159,6 +246,8 @@ impl Pipeline {
             rejected: HashSet::new(),
             exec_paths: HashMap::new(),
             pending_exits: Vec::new(),
+            pending_flows: Vec::new(),
+            peers: cfg.peers,
             drop_warning: RateLimitedCount::new(std::time::Duration::from_secs(10)),
             conns: FxHashMap::default(),
             clock: Clock::new(),
@@ -169,6 +258,8 @@ impl Pipeline {
             metrics,
             counts: LocalCounts::default(),
             scratch: Vec::new(),
+            db_scratch: Vec::new(),
+            query_text: cfg.query_text,
         }
     }
 
@@ -187,6 +278,16 @@ impl Pipeline {
                     start_ns: c.conn_start_ns,
                 };
                 self.close(key);
+            }
+            Ok(Event::Flow(f)) => {
+                self.counts.proc_records += 1;
+                // After the drain: the request whose handler connected may
+                // still be in the data ring.
+                if self.pending_flows.len() < MAX_PENDING_FLOWS {
+                    self.pending_flows.push(f);
+                } else {
+                    self.counts.flows_dropped += 1;
+                }
             }
             Ok(Event::Proc(p)) => {
                 self.counts.proc_records += 1;
@@ -285,11 +386,13 @@ impl Pipeline {
                 Box::new(Conn {
                     local_addr: h.tuple.local_addr().to_string(),
                     peer_addr: h.tuple.remote_addr().to_string(),
-                    http: Http1Connection::new(match h.role {
-                        abi::ROLE_SERVER => Some(Dir::Ingress),
-                        abi::ROLE_CLIENT => Some(Dir::Egress),
-                        _ => None,
-                    }),
+                    proto: None,
+                    held: None,
+                    role: match h.role {
+                        abi::ROLE_SERVER => Role::Server,
+                        abi::ROLE_CLIENT => Role::Client,
+                        _ => Role::Unknown,
+                    },
                     tuple: h.tuple,
                     last_ns: h.exit_ns,
                     ctxs: VecDeque::new(),
@@ -299,7 +402,7 @@ impl Pipeline {
             }
         };
         conn.last_ns = h.exit_ns;
-        if !conn.http.is_opaque() {
+        if !conn.is_opaque() {
             if parent.is_some() {
                 conn.client_parent = parent;
             }
@@ -317,12 +420,320 @@ impl Pipeline {
             } else {
                 Dir::Egress
             };
-            let mut events = std::mem::take(&mut self.scratch);
-            conn.http.feed(dir, &seg, &mut events);
-            self.emit(key.pid, &mut conn, &mut events);
-            self.scratch = events;
+            let dns_udp = conn.tuple.proto == abi::PROTO_UDP;
+            if conn.proto.is_none()
+                && (dns_udp || (conn.tuple.dport == 53 && conn.role != Role::Server))
+            {
+                conn.proto = Some(Proto::Dns(Box::new(DnsState {
+                    tracker: LookupTracker::new(dns_span::TIMEOUT_NS),
+                    framers: (!dns_udp).then(|| (DnsTcpFramer::new(), DnsTcpFramer::new())),
+                })));
+            }
+            if conn.proto.is_none() && !d.data.is_empty() {
+                match self.decide(&mut conn, dir, &seg) {
+                    Decision::Wait => {
+                        self.conns.insert(key, conn);
+                        return;
+                    }
+                    Decision::Decided(Some(held)) => {
+                        // The bytes held back go first, as the segment they were.
+                        let held_seg = Segment {
+                            data: &held.bytes,
+                            total_len: held.bytes.len(),
+                            tail: &[],
+                            timing: held.timing,
+                        };
+                        self.feed(key.pid, &mut conn, held.dir, &held_seg);
+                    }
+                    Decision::Decided(None) => {}
+                }
+            }
+            self.feed(key.pid, &mut conn, dir, &seg);
         }
         self.conns.insert(key, conn);
+    }
+
+    /// Picks the connection's parser from its first bytes. A first read of
+    /// a few bytes (a client reading a 4-byte MySQL packet header alone)
+    /// says too little: such bytes are held until more arrive.
+    fn decide(&mut self, conn: &mut Conn, dir: Dir, seg: &Segment<'_>) -> Decision {
+        let held = conn.held.take();
+        let joined;
+        let bytes: &[u8] = match &held {
+            Some(h) if h.dir == dir => {
+                joined = [h.bytes.as_slice(), seg.data].concat();
+                &joined
+            }
+            _ => seg.data,
+        };
+        let decided = detect::detect(conn.role, dir, bytes);
+        if decided.is_none() && bytes.len() < MIN_DECIDE_BYTES && seg.total_len == seg.data.len() {
+            let mut h = held.unwrap_or(Held {
+                dir,
+                bytes: Vec::new(),
+                timing: seg.timing,
+            });
+            if h.dir != dir {
+                h = Held {
+                    dir,
+                    bytes: Vec::new(),
+                    timing: seg.timing,
+                };
+            }
+            h.bytes.extend_from_slice(seg.data);
+            conn.held = Some(h);
+            return Decision::Wait;
+        }
+        conn.proto = Some(match decided.unwrap_or(Protocol::Http1) {
+            Protocol::Http2 { server_side } => Proto::Http2(Box::new(H2State {
+                parser: Http2Connection::new(),
+                server_side,
+                ctxs: FxHashMap::default(),
+            })),
+            Protocol::Http1 => Proto::Http1(Http1Connection::new(match conn.role {
+                Role::Server => Some(Dir::Ingress),
+                Role::Client => Some(Dir::Egress),
+                Role::Unknown => None,
+            })),
+            Protocol::Db {
+                parser,
+                server_side,
+                name,
+            } => Proto::Db {
+                parser,
+                server_side,
+                name,
+            },
+        });
+        Decision::Decided(held)
+    }
+
+    /// One segment to the connection's parser, its results to spans.
+    fn feed(&mut self, pid: u32, conn: &mut Conn, dir: Dir, seg: &Segment<'_>) {
+        let mut events = std::mem::take(&mut self.scratch);
+        let mut db_events = std::mem::take(&mut self.db_scratch);
+        match conn.proto.as_mut() {
+            None => {}
+            Some(Proto::Http1(http)) => http.feed(dir, seg, &mut events),
+            Some(Proto::Db {
+                parser,
+                server_side,
+                ..
+            }) => parser.feed((dir == Dir::Ingress) == *server_side, seg, &mut db_events),
+            Some(Proto::Dns(state)) => {
+                let mut lookups = Vec::new();
+                Self::feed_dns(state, dir, seg, &mut lookups, &mut self.counts);
+                self.emit_dns(pid, conn, lookups);
+            }
+            Some(Proto::Http2(h2)) => {
+                let mut events = Vec::new();
+                h2.parser
+                    .feed((dir == Dir::Ingress) == h2.server_side, seg, &mut events);
+                self.emit_h2(pid, conn, events);
+            }
+        }
+        self.emit(pid, conn, &mut events);
+        self.emit_db(pid, conn, &mut db_events);
+        self.scratch = events;
+        self.db_scratch = db_events;
+    }
+
+    fn emit_h2(&mut self, pid: u32, conn: &mut Conn, events: Vec<Http2Event>) {
+        for ev in events {
+            let Some(Proto::Http2(h2)) = conn.proto.as_mut() else {
+                return;
+            };
+            let server_side = h2.server_side;
+            match ev {
+                Http2Event::RequestStart {
+                    stream_id,
+                    traceparent,
+                    tracestate,
+                } => {
+                    if h2.ctxs.len() >= MAX_H2_CTXS {
+                        continue;
+                    }
+                    let flow = conn.flow(server_side);
+                    let ctx = if server_side {
+                        let ctx = self.contexts.server_request(
+                            traceparent.as_deref(),
+                            tracestate.as_deref(),
+                            flow,
+                        );
+                        conn.last_ctx = Some(ctx.clone());
+                        ctx
+                    } else {
+                        self.contexts
+                            .client_request(conn.client_parent.as_ref(), flow)
+                    };
+                    if let Some(Proto::Http2(h2)) = conn.proto.as_mut() {
+                        h2.ctxs.insert(stream_id, ctx);
+                    }
+                }
+                Http2Event::Stream(s) => {
+                    let ctx = h2.ctxs.remove(&s.stream_id).unwrap_or_else(|| {
+                        // Opened before we joined: its request start was not seen.
+                        self.contexts.child_request(None)
+                    });
+                    self.finish_h2(pid, conn, server_side, &s, ctx);
+                }
+                Http2Event::Error(kind) => {
+                    *self.counts.parse_errors.entry(("http2", kind)).or_default() += 1
+                }
+            }
+        }
+    }
+
+    fn finish_h2(
+        &mut self,
+        pid: u32,
+        conn: &Conn,
+        server_side: bool,
+        s: &Http2Stream,
+        ctx: SpanCtx,
+    ) {
+        if !s.request.is_grpc() {
+            return self.finish(pid, conn, &h2_span::to_exchange(s, server_side), ctx);
+        }
+        let sampled = ctx.sampled;
+        let span = h2_span::grpc_span(
+            h2_span::GrpcInput {
+                stream: s,
+                server_side,
+                tuple: &conn.tuple,
+                local_addr: &conn.local_addr,
+                peer_addr: &conn.peer_addr,
+                resource: self.resource(pid),
+                ctx,
+            },
+            &self.clock,
+        );
+        self.red
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record_rpc_span(&span);
+        if sampled {
+            self.send(span);
+        }
+    }
+
+    /// One segment of a DNS client socket into its lookup tracker.
+    fn feed_dns(
+        state: &mut DnsState,
+        dir: Dir,
+        seg: &Segment<'_>,
+        out: &mut Vec<DnsLookup>,
+        counts: &mut LocalCounts,
+    ) {
+        let from_client = dir == Dir::Egress;
+        let mut parse_one =
+            |bytes: &[u8], timing: Timing, out: &mut Vec<DnsLookup>| match dns::parse(bytes) {
+                Ok(msg) => state.tracker.on_message(from_client, msg, timing, out),
+                Err(e) => *counts.parse_errors.entry(("dns", e.kind())).or_default() += 1,
+            };
+        match &mut state.framers {
+            // A datagram is a whole message (the capture holds its prefix).
+            None => parse_one(seg.data, seg.timing, out),
+            Some((to_server, to_client)) => {
+                let framer = if from_client { to_server } else { to_client };
+                let mut msgs = Vec::new();
+                framer.push(seg, &mut msgs);
+                for (bytes, timing) in msgs {
+                    parse_one(&bytes, timing, out);
+                }
+            }
+        }
+    }
+
+    fn emit_dns(&mut self, pid: u32, conn: &Conn, lookups: Vec<DnsLookup>) {
+        let tcp = matches!(&conn.proto, Some(Proto::Dns(s)) if s.framers.is_some());
+        for lookup in lookups {
+            let ctx = self.contexts.child_request(conn.client_parent.as_ref());
+            let sampled = ctx.sampled;
+            let span = dns_span::build(
+                dns_span::SpanInput {
+                    lookup: &lookup,
+                    tcp,
+                    tuple: &conn.tuple,
+                    peer_addr: &conn.peer_addr,
+                    resource: self.resource(pid),
+                    ctx,
+                },
+                &self.clock,
+            );
+            self.red
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record_dns_span(&span);
+            if sampled {
+                self.send(span);
+            }
+        }
+    }
+
+    fn emit_db(&mut self, pid: u32, conn: &Conn, events: &mut Vec<DbEvent>) {
+        let Some(Proto::Db {
+            server_side, name, ..
+        }) = &conn.proto
+        else {
+            return;
+        };
+        let (server_side, name) = (*server_side, *name);
+        for ev in events.drain(..) {
+            match ev {
+                DbEvent::Operation(op) => {
+                    let ctx = if server_side {
+                        self.contexts.server_request(None, None, conn.flow(true))
+                    } else {
+                        self.contexts.child_request(conn.client_parent.as_ref())
+                    };
+                    self.finish_db(pid, conn, server_side, &op, ctx);
+                }
+                DbEvent::Error(kind) => {
+                    *self.counts.parse_errors.entry((name, kind)).or_default() += 1
+                }
+            }
+        }
+    }
+
+    fn finish_db(
+        &mut self,
+        pid: u32,
+        conn: &Conn,
+        server_side: bool,
+        op: &DbOperation,
+        ctx: SpanCtx,
+    ) {
+        let sampled = ctx.sampled;
+        let span = db_span::build(
+            db_span::SpanInput {
+                op,
+                server_side,
+                tuple: &conn.tuple,
+                peer_addr: &conn.peer_addr,
+                local_addr: &conn.local_addr,
+                resource: self.resource(pid),
+                ctx,
+                query_text: self.query_text,
+            },
+            &self.clock,
+        );
+        self.red
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record_db_span(&span);
+        if sampled {
+            self.send(span);
+        }
+    }
+
+    fn send(&mut self, span: Span) {
+        self.counts.spans += 1;
+        match self.spans.try_send(span) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.counts.dropped_queue_full += 1,
+            Err(TrySendError::Disconnected(_)) => {}
+        }
     }
 
     fn emit(&mut self, pid: u32, conn: &mut Conn, events: &mut Vec<Http1Event>) {
@@ -332,7 +743,7 @@ impl Pipeline {
                     traceparent,
                     tracestate,
                 } => {
-                    let server_side = conn.http.server_side();
+                    let server_side = conn.server_side();
                     let flow = conn.flow(server_side);
                     let ctx = if server_side {
                         let ctx = self.contexts.server_request(
@@ -360,7 +771,11 @@ impl Pipeline {
                     if e == ParseError::TooManyPending {
                         conn.ctxs.pop_front();
                     }
-                    *self.counts.parse_errors.entry(e.kind()).or_default() += 1
+                    *self
+                        .counts
+                        .parse_errors
+                        .entry(("http1", e.kind()))
+                        .or_default() += 1
                 }
             }
         }
@@ -395,12 +810,7 @@ impl Pipeline {
         if !sampled || (ignored && mode.skips_traces()) {
             return;
         }
-        self.counts.spans += 1;
-        match self.spans.try_send(span) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => self.counts.dropped_queue_full += 1,
-            Err(TrySendError::Disconnected(_)) => {}
-        }
+        self.send(span);
     }
 
     fn resource(&self, pid: u32) -> Arc<Resource> {
@@ -429,10 +839,27 @@ impl Pipeline {
     fn close(&mut self, key: ConnKey) {
         if let Some(mut conn) = self.conns.remove(&key) {
             let mut events = std::mem::take(&mut self.scratch);
-            conn.http.close(&mut events);
+            let mut db_events = std::mem::take(&mut self.db_scratch);
+            match conn.proto.as_mut() {
+                Some(Proto::Http1(http)) => http.close(&mut events),
+                Some(Proto::Db { parser, .. }) => parser.close(&mut db_events),
+                Some(Proto::Dns(state)) => {
+                    let mut lookups = Vec::new();
+                    state.tracker.close(&mut lookups);
+                    self.emit_dns(key.pid, &conn, lookups);
+                }
+                Some(Proto::Http2(h2)) => {
+                    let mut h2_events = Vec::new();
+                    h2.parser.close(&mut h2_events);
+                    self.emit_h2(key.pid, &mut conn, h2_events);
+                }
+                None => {}
+            }
             self.emit(key.pid, &mut conn, &mut events);
+            self.emit_db(key.pid, &conn, &mut db_events);
             self.scratch = events;
-            if !conn.http.server_side() {
+            self.db_scratch = db_events;
+            if !conn.server_side() {
                 self.contexts.forget_flow(&conn.flow(false));
             }
         }
@@ -441,11 +868,46 @@ impl Pipeline {
     /// Called after each full drain of the rings: exits seen in this pass
     /// now have all their data processed.
     pub fn after_drain(&mut self) {
+        for f in std::mem::take(&mut self.pending_flows) {
+            self.on_flow(&f);
+        }
         for pid in std::mem::take(&mut self.pending_exits) {
             self.process_exited(pid);
             self.rejected.remove(&pid);
             self.exec_paths.remove(&pid);
             let _ = self.proc_events.try_send(ProcEvent::Exit(pid));
+        }
+    }
+
+    fn on_flow(&mut self, f: &abi::FlowEvent) {
+        if self.rejected.contains(&f.pid) {
+            return;
+        }
+        let resource = self.resource(f.pid);
+        let now = self.clock.to_unix_ns(f.ts_ns);
+        network::record(
+            &mut self.red.lock().unwrap_or_else(|e| e.into_inner()),
+            &resource,
+            f,
+            &self.peers,
+            now,
+        );
+        if network::is_failed_connect(f) {
+            let server = ConnKey {
+                pid: f.pid,
+                fd: f.ctx_fd,
+                start_ns: f.ctx_conn_start_ns,
+            };
+            let parent = if f.ctx_fd >= 0 {
+                self.conns.get(&server).and_then(|c| c.last_ctx.clone())
+            } else {
+                None
+            };
+            let ctx = self.contexts.child_request(parent.as_ref());
+            if ctx.sampled {
+                let span = network::failed_connect_span(f, ctx, resource, &self.clock);
+                self.send(span);
+            }
         }
     }
 
@@ -475,12 +937,34 @@ impl Pipeline {
 
     /// Housekeeping, once a second: forget idle connections, publish counts.
     pub fn tick(&mut self, now_mono_ns: u64) {
+        self.expire_dns(now_mono_ns);
         let before = self.conns.len();
         self.conns
             .retain(|_, c| now_mono_ns.saturating_sub(c.last_ns) < IDLE_NS);
         self.counts.evicted += (before - self.conns.len()) as u64;
         self.clock = Clock::new();
         self.publish();
+    }
+
+    /// Queries still unanswered after the timeout become `timeout` spans.
+    fn expire_dns(&mut self, now_mono_ns: u64) {
+        let keys: Vec<ConnKey> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(&c.proto, Some(Proto::Dns(s)) if s.tracker.pending() > 0))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            let Some(mut conn) = self.conns.remove(&key) else {
+                continue;
+            };
+            let mut lookups = Vec::new();
+            if let Some(Proto::Dns(state)) = conn.proto.as_mut() {
+                state.tracker.expire(now_mono_ns, &mut lookups);
+            }
+            self.emit_dns(key.pid, &conn, lookups);
+            self.conns.insert(key, conn);
+        }
     }
 
     fn publish(&mut self) {
@@ -506,13 +990,16 @@ impl Pipeline {
             })
             .inc_by(c.proc_records);
         m.decode_errors.inc_by(c.decode_errors);
+        if c.flows_dropped > 0 {
+            m.dropped("flow_backlog", c.flows_dropped);
+        }
         m.spans_created.inc_by(c.spans);
         if c.dropped_queue_full > 0 {
             m.dropped("queue_full", c.dropped_queue_full);
         }
         m.connections_evicted.inc_by(c.evicted);
-        for (kind, n) in c.parse_errors {
-            m.parse_error("http1", kind, n);
+        for ((parser, kind), n) in c.parse_errors {
+            m.parse_error(parser, kind, n);
         }
         m.tracked_connections.set(self.conns.len() as i64);
         m.export_queue_length.set(self.spans.len() as i64);

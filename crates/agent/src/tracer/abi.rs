@@ -6,6 +6,13 @@
 pub const EV_DATA: u8 = 1;
 pub const EV_CLOSE: u8 = 2;
 pub const EV_PROC: u8 = 3;
+pub const EV_FLOW: u8 = 4;
+
+pub const FLOW_OPEN: u8 = 1;
+pub const FLOW_CLOSE: u8 = 2;
+/// TCP states (include/net/tcp_states.h).
+pub const TCP_SYN_SENT: u8 = 2;
+pub const PROTO_UDP: u8 = 17;
 
 pub const DIR_INGRESS: u8 = 0;
 
@@ -18,13 +25,14 @@ pub const PROC_LISTEN: u8 = 3;
 pub const PROC_FORK: u8 = 4;
 
 /// Per-CPU counter indexes (enum at_counter).
-pub const COUNTER_NAMES: [(u32, &str); 6] = [
+pub const COUNTER_NAMES: [(u32, &str); 7] = [
     (0, "data_lost"),
     (1, "proc_lost"),
     (2, "close_lost"),
     (3, "truncated"),
     (4, "iov_cut"),
     (5, "args_missing"),
+    (6, "flow_lost"),
 ];
 
 pub const TAIL_BYTES: usize = 32;
@@ -44,7 +52,9 @@ pub struct ConnTuple {
     pub sport: u16,
     pub dport: u16,
     pub family: u16,
-    pub _pad: u16,
+    /// 6 TCP, 17 UDP.
+    pub proto: u8,
+    pub _pad: u8,
 }
 
 impl ConnTuple {
@@ -129,6 +139,28 @@ impl ProcEvent {
     }
 }
 
+/// TCP lifecycle of one socket (struct at_flow_event).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct FlowEvent {
+    pub kind_tag: u8,
+    pub kind: u8,
+    pub role: u8,
+    pub old_state: u8,
+    pub pid: u32,
+    pub tid: u32,
+    pub sk_err: i32,
+    pub start_ns: u64,
+    pub established_ns: u64,
+    pub ts_ns: u64,
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    pub retransmits: u32,
+    pub ctx_fd: i32,
+    pub ctx_conn_start_ns: u64,
+    pub tuple: ConnTuple,
+}
+
 /// A data record borrowed from the ring buffer.
 pub struct DataEvent<'a> {
     pub header: DataHeader,
@@ -145,6 +177,7 @@ pub enum Event<'a> {
     Data(DataEvent<'a>),
     Close(CloseEvent),
     Proc(ProcEvent),
+    Flow(FlowEvent),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -177,6 +210,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, AbiError> {
         }
         Some(EV_CLOSE) => Ok(Event::Close(read_pod(bytes)?)),
         Some(EV_PROC) => Ok(Event::Proc(read_pod(bytes)?)),
+        Some(EV_FLOW) => Ok(Event::Flow(read_pod(bytes)?)),
         Some(t) => Err(AbiError::UnknownType(t)),
         None => Err(AbiError::Short(0)),
     }
@@ -221,6 +255,19 @@ mod tests {
             offset_of!(types::at_proc_event, comm)
         );
         assert_eq!(size_of::<ConnTuple>(), size_of::<types::at_conn_tuple>());
+        assert_eq!(
+            offset_of!(ConnTuple, proto),
+            offset_of!(types::at_conn_tuple, proto)
+        );
+        assert_eq!(size_of::<FlowEvent>(), size_of::<types::at_flow_event>());
+        assert_eq!(
+            offset_of!(FlowEvent, tuple),
+            offset_of!(types::at_flow_event, tuple)
+        );
+        assert_eq!(
+            offset_of!(FlowEvent, retransmits),
+            offset_of!(types::at_flow_event, retransmits)
+        );
         assert_eq!(
             size_of::<types::at_data_event>() - offset_of!(types::at_data_event, data),
             2 * (MAX_CAPTURE as usize + 1)

@@ -1,0 +1,121 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
+/* TCP lifecycle of the sockets of selected processes: one event when a
+ * connection opens and one when it reaches TCP_CLOSE, carrying the kernel's
+ * own byte and retransmit counters. State changes mostly happen in softirq
+ * context, so the owning process is remembered per sock when it is known:
+ * at connect() (SYN_SENT is set in the caller's context) and at accept(). */
+#ifndef AUTOTEL_NETWORK_H
+#define AUTOTEL_NETWORK_H
+
+#define AT_TCP_ESTABLISHED 1
+#define AT_TCP_SYN_SENT 2
+#define AT_TCP_CLOSE 7
+
+struct at_flow_state {
+	__u64 start_ns;
+	__u64 established_ns;
+	__u64 ctx_conn_start_ns;
+	__u32 pid;
+	__u32 tid;
+	__s32 ctx_fd;
+	__u8 role;
+	__u8 _pad[3];
+};
+
+/* sock pointer -> owner. LRU: a sock we never see close must not pin a slot. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct at_flow_state);
+} flows SEC(".maps");
+
+static __always_inline void emit_flow(const struct sock *sk, struct at_flow_state *st, __u8 kind, int old_state)
+{
+	struct at_flow_event *ev = bpf_ringbuf_reserve(&proc_events, sizeof(*ev), 0);
+	if (!ev) {
+		count(AT_CNT_FLOW_LOST);
+		return;
+	}
+	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
+	ev->type = AT_EV_FLOW;
+	ev->kind = kind;
+	ev->role = st->role;
+	ev->old_state = old_state;
+	ev->pid = st->pid;
+	ev->tid = st->tid;
+	ev->sk_err = BPF_CORE_READ(sk, sk_err);
+	ev->start_ns = st->start_ns;
+	ev->established_ns = st->established_ns;
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->bytes_acked = BPF_CORE_READ(tp, bytes_acked);
+	ev->bytes_received = BPF_CORE_READ(tp, bytes_received);
+	ev->retransmits = BPF_CORE_READ(tp, total_retrans);
+	ev->ctx_fd = st->ctx_fd;
+	ev->ctx_conn_start_ns = st->ctx_conn_start_ns;
+	__builtin_memset(&ev->tuple, 0, sizeof(ev->tuple));
+	read_sk_tuple(sk, &ev->tuple);
+	bpf_ringbuf_submit(ev, ringbuf_flags(&proc_events));
+}
+
+/* Called at accept() exit with the new fd: the passive side's owner. */
+static __always_inline void flow_accepted(__u32 tgid, __u32 tid, __s32 fd)
+{
+	struct sock *sk = fd_to_sock(fd);
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != AT_IPPROTO_TCP)
+		return;
+	__u64 key = (__u64)sk;
+	__u64 now = bpf_ktime_get_ns();
+	struct at_flow_state st = {
+		.start_ns = now,
+		.established_ns = now,
+		.pid = tgid,
+		.tid = tid,
+		.ctx_fd = -1,
+		.role = AT_ROLE_SERVER,
+	};
+	bpf_map_update_elem(&flows, &key, &st, BPF_ANY);
+	emit_flow(sk, &st, AT_FLOW_OPEN, AT_TCP_ESTABLISHED);
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(at_sock_state, const struct sock *sk, int oldstate, int newstate)
+{
+	if (BPF_CORE_READ(sk, sk_protocol) != AT_IPPROTO_TCP)
+		return 0;
+	__u64 key = (__u64)sk;
+	if (newstate == AT_TCP_SYN_SENT) {
+		/* connect() in the caller's context. */
+		__u64 id = bpf_get_current_pid_tgid();
+		__u32 tgid = id >> 32;
+		if (!is_selected(tgid))
+			return 0;
+		struct at_flow_state st = {
+			.start_ns = bpf_ktime_get_ns(),
+			.pid = tgid,
+			.tid = (__u32)id,
+			.ctx_fd = -1,
+			.role = AT_ROLE_CLIENT,
+		};
+		struct at_task_state *ts = task_state_get(0);
+		if (ts && ts->ctx_valid) {
+			st.ctx_fd = ts->ctx.fd;
+			st.ctx_conn_start_ns = ts->ctx.conn_start_ns;
+		}
+		bpf_map_update_elem(&flows, &key, &st, BPF_ANY);
+		return 0;
+	}
+	struct at_flow_state *st = bpf_map_lookup_elem(&flows, &key);
+	if (!st)
+		return 0;
+	if (newstate == AT_TCP_ESTABLISHED && oldstate == AT_TCP_SYN_SENT) {
+		st->established_ns = bpf_ktime_get_ns();
+		emit_flow(sk, st, AT_FLOW_OPEN, oldstate);
+	} else if (newstate == AT_TCP_CLOSE) {
+		emit_flow(sk, st, AT_FLOW_CLOSE, oldstate);
+		bpf_map_delete_elem(&flows, &key);
+	}
+	return 0;
+}
+
+#endif

@@ -1,0 +1,572 @@
+//! Table tests on real captured bytes (testdata/http2, recorded by
+//! testdata/capture_http2.py from grpcio + grpcio-health-checking, nginx
+//! with curl and python-h2, and an h2c Upgrade by curl).
+
+use super::*;
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// Records: 1 byte direction (C/S), 4-byte big-endian length, bytes.
+fn records(name: &str) -> Vec<(bool, Vec<u8>)> {
+    let path = format!("{}/../../testdata/http2/{name}", env!("CARGO_MANIFEST_DIR"));
+    let b = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut out = Vec::new();
+    let mut p = 0;
+    while p + 5 <= b.len() {
+        let len = u32::from_be_bytes(b[p + 1..p + 5].try_into().unwrap()) as usize;
+        out.push((b[p] == b'C', b[p + 5..p + 5 + len].to_vec()));
+        p += 5 + len;
+    }
+    out
+}
+
+/// Feeds records as syscalls whose capture stops after `cap` bytes.
+fn run(conn: &mut Http2Connection, recs: &[(bool, Vec<u8>)], cap: usize) -> Vec<Http2Event> {
+    let mut out = Vec::new();
+    for (i, (from_client, bytes)) in recs.iter().enumerate() {
+        let t = 100 * (i as u64 + 1);
+        let data = &bytes[..bytes.len().min(cap)];
+        let tail = if data.len() < bytes.len() {
+            &bytes[bytes.len().saturating_sub(32)..]
+        } else {
+            &[][..]
+        };
+        let seg = Segment {
+            data,
+            total_len: bytes.len(),
+            tail,
+            timing: Timing {
+                enter_ns: t,
+                exit_ns: t + 1,
+            },
+        };
+        conn.feed(*from_client, &seg, &mut out);
+    }
+    conn.close(&mut out);
+    out
+}
+
+fn streams(events: &[Http2Event]) -> Vec<&Http2Stream> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Http2Event::Stream(s) => Some(s.as_ref()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn errors(events: &[Http2Event]) -> Vec<&'static str> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Http2Event::Error(k) => Some(*k),
+            _ => None,
+        })
+        .collect()
+}
+
+fn paths(ss: &[&Http2Stream]) -> Vec<(u32, String)> {
+    ss.iter()
+        .map(|s| (s.stream_id, s.request.path.clone()))
+        .collect()
+}
+
+const CHECK: &str = "/grpc.health.v1.Health/Check";
+const WATCH: &str = "/grpc.health.v1.Health/Watch";
+
+#[test]
+fn detects_both_prefaces() {
+    let recs = records("grpc_health.bin");
+    assert!(detect(true, &recs[0].1));
+    assert!(detect(true, &PREFACE[..8]));
+    assert!(!detect(true, &PREFACE[..7]));
+    assert!(!detect(true, b"GET / HTTP/1.1\r\n\r\n"));
+    let server = recs.iter().find(|r| !r.0).unwrap();
+    assert!(detect(false, &server.1));
+    assert!(!detect(false, b"HTTP/1.1 200 OK\r\n\r\n"));
+    assert!(
+        !detect(false, &recs[0].1),
+        "client bytes are not a server SETTINGS"
+    );
+    // SETTINGS with a length that is not a multiple of 6, or on a stream.
+    assert!(!detect(false, &[0, 0, 5, 4, 0, 0, 0, 0, 0]));
+    assert!(!detect(false, &[0, 0, 6, 4, 0, 0, 0, 0, 1]));
+}
+
+#[test]
+fn grpc_health_check_watch_and_not_found() {
+    let out = run(
+        &mut Http2Connection::new(),
+        &records("grpc_health.bin"),
+        usize::MAX,
+    );
+    assert_eq!(errors(&out), Vec::<&str>::new());
+    let s = streams(&out);
+    assert_eq!(
+        paths(&s),
+        [(1, CHECK), (3, CHECK), (5, CHECK), (7, WATCH), (9, CHECK)]
+            .map(|(i, p)| (i, p.to_string()))
+    );
+    for x in &s {
+        assert_eq!(x.request.method, "POST");
+        assert!(x.request.is_grpc(), "{x:?}");
+        assert_eq!(x.request.scheme.as_deref(), Some("http"));
+        assert!(x
+            .request
+            .authority
+            .as_deref()
+            .unwrap()
+            .starts_with("127.0.0.1:"));
+        assert!(x
+            .request
+            .user_agent
+            .as_deref()
+            .unwrap()
+            .contains("grpc-python"));
+        assert_eq!(x.status, Some(200));
+        assert!(!x.hpack_unknown);
+        assert!(x.response_end_ns >= x.request_start.exit_ns);
+    }
+    let grpc: Vec<_> = s.iter().map(|x| x.grpc_status).collect();
+    assert_eq!(grpc, [Some(0), Some(0), Some(5), None, Some(0)]);
+    // grpcio answers NOT_FOUND with an empty message body and trailers.
+    assert_eq!(s[2].grpc_message.as_deref(), Some(""));
+    assert_eq!(s[2].response_body_bytes, 5);
+    // Metadata from the second call.
+    assert_eq!(s[1].request.traceparent.as_deref(), Some(TRACEPARENT));
+    assert_eq!(s[1].request.tracestate.as_deref(), Some("k=v"));
+    assert_eq!(s[0].request.traceparent, None);
+    // Unary: 5-byte gRPC frame header + 0-byte message each way... the
+    // request names no service; the response says SERVING (7 bytes).
+    assert_eq!((s[0].request_body_bytes, s[0].response_body_bytes), (5, 7));
+    // Watch streamed two updates, then the client cancelled (CANCEL = 8).
+    let watch = s[3];
+    assert_eq!(watch.reset, Some(8));
+    assert_eq!(watch.response_body_bytes, 14);
+    assert!(watch.response_end_ns > s[2].response_end_ns);
+    assert!(watch.response_end_ns < s[4].request_start.enter_ns);
+    // RequestStart precedes each stream and carries its trace context.
+    let starts: Vec<_> = out
+        .iter()
+        .filter_map(|e| match e {
+            Http2Event::RequestStart {
+                stream_id,
+                traceparent,
+                ..
+            } => Some((*stream_id, traceparent.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(starts.len(), 5);
+    assert_eq!(starts[1], (3, Some(TRACEPARENT.to_string())));
+}
+
+#[test]
+fn any_segmentation_gives_the_same_streams() {
+    for name in ["grpc_health.bin", "nginx_h2c.bin"] {
+        let recs = records(name);
+        let whole = run(&mut Http2Connection::new(), &recs, usize::MAX);
+        for size in [1, 7, 9, 100] {
+            let split: Vec<(bool, Vec<u8>)> = recs
+                .iter()
+                .flat_map(|(c, b)| {
+                    b.chunks(size)
+                        .map(|ch| (*c, ch.to_vec()))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let out = run(&mut Http2Connection::new(), &split, usize::MAX);
+            let strip = |ss: Vec<&Http2Stream>| {
+                ss.into_iter()
+                    .map(|s| {
+                        (
+                            s.stream_id,
+                            s.request.clone(),
+                            s.status,
+                            s.grpc_status,
+                            s.response_body_bytes,
+                            s.reset,
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                strip(streams(&out)),
+                strip(streams(&whole)),
+                "{name} in {size}-byte pieces"
+            );
+            assert!(errors(&out).is_empty());
+        }
+    }
+}
+
+#[test]
+fn nginx_concurrent_streams_prior_knowledge() {
+    let out = run(
+        &mut Http2Connection::new(),
+        &records("nginx_h2c.bin"),
+        usize::MAX,
+    );
+    assert_eq!(errors(&out), Vec::<&str>::new());
+    let s = streams(&out);
+    let got: Vec<_> = s
+        .iter()
+        .map(|x| (x.stream_id, x.request.path.as_str(), x.status))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (1, "/index.html", Some(200)),
+            (3, "/missing", Some(404)),
+            (5, "/echo", Some(200)),
+            (7, "/big.bin", Some(200))
+        ]
+    );
+    assert_eq!(s[0].response_body_bytes, 3027);
+    assert_eq!(s[2].response_body_bytes, 15);
+    assert_eq!(s[3].response_body_bytes, 100_000);
+    assert_eq!(s[0].request.traceparent.as_deref(), Some(TRACEPARENT));
+    assert_eq!(s[1].request.traceparent, None);
+    assert!(s
+        .iter()
+        .all(|x| x.request.method == "GET" && x.grpc_status.is_none() && !x.request.is_grpc()));
+}
+
+#[test]
+fn curl_prior_knowledge_single_request() {
+    let out = run(
+        &mut Http2Connection::new(),
+        &records("nginx_curl.bin"),
+        usize::MAX,
+    );
+    let s = streams(&out);
+    assert_eq!(s.len(), 1, "{out:?}");
+    assert_eq!(
+        (s[0].request.path.as_str(), s[0].status),
+        ("/index.html", Some(200))
+    );
+    assert!(s[0]
+        .request
+        .user_agent
+        .as_deref()
+        .unwrap()
+        .starts_with("curl/"));
+    assert_eq!(s[0].request.traceparent.as_deref(), Some(TRACEPARENT));
+    assert_eq!(s[0].response_body_bytes, 3027);
+}
+
+#[test]
+fn h2c_upgrade_stream_one_is_the_http1_request() {
+    let recs = records("h2c_upgrade.bin");
+    let req = crate::http1::parse_request(&recs[0].1).unwrap().unwrap();
+    assert_eq!(
+        recs[0].1.len(),
+        req.head_len,
+        "the upgrade request has no body"
+    );
+    let start = Timing {
+        enter_ns: 50,
+        exit_ns: 51,
+    };
+    let request = Http2Request {
+        method: req.method.clone(),
+        path: req.target.clone(),
+        authority: req.host.clone(),
+        scheme: Some("http".into()),
+        user_agent: req.user_agent.clone(),
+        ..Default::default()
+    };
+    let mut conn = Http2Connection::after_upgrade(request, start);
+    // The server's first read holds the 101 head and then HTTP/2 frames.
+    let first = &recs[1].1;
+    let head_end = first.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(first.starts_with(b"HTTP/1.1 101"));
+    let mut rest = vec![(false, first[head_end..].to_vec())];
+    rest.extend(recs[2..].iter().cloned());
+    let out = run(&mut conn, &rest, usize::MAX);
+    assert_eq!(errors(&out), Vec::<&str>::new());
+    let s = streams(&out);
+    assert_eq!(s.len(), 1);
+    assert_eq!(
+        (s[0].stream_id, s[0].request.path.as_str(), s[0].status),
+        (1, "/up", Some(200))
+    );
+    assert_eq!(s[0].request_start, start);
+    assert_eq!(s[0].response_body_bytes, 9);
+    assert!(!s[0].hpack_unknown);
+}
+
+#[test]
+fn joined_mid_connection_marks_unknown_and_never_guesses() {
+    let recs = records("grpc_health.bin");
+    for skip in 1..recs.len() {
+        let out = run(&mut Http2Connection::new(), &recs[skip..], usize::MAX);
+        for s in streams(&out) {
+            let expected = if s.stream_id == 7 { WATCH } else { CHECK };
+            assert!(
+                s.request.path.is_empty() || s.request.path == expected,
+                "skip {skip}: {s:?}"
+            );
+            assert!(s.request.method.is_empty() || s.request.method == "POST");
+            assert!(s.status.is_none() || s.status == Some(200));
+            assert!(s.request.traceparent.is_none() || s.stream_id == 3);
+            if let Some(g) = s.grpc_status {
+                assert_eq!(g, if s.stream_id == 5 { 5 } else { 0 }, "skip {skip}");
+            }
+        }
+    }
+    // Joined after the first call's request: its response is still reported.
+    let out = run(&mut Http2Connection::new(), &recs[4..], usize::MAX);
+    let s = streams(&out);
+    assert_eq!(
+        s.iter().map(|x| x.stream_id).collect::<Vec<_>>(),
+        [1, 3, 5, 7, 9]
+    );
+    assert!(s.iter().all(|x| x.hpack_unknown));
+    assert!(s[0].request.path.is_empty() && s[0].request_body_bytes == 0);
+    // Watch's path was sent as a new literal after we joined: known.
+    assert_eq!(s[3].request.path, WATCH);
+    assert_eq!(s[3].reset, Some(8));
+    assert!(errors(&out).contains(&"hpack_desync"));
+    // Known constructor: same result.
+    let out2 = run(
+        &mut Http2Connection::mid_connection(),
+        &recs[4..],
+        usize::MAX,
+    );
+    assert_eq!(streams(&out2), s);
+}
+
+#[test]
+fn truncated_capture_loses_sync_then_recovers() {
+    let recs = records("nginx_h2c.bin");
+    let out = run(&mut Http2Connection::new(), &recs, 8192);
+    assert!(errors(&out).contains(&"sync_lost"), "{:?}", errors(&out));
+    let s = streams(&out);
+    // Headers were all in small reads: every path is right.
+    for x in &s {
+        let want = ["/index.html", "/missing", "/echo", "/big.bin"][(x.stream_id as usize - 1) / 2];
+        assert_eq!(x.request.path, want);
+    }
+    // Small captures everywhere: never a wrong path or status.
+    for cap in [0, 9, 16, 40, 100, 1000] {
+        for name in ["grpc_health.bin", "nginx_h2c.bin", "nginx_curl.bin"] {
+            let out = run(&mut Http2Connection::new(), &records(name), cap);
+            for x in streams(&out) {
+                assert!(
+                    x.request.path.is_empty()
+                        || [CHECK, WATCH, "/index.html", "/missing", "/echo", "/big.bin"]
+                            .contains(&x.request.path.as_str()),
+                    "{name} cap {cap}: {x:?}"
+                );
+                assert!(matches!(x.status, None | Some(200) | Some(404)));
+            }
+        }
+    }
+}
+
+/// Frame bytes for synthetic cases.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut v = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    v.extend([kind, flags]);
+    v.extend(stream.to_be_bytes());
+    v.extend(payload);
+    v
+}
+
+fn seg_at(data: &[u8], t: u64) -> Segment<'_> {
+    Segment {
+        data,
+        total_len: data.len(),
+        tail: &[],
+        timing: Timing {
+            enter_ns: t,
+            exit_ns: t + 1,
+        },
+    }
+}
+
+#[test]
+fn padding_priority_continuation_goaway() {
+    let mut c = Http2Connection::new();
+    let mut out = Vec::new();
+    let mut client = PREFACE.to_vec();
+    client.extend(frame(frame::SETTINGS, 0, 0, &[]));
+    // HEADERS (PADDED | PRIORITY): :method GET, :scheme http, then the
+    // block continues: :path /index.html.
+    let mut p = vec![2u8]; // pad length
+    p.extend([0, 0, 0, 0, 16]); // priority
+    p.extend([0x82, 0x86]);
+    p.extend([0, 0]);
+    client.extend(frame(
+        frame::HEADERS,
+        frame::PADDED | frame::PRIORITY_FLAG | frame::END_STREAM,
+        1,
+        &p,
+    ));
+    client.extend(frame(frame::CONTINUATION, frame::END_HEADERS, 1, &[0x85]));
+    // A second request the server will refuse by GOAWAY.
+    client.extend(frame(
+        frame::HEADERS,
+        frame::END_HEADERS | frame::END_STREAM,
+        3,
+        &[0x82, 0x86, 0x84],
+    ));
+    c.feed(true, &seg_at(&client, 10), &mut out);
+    let mut server = frame(frame::SETTINGS, 0, 0, &[0, 1, 0, 0, 0x10, 0]);
+    server.extend(frame(frame::GOAWAY, 0, 0, &[0, 0, 0, 1, 0, 0, 0, 0]));
+    server.extend(frame(frame::HEADERS, frame::END_HEADERS, 1, &[0x88])); // :status 200
+    server.extend(frame(0xfa, 0, 1, b"unknown type"));
+    server.extend(frame(
+        frame::DATA,
+        frame::PADDED | frame::END_STREAM,
+        1,
+        &[3, b'h', b'i', 0, 0, 0],
+    ));
+    c.feed(false, &seg_at(&server, 20), &mut out);
+    c.close(&mut out);
+    assert_eq!(errors(&out), ["goaway_refused"]);
+    let s = streams(&out);
+    assert_eq!(s.len(), 1);
+    assert_eq!(
+        (s[0].request.method.as_str(), s[0].request.path.as_str()),
+        ("GET", "/index.html")
+    );
+    assert_eq!(
+        (s[0].status, s[0].response_body_bytes, s[0].response_end_ns),
+        (Some(200), 2, 21)
+    );
+}
+
+#[test]
+fn lost_headers_frame_marks_following_streams_unknown() {
+    let mut c = Http2Connection::new();
+    let mut out = Vec::new();
+    let mut client = PREFACE.to_vec();
+    // Stream 1 inserts :authority "x" (literal, incremental indexing).
+    client.extend(frame(
+        frame::HEADERS,
+        frame::END_HEADERS | frame::END_STREAM,
+        1,
+        &[0x82, 0x86, 0x84, 0x41, 1, b'x'],
+    ));
+    c.feed(true, &seg_at(&client, 10), &mut out);
+    // Stream 3's HEADERS is cut after its frame header (a big block).
+    let mut h3 = frame(
+        frame::HEADERS,
+        frame::END_HEADERS | frame::END_STREAM,
+        3,
+        &[0x82, 0x86, 0x84, 0x41, 1, b'y'],
+    );
+    let total = h3.len();
+    h3.truncate(9);
+    c.feed(
+        true,
+        &Segment {
+            data: &h3,
+            total_len: total,
+            tail: &[],
+            timing: Timing {
+                enter_ns: 20,
+                exit_ns: 21,
+            },
+        },
+        &mut out,
+    );
+    // Stream 5 refers to index 62: "y" in truth, "x" in our stale table.
+    c.feed(
+        true,
+        &seg_at(
+            &frame(
+                frame::HEADERS,
+                frame::END_HEADERS | frame::END_STREAM,
+                5,
+                &[0x82, 0x86, 0x84, 0xbe],
+            ),
+            30,
+        ),
+        &mut out,
+    );
+    let mut server = frame(frame::SETTINGS, 0, 0, &[]);
+    for id in [1, 3, 5] {
+        server.extend(frame(
+            frame::HEADERS,
+            frame::END_HEADERS | frame::END_STREAM,
+            id,
+            &[0x88],
+        ));
+    }
+    c.feed(false, &seg_at(&server, 40), &mut out);
+    let s = streams(&out);
+    assert_eq!(s.len(), 3);
+    assert_eq!(s[0].request.authority.as_deref(), Some("x"));
+    assert!(!s[0].hpack_unknown);
+    assert!(s[1].hpack_unknown && s[1].request.path.is_empty());
+    assert!(s[2].hpack_unknown, "{:?}", s[2]);
+    assert_eq!(s[2].request.authority, None, "never the stale entry");
+    assert_eq!(s[2].request.path, "/");
+    assert!(errors(&out).contains(&"hpack_desync"));
+}
+
+#[test]
+fn stream_cap_bounds_memory() {
+    let mut c = Http2Connection::new();
+    let mut out = Vec::new();
+    c.feed(true, &seg_at(PREFACE, 1), &mut out);
+    for i in 0..(MAX_STREAMS as u32 + 10) {
+        let f = frame(
+            frame::HEADERS,
+            frame::END_HEADERS,
+            2 * i + 1,
+            &[0x83, 0x86, 0x84],
+        );
+        c.feed(true, &seg_at(&f, 2), &mut out);
+    }
+    assert_eq!(c.open_streams(), MAX_STREAMS);
+    assert_eq!(
+        errors(&out)
+            .iter()
+            .filter(|e| **e == "too_many_streams")
+            .count(),
+        10
+    );
+}
+
+#[test]
+fn grpc_trailers_only_status_and_percent_decoded_message() {
+    let mut c = Http2Connection::new();
+    let mut out = Vec::new();
+    let mut client = PREFACE.to_vec();
+    // :method POST, :scheme http, :path literal, content-type literal.
+    let mut block = vec![0x83, 0x86, 0x04, 6];
+    block.extend(b"/a.B/C");
+    block.extend([0x0f, 0x10, 16]);
+    block.extend(b"application/grpc");
+    client.extend(frame(frame::HEADERS, frame::END_HEADERS, 1, &block));
+    client.extend(frame(frame::DATA, frame::END_STREAM, 1, &[0, 0, 0, 0, 0]));
+    c.feed(true, &seg_at(&client, 10), &mut out);
+    // Trailers-Only: :status 200, grpc-status 14, grpc-message "no way%21".
+    let mut resp = vec![0x88, 0x00, 11];
+    resp.extend(b"grpc-status");
+    resp.extend([2]);
+    resp.extend(b"14");
+    resp.extend([0x00, 12]);
+    resp.extend(b"grpc-message");
+    resp.extend([9]);
+    resp.extend(b"no way%21");
+    let mut server = frame(frame::SETTINGS, 0, 0, &[]);
+    server.extend(frame(
+        frame::HEADERS,
+        frame::END_HEADERS | frame::END_STREAM,
+        1,
+        &resp,
+    ));
+    c.feed(false, &seg_at(&server, 20), &mut out);
+    let s = streams(&out);
+    assert_eq!(s.len(), 1, "{out:?}");
+    assert!(s[0].request.is_grpc());
+    assert_eq!(s[0].request.path, "/a.B/C");
+    assert_eq!((s[0].status, s[0].grpc_status), (Some(200), Some(14)));
+    assert_eq!(s[0].grpc_message.as_deref(), Some("no way!"));
+}
