@@ -64,6 +64,9 @@ enum at_syscall {
 	AT_SYS_SENDMSG,
 	AT_SYS_SENDFILE,
 	AT_SYS_SENDMMSG,
+	AT_SYS_SSL_READ,      /* plaintext returned by SSL_read/SSL_read_ex */
+	AT_SYS_SSL_WRITE,     /* plaintext given to SSL_write/SSL_write_ex */
+	AT_SYS_SSL_HANDSHAKE, /* SSL_do_handshake succeeded: enter_ns = first attempt */
 };
 
 enum at_proc_kind {
@@ -83,6 +86,7 @@ enum at_counter {
 	AT_CNT_IOV_CUT = 4,       /* more iovecs than AT_MAX_IOV */
 	AT_CNT_ARGS_MISSING = 5,  /* exit without a matching enter */
 	AT_CNT_FLOW_LOST = 6,     /* ring buffer full: TCP lifecycle event dropped */
+	AT_CNT_TLS_NO_FD = 7,     /* TLS call whose socket we never saw: plaintext dropped */
 	AT_CNT_MAX = 8,
 };
 

@@ -65,9 +65,22 @@ struct at_syscall_args {
 /* Per-thread state in task-local storage: no hashing, freed with the
  * thread. `args`: syscall arguments saved at entry for the exit; `ctx`: the
  * server request this thread serves (trace context inside a process). */
+/* A TLS library call in progress on this thread (uprobe entry -> return). */
+struct at_ssl_call {
+	__u64 ssl;     /* SSL* */
+	__u64 buf;     /* plaintext buffer */
+	__u64 len_ptr; /* SSL_*_ex: where the byte count is written; 0 otherwise */
+	__u64 enter_ns;
+	__s32 fd;      /* socket the library used, -1 until known */
+	__u8 kind;     /* AT_SYS_SSL_* */
+	__u8 active;
+	__u8 _pad[2];
+};
+
 struct at_task_state {
 	struct at_syscall_args args;
 	struct at_thread_ctx ctx;
+	struct at_ssl_call ssl;
 	__u8 args_valid;
 	__u8 ctx_valid;
 	__u8 _pad[6];
@@ -84,6 +97,15 @@ static __always_inline struct at_task_state *task_state_get(__u64 flags)
 {
 	return bpf_task_storage_get(&task_state, bpf_get_current_task_btf(), 0, flags);
 }
+
+/* SSL* -> socket fd, learned from the syscalls a TLS call makes: a later
+ * SSL_read served from the library's buffer makes none. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __s32);
+} ssl_fds SEC(".maps");
 
 /* Scratch space for building a data event (too big for the 512-byte stack). */
 struct {

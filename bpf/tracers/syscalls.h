@@ -37,6 +37,12 @@ static __always_inline int save_args(__s32 fd, __u64 buf, __u64 iovcnt, __u8 sys
 	struct at_task_state *st = task_state_get(BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!st)
 		return 0;
+	if (st->ssl.active && st->ssl.fd != fd) {
+		/* Inside SSL_read/SSL_write/SSL_do_handshake: this is its socket. */
+		st->ssl.fd = fd;
+		__u64 ssl = st->ssl.ssl;
+		bpf_map_update_elem(&ssl_fds, &ssl, &fd, BPF_ANY);
+	}
 	st->args.enter_ns = bpf_ktime_get_ns();
 	st->args.buf = buf;
 	st->args.iovcnt = iovcnt;
@@ -170,6 +176,49 @@ static __always_inline void emit_mmsg(struct at_data_event *ev, __u64 vec, long 
 	}
 }
 
+/* Fills the fixed part of a data event in this CPU's scratch slot, and
+ * keeps the thread's "request being served" context up to date. */
+static __always_inline struct at_data_event *begin_event(struct at_task_state *st, struct at_conn_info *info,
+							  __u32 tid, __u32 tgid, __s32 fd, __u8 direction,
+							  __u8 syscall, __u64 enter_ns, long ret)
+{
+	__u32 zero = 0;
+	struct at_data_event *ev = bpf_map_lookup_elem(&data_scratch, &zero);
+	if (!ev)
+		return 0;
+	ev->type = AT_EV_DATA;
+	ev->direction = direction;
+	ev->role = info->role;
+	ev->syscall = syscall;
+	ev->pid = tgid;
+	ev->tid = tid;
+	ev->fd = fd;
+	ev->conn_start_ns = info->start_ns;
+	ev->enter_ns = enter_ns;
+	ev->exit_ns = bpf_ktime_get_ns();
+	ev->total_len = (__u32)ret;
+	ev->captured_len = 0;
+	ev->tail_len = 0;
+	ev->tuple = info->tuple;
+	ev->ctx_fd = -1;
+	ev->_pad = 0;
+	ev->ctx_conn_start_ns = 0;
+	if (info->role == AT_ROLE_SERVER) {
+		if (direction == AT_DIR_INGRESS) {
+			/* This thread now serves the request arriving on this connection. */
+			st->ctx.fd = fd;
+			st->ctx.conn_start_ns = info->start_ns;
+			st->ctx_valid = 1;
+		}
+	} else if (direction == AT_DIR_EGRESS) {
+		if (st->ctx_valid) {
+			ev->ctx_fd = st->ctx.fd;
+			ev->ctx_conn_start_ns = st->ctx.conn_start_ns;
+		}
+	}
+	return ev;
+}
+
 /* Exit side: pairs with the saved entry, resolves the connection, emits. */
 static __always_inline int emit_data(long ret, __u8 direction)
 {
@@ -186,45 +235,15 @@ static __always_inline int emit_data(long ret, __u8 direction)
 	if (ret <= 0)
 		return 0;
 
+	/* Ciphertext of a TLS call we hook: its plaintext comes from the uprobe. */
+	if (st->ssl.active && st->ssl.kind != AT_SYS_SSL_HANDSHAKE)
+		return 0;
 	struct at_conn_info *info = lookup_conn(tgid, a.fd, AT_ROLE_UNKNOWN, 0);
 	if (!info || !info->is_socket)
 		return 0;
-
-	__u32 zero = 0;
-	struct at_data_event *ev = bpf_map_lookup_elem(&data_scratch, &zero);
+	struct at_data_event *ev = begin_event(st, info, tid, tgid, a.fd, direction, a.syscall, a.enter_ns, ret);
 	if (!ev)
 		return 0;
-	ev->type = AT_EV_DATA;
-	ev->direction = direction;
-	ev->role = info->role;
-	ev->syscall = a.syscall;
-	ev->pid = tgid;
-	ev->tid = tid;
-	ev->fd = a.fd;
-	ev->conn_start_ns = info->start_ns;
-	ev->enter_ns = a.enter_ns;
-	ev->exit_ns = bpf_ktime_get_ns();
-	ev->total_len = (__u32)ret;
-	ev->captured_len = 0;
-	ev->tail_len = 0;
-	ev->tuple = info->tuple;
-	ev->ctx_fd = -1;
-	ev->_pad = 0;
-	ev->ctx_conn_start_ns = 0;
-	if (info->role == AT_ROLE_SERVER) {
-		if (direction == AT_DIR_INGRESS) {
-			/* This thread now serves the request arriving on this connection. */
-			st->ctx.fd = a.fd;
-			st->ctx.conn_start_ns = info->start_ns;
-			st->ctx_valid = 1;
-		}
-	} else if (direction == AT_DIR_EGRESS) {
-		if (st->ctx_valid) {
-			ev->ctx_fd = st->ctx.fd;
-			ev->ctx_conn_start_ns = st->ctx.conn_start_ns;
-		}
-	}
-
 	if (a.syscall == AT_SYS_SENDMMSG) {
 		emit_mmsg(ev, a.buf, ret);
 		return 0;

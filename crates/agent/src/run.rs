@@ -109,12 +109,20 @@ fn run(cfg: Config) -> Result<()> {
         .name("export-metrics".into())
         .spawn(move || metrics_exporter.run(metrics_stop_rx))?;
 
+    // TLS probes: the system's libssl now (processes started later are
+    // covered from their first call), other files as discovery finds them.
+    let (tls_tx, tls_rx) = crossbeam_channel::bounded::<std::path::PathBuf>(4096);
+    for lib in crate::tracer::tls::system_libssl() {
+        let r = tracer.attach_tls(&lib);
+        metrics.tls_attach(r.label());
+    }
     let mut discoverer = Discoverer::new(
         cfg.discovery.clone(),
         tracer.selected_pids_handle()?,
         resources.clone(),
         metrics.clone(),
-    );
+    )
+    .with_tls(tls_tx);
     // Select what already runs before saying we are ready.
     discoverer.full_scan();
     let discovery_thread = std::thread::Builder::new()
@@ -136,7 +144,7 @@ fn run(cfg: Config) -> Result<()> {
         proc_tx,
         metrics.clone(),
     )));
-    read_loop(&tracer, &pipeline, &metrics, &shutdown)?;
+    read_loop(&tracer, &pipeline, &metrics, &shutdown, &tls_rx)?;
 
     // Detach first: after this nothing of ours runs in the kernel.
     let attached = tracer.attached();
@@ -156,6 +164,7 @@ fn read_loop(
     pipeline: &Rc<RefCell<Pipeline>>,
     metrics: &SelfMetrics,
     shutdown: &AtomicBool,
+    tls_files: &crossbeam_channel::Receiver<std::path::PathBuf>,
 ) -> Result<()> {
     // The process ring goes first: a consume() pass then sees a process's
     // exec decision before any data that process produced after it.
@@ -185,6 +194,10 @@ fn read_loop(
         }
         let _ = rings.consume();
         pipeline.borrow_mut().after_drain();
+        while let Ok(file) = tls_files.try_recv() {
+            let r = tracer.attach_tls(&file);
+            metrics.tls_attach(r.label());
+        }
         if Instant::now() >= next_tick {
             next_tick += Duration::from_secs(1);
             pipeline.borrow_mut().tick(clock::monotonic_ns());

@@ -48,11 +48,14 @@ pub struct SelfMetrics {
     pub instrumented_processes: Gauge,
     pub cpu_seconds: Counter<f64, AtomicU64>,
     pub resident_memory: Gauge,
+    /// Files offered for TLS probes, by result (attached, no_symbols, ...).
+    pub tls_files: Family<ReasonLabel, Counter>,
 }
 
 impl SelfMetrics {
     pub fn new() -> Self {
         Self {
+            tls_files: Family::default(),
             events_received: Family::default(),
             events_lost: Family::default(),
             kernel_counters: Family::default(),
@@ -93,6 +96,11 @@ impl SelfMetrics {
             "parse_errors",
             "Traffic a protocol parser could not follow, per protocol and kind",
             self.parse_errors.clone(),
+        );
+        r.register(
+            "tls_files",
+            "Files offered for TLS uprobes, by result (attached, no_symbols, already_done)",
+            self.tls_files.clone(),
         );
         r.register(
             "decode_errors",
@@ -187,6 +195,14 @@ impl SelfMetrics {
                 kind: kind.to_owned(),
             })
             .inc_by(n);
+    }
+
+    pub fn tls_attach(&self, result: &str) {
+        self.tls_files
+            .get_or_create(&ReasonLabel {
+                reason: result.to_owned(),
+            })
+            .inc();
     }
 
     pub fn dropped(&self, reason: &str, n: u64) {

@@ -103,6 +103,9 @@ pub struct Discoverer {
     selected: HashMap<u32, u64>,
     /// SDK-instrumented processes already logged.
     sdk_noted: std::collections::HashSet<u32>,
+    /// Files handed to the TLS attacher (it runs on the reader thread).
+    tls_files: Option<crossbeam_channel::Sender<std::path::PathBuf>>,
+    tls_offered: std::collections::HashSet<std::path::PathBuf>,
 }
 
 impl Discoverer {
@@ -121,6 +124,28 @@ impl Discoverer {
             self_pid: std::process::id(),
             selected: HashMap::new(),
             sdk_noted: Default::default(),
+            tls_files: None,
+            tls_offered: Default::default(),
+        }
+    }
+
+    /// Where to send files that may need TLS probes (None: TLS capture off).
+    pub fn with_tls(mut self, files: crossbeam_channel::Sender<std::path::PathBuf>) -> Self {
+        self.tls_files = Some(files);
+        self
+    }
+
+    /// Offers the TLS candidate files of a selected process, once each.
+    /// Repeated on rescans: a library loaded later (dlopen) is found then.
+    fn offer_tls_files(&mut self, pid: u32) {
+        let Some(tx) = &self.tls_files else {
+            return;
+        };
+        for f in procfs::tls_candidates(pid) {
+            let key = std::fs::canonicalize(&f).unwrap_or(f);
+            if self.tls_offered.len() < 4096 && self.tls_offered.insert(key.clone()) {
+                let _ = tx.try_send(key);
+            }
         }
     }
 
@@ -210,6 +235,7 @@ impl Discoverer {
             .insert(pid, res);
         self.selected.insert(pid, start);
         self.metrics.set_instrumented(self.selected.len());
+        self.offer_tls_files(pid);
     }
 
     /// A child the kernel selected at fork: record it, never write the kernel
@@ -237,6 +263,7 @@ impl Discoverer {
         self.selected
             .insert(pid, procfs::start_time(pid).unwrap_or(0));
         self.metrics.set_instrumented(self.selected.len());
+        self.offer_tls_files(pid);
     }
 
     fn deselect(&mut self, pid: u32) {
@@ -275,6 +302,10 @@ impl Discoverer {
             .collect();
         for pid in gone {
             self.exited(pid);
+        }
+        let selected: Vec<u32> = self.selected.keys().copied().collect();
+        for pid in selected {
+            self.offer_tls_files(pid);
         }
     }
 

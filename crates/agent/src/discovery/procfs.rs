@@ -161,3 +161,29 @@ mod tests {
             .contains(&port));
     }
 }
+
+/// Files of a process where TLS probes may go: every mapped libssl, and the
+/// executable itself (OpenSSL linked in statically). Paths are seen through
+/// the process's root, so containers' own libraries are found.
+pub fn tls_candidates(pid: u32) -> Vec<std::path::PathBuf> {
+    let root = format!("/proc/{pid}/root");
+    let mut out: Vec<std::path::PathBuf> = Vec::new();
+    if let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+        for line in maps.lines() {
+            let Some(path) = line.split_whitespace().nth(5) else {
+                continue;
+            };
+            let file = path.rsplit('/').next().unwrap_or(path);
+            if file.starts_with("libssl.so") {
+                let p = std::path::PathBuf::from(format!("{root}{path}"));
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+        }
+    }
+    if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
+        out.push(std::path::PathBuf::from(format!("{root}{}", exe.display())));
+    }
+    out
+}

@@ -38,6 +38,7 @@ pub enum Metric {
     DnsLookupDuration,
     RpcServerDuration,
     RpcClientDuration,
+    TlsHandshakeDuration,
 }
 
 pub struct MetricDef {
@@ -52,7 +53,8 @@ pub struct MetricDef {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 12] = [
+    pub const ALL: [Metric; 13] = [
+        Metric::TlsHandshakeDuration,
         Metric::RpcServerDuration,
         Metric::RpcClientDuration,
         Metric::HttpServerDuration,
@@ -130,6 +132,13 @@ impl Metric {
                 unit: "s",
                 description:
                     "Time from SYN to established (or to failure) of outgoing TCP connections.",
+                buckets: DB_DURATION_BUCKETS,
+                counter: false,
+            },
+            Metric::TlsHandshakeDuration => MetricDef {
+                name: "autotel.tls.handshake.duration",
+                unit: "s",
+                description: "TLS handshakes: first SSL_do_handshake call to success.",
                 buckets: DB_DURATION_BUCKETS,
                 counter: false,
             },

@@ -13,6 +13,7 @@ pub mod http_span;
 pub mod network;
 pub mod routes;
 pub mod sampler;
+pub mod tls;
 
 use crate::config::Discovery;
 use crate::discovery::{resource, ProcEvent, Resources};
@@ -102,6 +103,9 @@ struct Conn {
     /// None until the first bytes with content arrive.
     proto: Option<Proto>,
     held: Option<Held>,
+    /// Set once TLS is seen (handshake records or library plaintext): raw
+    /// bytes are then ciphertext and only the plaintext is parsed.
+    tls: Option<Box<tls::TlsState>>,
     role: Role,
     tuple: ConnTuple,
     /// Addresses formatted once per connection, not per span.
@@ -388,6 +392,7 @@ impl Pipeline {
                     peer_addr: h.tuple.remote_addr().to_string(),
                     proto: None,
                     held: None,
+                    tls: None,
                     role: match h.role {
                         abi::ROLE_SERVER => Role::Server,
                         abi::ROLE_CLIENT => Role::Client,
@@ -402,6 +407,10 @@ impl Pipeline {
             }
         };
         conn.last_ns = h.exit_ns;
+        if !self.tls_gate(&mut conn, d) {
+            self.conns.insert(key, conn);
+            return;
+        }
         if !conn.is_opaque() {
             if parent.is_some() {
                 conn.client_parent = parent;
@@ -451,6 +460,60 @@ impl Pipeline {
             self.feed(key.pid, &mut conn, dir, &seg);
         }
         self.conns.insert(key, conn);
+    }
+
+    /// Sorts TLS out of the data path: returns false when these bytes must
+    /// not reach a parser (ciphertext, handshake records, handshake events).
+    fn tls_gate(&mut self, conn: &mut Conn, d: &DataEvent<'_>) -> bool {
+        let h = &d.header;
+        match h.syscall {
+            abi::SYS_SSL_HANDSHAKE => {
+                let state = conn.tls.get_or_insert_with(Default::default);
+                let ns = h.exit_ns.saturating_sub(h.enter_ns);
+                state.handshake_ns = Some(ns);
+                let mut attrs = vec![(
+                    "autotel.tcp.role",
+                    if conn.role == Role::Server {
+                        "server"
+                    } else {
+                        "client"
+                    }
+                    .into(),
+                )];
+                if let Some(v) = &state.version {
+                    attrs.push(("tls.protocol.version", v.clone().into()));
+                }
+                let resource = self.resource(h.pid);
+                let now = self.clock.to_unix_ns(h.exit_ns);
+                self.red.lock().unwrap_or_else(|e| e.into_inner()).record(
+                    crate::metrics::Metric::TlsHandshakeDuration,
+                    &resource,
+                    attrs,
+                    ns as f64 / 1e9,
+                    now,
+                );
+                false
+            }
+            abi::SYS_SSL_READ | abi::SYS_SSL_WRITE => {
+                conn.tls.get_or_insert_with(Default::default);
+                true
+            }
+            _ => {
+                // Server-sent bytes: what the server writes, or the client reads.
+                let from_server = (h.direction == abi::DIR_INGRESS) == (conn.role != Role::Server);
+                if let Some(state) = conn.tls.as_mut() {
+                    state.observe_record(d.data, from_server);
+                    return false;
+                }
+                if conn.proto.is_none() && autotel_protocols::tls::is_record_start(d.data) {
+                    let mut state = Box::<tls::TlsState>::default();
+                    state.observe_record(d.data, from_server);
+                    conn.tls = Some(state);
+                    return false;
+                }
+                true
+            }
+        }
     }
 
     /// Picks the connection's parser from its first bytes. A first read of
@@ -596,7 +659,7 @@ impl Pipeline {
             return self.finish(pid, conn, &h2_span::to_exchange(s, server_side), ctx);
         }
         let sampled = ctx.sampled;
-        let span = h2_span::grpc_span(
+        let mut span = h2_span::grpc_span(
             h2_span::GrpcInput {
                 stream: s,
                 server_side,
@@ -608,6 +671,9 @@ impl Pipeline {
             },
             &self.clock,
         );
+        if let Some(t) = &conn.tls {
+            t.decorate(&mut span);
+        }
         self.red
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -705,7 +771,7 @@ impl Pipeline {
         ctx: SpanCtx,
     ) {
         let sampled = ctx.sampled;
-        let span = db_span::build(
+        let mut span = db_span::build(
             db_span::SpanInput {
                 op,
                 server_side,
@@ -718,6 +784,9 @@ impl Pipeline {
             },
             &self.clock,
         );
+        if let Some(t) = &conn.tls {
+            t.decorate(&mut span);
+        }
         self.red
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -790,7 +859,7 @@ impl Pipeline {
         let route = x.server_side.then(|| self.router.route(path));
         let resource = self.resource(pid);
         let sampled = ctx.sampled;
-        let span = http_span::build(
+        let mut span = http_span::build(
             http_span::SpanInput {
                 exchange: x,
                 tuple: &conn.tuple,
@@ -802,6 +871,9 @@ impl Pipeline {
             },
             &self.clock,
         );
+        if let Some(t) = &conn.tls {
+            t.decorate(&mut span);
+        }
         // Metrics see every span, before sampling or ignoring for traces.
         self.red
             .lock()

@@ -25,7 +25,7 @@ pub const PROC_LISTEN: u8 = 3;
 pub const PROC_FORK: u8 = 4;
 
 /// Per-CPU counter indexes (enum at_counter).
-pub const COUNTER_NAMES: [(u32, &str); 7] = [
+pub const COUNTER_NAMES: [(u32, &str); 8] = [
     (0, "data_lost"),
     (1, "proc_lost"),
     (2, "close_lost"),
@@ -33,7 +33,13 @@ pub const COUNTER_NAMES: [(u32, &str); 7] = [
     (4, "iov_cut"),
     (5, "args_missing"),
     (6, "flow_lost"),
+    (7, "tls_no_fd"),
 ];
+
+/// DataHeader::syscall values of TLS plaintext (enum at_syscall).
+pub const SYS_SSL_READ: u8 = 11;
+pub const SYS_SSL_WRITE: u8 = 12;
+pub const SYS_SSL_HANDSHAKE: u8 = 13;
 
 pub const TAIL_BYTES: usize = 32;
 pub const FILENAME_LEN: usize = 128;

@@ -3,6 +3,7 @@
 //! kernel-side counters. Dropping the Tracer detaches every program.
 
 pub mod abi;
+pub mod tls;
 pub mod tracefs;
 
 #[allow(clippy::all, dead_code, non_camel_case_types, unsafe_op_in_unsafe_fn)]
@@ -27,13 +28,21 @@ pub struct TracerOptions {
 pub struct Tracer {
     // Links first: they must drop (detach) before the object they point into.
     links: Vec<Link>,
+    /// Uprobe links of TLS libraries, added while the rings borrow the skeleton.
+    tls_links: std::cell::RefCell<Vec<Link>>,
+    /// TLS library files already handled (attached or skipped).
+    tls_seen: std::cell::RefCell<std::collections::HashSet<std::path::PathBuf>>,
     pub skel: AutotelSkel<'static>,
 }
 
 /// Routes libbpf's own messages (including verifier logs) into our logs.
 fn libbpf_log(level: libbpf_rs::PrintLevel, msg: String) {
     let msg = msg.trim_end();
+    // Symbol lookups of TLS probes fail for most binaries by design: the
+    // outcome is counted in autotel_tls_files_total, not worth a warning.
+    let expected = msg.contains("failed to find symbol") || msg.contains("in symtab for");
     match level {
+        libbpf_rs::PrintLevel::Warn if expected => tracing::debug!(target: "libbpf", "{msg}"),
         libbpf_rs::PrintLevel::Warn => tracing::warn!(target: "libbpf", "{msg}"),
         libbpf_rs::PrintLevel::Info => tracing::debug!(target: "libbpf", "{msg}"),
         libbpf_rs::PrintLevel::Debug => tracing::trace!(target: "libbpf", "{msg}"),
@@ -69,6 +78,8 @@ impl Tracer {
         )?;
         let mut tracer = Tracer {
             links: Vec::new(),
+            tls_links: Default::default(),
+            tls_seen: Default::default(),
             skel,
         };
         tracer.attach_all()?;
@@ -81,6 +92,9 @@ impl Tracer {
         let mut failed = Vec::new();
         for prog in self.skel.object().progs_mut() {
             let name = prog.name().to_string_lossy().into_owned();
+            if tls::is_tls_program(&name) {
+                continue; // attached per library file, see tls.rs
+            }
             match prog.attach() {
                 Ok(link) => self.links.push(link),
                 Err(e) => {
@@ -104,7 +118,7 @@ impl Tracer {
     }
 
     pub fn attached(&self) -> usize {
-        self.links.len()
+        self.links.len() + self.tls_links.borrow().len()
     }
 
     /// An owned handle to the selected-pid map, usable from another thread.
@@ -142,6 +156,8 @@ impl Tracer {
 
 impl Drop for Tracer {
     fn drop(&mut self) {
+        let tls = std::mem::take(self.tls_links.get_mut());
+        self.links.extend(tls);
         let n = self.links.len();
         // Each tracepoint link's release waits for an RCU grace period
         // (~70 ms here): release them all at once so the waits overlap and
