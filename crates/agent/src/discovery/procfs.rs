@@ -138,30 +138,6 @@ impl ListenScan {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn own_process_is_readable() {
-        let me = std::process::id();
-        assert!(all_pids().contains(&me));
-        assert!(exe_path(me).is_some());
-        assert!(!cmdline(me).is_empty());
-        assert!(ppid(me).is_some());
-        assert!(start_time(me).is_some());
-    }
-
-    #[test]
-    fn sees_own_listening_socket() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        assert!(ListenScan::default()
-            .ports(std::process::id())
-            .contains(&port));
-    }
-}
-
 /// Files of a process where TLS probes may go: every mapped libssl, and the
 /// executable itself (OpenSSL linked in statically). Paths are seen through
 /// the process's root, so containers' own libraries are found.
@@ -186,4 +162,28 @@ pub fn tls_candidates(pid: u32) -> Vec<std::path::PathBuf> {
         out.push(std::path::PathBuf::from(format!("{root}{}", exe.display())));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_readable() {
+        let me = std::process::id();
+        assert!(all_pids().contains(&me));
+        assert!(exe_path(me).is_some());
+        assert!(!cmdline(me).is_empty());
+        assert!(ppid(me).is_some());
+        assert!(start_time(me).is_some());
+    }
+
+    #[test]
+    fn sees_own_listening_socket() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(ListenScan::default()
+            .ports(std::process::id())
+            .contains(&port));
+    }
 }
