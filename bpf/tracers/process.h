@@ -75,6 +75,52 @@ int BPF_PROG(at_fork, struct task_struct *parent, struct task_struct *child)
 	return 0;
 }
 
+/* fds a process never closed would keep their conns entries (files and
+ * pipes are cached there as "not a socket"): walk its open-fd bitmap at
+ * exit, while the fd table still exists, and forget each. */
+struct at_exit_walk {
+	__u64 open_fds; /* kernel address of the bitmap */
+	__u32 words;
+	__u32 tgid;
+};
+
+static long exit_fd_word(__u64 i, void *ctx)
+{
+	struct at_exit_walk *w = ctx;
+	if (i >= w->words)
+		return 1;
+	__u64 bits = 0;
+	if (bpf_probe_read_kernel(&bits, sizeof(bits), (void *)(w->open_fds + i * 8)))
+		return 1;
+	for (int b = 0; b < 64 && bits; b++) {
+		if (bits & 1) {
+			__u64 key = conn_key(w->tgid, (__s32)(i * 64 + b));
+			bpf_map_delete_elem(&conns, &key);
+		}
+		bits >>= 1;
+	}
+	return 0;
+}
+
+/* Enough for 65536 descriptors; larger tables keep the rest to the LRU. */
+#define AT_MAX_FD_WORDS 1024
+
+static __always_inline void forget_open_fds(__u32 tgid)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt)
+		return;
+	struct at_exit_walk w = {
+		.open_fds = (__u64)BPF_CORE_READ(fdt, open_fds),
+		.words = (BPF_CORE_READ(fdt, max_fds) + 63) / 64,
+		.tgid = tgid,
+	};
+	if (!w.open_fds)
+		return;
+	bpf_loop(AT_MAX_FD_WORDS, exit_fd_word, &w, 0);
+}
+
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(at_exit)
 {
@@ -85,6 +131,7 @@ int BPF_PROG(at_exit)
 	if (!is_selected(tgid))
 		return 0;
 	bpf_map_delete_elem(&selected_pids, &tgid);
+	forget_open_fds(tgid);
 	emit_proc(AT_PROC_EXIT, tgid, 0);
 	return 0;
 }
