@@ -8,6 +8,7 @@ mod metrics;
 mod pipeline;
 mod run;
 mod selfmetrics;
+mod top;
 mod tracer;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,13 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Live view of what the agent sees (requests/s, errors, latency per
+    /// service and route; slow and failed requests); no collector needed.
+    Top {
+        /// YAML configuration file (environment variables override it).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Report what this host allows; non-zero exit if the agent cannot run.
     Check,
     /// Print the version.
@@ -51,7 +59,8 @@ fn main() {
             0
         }
         Command::Check => check::report(),
-        Command::Run { config } => run::main(config.as_deref()),
+        Command::Run { config } => run::main(config.as_deref(), run::Mode::Export),
+        Command::Top { config } => run::main(config.as_deref(), run::Mode::Top),
     };
     std::process::exit(code);
 }

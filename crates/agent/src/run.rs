@@ -26,7 +26,14 @@ use std::time::{Duration, Instant};
 /// How often the reader drains the rings when nothing woke it.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 
-pub fn main(config_path: Option<&Path>) -> i32 {
+/// Where spans go: exporters (`autotel run`) or the live view (`autotel top`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Export,
+    Top,
+}
+
+pub fn main(config_path: Option<&Path>, mode: Mode) -> i32 {
     let cfg = match Config::load(config_path) {
         Ok(c) => c,
         Err(ConfigError(msg)) => {
@@ -34,11 +41,13 @@ pub fn main(config_path: Option<&Path>) -> i32 {
             return 2;
         }
     };
-    init_logging(&cfg.log_level);
+    // The live view owns the terminal: logs go to a file then.
+    let log_file = (mode == Mode::Top).then(|| std::env::temp_dir().join("autotel-top.log"));
+    init_logging(&cfg.log_level, log_file.as_deref());
     for note in &cfg.notes {
         tracing::info!("{note}");
     }
-    match run(cfg) {
+    match run(cfg, mode) {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -48,16 +57,28 @@ pub fn main(config_path: Option<&Path>) -> i32 {
     }
 }
 
-fn init_logging(level: &str) {
+fn init_logging(level: &str, file: Option<&Path>) {
     let filter = tracing_subscriber::EnvFilter::try_new(format!("{level},libbpf=warn"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match file.and_then(|f| std::fs::File::create(f).ok()) {
+        Some(f) => {
+            let _ = builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(f))
+                .try_init();
+        }
+        None => {
+            let _ = builder.with_writer(std::io::stderr).try_init();
+        }
+    }
 }
 
-fn run(cfg: Config) -> Result<()> {
+/// Set in `top` mode: the terminal belongs to the live view.
+static QUIET_TERMINAL: AtomicBool = AtomicBool::new(false);
+
+fn run(cfg: Config, mode: Mode) -> Result<()> {
+    QUIET_TERMINAL.store(mode == Mode::Top, Ordering::Relaxed);
     let shutdown = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, shutdown.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, shutdown.clone())?;
@@ -94,15 +115,31 @@ fn run(cfg: Config) -> Result<()> {
     let (proc_tx, proc_rx) = crossbeam_channel::bounded(65_536);
     let resources: Resources = Default::default();
 
-    let exporter = SpanExporter::new(
-        cfg.traces.clone(),
-        cfg.print_traces,
-        metrics.clone(),
-        shutdown.clone(),
-    );
-    let export_thread = std::thread::Builder::new()
-        .name("export".into())
-        .spawn(move || exporter.run(span_rx))?;
+    let export_thread = match mode {
+        Mode::Export => {
+            let exporter = SpanExporter::new(
+                cfg.traces.clone(),
+                cfg.print_traces,
+                metrics.clone(),
+                shutdown.clone(),
+            );
+            std::thread::Builder::new()
+                .name("export".into())
+                .spawn(move || exporter.run(span_rx))?
+        }
+        Mode::Top => {
+            let stop = shutdown.clone();
+            std::thread::Builder::new()
+                .name("top".into())
+                .spawn(move || {
+                    if let Err(e) = crate::top::run(span_rx, stop.clone()) {
+                        tracing::error!("autotel top: {e:#}");
+                    }
+                    // Quitting the view stops the agent.
+                    stop.store(true, Ordering::Relaxed);
+                })?
+        }
+    };
     let (metrics_stop_tx, metrics_stop_rx) = crossbeam_channel::bounded::<()>(1);
     let metrics_exporter = MetricsExporter::new(cfg.metrics.clone(), red.clone());
     let metrics_thread = std::thread::Builder::new()
@@ -181,7 +218,9 @@ fn read_loop(
     })?;
     let rings = builder.build().context("setting up ring buffers")?;
 
-    eprintln!("autotel ready: {} BPF programs attached", tracer.attached());
+    if !QUIET_TERMINAL.load(Ordering::Relaxed) {
+        eprintln!("autotel ready: {} BPF programs attached", tracer.attached());
+    }
     tracing::info!("autotel ready");
     let mut next_tick = Instant::now();
     while !shutdown.load(Ordering::Relaxed) {
