@@ -8,6 +8,7 @@ pub mod prom;
 use autotel_model::{AttrValue, Resource, Span, SpanKind};
 use rustc_hash::FxHashMap;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 /// Semantic-convention advisory buckets for HTTP/RPC/DB durations (seconds).
@@ -220,12 +221,58 @@ impl Series {
 /// Series per metric, keyed by process and attribute values.
 #[derive(Debug)]
 pub struct Store {
-    series: HashMap<Metric, FxHashMap<(u32, String), Series>>,
+    /// Per metric: (pid, hash of the attribute set) -> series. Hashing the
+    /// attributes in place keeps the per-span path free of allocations.
+    series: HashMap<Metric, FxHashMap<(u32, u64), Series>>,
     cardinality_limit: usize,
     pub overflowed: u64,
 }
 
 pub type SharedStore = Arc<Mutex<Store>>;
+
+fn hash_value(v: &AttrValue, h: &mut impl Hasher) {
+    match v {
+        AttrValue::Str(s) => {
+            0u8.hash(h);
+            s.hash(h)
+        }
+        AttrValue::Int(i) => {
+            1u8.hash(h);
+            i.hash(h)
+        }
+        AttrValue::Bool(b) => {
+            2u8.hash(h);
+            b.hash(h)
+        }
+        AttrValue::Double(d) => {
+            3u8.hash(h);
+            d.to_bits().hash(h)
+        }
+    }
+}
+
+/// Hash of an attribute set, in order (the same set always comes in the same order).
+fn hash_attrs(attrs: &[(&'static str, AttrValue)]) -> u64 {
+    let mut h = rustc_hash::FxHasher::default();
+    for (k, v) in attrs {
+        k.hash(&mut h);
+        hash_value(v, &mut h);
+    }
+    h.finish()
+}
+
+/// Hash of the attributes of `span` named in `keys`: equal to `hash_attrs`
+/// of the same set, without building it.
+fn hash_span_attrs(span: &Span, keys: &[&'static str]) -> u64 {
+    let mut h = rustc_hash::FxHasher::default();
+    for k in keys {
+        if let Some(v) = span.attr(k) {
+            k.hash(&mut h);
+            hash_value(v, &mut h);
+        }
+    }
+    h.finish()
+}
 
 pub fn key_of(attrs: &[(&'static str, AttrValue)]) -> String {
     let mut k = String::with_capacity(64);
@@ -267,7 +314,38 @@ impl Store {
         attrs: Vec<(&'static str, AttrValue)>,
         now: u64,
     ) {
-        let key = (resource.pid, key_of(&attrs));
+        let hash = hash_attrs(&attrs);
+        self.record_hashed(values, resource, hash, || attrs, now);
+    }
+
+    /// Records the metrics of a span whose attribute set is `keys` of the
+    /// span's own attributes: no allocation unless the series is new.
+    pub fn record_span(
+        &mut self,
+        values: &[(Metric, f64)],
+        span: &Span,
+        keys: &'static [&'static str],
+    ) {
+        let hash = hash_span_attrs(span, keys);
+        let make = || {
+            keys.iter()
+                .filter_map(|k| span.attr(k).map(|v| (*k, v.clone())))
+                .collect()
+        };
+        self.record_hashed(values, &span.resource, hash, make, span.end_unix_ns);
+    }
+
+    fn record_hashed(
+        &mut self,
+        values: &[(Metric, f64)],
+        resource: &Arc<Resource>,
+        hash: u64,
+        attrs: impl FnOnce() -> Vec<(&'static str, AttrValue)>,
+        now: u64,
+    ) {
+        let key = (resource.pid, hash);
+        let mut attrs = Some(attrs);
+        let mut built: Option<Vec<(&'static str, AttrValue)>> = None;
         for (metric, v) in values {
             let def = metric.def();
             let per_metric = self.series.entry(*metric).or_default();
@@ -275,18 +353,21 @@ impl Store {
                 series.observe(def.buckets, *v);
                 continue;
             }
-            let (key, attrs) = if per_metric.len() + 1 >= self.cardinality_limit {
+            let (key, series_attrs) = if per_metric.len() + 1 >= self.cardinality_limit {
                 // Semconv overflow series, counted within the limit as the
                 // OTel SDK spec has it: attributes dropped, counts kept.
                 self.overflowed += 1;
-                let attrs = vec![("otel.metric.overflow", AttrValue::Bool(true))];
-                ((resource.pid, key_of(&attrs)), attrs)
+                let a = vec![("otel.metric.overflow", AttrValue::Bool(true))];
+                ((resource.pid, hash_attrs(&a)), a)
             } else {
-                (key.clone(), attrs.clone())
+                let a = built.get_or_insert_with(|| (attrs.take().expect("built once"))());
+                (key, a.clone())
             };
             per_metric
                 .entry(key)
-                .or_insert_with(|| Series::new(resource.clone(), attrs, def.buckets.len(), now))
+                .or_insert_with(|| {
+                    Series::new(resource.clone(), series_attrs, def.buckets.len(), now)
+                })
                 .observe(def.buckets, *v);
         }
     }
@@ -323,7 +404,7 @@ impl Store {
         if span.kind != SpanKind::Client {
             return;
         }
-        const KEYS: [&str; 7] = [
+        const KEYS: [&str; 8] = [
             "db.system.name",
             "db.operation.name",
             "db.collection.name",
@@ -331,22 +412,10 @@ impl Store {
             "db.response.status_code",
             "server.address",
             "server.port",
+            "error.type",
         ];
-        let mut attrs: Vec<(&'static str, AttrValue)> = KEYS
-            .iter()
-            .filter_map(|k| span.attr(k).map(|v| (*k, v.clone())))
-            .collect();
-        if let Some(e) = span.attr("error.type") {
-            attrs.push(("error.type", e.clone()));
-        }
         let secs = span.duration_ns() as f64 / 1e9;
-        self.record(
-            Metric::DbClientDuration,
-            &span.resource,
-            attrs,
-            secs,
-            span.end_unix_ns,
-        );
+        self.record_span(&[(Metric::DbClientDuration, secs)], span, &KEYS);
     }
 
     /// Records `rpc.{server,client}.call.duration` for one gRPC span.
@@ -359,17 +428,13 @@ impl Store {
             "server.address",
             "server.port",
         ];
-        let attrs: Vec<(&'static str, AttrValue)> = KEYS
-            .iter()
-            .filter_map(|k| span.attr(k).map(|v| (*k, v.clone())))
-            .collect();
         let metric = if span.kind == SpanKind::Server {
             Metric::RpcServerDuration
         } else {
             Metric::RpcClientDuration
         };
         let secs = span.duration_ns() as f64 / 1e9;
-        self.record(metric, &span.resource, attrs, secs, span.end_unix_ns);
+        self.record_span(&[(metric, secs)], span, &KEYS);
     }
 
     /// Records `dns.lookup.duration` for one DNS span.
@@ -380,18 +445,8 @@ impl Store {
             "server.address",
             "error.type",
         ];
-        let attrs: Vec<(&'static str, AttrValue)> = KEYS
-            .iter()
-            .filter_map(|k| span.attr(k).map(|v| (*k, v.clone())))
-            .collect();
         let secs = span.duration_ns() as f64 / 1e9;
-        self.record(
-            Metric::DnsLookupDuration,
-            &span.resource,
-            attrs,
-            secs,
-            span.end_unix_ns,
-        );
+        self.record_span(&[(Metric::DnsLookupDuration, secs)], span, &KEYS);
     }
 
     /// Records the RED metrics of one finished HTTP span.
@@ -399,35 +454,26 @@ impl Store {
         if ignore_route_metrics {
             return;
         }
-        let server = span.kind == SpanKind::Server;
-        let keys: &[&'static str] = if server {
-            &[
-                "http.request.method",
-                "http.response.status_code",
-                "http.route",
-                "url.scheme",
-                "server.port",
-                "network.protocol.version",
-                "error.type",
-            ]
-        } else {
-            &[
-                "http.request.method",
-                "http.response.status_code",
-                "server.address",
-                "server.port",
-                "url.scheme",
-                "network.protocol.version",
-                "error.type",
-            ]
-        };
-        let attrs: Vec<(&'static str, AttrValue)> = keys
-            .iter()
-            .filter_map(|k| span.attr(k).map(|v| (*k, v.clone())))
-            .collect();
-        let now = span.end_unix_ns;
+        const SERVER_KEYS: [&str; 7] = [
+            "http.request.method",
+            "http.response.status_code",
+            "http.route",
+            "url.scheme",
+            "server.port",
+            "network.protocol.version",
+            "error.type",
+        ];
+        const CLIENT_KEYS: [&str; 7] = [
+            "http.request.method",
+            "http.response.status_code",
+            "server.address",
+            "server.port",
+            "url.scheme",
+            "network.protocol.version",
+            "error.type",
+        ];
         let secs = span.duration_ns() as f64 / 1e9;
-        if server {
+        if span.kind == SpanKind::Server {
             let size = |k| match span.attr(k) {
                 Some(AttrValue::Int(n)) => *n as f64,
                 _ => 0.0,
@@ -443,9 +489,9 @@ impl Store {
                     size("http.response.body.size"),
                 ),
             ];
-            self.record_all(&values, &span.resource, attrs, now);
+            self.record_span(&values, span, &SERVER_KEYS);
         } else {
-            self.record(Metric::HttpClientDuration, &span.resource, attrs, secs, now);
+            self.record_span(&[(Metric::HttpClientDuration, secs)], span, &CLIENT_KEYS);
         }
     }
 }
@@ -460,6 +506,46 @@ mod tests {
             pid,
             attributes: vec![],
         })
+    }
+
+    #[test]
+    fn span_hash_equals_set_hash() {
+        let span = Span {
+            trace_id: [1; 16],
+            span_id: [1; 8],
+            parent_span_id: None,
+            trace_state: String::new(),
+            name: "GET".into(),
+            kind: SpanKind::Server,
+            start_unix_ns: 0,
+            end_unix_ns: 1,
+            attributes: vec![
+                ("url.path", "/x".into()),
+                ("http.request.method", "GET".into()),
+                ("http.response.status_code", AttrValue::Int(200)),
+            ],
+            status: autotel_model::StatusCode::Unset,
+            status_message: String::new(),
+            resource: res(1),
+        };
+        const KEYS: [&str; 3] = [
+            "http.request.method",
+            "http.route",
+            "http.response.status_code",
+        ];
+        let set = vec![
+            ("http.request.method", AttrValue::from("GET")),
+            ("http.response.status_code", AttrValue::Int(200)),
+        ];
+        assert_eq!(hash_span_attrs(&span, &KEYS), hash_attrs(&set));
+        let mut store = Store::new(100);
+        store.record_span(&[(Metric::HttpServerDuration, 0.1)], &span, &KEYS);
+        store.record_all(&[(Metric::HttpServerDuration, 0.2)], &span.resource, set, 1);
+        assert_eq!(store.series_count(Metric::HttpServerDuration), 1);
+        assert_eq!(
+            store.each(Metric::HttpServerDuration).next().unwrap().count,
+            2
+        );
     }
 
     #[test]
