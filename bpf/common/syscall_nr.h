@@ -27,6 +27,7 @@
 #define AT_ARG0(regs) ((regs)->orig_x0)
 #define AT_ARG1(regs) ((regs)->regs[1])
 #define AT_ARG2(regs) ((regs)->regs[2])
+#define AT_ARG3(regs) ((regs)->regs[3])
 #define AT_IS_COMPAT() 0
 #else /* x86_64 */
 #define AT_NR_READ 0
@@ -50,6 +51,7 @@
 #define AT_ARG0(regs) ((regs)->di)
 #define AT_ARG1(regs) ((regs)->si)
 #define AT_ARG2(regs) ((regs)->dx)
+#define AT_ARG3(regs) ((regs)->r10)
 /* 32-bit tasks number their syscalls differently (ia32 table): skip them. */
 #define AT_TS_COMPAT 0x0002
 #define AT_IS_COMPAT() (bpf_get_current_task_btf()->thread_info.status & AT_TS_COMPAT)

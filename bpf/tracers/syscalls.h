@@ -13,6 +13,7 @@
 #include "../common/syscall_nr.h"
 
 #define AT_CAP_MASK (AT_MAX_CAPTURE - 1)
+#define AT_MSG_PEEK 2
 
 /* Entry side: the selected-pid check comes first, then files we already know
  * are not sockets are dropped with one more lookup. */
@@ -376,11 +377,16 @@ int BPF_PROG(at_sys_enter, struct pt_regs *regs, long id)
 		return save_args(fd, buf, AT_ARG2(regs), AT_SYS_READV);
 	case AT_NR_WRITEV:
 		return save_args(fd, buf, AT_ARG2(regs), AT_SYS_WRITEV);
+	/* MSG_PEEK reads leave the bytes queued: the real read reports them. */
 	case AT_NR_RECVFROM:
+		if (AT_ARG3(regs) & AT_MSG_PEEK)
+			return 0;
 		return save_args(fd, buf, 0, AT_SYS_RECVFROM);
 	case AT_NR_SENDTO:
 		return save_args(fd, buf, 0, AT_SYS_SENDTO);
 	case AT_NR_RECVMSG:
+		if (AT_ARG2(regs) & AT_MSG_PEEK)
+			return 0;
 		return save_msg_args(fd, buf, AT_SYS_RECVMSG);
 	case AT_NR_SENDMSG:
 		return save_msg_args(fd, buf, AT_SYS_SENDMSG);

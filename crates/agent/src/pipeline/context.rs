@@ -94,6 +94,11 @@ pub struct ContextTracker {
     pub sampler: super::sampler::Sampler,
     pub same_host_linking: bool,
     clients: std::collections::HashMap<FlowKey, std::collections::VecDeque<SpanCtx>>,
+    /// Server requests that found no client entry on their flow. The
+    /// client's entry may still come (its event was emitted later, e.g. at a
+    /// TLS write's return): it must then be dropped, or every later request
+    /// on the connection would take its predecessor's client as parent.
+    unmatched: std::collections::HashMap<FlowKey, u32>,
 }
 
 impl ContextTracker {
@@ -102,6 +107,7 @@ impl ContextTracker {
             sampler,
             same_host_linking,
             clients: Default::default(),
+            unmatched: Default::default(),
         }
     }
 
@@ -137,7 +143,7 @@ impl ContextTracker {
     ) -> SpanCtx {
         if let Some(p) = traceparent.and_then(parse_traceparent) {
             // Drop the same-host entry too: it describes the same request.
-            self.take_client(&flow);
+            self.take_or_note(&flow);
             return self.child_of(Some((
                 p.trace_id,
                 p.span_id,
@@ -146,7 +152,7 @@ impl ContextTracker {
             )));
         }
         if self.same_host_linking {
-            if let Some(c) = self.take_client(&flow) {
+            if let Some(c) = self.take_or_note(&flow) {
                 return self.child_of(Some((c.trace_id, c.span_id, c.trace_state, c.sampled)));
             }
         }
@@ -158,7 +164,18 @@ impl ContextTracker {
     pub fn client_request(&mut self, parent: Option<&SpanCtx>, flow: FlowKey) -> SpanCtx {
         let ctx = self
             .child_of(parent.map(|p| (p.trace_id, p.span_id, p.trace_state.clone(), p.sampled)));
-        if self.same_host_linking && self.clients.len() < MAX_FLOWS {
+        if !self.same_host_linking {
+            return ctx;
+        }
+        if let Some(n) = self.unmatched.get_mut(&flow) {
+            // The server side already handled this request without us.
+            *n -= 1;
+            if *n == 0 {
+                self.unmatched.remove(&flow);
+            }
+            return ctx;
+        }
+        if self.clients.len() < MAX_FLOWS {
             self.clients.entry(flow).or_default().push_back(ctx.clone());
         }
         ctx
@@ -179,9 +196,19 @@ impl ContextTracker {
         c
     }
 
-    /// The client's connection closed: nothing more will match it.
+    /// The client's entry for this request, or a note that none came.
+    fn take_or_note(&mut self, flow: &FlowKey) -> Option<SpanCtx> {
+        let c = self.take_client(flow);
+        if c.is_none() && self.unmatched.len() < MAX_FLOWS {
+            *self.unmatched.entry(*flow).or_default() += 1;
+        }
+        c
+    }
+
+    /// A side of the connection closed: nothing more will match it.
     pub fn forget_flow(&mut self, flow: &FlowKey) {
         self.clients.remove(flow);
+        self.unmatched.remove(flow);
     }
 }
 
@@ -191,6 +218,21 @@ mod tracker_tests {
     use super::*;
 
     const FLOW: FlowKey = ([1; 16], 40000, [2; 16], 80);
+
+    #[test]
+    fn a_late_client_entry_does_not_shift_later_links() {
+        let mut t = ContextTracker::new(Sampler::default(), true);
+        // Request 1: the server side is seen before the client side.
+        let s1 = t.server_request(None, None, FLOW);
+        assert_eq!(s1.parent_span_id, None);
+        let _c1 = t.client_request(None, FLOW);
+        // Request 2 in order: it must link to client 2, not client 1.
+        let c2 = t.client_request(None, FLOW);
+        let s2 = t.server_request(None, None, FLOW);
+        assert_eq!(s2.parent_span_id, Some(c2.span_id));
+        t.forget_flow(&FLOW);
+        assert!(t.unmatched.is_empty() && t.clients.is_empty());
+    }
 
     #[test]
     fn same_host_server_is_child_of_client() {

@@ -931,9 +931,7 @@ impl Pipeline {
             self.emit_db(key.pid, &conn, &mut db_events);
             self.scratch = events;
             self.db_scratch = db_events;
-            if !conn.server_side() {
-                self.contexts.forget_flow(&conn.flow(false));
-            }
+            self.contexts.forget_flow(&conn.flow(conn.server_side()));
         }
     }
 

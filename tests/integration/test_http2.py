@@ -1,0 +1,583 @@
+"""HTTP/2 and gRPC integration tests: the real agent observing real HTTP/2 programs.
+
+Peers: a grpcio server (``peers/h2_grpc_server.py``: the standard health service of
+grpcio-health-checking plus raw-bytes ``demo.Stream/Count``, ``demo.Echo/Fail``,
+``demo.Echo/Slow``), a grpcio client (``peers/h2_grpc_client.py``, every call on ONE
+channel), nginx with ``listen ... http2`` (h2c, prior knowledge) driven by curl
+``--http2-prior-knowledge`` and by ``peers/h2_raw_client.py`` (the ``h2`` package on a
+plain socket: 100 streams opened at once on one connection).
+
+The server is selected by its port (``AUTOTEL_OPEN_PORTS``), the client by pid
+(``AUTOTEL_PIDS``: clients print "ready" and wait for a line on stdin before they
+connect, so they are selected before their first byte). Counts are exact; every test
+prints the figures it checks.
+
+1. unary gRPC: codes 0 / 5 / 13 counted, span status per side (semconv);
+2. server streaming: span duration covers the N x 50 ms of the stream;
+3. 50 concurrent calls on one connection: 50/50 spans, each server span the child of
+   one client span (same-host linking);
+4. ``traceparent`` gRPC metadata: the server span joins the caller's trace;
+5. nginx h2c: curl (one URL per process) and 100 concurrent streams on one connection;
+6. Prometheus ``rpc_server_call_duration_seconds_count`` == span count, promtool.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import List, Optional
+from urllib.parse import urlsplit
+
+import pytest
+
+from conftest import NGINX, curl_get, free_port, report, stop_process, wait_port
+
+HERE = Path(__file__).resolve().parent
+PEERS = HERE / "peers"
+PROMTOOL = "/usr/bin/promtool"
+SPAN_TIMEOUT = 15.0
+SETTLE = 1.5
+CHECK = "grpc.health.v1.Health/Check"
+T1, S1 = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+T2, S2 = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+
+
+def peer_env() -> dict:
+    """Ours minus OTEL_*/AUTOTEL_* and proxies (grpcio honours http_proxy)."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("OTEL_", "AUTOTEL_"))
+            and k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "grpc_proxy")}
+
+
+def pid_of(s: dict) -> Optional[int]:
+    return s["resource"].get("process.pid")
+
+
+def show(spans: List[dict], limit: int = 20) -> str:
+    lines = [f"  {s['kind']:6} {s['name']!r} pid={pid_of(s)} status={s['status_code']} "
+             f"dur={(s['end_ns'] - s['start_ns']) / 1e6:.1f}ms trace={s['trace_id']} "
+             f"span={s['span_id']} parent={s['parent_span_id'] or '-'} attrs={s['attrs']}"
+             for s in sorted(spans, key=lambda s: s["start_ns"])[:limit]]
+    if len(spans) > limit:
+        lines.append(f"  ... {len(spans) - limit} more")
+    return "\n".join(lines)
+
+
+def of(spans: List[dict], kind: str, name: Optional[str] = None,
+       pids: Optional[set] = None) -> List[dict]:
+    return [s for s in spans if s["kind"] == kind and (name is None or s["name"] == name)
+            and (pids is None or pid_of(s) in pids)]
+
+
+def codes(spans: List[dict]) -> Counter:
+    return Counter(s["attrs"].get("rpc.grpc.status_code") for s in spans)
+
+
+def assert_agent_healthy(agent) -> None:
+    assert agent.alive(), agent.logs_tail(40)
+    text = agent.stderr_text() + agent.stdout_text()
+    assert "panicked at" not in text, agent.logs_tail(40)
+
+
+def check_rpc_attrs(s: dict, service: str, method: str, port: int) -> None:
+    """What every gRPC span must carry (semconv RPC + gRPC)."""
+    a = s["attrs"]
+    assert s["name"] == f"{service}/{method}", show([s])
+    assert a.get("rpc.system") == "grpc", show([s])
+    assert a.get("rpc.service") == service and a.get("rpc.method") == method, show([s])
+    assert isinstance(a.get("rpc.grpc.status_code"), int), show([s])
+    assert a.get("network.protocol.version") == "2", show([s])
+    assert a.get("server.port") == port, show([s])
+    assert 0 < s["end_ns"] - s["start_ns"] < 30_000_000_000, show([s])
+
+
+def wait_prom(agent, name: str, labels: dict, want: float, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = agent.prom_value(name, labels)
+        if value is not None and value >= want:
+            break
+        time.sleep(0.2)
+    time.sleep(0.5)  # a surplus would show now
+    return agent.prom_value(name, labels)
+
+
+class Client:
+    """A peer client script that prints "ready", then waits for "go" on stdin."""
+
+    def __init__(self, script: str, *args):
+        self.proc = subprocess.Popen([sys.executable, str(PEERS / script), *map(str, args)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=peer_env(),
+                                     start_new_session=True)
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"{script} did not start: {line!r} {self.proc.stderr.read()}")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def go(self, timeout: float = 60) -> dict:
+        out, err = self.proc.communicate("go\n", timeout=timeout)
+        assert self.proc.returncode == 0, f"client failed ({self.proc.returncode}):\n{out}\n{err}"
+        return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def clients():
+    started: List[Client] = []
+
+    def _start(script: str, *args) -> Client:
+        c = Client(script, *args)
+        started.append(c)
+        return c
+
+    yield _start
+    for c in started:
+        stop_process(c.proc)
+
+
+@pytest.fixture
+def grpc_server(tmp_path):
+    """``peers/h2_grpc_server.py`` on a free port -> (Popen, port)."""
+    port = free_port()
+    log = open(tmp_path / "grpc_server.log", "wb")
+    p = subprocess.Popen([sys.executable, str(PEERS / "h2_grpc_server.py"), str(port)],
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=peer_env(),
+                         start_new_session=True)
+    log.close()
+    try:
+        wait_port(port, 15, p)
+    except Exception as e:
+        stop_process(p)
+        pytest.fail(f"grpc server did not start: {e}\n"
+                    f"{(tmp_path / 'grpc_server.log').read_text()[-2000:]}", pytrace=False)
+    yield p, port
+    stop_process(p)
+
+
+def grpc_run(start_agent, sink, clients, server, scenario: str, *args):
+    """Start the client (waiting), the agent selecting server port + client pid, then
+    run the scenario. Returns (agent, client pid, client result)."""
+    proc, port = server
+    c = clients("h2_grpc_client.py", port, scenario, *args)
+    agent = start_agent({"AUTOTEL_OPEN_PORTS": port, "AUTOTEL_PIDS": c.pid})
+    result = c.go()
+    assert agent.alive(), agent.logs_tail(30)
+    return agent, c.pid, result
+
+
+# --------------------------------------------------------------------------------------
+# 1. unary calls: status codes and span status per side
+# --------------------------------------------------------------------------------------
+
+
+def test_1_unary_health_checks_and_errors(require_root, sink, start_agent, clients,
+                                          grpc_server):
+    k, m = 20, 10
+    srv, port = grpc_server
+    agent, cpid, res = grpc_run(start_agent, sink, clients, grpc_server, "unary", k, m)
+    assert res["codes"] == {"OK": k, "NOT_FOUND": m} and res["fail"] == "INTERNAL", res
+    want = 2 * (k + m + 1)
+    pids = {srv.pid, cpid}
+    spans = sink.wait_for_spans(lambda s: pid_of(s) in pids, want, SPAN_TIMEOUT, SETTLE)
+    report("gRPC spans (server + client)", len(spans), want)
+
+    server = of(spans, "SERVER", CHECK, {srv.pid})
+    client = of(spans, "CLIENT", CHECK, {cpid})
+    report(f"server {CHECK} spans", len(server), k + m)
+    report(f"client {CHECK} spans", len(client), k + m)
+    sc, cc = codes(server), codes(client)
+    for side, cnt in (("server", sc), ("client", cc)):
+        report(f"{side} Check spans rpc.grpc.status_code=0", cnt[0], k)
+        report(f"{side} Check spans rpc.grpc.status_code=5", cnt[5], m)
+    assert len(server) == k + m and len(client) == k + m, show(spans)
+    assert sc == {0: k, 5: m} and cc == {0: k, 5: m}, show(spans)
+    for s in server + client:
+        check_rpc_attrs(s, "grpc.health.v1.Health", "Check", port)
+
+    c_err = [s for s in client if s["attrs"]["rpc.grpc.status_code"] == 5
+             and s["status_code"] == "ERROR" and s["attrs"].get("error.type") == "NOT_FOUND"]
+    s_unset = [s for s in server if s["attrs"]["rpc.grpc.status_code"] == 5
+               and s["status_code"] == "UNSET" and "error.type" not in s["attrs"]]
+    ok_unset = [s for s in server + client if s["attrs"]["rpc.grpc.status_code"] == 0
+                and s["status_code"] == "UNSET" and "error.type" not in s["attrs"]]
+    report("client NOT_FOUND spans with status ERROR, error.type=NOT_FOUND", len(c_err), m)
+    report("server NOT_FOUND spans with status UNSET (caller's fault)", len(s_unset), m)
+    report("code-0 spans (both sides) with status UNSET", len(ok_unset), 2 * k)
+    assert len(c_err) == m, show(client)
+    assert len(s_unset) == m, show(server)
+    assert len(ok_unset) == 2 * k, show(server + client)
+
+    fail = [s for s in spans if s["name"] == "demo.Echo/Fail"]
+    good = [s for s in fail if s["attrs"].get("rpc.grpc.status_code") == 13
+            and s["status_code"] == "ERROR" and s["attrs"].get("error.type") == "INTERNAL"]
+    report("server demo.Echo/Fail spans", len(of(fail, "SERVER", pids={srv.pid})), 1)
+    report("client demo.Echo/Fail spans", len(of(fail, "CLIENT", pids={cpid})), 1)
+    report("demo.Echo/Fail spans code 13, ERROR, error.type=INTERNAL", len(good), 2)
+    assert len(of(fail, "SERVER", pids={srv.pid})) == 1, show(spans)
+    assert len(of(fail, "CLIENT", pids={cpid})) == 1, show(spans)
+    for s in fail:
+        check_rpc_attrs(s, "demo.Echo", "Fail", port)
+    assert len(good) == 2, show(fail)
+    assert len(spans) == want, show(spans)
+    assert_agent_healthy(agent)
+
+
+# --------------------------------------------------------------------------------------
+# 2. server streaming
+# --------------------------------------------------------------------------------------
+
+
+def test_2_server_streaming_duration(require_root, sink, start_agent, clients, grpc_server):
+    n, ms = 10, 50
+    srv, port = grpc_server
+    agent, cpid, res = grpc_run(start_agent, sink, clients, grpc_server, "stream", n, ms)
+    assert res["messages"] == n, res
+    spans = sink.wait_for_spans(lambda s: pid_of(s) in {srv.pid, cpid}, 2, SPAN_TIMEOUT,
+                                SETTLE)
+    server = of(spans, "SERVER", "demo.Stream/Count", {srv.pid})
+    client = of(spans, "CLIENT", "demo.Stream/Count", {cpid})
+    report("server demo.Stream/Count spans", len(server), 1)
+    report("client demo.Stream/Count spans", len(client), 1)
+    assert len(server) == 1 and len(client) == 1 and len(spans) == 2, show(spans)
+    for s in server + client:
+        check_rpc_attrs(s, "demo.Stream", "Count", port)
+        assert s["attrs"]["rpc.grpc.status_code"] == 0 and s["status_code"] == "UNSET", \
+            show([s])
+    # The server sleeps 50 ms before each of the N messages, so the stream (request
+    # HEADERS .. trailers) lasts at least N x 50 ms on both sides; it cannot last
+    # longer than the client measured around the call (+0.5 s of slack).
+    low, high = n * ms / 1000, res["elapsed_s"] + 0.5
+    for s in server + client:
+        d = (s["end_ns"] - s["start_ns"]) / 1e9
+        report(f"{s['kind'].lower()} span duration s (bound {low:.2f} <= d <= {high:.2f})",
+               f"{d:.3f}", f"{low:.3f}")
+        assert low <= d <= high, show(spans)
+    assert_agent_healthy(agent)
+
+
+# --------------------------------------------------------------------------------------
+# 3. concurrency on one connection + same-host linking
+# --------------------------------------------------------------------------------------
+
+
+def test_3_concurrent_calls_one_connection(require_root, sink, start_agent, clients,
+                                           grpc_server):
+    c, ms = 50, 300
+    srv, port = grpc_server
+    agent, cpid, res = grpc_run(start_agent, sink, clients, grpc_server, "concurrent", c, ms)
+    assert res["ok"] == c, res
+    # precondition: the calls overlapped (serially they would take c x 300 ms = 15 s)
+    report("client elapsed s for 50 x 300 ms calls (concurrent if < 5)",
+           round(res["elapsed_s"], 2), 5)
+    assert res["elapsed_s"] < 5, res
+    spans = sink.wait_for_spans(lambda s: pid_of(s) in {srv.pid, cpid}, 2 * c, SPAN_TIMEOUT,
+                                SETTLE)
+    server = of(spans, "SERVER", "demo.Echo/Slow", {srv.pid})
+    client = of(spans, "CLIENT", "demo.Echo/Slow", {cpid})
+    report("server demo.Echo/Slow spans", len(server), c)
+    report("client demo.Echo/Slow spans", len(client), c)
+    assert len(server) == c and len(client) == c and len(spans) == 2 * c, show(spans)
+    for s in server + client:
+        check_rpc_attrs(s, "demo.Echo", "Slow", port)
+    # server spans really overlapped: the most open at one instant
+    events = sorted([(s["start_ns"], 1) for s in server] + [(s["end_ns"], -1) for s in server])
+    open_now = peak = 0
+    for _, d in events:
+        open_now += d
+        peak = max(peak, open_now)
+    report("peak overlapping server spans (> 1)", peak, c)
+    assert peak > 1, show(server)
+    # same-host linking: each server span is the child of exactly one client span
+    by_id = {(s["trace_id"], s["span_id"]): s for s in client}
+    linked = [s for s in server if (s["trace_id"], s["parent_span_id"]) in by_id]
+    parents = {s["parent_span_id"] for s in linked}
+    report("server spans whose parent is a client span", len(linked), c)
+    report("distinct client spans as parents", len(parents), c)
+    roots = [s for s in client if s["parent_span_id"] == ""]
+    report("client spans that are roots", len(roots), c)
+    assert len(linked) == c and len(parents) == c, show(spans)
+    assert len(roots) == c, show(client)
+    # and the parent is the call it served: the server span lies within its client span
+    # (1 ms of slack for the two clocks' rounding)
+    inside = sum(by_id[(s["trace_id"], s["parent_span_id"])]["start_ns"] - 1_000_000
+                 <= s["start_ns"] and
+                 s["end_ns"] <= by_id[(s["trace_id"], s["parent_span_id"])]["end_ns"] + 1_000_000
+                 for s in linked)
+    report("server spans inside their parent client span", inside, c)
+    assert inside == c, show(spans)
+    assert_agent_healthy(agent)
+
+
+# --------------------------------------------------------------------------------------
+# 4. traceparent in gRPC metadata
+# --------------------------------------------------------------------------------------
+
+
+def test_4_traceparent_metadata(require_root, sink, start_agent, clients, grpc_server):
+    """Three Checks on one channel: traceparent T1/S1, then T2/S2, then none. Explicit
+    metadata wins over same-host linking; the third links to its client span."""
+    srv, port = grpc_server
+    agent, cpid, res = grpc_run(start_agent, sink, clients, grpc_server, "traceparent",
+                                f"00-{T1}-{S1}-01", f"00-{T2}-{S2}-01")
+    assert res["serving"] == 3, res
+    spans = sink.wait_for_spans(lambda s: pid_of(s) in {srv.pid, cpid}, 6, SPAN_TIMEOUT,
+                                SETTLE)
+    server = sorted(of(spans, "SERVER", CHECK, {srv.pid}), key=lambda s: s["start_ns"])
+    client = sorted(of(spans, "CLIENT", CHECK, {cpid}), key=lambda s: s["start_ns"])
+    report("server Check spans", len(server), 3)
+    report("client Check spans", len(client), 3)
+    assert len(server) == 3 and len(client) == 3 and len(spans) == 6, show(spans)
+    got = [(s["trace_id"], s["parent_span_id"]) for s in server]
+    want = [(T1, S1), (T2, S2), (client[2]["trace_id"], client[2]["span_id"])]
+    for i, (g, w) in enumerate(zip(got, want)):
+        report(f"server span {i + 1} (trace, parent) == {'client span' if i == 2 else 'sent'}",
+               f"({g[0][:8]}..,{g[1]})", f"({w[0][:8]}..,{w[1]})")
+    assert got == want, show(spans)
+    assert_agent_healthy(agent)
+
+
+# --------------------------------------------------------------------------------------
+# 5. nginx h2c
+# --------------------------------------------------------------------------------------
+
+NGINX_H2_CONF = """\
+user root;
+daemon off;
+master_process on;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {prefix}/access.log;
+    client_body_temp_path {prefix}/tmp/body;
+    proxy_temp_path {prefix}/tmp/proxy;
+    fastcgi_temp_path {prefix}/tmp/fastcgi;
+    uwsgi_temp_path {prefix}/tmp/uwsgi;
+    scgi_temp_path {prefix}/tmp/scgi;
+    default_type text/plain;
+    server {{
+        listen 127.0.0.1:{port} http2;
+        root {prefix}/static;
+        location /h2/ {{
+            location ~ /ok- {{ return 200 "ok\\n"; }}
+        }}
+    }}
+}}
+"""
+
+
+@pytest.fixture
+def nginx_h2(tmp_path):
+    """nginx 1.22 with ``listen 127.0.0.1:PORT http2`` (h2c, prior knowledge only):
+    /h2/ok-* answers 200, anything else under /h2/ is 404. -> (Popen, port)."""
+    if not os.access(NGINX, os.X_OK):
+        pytest.fail(f"{NGINX} not found: apt-get install nginx-light", pytrace=False)
+    port = free_port()
+    prefix = tmp_path / "nginx-h2"
+    (prefix / "tmp").mkdir(parents=True)
+    (prefix / "static").mkdir()
+    conf = prefix / "nginx.conf"
+    conf.write_text(NGINX_H2_CONF.format(prefix=prefix, port=port))
+    log = open(prefix / "stderr.log", "wb")
+    p = subprocess.Popen([NGINX, "-p", str(prefix), "-e", str(prefix / "error.log"),
+                          "-c", str(conf)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                         start_new_session=True)
+    log.close()
+    try:
+        wait_port(port, 15, p)
+    except Exception as e:
+        stop_process(p)
+        pytest.fail(f"nginx did not start: {e}\n{(prefix / 'stderr.log').read_text()}",
+                    pytrace=False)
+    yield p, port
+    stop_process(p, signal.SIGTERM)
+
+
+def check_h2_server_spans(spans: List[dict], want_status: dict, port: int) -> None:
+    """Each path requested once: one SERVER span per path with the right attributes."""
+    by_path = Counter(s["attrs"].get("url.path") for s in spans)
+    dup = {p: n for p, n in by_path.items() if n != 1}
+    assert not dup and set(by_path) == set(want_status), (dup, show(spans))
+    right = [s for s in spans
+             if s["attrs"].get("http.request.method") == "GET"
+             and s["attrs"].get("http.response.status_code") == want_status[s["attrs"]["url.path"]]
+             and s["attrs"].get("network.protocol.version") == "2"
+             and str(s["attrs"].get("http.route", "")).startswith("/h2/")
+             and s["attrs"].get("server.port") == port]
+    report("server spans with GET, status as requested, version 2, url.path, http.route",
+           len(right), len(want_status))
+    assert len(right) == len(want_status), show(spans)
+    errors = [s for s in spans if s["status_code"] != "UNSET"]
+    report("server spans with a status (404 is UNSET on a server)", len(errors), 0)
+    assert not errors, show(errors)
+
+
+def test_5a_nginx_h2c_curl_prior_knowledge(require_root, sink, start_agent, nginx_h2):
+    proc, port = nginx_h2
+    agent = start_agent({"AUTOTEL_OPEN_PORTS": port})
+    k = 8
+    want_status = {}
+    for i in range(k):
+        path = f"/h2/ok-{i}" if i % 2 == 0 else f"/h2/missing-{i}"
+        r = curl_get(f"http://127.0.0.1:{port}{path}", "--http2-prior-knowledge")
+        assert r["rc"] == 0 and r["request_version"] == "2", r  # precondition: real h2
+        want_status[path] = 200 if i % 2 == 0 else 404
+        assert r["code"] == want_status[path], r
+    assert agent.alive(), agent.logs_tail(30)
+    spans = sink.wait_for_spans(lambda s: s["kind"] == "SERVER", k, SPAN_TIMEOUT, SETTLE)
+    report("nginx h2c server spans", len(spans), k)
+    assert len(spans) == k and len(sink.spans()) == k, show(sink.spans())
+    check_h2_server_spans(spans, want_status, port)
+    count = wait_prom(agent, "http_server_request_duration_seconds_count",
+                      {"network_protocol_version": "2"}, k)
+    report("http_server_request_duration_seconds_count{network_protocol_version=2}", count, k)
+    assert count == k, agent.metrics_text()
+    assert_agent_healthy(agent)
+
+
+def h2_raw_run(start_agent, clients, port: int, n: int, select_client: bool):
+    """``peers/h2_raw_client.py``: n GET streams opened at once on one connection
+    (even i -> /h2/ok-i 200, odd i -> /h2/missing-i 404). Returns (agent, client,
+    {path: status wanted})."""
+    c = clients("h2_raw_client.py", port, n, "/h2")
+    env = {"AUTOTEL_OPEN_PORTS": port}
+    if select_client:
+        env["AUTOTEL_PIDS"] = c.pid
+    agent = start_agent(env)
+    res = c.go()
+    want_status = {(f"/h2/ok-{i}" if i % 2 == 0 else f"/h2/missing-{i}"):
+                   (200 if i % 2 == 0 else 404) for i in range(n)}
+    assert res["statuses"] == want_status, res  # precondition
+    report("streams open at once on the one connection", res["max_open"], n)
+    assert res["max_open"] == n, res
+    assert agent.alive(), agent.logs_tail(30)
+    return agent, c, want_status
+
+
+def http2_parse_errors(agent) -> dict:
+    """Non-zero ``autotel_parse_errors_total{protocol="http2"}`` series and the kernel's
+    truncated-payload counter (diagnostics of lost HTTP/2 streams)."""
+    out = {}
+    for kind in ("sync_lost", "stream_unfinished"):
+        out[kind] = agent.prom_value("autotel_parse_errors_total",
+                                     {"protocol": "http2", "kind": kind}) or 0
+    out["kernel truncated"] = agent.prom_value("autotel_kernel_total",
+                                               {"kind": "truncated"}) or 0
+    return out
+
+
+def test_5b_nginx_h2c_100_concurrent_streams(require_root, sink, start_agent, clients,
+                                             nginx_h2):
+    """nginx only selected: 100 streams opened in one write on one connection."""
+    proc, port = nginx_h2
+    n = 100
+    agent, c, want_status = h2_raw_run(start_agent, clients, port, n, select_client=False)
+    spans = sink.wait_for_spans(None, n, SPAN_TIMEOUT, SETTLE)
+    server = of(spans, "SERVER")
+    report("nginx server spans", len(server), n)
+    assert len(server) == n and len(spans) == n, show(spans)
+    check_h2_server_spans(server, want_status, port)
+    assert_agent_healthy(agent)
+
+
+def test_5c_h2_client_100_concurrent_streams(require_root, sink, start_agent, clients,
+                                            nginx_h2):
+    """The h2 client selected too. Its 100 responses arrive together and the client
+    reads them with recv(65536): one read carries many frames, more than
+    capture.max_bytes (4096 by default). Streams whose frames fall in the uncaptured
+    part cannot be reported; they must be counted (stream_unfinished), never lost
+    silently or reported wrong. Every client span that is reported is exact."""
+    proc, port = nginx_h2
+    n = 100
+    agent, c, want_status = h2_raw_run(start_agent, clients, port, n, select_client=True)
+    spans = sink.wait_for_spans(None, n + 1, SPAN_TIMEOUT, SETTLE)
+    server = of(spans, "SERVER")
+    client = of(spans, "CLIENT", pids={c.pid})
+    diag = http2_parse_errors(agent)
+    print(f"agent counters: {diag}")
+    unfinished = int(agent.prom_value("autotel_parse_errors_total",
+                                      {"protocol": "http2", "kind": "stream_unfinished"}) or 0)
+    report("nginx server spans", len(server), n)
+    report("h2 client spans + counted unfinished streams", len(client) + unfinished, n)
+    assert len(server) == n, show(server, 10)
+    check_h2_server_spans(server, want_status, port)
+    assert client, f"no client span at all; agent counters {diag}"
+    assert len(client) + unfinished == n, (
+        f"{len(client)} client spans + {unfinished} counted unfinished != {n}; {diag}")
+    by_path = {urlsplit(s["attrs"].get("url.full", "")).path: s for s in client}
+    # Each reported client span carries its own stream's status (paths alternate
+    # between an existing file and a 404).
+    wrong = [s for p, s in by_path.items()
+             if (s["attrs"].get("http.request.method"), s["attrs"].get("network.protocol.version"))
+             != ("GET", "2") or s["attrs"].get("http.response.status_code") not in (200, 404)]
+    report("reported client spans with wrong method/version/status", len(wrong), 0)
+    assert not wrong, show(wrong, 5)
+    # same-host linking on a multiplexed connection: a server span whose stream's
+    # client span was reported is the child of exactly that span
+    linked = sum(s["parent_span_id"] == by_path[s["attrs"]["url.path"]]["span_id"]
+                 for s in server if s["attrs"]["url.path"] in by_path)
+    report("server spans child of the client span of their stream", linked, len(by_path))
+    assert linked == len(by_path), show(spans, 10)
+    assert_agent_healthy(agent)
+
+
+# --------------------------------------------------------------------------------------
+# 6. Prometheus
+# --------------------------------------------------------------------------------------
+
+
+def test_6_prometheus_rpc_metrics(require_root, sink, start_agent, clients, grpc_server):
+    if not os.access(PROMTOOL, os.X_OK):
+        pytest.fail(f"{PROMTOOL} not found: apt-get install prometheus", pytrace=False)
+    k, m = 15, 5
+    srv, port = grpc_server
+    agent, cpid, res = grpc_run(start_agent, sink, clients, grpc_server, "unary", k, m)
+    assert res["codes"] == {"OK": k, "NOT_FOUND": m}, res
+    spans = sink.wait_for_spans(lambda s: pid_of(s) in {srv.pid, cpid},
+                                2 * (k + m + 1), SPAN_TIMEOUT, SETTLE)
+    server = of(spans, "SERVER", CHECK, {srv.pid})
+    client = of(spans, "CLIENT", CHECK, {cpid})
+    report("server Check spans", len(server), k + m)
+    report("client Check spans", len(client), k + m)
+    assert len(server) == k + m and len(client) == k + m, show(spans)
+    labels = {"rpc_system": "grpc", "rpc_service": "grpc.health.v1.Health",
+              "rpc_method": "Check"}
+    name = "rpc_server_call_duration_seconds_count"
+    total = wait_prom(agent, name, labels, len(server))
+    report(f"{name}{{Check}} == server spans", total, len(server))
+    assert total == len(server), agent.metrics_text()
+    for code, want in (("0", k), ("5", m)):
+        v = agent.prom_value(name, {**labels, "rpc_grpc_status_code": code})
+        report(f"{name}{{Check, rpc_grpc_status_code={code}}}", v, want)
+        assert v == want, agent.metrics_text()
+    cname = "rpc_client_call_duration_seconds_count"
+    ctotal = agent.prom_value(cname, labels)
+    report(f"{cname}{{Check}} == client spans", ctotal, len(client))
+    assert ctotal == len(client), agent.metrics_text()
+    fail = agent.prom_value(name, {"rpc_method": "Fail", "rpc_grpc_status_code": "13"})
+    report(f"{name}{{Fail, 13}}", fail, 1)
+    assert fail == 1, agent.metrics_text()
+    text = agent.metrics_text()
+    cp = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True,
+                        text=True, timeout=30)
+    out = (cp.stdout + cp.stderr).strip()
+    print(f"promtool check metrics: exit {cp.returncode}\n{out}")
+    report("promtool check metrics exit code", cp.returncode, 0)
+    assert cp.returncode == 0, out
+    assert_agent_healthy(agent)
