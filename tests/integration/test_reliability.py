@@ -26,6 +26,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -39,7 +40,7 @@ from typing import Dict, List, Optional, Set, Tuple
 import pytest
 from google.protobuf import json_format
 
-from conftest import (CURL, HERE, READY_TEXT, free_port, report, stop_process, tail, urllib_request,
+from conftest import (CURL, HERE, REPO, READY_TEXT, free_port, report, stop_process, tail, urllib_request,
                       wait_port)
 from otlp_sink import OtlpSink
 
@@ -1047,3 +1048,27 @@ def test_stray_crlf_between_keepalive_requests(start_agent, nginx, sink):
 def autotel_parse_lines(agent) -> str:
     return "\n".join(l for l in agent.metrics_text().splitlines()
                      if l.startswith(PARSE_ERRORS) and not l.endswith(" 0"))
+
+
+# --------------------------------------------------------------------------------------
+# 8. missing privileges: a clear message, not a kernel errno
+# --------------------------------------------------------------------------------------
+
+
+def test_missing_privileges_message():
+    """5. Run as an unprivileged user: the agent exits non-zero at once and says what
+    is missing (root or CAP_BPF + CAP_PERFMON) instead of a bare EPERM."""
+    import tempfile
+    # pytest's tmp_path sits under a 0700 directory the other user cannot enter.
+    d = Path(tempfile.mkdtemp(prefix="autotel-nobody-"))
+    d.chmod(0o755)
+    binary = d / "autotel"
+    shutil.copy(REPO / "target" / "release" / "autotel", binary)
+    binary.chmod(0o755)
+    r = subprocess.run(["runuser", "-u", "nobody", "--", str(binary), "run"],
+                       capture_output=True, text=True, timeout=30,
+                       env={"PATH": os.environ.get("PATH", ""), "AUTOTEL_PROMETHEUS_PORT": "0"})
+    report("unprivileged run: exit code (non-zero)", r.returncode, "!= 0")
+    assert r.returncode != 0, r.stderr
+    shutil.rmtree(d, ignore_errors=True)
+    assert "missing privileges" in r.stderr and "CAP_BPF" in r.stderr, r.stderr

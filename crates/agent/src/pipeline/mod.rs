@@ -343,6 +343,21 @@ impl Pipeline {
         };
         let mut selected =
             crate::discovery::matches(sel, &by_path) || crate::discovery::matches(sel, &by_comm);
+        if !selected {
+            // argv[0] may name the program differently (symlinks, exec -a):
+            // the rescan matches on it, so the exec decision must too.
+            let argv = crate::discovery::procfs::cmdline(p.pid);
+            if let Some(arg0) = argv.first() {
+                let name = arg0.rsplit('/').next().unwrap_or(arg0).to_owned();
+                let by_argv = crate::discovery::Candidate {
+                    pid: p.pid,
+                    exe_name: &name,
+                    cmd: &argv,
+                    ports: &[],
+                };
+                selected = crate::discovery::matches(sel, &by_argv);
+            }
+        }
         if selected && sel.skip_sdk_instrumented && resource::detect_sdk(p.pid).is_some() {
             tracing::info!(pid = p.pid, "process is instrumented by an OpenTelemetry SDK: skipping it (discovery.skip_sdk_instrumented)");
             selected = false;

@@ -49,10 +49,47 @@ fn libbpf_log(level: libbpf_rs::PrintLevel, msg: String) {
     }
 }
 
+/// Capability bits (linux/capability.h).
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Effective capabilities of this process, from /proc/self/status.
+fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Says plainly what is missing before the kernel answers EPERM.
+fn require_privileges() -> Result<()> {
+    let caps = effective_caps();
+    let has = |c: u32| caps & (1u64 << c) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "missing privileges: loading BPF programs needs root, or the capabilities \
+         CAP_BPF and CAP_PERFMON (plus CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to read \
+         other processes' /proc entries); run as root, e.g. `sudo autotel run`, or see \
+         deploy/ for the capability set"
+    )
+}
+
 impl Tracer {
     pub fn load(opts: &TracerOptions) -> Result<Self> {
         libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, libbpf_log)));
-        tracefs::ensure_mounted()?;
+        require_privileges()?;
+        // tp_btf hooks and PMU uprobes do not need tracefs; it is mounted
+        // when missing for tools (and kernels) that look for it.
+        if let Err(e) = tracefs::ensure_mounted() {
+            tracing::warn!("{e:#}");
+        }
         // The open object must outlive the skeleton, which lives as long as
         // the agent: leak one small allocation instead of self-referencing.
         let storage: &'static mut MaybeUninit<libbpf_rs::OpenObject> =
