@@ -9,9 +9,27 @@ p50/p99 per round, agent CPU per traced request (user+system from
 /proc/<pid>/stat), BPF run time per request (kernel.bpf_stats_enabled),
 peak RSS, lost events and spans exported / requests sent.
 
+Then, in the same run (skip with --rates '' / --skip-python):
+
+1. Fixed-rate latency: oha (open loop, -q RATE, latency corrected for
+   coordinated omission, 1000 keep-alive connections, on CPU 1) against the
+   same nginx at 5000 and 20000 req/s, agent off vs on in ABBA rounds; p50, p99,
+   p99.9 and added p99 (on - off), agent RSS, lost events, spans dropped, and
+   spans received by an OTLP collector (bench/apps/span_counter.py, built on
+   tests/integration/otlp_sink.py) == requests sent. oha is installed lazily
+   (`cargo install oha --locked`).
+2. Versus zero-code OTel Python: bench/apps/flask_app.py on CPU 0 run plain,
+   under `opentelemetry-instrument` (OTLP/gRPC to the same collector), and plain
+   + autotel (OTLP/gRPC to the same collector), rotated rounds under wrk;
+   throughput cost of each vs plain, app/agent CPU per request and the ratio
+   autotel cost / opentelemetry-instrument cost. opentelemetry-instrumentation-
+   flask has no 0.66b2 release: if missing it is installed --no-deps into
+   ~/.cache/autotel-bench/pydeps (PYTHONPATH of the instrumented app only).
+
 Writes bench/results/<timestamp>.json and .md and prints a last line:
 throughput_ratio=<on/off> cpu_us_per_req=<x> rss_mb=<y> lost=<n>
-Run as root: python3 bench/run.py [--rounds 3] [--seconds 8]
+Run as root: python3 bench/run.py [--quick] [--rounds 3] [--seconds 8] [--rates 5000,20000]
+Default run about 4-5 minutes, --quick about 2.
 """
 import argparse
 import json
@@ -75,10 +93,10 @@ def parse_latency(text, pct):
     return v * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)]
 
 
-def run_wrk(port, seconds, conns):
+def run_wrk(port, seconds, conns, path="/index.html"):
     out = subprocess.run(
         ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency",
-         f"http://127.0.0.1:{port}/index.html"],
+         f"http://127.0.0.1:{port}{path}"],
         capture_output=True, text=True, timeout=seconds + 30).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
@@ -119,11 +137,15 @@ def prom(port, name, labels=""):
     return total
 
 
-def start_agent(port, prom_port, tmp):
+def start_agent(port, prom_port, tmp, otlp=None):
+    """Start the agent on `port` (a port list string is fine). Without `otlp`,
+    spans go to stdout of a file: the full pipeline runs (parse, spans,
+    metrics, encoding) without a collector in the measurement. With `otlp`
+    (an http://host:port gRPC endpoint) spans and metrics go there."""
     env = dict(os.environ, AUTOTEL_OPEN_PORTS=str(port), AUTOTEL_PROMETHEUS_PORT=str(prom_port),
                AUTOTEL_LOG_LEVEL="warn", NO_COLOR="1")
-    # Spans go to stdout of a file: the full pipeline runs (parse, spans,
-    # metrics, encoding) without a collector in the measurement.
+    if otlp:
+        env.update(OTEL_EXPORTER_OTLP_ENDPOINT=otlp, OTEL_EXPORTER_OTLP_PROTOCOL="grpc")
     out = open(os.path.join(tmp, "agent.out"), "w")
     err = open(os.path.join(tmp, "agent.err"), "w")
     p = subprocess.Popen([AGENT, "run"], env=env, stdout=out, stderr=err)
@@ -137,20 +159,369 @@ def start_agent(port, prom_port, tmp):
     raise RuntimeError("agent not ready")
 
 
+def stop_agent(agent):
+    agent.send_signal(signal.SIGINT)
+    try:
+        agent.wait(15)
+    except subprocess.TimeoutExpired:
+        agent.kill()
+        agent.wait(5)
+
+
+# ---------------------------------------------------------------------------
+# Shared helpers for the fixed-rate and Python comparisons
+# ---------------------------------------------------------------------------
+
+OHA = shutil.which("oha") or os.path.expanduser("~/.cargo/bin/oha")
+PYDEPS = os.path.expanduser("~/.cache/autotel-bench/pydeps")
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return f.read().strip()
+
+
+def foreign_bpf_progs():
+    """Programs named at_* already loaded (other agents running on this host)."""
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout
+    try:
+        return sum(1 for p in json.loads(out or "[]") if p.get("name", "").startswith("at_"))
+    except json.JSONDecodeError:
+        return -1
+
+
+def ensure_oha():
+    """oha is only needed by the bench (CI does not run it): install it lazily."""
+    global OHA
+    if os.path.exists(OHA):
+        return True
+    print("bench: `oha` (rate-limited load generator) not found; running "
+          "`cargo install oha --locked` (a few minutes, once)...", flush=True)
+    r = subprocess.run(["cargo", "install", "oha", "--locked"])
+    OHA = shutil.which("oha") or os.path.expanduser("~/.cargo/bin/oha")
+    if r.returncode != 0 or not os.path.exists(OHA):
+        print("bench: could not install oha; skipping the fixed-rate latency part", flush=True)
+        return False
+    return True
+
+
+def run_oha(port, rate, seconds, conns, path="/index.html"):
+    """Open-loop load at `rate` req/s (latency corrected for coordinated omission),
+    waiting for in-flight requests at the deadline so requests == responses."""
+    out = subprocess.run(
+        ["taskset", "-c", "1", OHA, "-z", f"{seconds}s", "-q", str(rate), "-c", str(conns),
+         "-w", "--latency-correction", "--no-tui", "--output-format", "json",
+         f"http://127.0.0.1:{port}{path}"],
+        capture_output=True, text=True, timeout=seconds + 60).stdout
+    d = json.loads(out)
+    pct = d["latencyPercentiles"]
+    return {"rate": rate, "rps": d["summary"]["requestsPerSec"],
+            "requests": sum(d.get("statusCodeDistribution", {}).values()),
+            "errors": sum(d.get("errorDistribution", {}).values()),
+            "p50_us": (pct.get("p50") or 0) * 1e6, "p99_us": (pct.get("p99") or 0) * 1e6,
+            "p999_us": (pct.get("p99.9") or 0) * 1e6}
+
+
+class Collector:
+    """bench/apps/span_counter.py: the OTLP receiver of tests/integration/otlp_sink.py
+    that only counts spans (run as its own process, outside the measured ones)."""
+
+    def __init__(self, tmp):
+        self.grpc_port, self.http_port = free_port(), free_port()
+        self.file = os.path.join(tmp, "spans.json")
+        self.log = open(os.path.join(tmp, "collector.log"), "w")
+        self.p = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "bench/apps/span_counter.py"),
+             "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port),
+             "--count-file", self.file], stdout=self.log, stderr=self.log)
+        end = time.time() + 20
+        while not os.path.exists(self.file):
+            if self.p.poll() is not None or time.time() > end:
+                raise RuntimeError("span counter did not start: see collector.log")
+            time.sleep(0.1)
+        self.endpoint = f"http://127.0.0.1:{self.grpc_port}"
+
+    def counts(self):
+        with open(self.file) as f:
+            return json.load(f)
+
+    def spans(self):
+        return self.counts()["spans"]
+
+    def settle(self, expect=None, quiet=1.0, timeout=15.0):
+        """Wait until the span count reaches `expect` or stops moving for `quiet` s."""
+        end = time.time() + timeout
+        last, since = self.spans(), time.time()
+        while time.time() < end:
+            time.sleep(0.2)
+            now = self.spans()
+            if expect is not None and now >= expect:
+                time.sleep(0.3)
+                return self.spans()
+            if now != last:
+                last, since = now, time.time()
+            elif time.time() - since >= quiet:
+                return now
+        return self.spans()
+
+    def cpu(self):
+        return cpu_seconds(self.p.pid)
+
+    def stop(self):
+        self.p.send_signal(signal.SIGINT)
+        try:
+            self.p.wait(10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait(5)
+
+
+def mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+# ---------------------------------------------------------------------------
+# 1. Fixed-rate latency on nginx (below saturation), agent off vs on
+# ---------------------------------------------------------------------------
+
+
+def fixed_rate(args, port, prom_port, tmp, collector):
+    rows = []
+    run_oha(port, min(args.rates), 2, args.rate_connections)  # warm-up
+    for r in range(args.rate_rounds):
+        for rate in args.rates:
+            row = {"round": r, "rate": rate, "connections": args.rate_connections}
+            # ABBA: even rounds off first, odd rounds on first.
+            for mode in (["off", "on"] if r % 2 == 0 else ["on", "off"]):
+                if mode == "off":
+                    row["off"] = run_oha(port, rate, args.rate_seconds, args.rate_connections)
+                    continue
+                agent = start_agent(port, prom_port, tmp, otlp=collector.endpoint)
+                try:
+                    s0, cpu0, ccpu0 = collector.spans(), cpu_seconds(agent.pid), collector.cpu()
+                    row["on"] = on = run_oha(port, rate, args.rate_seconds, args.rate_connections)
+                    s1 = collector.settle(expect=s0 + on["requests"])
+                    cpu1, ccpu1 = cpu_seconds(agent.pid), collector.cpu()
+                    row.update(
+                        spans=s1 - s0, requests=on["requests"],
+                        agent_cpu_us_per_req=(cpu1 - cpu0) * 1e6 / max(on["requests"], 1),
+                        collector_cpu_us_per_req=(ccpu1 - ccpu0) * 1e6 / max(on["requests"], 1),
+                        rss_mb=rss_peak_mb(agent.pid),
+                        lost=prom(prom_port, "autotel_events_lost_total"),
+                        dropped=prom(prom_port, "autotel_spans_dropped_total"))
+                finally:
+                    stop_agent(agent)
+            row["added_p99_us"] = row["on"]["p99_us"] - row["off"]["p99_us"]
+            rows.append(row)
+            print(f"fixed {rate}/s c={args.rate_connections} round {r}: "
+                  f"off p50/p99/p99.9 {row['off']['p50_us']:.0f}/{row['off']['p99_us']:.0f}/"
+                  f"{row['off']['p999_us']:.0f}us | on {row['on']['p50_us']:.0f}/{row['on']['p99_us']:.0f}/"
+                  f"{row['on']['p999_us']:.0f}us | added p99 {row['added_p99_us']:+.0f}us | "
+                  f"spans {row['spans']}/{row['requests']} rss {row['rss_mb']:.1f}MB lost {row['lost']:.0f} "
+                  f"dropped {row['dropped']:.0f} agent {row['agent_cpu_us_per_req']:.2f}us/req", flush=True)
+    summary = {}
+    for rate in args.rates:
+        rs = [x for x in rows if x["rate"] == rate]
+        summary[str(rate)] = {
+            "connections": args.rate_connections,
+            "achieved_rps_off": mean([x["off"]["rps"] for x in rs]),
+            "achieved_rps_on": mean([x["on"]["rps"] for x in rs]),
+            **{f"{k}_{m}": mean([x[m][k] for x in rs])
+               for m in ("off", "on") for k in ("p50_us", "p99_us", "p999_us")},
+            "added_p50_us": mean([x["on"]["p50_us"] - x["off"]["p50_us"] for x in rs]),
+            "added_p99_us": mean([x["added_p99_us"] for x in rs]),
+            "added_p999_us": mean([x["on"]["p999_us"] - x["off"]["p999_us"] for x in rs]),
+            "errors": sum(x["on"]["errors"] + x["off"]["errors"] for x in rs),
+            "agent_cpu_us_per_req": mean([x["agent_cpu_us_per_req"] for x in rs]),
+            "collector_cpu_us_per_req": mean([x["collector_cpu_us_per_req"] for x in rs]),
+            "rss_mb": max(x["rss_mb"] for x in rs),
+            "lost": sum(x["lost"] for x in rs),
+            "dropped": sum(x["dropped"] for x in rs),
+            "spans": sum(x["spans"] for x in rs),
+            "requests": sum(x["requests"] for x in rs),
+            "spans_equal_requests": all(x["spans"] == x["requests"] for x in rs),
+        }
+    return {"rows": rows, "summary": summary}
+
+
+# ---------------------------------------------------------------------------
+# 2. The same Flask app: plain, opentelemetry-instrument, plain + autotel
+# ---------------------------------------------------------------------------
+
+
+def ensure_flask_instrumentation():
+    """Return a PYTHONPATH entry providing opentelemetry-instrumentation-flask ("" if it
+    is installed), or None. The 0.66b2 series has no flask instrumentation release and
+    0.66b1 pins opentelemetry-semantic-conventions 0.66b1 (conflicts with the installed
+    SDK), so it is installed --no-deps into a private directory, never into the system."""
+    try:
+        import flask  # noqa: F401
+    except ImportError:
+        print("bench: Flask not installed (`pip install flask`); skipping the Python comparison")
+        return None
+    probe = "import opentelemetry.instrumentation.flask"
+    if subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0:
+        return ""
+    env = dict(os.environ, PYTHONPATH=PYDEPS)
+    if subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True).returncode == 0:
+        return PYDEPS
+    from importlib.metadata import version
+    series = version("opentelemetry-instrumentation")  # e.g. 0.66b2
+    base = series.split("b")[0]
+    print(f"bench: installing opentelemetry-instrumentation-flask ({base}bN, --no-deps) "
+          f"into {PYDEPS}", flush=True)
+    for flask_v in [series] + [f"{base}b{i}" for i in range(int(series.split('b')[1]) - 1, -1, -1)]:
+        r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                            PYDEPS, f"opentelemetry-instrumentation-flask=={flask_v}",
+                            f"opentelemetry-instrumentation-wsgi=={series}"],
+                           capture_output=True, text=True)
+        if r.returncode == 0:
+            break
+    if subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True).returncode == 0:
+        return PYDEPS
+    print("bench: opentelemetry-instrumentation-flask not installable; skipping the Python comparison")
+    return None
+
+
+def start_flask(port, tmp, name, env_extra=None, instrument=False):
+    env = dict(os.environ, **(env_extra or {}))
+    cmd = [sys.executable, os.path.join(ROOT, "bench/apps/flask_app.py"), str(port)]
+    if instrument:
+        otel = shutil.which("opentelemetry-instrument") or os.path.join(
+            os.path.dirname(sys.executable), "opentelemetry-instrument")
+        cmd = [otel] + cmd
+    log = open(os.path.join(tmp, f"{name}.log"), "w")
+    p = subprocess.Popen(["taskset", "-c", "0"] + cmd, env=env, stdout=log, stderr=log)
+    wait_port(port, 30)
+    return p
+
+
+def python_compare(args, tmp, prom_port, collector):
+    pydeps = ensure_flask_instrumentation()
+    if pydeps is None:
+        return None
+    plain_port, otel_port = free_port(), free_port()
+    otel_env = {"OTEL_SERVICE_NAME": "flask-otel", "OTEL_TRACES_EXPORTER": "otlp",
+                "OTEL_METRICS_EXPORTER": "otlp", "OTEL_LOGS_EXPORTER": "none",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+                # Same batching as the agent's defaults (SDK default is 5000 ms) so the
+                # spans of one round are counted in that round.
+                "OTEL_BSP_SCHEDULE_DELAY": "1000"}
+    if pydeps:
+        otel_env["PYTHONPATH"] = pydeps + os.pathsep + os.environ.get("PYTHONPATH", "")
+    plain = start_flask(plain_port, tmp, "flask-plain", {"OTEL_SERVICE_NAME": "flask-plain"})
+    otel = None
+    rows = []
+    try:
+        otel = start_flask(otel_port, tmp, "flask-otel", otel_env, instrument=True)
+        url_path = "/api/items"
+        for p in (plain_port, otel_port):
+            run_wrk(p, 2, args.py_connections, url_path)  # warm-up
+        collector.settle(quiet=2.0)  # warm-up spans of the instrumented app
+        modes = ["plain", "otel", "autotel"]
+        for r in range(args.py_rounds):
+            order = modes[r % 3:] + modes[:r % 3]
+            row = {"round": r, "order": order}
+            for mode in order:
+                app = otel if mode == "otel" else plain
+                aport = otel_port if mode == "otel" else plain_port
+                agent = start_agent(plain_port, prom_port, tmp, otlp=collector.endpoint) \
+                    if mode == "autotel" else None
+                try:
+                    s0, a0 = collector.spans(), cpu_seconds(app.pid)
+                    g0 = cpu_seconds(agent.pid) if agent else 0.0
+                    res = run_wrk(aport, args.py_seconds, args.py_connections, url_path)
+                    s1 = collector.settle(expect=s0 + res["requests"]) if mode != "plain" else s0
+                    res["app_cpu_us_per_req"] = (cpu_seconds(app.pid) - a0) * 1e6 / max(res["requests"], 1)
+                    if agent:
+                        res["agent_cpu_us_per_req"] = (cpu_seconds(agent.pid) - g0) * 1e6 / max(res["requests"], 1)
+                        res["rss_mb"] = rss_peak_mb(agent.pid)
+                        res["lost"] = prom(prom_port, "autotel_events_lost_total")
+                    res["spans"] = s1 - s0
+                finally:
+                    if agent:
+                        stop_agent(agent)
+                row[mode] = res
+            rows.append(row)
+            print(f"python round {r}: " + " | ".join(
+                f"{m} {row[m]['rps']:.0f} rps p50/p99 {row[m]['p50_us']:.0f}/{row[m]['p99_us']:.0f}us "
+                f"spans {row[m]['spans']}/{row[m]['requests']}" for m in modes), flush=True)
+    finally:
+        for p in (plain, otel):
+            if p is not None:
+                p.send_signal(signal.SIGINT)
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(5)
+
+    rps = {m: mean([x[m]["rps"] for x in rows]) for m in modes}
+    cpu = {m: mean([x[m]["app_cpu_us_per_req"] for x in rows]) for m in modes}
+    agent_cpu = mean([x["autotel"]["agent_cpu_us_per_req"] for x in rows])
+    cost_otel = 1 - rps["otel"] / rps["plain"]
+    cost_autotel = 1 - rps["autotel"] / rps["plain"]
+    added_cpu_otel = cpu["otel"] - cpu["plain"]
+    added_cpu_autotel = cpu["autotel"] - cpu["plain"] + agent_cpu
+    summary = {
+        "connections": args.py_connections,
+        **{f"rps_{m}": rps[m] for m in modes},
+        **{f"{k}_{m}": mean([x[m][k] for x in rows]) for m in modes for k in ("p50_us", "p99_us")},
+        **{f"app_cpu_us_per_req_{m}": cpu[m] for m in modes},
+        "autotel_agent_cpu_us_per_req": agent_cpu,
+        "throughput_cost_otel": cost_otel,
+        "throughput_cost_autotel": cost_autotel,
+        "cost_ratio_autotel_over_otel": cost_autotel / cost_otel if cost_otel > 0 else None,
+        "added_cpu_us_per_req_otel": added_cpu_otel,
+        "added_cpu_us_per_req_autotel": added_cpu_autotel,
+        "cpu_ratio_autotel_over_otel": added_cpu_autotel / added_cpu_otel if added_cpu_otel > 0 else None,
+        "spans_per_request_otel": sum(x["otel"]["spans"] for x in rows) / max(sum(x["otel"]["requests"] for x in rows), 1),
+        "spans_per_request_autotel": sum(x["autotel"]["spans"] for x in rows) / max(sum(x["autotel"]["requests"] for x in rows), 1),
+        "autotel_rss_mb": max(x["autotel"]["rss_mb"] for x in rows),
+        "autotel_lost": sum(x["autotel"]["lost"] for x in rows),
+        "flask_instrumentation_path": pydeps or "installed",
+    }
+    return {"rows": rows, "summary": summary}
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--quick", action="store_true",
+                    help="about 2 minutes: fewer/shorter rounds (explicit options still win)")
+    ap.add_argument("--rounds", type=int, default=None, help="saturated nginx rounds (3; quick 2)")
+    ap.add_argument("--seconds", type=int, default=None, help="per saturated run (8; quick 4)")
     ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--rates", default="5000,20000", help="fixed-rate req/s list ('' = skip)")
+    ap.add_argument("--rate-rounds", type=int, default=None, help="(2; quick 1)")
+    ap.add_argument("--rate-seconds", type=int, default=None, help="(8; quick 5)")
+    ap.add_argument("--rate-connections", type=int, default=1000)
+    ap.add_argument("--py-rounds", type=int, default=None, help="Flask comparison rounds (2; quick 1)")
+    ap.add_argument("--py-seconds", type=int, default=None, help="(8; quick 5)")
+    ap.add_argument("--py-connections", type=int, default=10)
+    ap.add_argument("--skip-python", action="store_true")
     args = ap.parse_args()
+    for name, full, quick in (("rounds", 3, 2), ("seconds", 8, 4), ("rate_rounds", 2, 1),
+                              ("rate_seconds", 8, 5), ("py_rounds", 2, 1), ("py_seconds", 8, 5)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    args.rates = [int(x) for x in args.rates.split(",") if x.strip()]
     if os.geteuid() != 0:
         sys.exit("bench: run as root (BPF)")
+    t_start = time.time()
+    env_info = {"loadavg_before": loadavg(), "nproc": os.cpu_count(),
+                "foreign_at_bpf_progs_before": foreign_bpf_progs()}
+    print(f"bench: loadavg {env_info['loadavg_before']}; at_* BPF programs of other agents "
+          f"already loaded: {env_info['foreign_at_bpf_progs_before']}", flush=True)
     tmp = tempfile.mkdtemp(prefix="autotel-bench-")
     port, prom_port = free_port(), free_port()
     with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
         f.write("1")
     nginx = start_nginx(tmp, port)
+    collector = None
     rounds = []
+    fixed = python = None
     try:
         run_wrk(port, 2, args.connections)  # warm-up
         for r in range(args.rounds):
@@ -165,8 +536,7 @@ def main():
                 spans = prom(prom_port, "autotel_spans_created_total")
                 rss = rss_peak_mb(agent.pid)
             finally:
-                agent.send_signal(signal.SIGINT)
-                agent.wait(15)
+                stop_agent(agent)
             rounds.append({"round": r, "off": off, "on": on,
                            "agent_cpu_us_per_req": (cpu1 - cpu0) * 1e6 / max(on["requests"], 1),
                            "bpf_us_per_req": (bpf1 - bpf0) / 1e3 / max(on["requests"], 1),
@@ -175,15 +545,26 @@ def main():
                   f"p99 {on['p99_us']}us | agent {rounds[-1]['agent_cpu_us_per_req']:.2f} us/req "
                   f"bpf {rounds[-1]['bpf_us_per_req']:.2f} us/req spans {spans:.0f}/{on['requests']} lost {lost:.0f}",
                   flush=True)
-    finally:
+        if args.rates or not args.skip_python:
+            collector = Collector(tmp)
+        if args.rates and ensure_oha():
+            fixed = fixed_rate(args, port, prom_port, tmp, collector)
         nginx.send_signal(signal.SIGQUIT)
         nginx.wait(10)
+        nginx = None
+        if not args.skip_python:
+            python = python_compare(args, tmp, prom_port, collector)
+    finally:
+        if nginx is not None:
+            nginx.send_signal(signal.SIGQUIT)
+            nginx.wait(10)
+        if collector is not None:
+            collector.stop()
         with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
             f.write("0")
         shutil.rmtree(tmp, ignore_errors=True)
-
-    def mean(xs):
-        return sum(xs) / len(xs)
+    env_info.update(loadavg_after=loadavg(), foreign_at_bpf_progs_after=foreign_bpf_progs(),
+                    duration_s=round(time.time() - t_start, 1), args=vars(args))
 
     ratio = mean([r["on"]["rps"] for r in rounds]) / mean([r["off"]["rps"] for r in rounds])
     summary = {
@@ -199,16 +580,62 @@ def main():
     os.makedirs(os.path.join(ROOT, "bench/results"), exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     with open(os.path.join(ROOT, f"bench/results/{stamp}.json"), "w") as f:
-        json.dump({"summary": summary, "rounds": rounds}, f, indent=2)
-    lines = ["| round | off rps | on rps | off p50/p99 us | on p50/p99 us | agent us/req | bpf us/req | lost |",
+        json.dump({"summary": summary, "rounds": rounds, "fixed_rate": fixed,
+                   "python_vs_otel": python, "env": env_info}, f, indent=2)
+    lines = ["## nginx, saturated (wrk, %d connections)" % args.connections, "",
+             "| round | off rps | on rps | off p50/p99 us | on p50/p99 us | agent us/req | bpf us/req | lost |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rounds:
         lines.append(f"| {r['round']} | {r['off']['rps']:.0f} | {r['on']['rps']:.0f} | "
                      f"{r['off']['p50_us']:.0f}/{r['off']['p99_us']:.0f} | {r['on']['p50_us']:.0f}/{r['on']['p99_us']:.0f} | "
                      f"{r['agent_cpu_us_per_req']:.2f} | {r['bpf_us_per_req']:.2f} | {r['lost']:.0f} |")
+    table = "\n".join(lines)
+    extra = []
+    if fixed:
+        extra += ["", f"## nginx, fixed rate (oha -q, {args.rate_connections} keep-alive connections, "
+                  "latency corrected for coordinated omission; agent exports OTLP/gRPC to the span counter)", "",
+                  "| rate req/s | off p50/p99/p99.9 us | on p50/p99/p99.9 us | added p99 us | added p99.9 us "
+                  "| agent us/req | collector us/req | agent RSS MB | lost | dropped | spans / requests |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for rate, x in fixed["summary"].items():
+            extra.append(
+                f"| {rate} | {x['p50_us_off']:.0f}/{x['p99_us_off']:.0f}/{x['p999_us_off']:.0f} | "
+                f"{x['p50_us_on']:.0f}/{x['p99_us_on']:.0f}/{x['p999_us_on']:.0f} | {x['added_p99_us']:+.0f} | "
+                f"{x['added_p999_us']:+.0f} | {x['agent_cpu_us_per_req']:.2f} | {x['collector_cpu_us_per_req']:.2f} | "
+                f"{x['rss_mb']:.1f} | {x['lost']:.0f} | {x['dropped']:.0f} | {x['spans']}/{x['requests']} |")
+    if python:
+        x = python["summary"]
+        fmt = lambda v, f: "n/a" if v is None else format(v, f)  # noqa: E731
+        extra += ["", f"## Flask app: plain vs opentelemetry-instrument vs autotel "
+                  f"(wrk, {args.py_connections} connections, app on CPU 0; both export OTLP/gRPC "
+                  "to the same span counter)", "",
+                  "| mode | rps | throughput cost | p50/p99 us | app CPU us/req | agent CPU us/req | spans/req |",
+                  "|---|---|---|---|---|---|---|",
+                  f"| plain | {x['rps_plain']:.0f} | - | {x['p50_us_plain']:.0f}/{x['p99_us_plain']:.0f} | "
+                  f"{x['app_cpu_us_per_req_plain']:.0f} | - | - |",
+                  f"| opentelemetry-instrument | {x['rps_otel']:.0f} | {x['throughput_cost_otel']:.1%} | "
+                  f"{x['p50_us_otel']:.0f}/{x['p99_us_otel']:.0f} | {x['app_cpu_us_per_req_otel']:.0f} | - | "
+                  f"{x['spans_per_request_otel']:.3f} |",
+                  f"| autotel | {x['rps_autotel']:.0f} | {x['throughput_cost_autotel']:.1%} | "
+                  f"{x['p50_us_autotel']:.0f}/{x['p99_us_autotel']:.0f} | {x['app_cpu_us_per_req_autotel']:.0f} | "
+                  f"{x['autotel_agent_cpu_us_per_req']:.1f} | {x['spans_per_request_autotel']:.3f} |",
+                  "",
+                  f"autotel cost / opentelemetry-instrument cost: throughput "
+                  f"{fmt(x['cost_ratio_autotel_over_otel'], '.3f')}, added CPU per request "
+                  f"{fmt(x['cpu_ratio_autotel_over_otel'], '.3f')} "
+                  f"({x['added_cpu_us_per_req_autotel']:.1f} vs {x['added_cpu_us_per_req_otel']:.1f} us; target <= 0.2; "
+                  "a negative throughput cost is noise: the CPU ratio is the steadier one)"]
+    extra += ["", f"load: before {env_info['loadavg_before']} / after {env_info['loadavg_after']}; "
+              f"other agents' at_* BPF programs {env_info['foreign_at_bpf_progs_before']}/"
+              f"{env_info['foreign_at_bpf_progs_after']} (bpf us/req counts them too); "
+              f"{env_info['duration_s']} s"]
     with open(os.path.join(ROOT, f"bench/results/{stamp}.md"), "w") as f:
-        f.write("\n".join(lines) + "\n\n" + json.dumps(summary, indent=2) + "\n")
-    print("\n".join(lines))
+        f.write(table + "\n" + "\n".join(extra) + "\n\n" + json.dumps(
+            {"summary": summary,
+             "fixed_rate": fixed and fixed["summary"],
+             "python_vs_otel": python and python["summary"]}, indent=2) + "\n")
+    print(table)
+    print("\n".join(extra))
     print(f"throughput_ratio={ratio:.3f} cpu_us_per_req={summary['cpu_us_per_req']:.2f} "
           f"rss_mb={summary['rss_mb']:.1f} lost={summary['lost']:.0f}")
 

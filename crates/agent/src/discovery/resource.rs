@@ -148,6 +148,45 @@ pub fn container_id(cgroup: &str) -> Option<String> {
     None
 }
 
+/// Kubernetes pod UID from the kubelet's cgroup paths, cgroupfs driver
+/// (`/kubepods/burstable/pod<uid>/<container>`) or systemd driver
+/// (`kubepods-burstable-pod<uid with _ for ->.slice`), cgroup v1 or v2.
+/// Static pods use a 32-hex config hash as their UID; both forms are
+/// accepted. Returned lower-case, with dashes as the API shows it.
+pub fn pod_uid(cgroup: &str) -> Option<String> {
+    fn is_uid(s: &str) -> bool {
+        let b = s.as_bytes();
+        let uuid = b.len() == 36
+            && b.iter().enumerate().all(|(i, c)| match i {
+                8 | 13 | 18 | 23 => *c == b'-',
+                _ => c.is_ascii_hexdigit(),
+            });
+        uuid || (b.len() == 32 && b.iter().all(u8::is_ascii_hexdigit))
+    }
+    for line in cgroup.lines() {
+        // v1: "12:memory:/kubepods/...", v2: "0::/kubepods/...".
+        let path = line.splitn(3, ':').nth(2).unwrap_or(line);
+        if !path.contains("kubepods") {
+            continue;
+        }
+        for part in path.split('/') {
+            let part = part.strip_suffix(".slice").unwrap_or(part);
+            let candidate = if let Some(rest) = part.strip_prefix("pod") {
+                rest
+            } else if let Some(i) = part.rfind("-pod") {
+                &part[i + 4..]
+            } else {
+                continue;
+            };
+            let uid = candidate.replace('_', "-").to_ascii_lowercase();
+            if is_uid(&uid) {
+                return Some(uid);
+            }
+        }
+    }
+    None
+}
+
 /// Service naming decided by configuration (discovery.services).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Naming {
@@ -288,8 +327,12 @@ pub fn build(pid: u32, host: &str, exec_path: Option<&str>, naming: &Naming) -> 
     if let Some(pp) = procfs::ppid(pid) {
         attributes.push(("process.parent_pid".into(), AttrValue::Int(pp as i64)));
     }
-    if let Some(id) = container_id(&procfs::cgroup(pid)) {
+    let cgroup = procfs::cgroup(pid);
+    if let Some(id) = container_id(&cgroup) {
         attributes.push(("container.id".into(), id.into()));
+    }
+    if let Some(uid) = pod_uid(&cgroup) {
+        attributes.push(("k8s.pod.uid".into(), uid.into()));
     }
     for (k, v) in env_attrs {
         if !attributes.iter().any(|(have, _)| *have == k) {
@@ -368,6 +411,74 @@ mod tests {
             Some(id)
         );
         assert_eq!(container_id("0::/user.slice/user-0.slice\n"), None);
+    }
+
+    #[test]
+    fn pod_uids_from_kubelet_cgroups() {
+        let cid = "3f6a1c0e9b2d4e5f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f";
+        let uid = "0f3c2a1e-5b6d-4c7e-9f80-1a2b3c4d5e6f";
+        let uid_ = "0f3c2a1e_5b6d_4c7e_9f80_1a2b3c4d5e6f";
+        let want = Some(uid.to_owned());
+        // cgroupfs driver, cgroup v2 (burstable, besteffort, guaranteed).
+        for qos in ["burstable/", "besteffort/", ""] {
+            let cg = format!("0::/kubepods/{qos}pod{uid}/{cid}\n");
+            assert_eq!(pod_uid(&cg), want, "{cg}");
+            assert_eq!(container_id(&cg).as_deref(), Some(cid), "{cg}");
+        }
+        // cgroupfs driver, cgroup v1: one line per hierarchy.
+        let v1 = format!(
+            "12:pids:/kubepods/burstable/pod{uid}/{cid}\n\
+             11:memory:/kubepods/burstable/pod{uid}/{cid}\n\
+             1:name=systemd:/kubepods/burstable/pod{uid}/{cid}\n"
+        );
+        assert_eq!(pod_uid(&v1), want);
+        // systemd driver: containerd, cri-o, guaranteed QoS (no QoS slice).
+        let sd = format!(
+            "0::/kubepods.slice/kubepods-burstable.slice/\
+             kubepods-burstable-pod{uid_}.slice/cri-containerd-{cid}.scope\n"
+        );
+        assert_eq!(pod_uid(&sd), want);
+        assert_eq!(container_id(&sd).as_deref(), Some(cid));
+        let crio = format!(
+            "0::/kubepods.slice/kubepods-besteffort.slice/\
+             kubepods-besteffort-pod{uid_}.slice/crio-{cid}.scope\n"
+        );
+        assert_eq!(pod_uid(&crio), want);
+        let guaranteed = format!("0::/kubepods.slice/kubepods-pod{uid_}.slice/crio-{cid}.scope\n");
+        assert_eq!(pod_uid(&guaranteed), want);
+        // kind / nested kubelet (cgroup root under kubelet.slice).
+        let kind = format!(
+            "0::/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/\
+             kubelet-kubepods-besteffort-pod{uid_}.slice/cri-containerd-{cid}.scope\n"
+        );
+        assert_eq!(pod_uid(&kind), want);
+        // Upper-case input is normalised.
+        let upper = format!("0::/kubepods/pod{}/{cid}\n", uid.to_ascii_uppercase());
+        assert_eq!(pod_uid(&upper), want);
+        // Static pods: the UID is the 32-hex config hash.
+        let hash = "5e2c1b7a9f3d4e6a8b0c2d4f6a8b0c2d";
+        assert_eq!(
+            pod_uid(&format!("0::/kubepods/burstable/pod{hash}/{cid}\n")).as_deref(),
+            Some(hash)
+        );
+        // Not pods: docker, podman, systemd services, malformed UIDs.
+        for cg in [
+            format!("0::/system.slice/docker-{cid}.scope\n"),
+            format!(
+                "0::/user.slice/user-1000.slice/user@1000.service/app.slice/libpod-{cid}.scope\n"
+            ),
+            "0::/machine.slice/libpod-pod-1234.slice\n".to_string(),
+            "0::/user.slice/user-0.slice\n".to_string(),
+            "0::/kubepods/burstable/podnot-a-uid/abc\n".to_string(),
+            format!(
+                "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice\n",
+                &uid_[..30]
+            ),
+            "0::/\n".to_string(),
+            String::new(),
+        ] {
+            assert_eq!(pod_uid(&cg), None, "{cg}");
+        }
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub struct SpanInput<'a> {
     pub peer_addr: &'a str,
     pub resource: Arc<Resource>,
     pub ctx: SpanCtx,
+    /// Unanswered queries end here at the latest (the socket closed).
+    pub end_cap: Option<u64>,
 }
 
 /// The error of a lookup, if it failed.
@@ -39,7 +41,10 @@ pub fn build(input: SpanInput<'_>, clock: &Clock) -> Span {
     let start = l.query_timing.enter_ns;
     let end = l
         .response_end_ns
-        .unwrap_or(l.query_timing.exit_ns + TIMEOUT_NS)
+        .unwrap_or_else(|| {
+            let timeout = l.query_timing.exit_ns + TIMEOUT_NS;
+            input.end_cap.map_or(timeout, |cap| cap.min(timeout))
+        })
         .max(start);
     let mut attributes: Attributes = Vec::with_capacity(12);
     if let Some(name) = &q.question_name {

@@ -215,6 +215,8 @@ pub struct Pipeline {
     pending_exits: Vec<u32>,
     /// TCP lifecycle events, handled once the data ring is drained.
     pending_flows: Vec<abi::FlowEvent>,
+    /// Server contexts of connections closed in this drain pass.
+    recently_closed: FxHashMap<ConnKey, SpanCtx>,
     peers: network::PeerGrouping,
     drop_warning: RateLimitedCount,
     counts: LocalCounts,
@@ -251,6 +253,7 @@ impl Pipeline {
             exec_paths: HashMap::new(),
             pending_exits: Vec::new(),
             pending_flows: Vec::new(),
+            recently_closed: FxHashMap::default(),
             peers: cfg.peers,
             drop_warning: RateLimitedCount::new(std::time::Duration::from_secs(10)),
             conns: FxHashMap::default(),
@@ -281,7 +284,7 @@ impl Pipeline {
                     fd: c.fd,
                     start_ns: c.conn_start_ns,
                 };
-                self.close(key);
+                self.close(key, Some(c.ts_ns));
             }
             Ok(Event::Flow(f)) => {
                 self.counts.proc_records += 1;
@@ -601,7 +604,7 @@ impl Pipeline {
             Some(Proto::Dns(state)) => {
                 let mut lookups = Vec::new();
                 Self::feed_dns(state, dir, seg, &mut lookups, &mut self.counts);
-                self.emit_dns(pid, conn, lookups);
+                self.emit_dns(pid, conn, lookups, None);
             }
             Some(Proto::Http2(h2)) => {
                 let mut events = Vec::new();
@@ -726,7 +729,7 @@ impl Pipeline {
         }
     }
 
-    fn emit_dns(&mut self, pid: u32, conn: &Conn, lookups: Vec<DnsLookup>) {
+    fn emit_dns(&mut self, pid: u32, conn: &Conn, lookups: Vec<DnsLookup>, end_cap: Option<u64>) {
         let tcp = matches!(&conn.proto, Some(Proto::Dns(s)) if s.framers.is_some());
         for lookup in lookups {
             let ctx = self.contexts.child_request(conn.client_parent.as_ref());
@@ -739,6 +742,7 @@ impl Pipeline {
                     peer_addr: &conn.peer_addr,
                     resource: self.resource(pid),
                     ctx,
+                    end_cap,
                 },
                 &self.clock,
             );
@@ -923,8 +927,16 @@ impl Pipeline {
         r
     }
 
-    fn close(&mut self, key: ConnKey) {
+    /// `at_ns`: when the close happened (None: the process exited).
+    fn close(&mut self, key: ConnKey, at_ns: Option<u64>) {
         if let Some(mut conn) = self.conns.remove(&key) {
+            // A failed connect of this request's handler may be read after
+            // the close in this drain pass: keep its context until then.
+            if let Some(ctx) = &conn.last_ctx {
+                if self.recently_closed.len() < MAX_PENDING_FLOWS {
+                    self.recently_closed.insert(key, ctx.clone());
+                }
+            }
             let mut events = std::mem::take(&mut self.scratch);
             let mut db_events = std::mem::take(&mut self.db_scratch);
             match conn.proto.as_mut() {
@@ -933,7 +945,8 @@ impl Pipeline {
                 Some(Proto::Dns(state)) => {
                     let mut lookups = Vec::new();
                     state.tracker.close(&mut lookups);
-                    self.emit_dns(key.pid, &conn, lookups);
+                    // Unanswered queries ended when the socket closed, not later.
+                    self.emit_dns(key.pid, &conn, lookups, Some(at_ns.unwrap_or(conn.last_ns)));
                 }
                 Some(Proto::Http2(h2)) => {
                     let mut h2_events = Vec::new();
@@ -956,6 +969,7 @@ impl Pipeline {
         for f in std::mem::take(&mut self.pending_flows) {
             self.on_flow(&f);
         }
+        self.recently_closed.clear();
         for pid in std::mem::take(&mut self.pending_exits) {
             self.process_exited(pid);
             self.rejected.remove(&pid);
@@ -984,7 +998,10 @@ impl Pipeline {
                 start_ns: f.ctx_conn_start_ns,
             };
             let parent = if f.ctx_fd >= 0 {
-                self.conns.get(&server).and_then(|c| c.last_ctx.clone())
+                self.conns
+                    .get(&server)
+                    .and_then(|c| c.last_ctx.clone())
+                    .or_else(|| self.recently_closed.get(&server).cloned())
             } else {
                 None
             };
@@ -1004,7 +1021,7 @@ impl Pipeline {
             .copied()
             .collect();
         for k in keys {
-            self.close(k);
+            self.close(k, None);
         }
     }
 
@@ -1047,7 +1064,7 @@ impl Pipeline {
             if let Some(Proto::Dns(state)) = conn.proto.as_mut() {
                 state.tracker.expire(now_mono_ns, &mut lookups);
             }
-            self.emit_dns(key.pid, &conn, lookups);
+            self.emit_dns(key.pid, &conn, lookups, None);
             self.conns.insert(key, conn);
         }
     }
