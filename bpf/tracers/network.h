@@ -19,7 +19,11 @@ struct at_flow_state {
 	__u32 tid;
 	__s32 ctx_fd;
 	__u8 role;
-	__u8 _pad[3];
+	__u8 have_tuple;
+	__u8 _pad[2];
+	/* Endpoints as they were when the connection opened: by TCP_CLOSE the
+	 * kernel may have released the local port already. */
+	struct at_conn_tuple tuple;
 };
 
 /* sock pointer -> owner. LRU: a sock we never see close must not pin a slot. */
@@ -55,6 +59,12 @@ static __always_inline void emit_flow(const struct sock *sk, struct at_flow_stat
 	ev->ctx_conn_start_ns = st->ctx_conn_start_ns;
 	__builtin_memset(&ev->tuple, 0, sizeof(ev->tuple));
 	read_sk_tuple(sk, &ev->tuple);
+	if (st->have_tuple && (ev->tuple.sport == 0 || ev->tuple.dport == 0))
+		ev->tuple = st->tuple;
+	else if (!st->have_tuple && ev->tuple.sport && ev->tuple.dport) {
+		st->tuple = ev->tuple;
+		st->have_tuple = 1;
+	}
 	bpf_ringbuf_submit(ev, ringbuf_flags(&proc_events));
 }
 
@@ -74,8 +84,8 @@ static __always_inline void flow_accepted(__u32 tgid, __u32 tid, __s32 fd)
 		.ctx_fd = -1,
 		.role = AT_ROLE_SERVER,
 	};
-	bpf_map_update_elem(&flows, &key, &st, BPF_ANY);
 	emit_flow(sk, &st, AT_FLOW_OPEN, AT_TCP_ESTABLISHED);
+	bpf_map_update_elem(&flows, &key, &st, BPF_ANY);
 }
 
 SEC("tp_btf/inet_sock_set_state")

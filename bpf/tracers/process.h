@@ -128,8 +128,13 @@ int BPF_PROG(at_exit)
 	__u32 tgid = id >> 32;
 	if (tgid != (__u32)id)
 		return 0; /* a thread, not the process */
-	if (!is_selected(tgid))
+	if (!is_selected(tgid)) {
+		/* Selected provisionally at exec and rejected since: its fds may
+		 * still have entries (it has task state only if it was traced). */
+		if (task_state_get(0))
+			forget_open_fds(tgid);
 		return 0;
+	}
 	bpf_map_delete_elem(&selected_pids, &tgid);
 	forget_open_fds(tgid);
 	emit_proc(AT_PROC_EXIT, tgid, 0);
