@@ -673,6 +673,16 @@ impl Pipeline {
         s: &Http2Stream,
         ctx: SpanCtx,
     ) {
+        // The response head fell in bytes the capture did not keep: a span
+        // would report a status we never saw. Counted, not guessed.
+        if s.status.is_none() && s.grpc_status.is_none() && s.reset.is_none() {
+            *self
+                .counts
+                .parse_errors
+                .entry(("http2", "stream_unfinished"))
+                .or_default() += 1;
+            return;
+        }
         if !s.request.is_grpc() {
             return self.finish(pid, conn, &h2_span::to_exchange(s, server_side), ctx);
         }
