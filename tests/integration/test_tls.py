@@ -803,3 +803,83 @@ def test_exit_leaves_no_tls_probe(require_root, sink, start_agent, spawn, tmp_pa
     report("uprobe_events lines of this agent after exit", len(new_events), 0)
     assert not left_p and not left_l, f"left: progs {left_p} links {left_l}"
     assert not new_events, new_events
+
+
+# --------------------------------------------------------------------------------------
+# 6. a libssl loaded later (dlopen), from a file the agent did not probe at start
+# --------------------------------------------------------------------------------------
+
+DLOPEN_CLIENT = r"""
+import json, sys, time
+sys.stdin.readline()                      # "load": import ssl (dlopens libssl) now
+import ssl, urllib.request
+print("loaded", flush=True)
+sys.stdin.readline()                      # "go": the requests
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+statuses = []
+for path in sys.argv[2:]:
+    try:
+        with urllib.request.urlopen(f"https://127.0.0.1:{sys.argv[1]}{path}", context=ctx) as r:
+            r.read(); statuses.append(r.status)
+    except urllib.error.HTTPError as e:
+        e.read(); statuses.append(e.code)
+print(json.dumps({"statuses": statuses}), flush=True)
+"""
+
+
+def test_libssl_loaded_later_from_a_private_copy(require_root, sink, start_agent, spawn,
+                                                 tmp_path):
+    """A selected process that loads libssl only after the agent started (Python's
+    `import ssl` dlopens _ssl, which loads libssl), from a private copy of the library
+    (LD_LIBRARY_PATH) that the agent did not probe at start: the maps rescan must find
+    and probe it. Its HTTPS requests then give exact client spans."""
+    libdir = tmp_path / "privlib"
+    libdir.mkdir()
+    for lib in ("libssl.so.3", "libcrypto.so.3"):
+        shutil.copy2(f"/usr/lib/x86_64-linux-gnu/{lib}", libdir / lib)
+    cert, key = make_cert(tmp_path)
+    names = ["/d0.txt", "/d1.txt"]
+    srv, port = start_py_tls_server(spawn, tmp_path, cert, key, names)
+    env = peer_env({"LD_LIBRARY_PATH": str(libdir)})
+    log = open(tmp_path / "dlopen-client.log", "wb")
+    cli = subprocess.Popen([sys.executable, "-c", DLOPEN_CLIENT, str(port), "/d0.txt",
+                            "/d1.txt", "/missing-d"], env=env, stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, stderr=log, start_new_session=True)
+    try:
+        agent = start_agent({"AUTOTEL_PIDS": f"{srv.pid},{cli.pid}"})
+        maps = Path(f"/proc/{cli.pid}/maps").read_text()
+        report("client maps libssl before `import ssl` (0)", int("libssl" in maps), 0)
+        assert "libssl" not in maps, "the client loaded libssl too early: nothing tested"
+        cli.stdin.write(b"load\n")
+        cli.stdin.flush()
+        assert cli.stdout.readline().strip() == b"loaded"
+        maps = Path(f"/proc/{cli.pid}/maps").read_text()
+        assert str(libdir / "libssl.so.3") in maps, maps
+        # The rescan runs every 5 s: wait until the private copy is probed.
+        deadline = time.monotonic() + 12
+        attached = 0
+        while time.monotonic() < deadline:
+            attached = agent.prom_value(TLS_FILES, {"reason": "attached"}) or 0
+            if attached >= 2:
+                break
+            time.sleep(0.5)
+        report("TLS files attached (system libssl + the private copy)", int(attached), 2)
+        assert attached >= 2, agent.logs_tail(40)
+        cli.stdin.write(b"go\n")
+        cli.stdin.close()
+        out = json.loads(cli.stdout.readline())
+        assert cli.wait(timeout=30) == 0
+        assert out["statuses"] == [200, 200, 404], out
+        sink.wait_for_spans(lambda s: pid_of(s) == cli.pid, 3, SPAN_TIMEOUT, SETTLE)
+        spans = [s for s in sink.spans() if pid_of(s) == cli.pid]
+        report("client spans over the late-loaded libssl", len(spans), 3)
+        want = {"/d0.txt": 200, "/d1.txt": 200, "/missing-d": 404}
+        problems = []
+        for s in spans:
+            p = span_path(s)
+            problems += [f"{p}: {b}" for b in check_https_client_span(s, p, want.get(p, -1), port)]
+        assert len(spans) == 3 and sorted(span_path(s) for s in spans) == sorted(want), show(spans)
+        assert not problems, "\n".join(problems)
+    finally:
+        log.close()
+        stop_process(cli)
