@@ -17,7 +17,7 @@ pub mod tls;
 
 use crate::config::Discovery;
 use crate::discovery::{resource, ProcEvent, Resources};
-use crate::metrics::SharedStore;
+use crate::metrics::{SharedStore, Store};
 use crate::selfmetrics::SelfMetrics;
 use crate::tracer::abi::{self, ConnTuple, DataEvent, Event};
 use autotel_model::{Resource, Span};
@@ -687,7 +687,7 @@ impl Pipeline {
             return self.finish(pid, conn, &h2_span::to_exchange(s, server_side), ctx);
         }
         let sampled = ctx.sampled;
-        let mut span = h2_span::grpc_span(
+        let span = h2_span::grpc_span(
             h2_span::GrpcInput {
                 stream: s,
                 server_side,
@@ -699,16 +699,7 @@ impl Pipeline {
             },
             &self.clock,
         );
-        if let Some(t) = &conn.tls {
-            t.decorate(&mut span);
-        }
-        self.red
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record_rpc_span(&span);
-        if sampled {
-            self.send(span);
-        }
+        self.deliver(conn, span, sampled, Store::record_rpc_span);
     }
 
     /// One segment of a DNS client socket into its lookup tracker.
@@ -756,13 +747,7 @@ impl Pipeline {
                 },
                 &self.clock,
             );
-            self.red
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .record_dns_span(&span);
-            if sampled {
-                self.send(span);
-            }
+            self.deliver(conn, span, sampled, Store::record_dns_span);
         }
     }
 
@@ -800,7 +785,7 @@ impl Pipeline {
         ctx: SpanCtx,
     ) {
         let sampled = ctx.sampled;
-        let mut span = db_span::build(
+        let span = db_span::build(
             db_span::SpanInput {
                 op,
                 server_side,
@@ -813,13 +798,25 @@ impl Pipeline {
             },
             &self.clock,
         );
+        self.deliver(conn, span, sampled, Store::record_db_span);
+    }
+
+    /// The common end of every span: TLS facts of its connection, metrics
+    /// (before sampling: they see every span), then export if sampled.
+    fn deliver(
+        &mut self,
+        conn: &Conn,
+        mut span: Span,
+        sampled: bool,
+        record: fn(&mut Store, &Span),
+    ) {
         if let Some(t) = &conn.tls {
             t.decorate(&mut span);
         }
-        self.red
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record_db_span(&span);
+        record(
+            &mut self.red.lock().unwrap_or_else(|e| e.into_inner()),
+            &span,
+        );
         if sampled {
             self.send(span);
         }
