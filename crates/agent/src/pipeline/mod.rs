@@ -486,34 +486,34 @@ impl Pipeline {
         let h = &d.header;
         match h.syscall {
             abi::SYS_SSL_HANDSHAKE => {
-                let state = conn.tls.get_or_insert_with(Default::default);
-                let ns = h.exit_ns.saturating_sub(h.enter_ns);
-                state.handshake_ns = Some(ns);
-                let mut attrs = vec![(
-                    "autotel.tcp.role",
-                    if conn.role == Role::Server {
-                        "server"
-                    } else {
-                        "client"
-                    }
-                    .into(),
-                )];
-                if let Some(v) = &state.version {
-                    attrs.push(("tls.protocol.version", v.clone().into()));
-                }
-                let resource = self.resource(h.pid);
-                let now = self.clock.to_unix_ns(h.exit_ns);
-                self.red.lock().unwrap_or_else(|e| e.into_inner()).record(
-                    crate::metrics::Metric::TlsHandshakeDuration,
-                    &resource,
-                    attrs,
-                    ns as f64 / 1e9,
-                    now,
-                );
+                // Not probed (see tracer/tls.rs); a build that does is ignored.
                 false
             }
             abi::SYS_SSL_READ | abi::SYS_SSL_WRITE => {
-                conn.tls.get_or_insert_with(Default::default);
+                let state = conn.tls.get_or_insert_with(Default::default);
+                if state.handshake_ns.is_none() {
+                    if let Some(hello) = state.hello_ns {
+                        // The first plaintext call starts when the handshake is over.
+                        let ns = h.enter_ns.saturating_sub(hello);
+                        state.handshake_ns = Some(ns);
+                        let mut attrs = vec![(
+                            "autotel.tcp.role",
+                            if conn.role == Role::Server { "server" } else { "client" }.into(),
+                        )];
+                        if let Some(v) = &state.version {
+                            attrs.push(("tls.protocol.version", v.clone().into()));
+                        }
+                        let resource = self.resource(h.pid);
+                        let now = self.clock.to_unix_ns(h.exit_ns);
+                        self.red.lock().unwrap_or_else(|e| e.into_inner()).record(
+                            crate::metrics::Metric::TlsHandshakeDuration,
+                            &resource,
+                            attrs,
+                            ns as f64 / 1e9,
+                            now,
+                        );
+                    }
+                }
                 true
             }
             _ => {
@@ -525,6 +525,11 @@ impl Pipeline {
                 }
                 if conn.proto.is_none() && autotel_protocols::tls::is_record_start(d.data) {
                     let mut state = Box::<tls::TlsState>::default();
+                    // A handshake record first (OpenSSL may read its 5-byte
+                    // header alone, so the hello type byte is not required).
+                    if d.data.first() == Some(&22) {
+                        state.hello_ns = Some(h.enter_ns);
+                    }
                     state.observe_record(d.data, from_server);
                     conn.tls = Some(state);
                     return false;

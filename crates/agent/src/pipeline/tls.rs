@@ -10,8 +10,11 @@ use std::cell::Cell;
 pub struct TlsState {
     pub version: Option<String>,
     pub alpn: Option<String>,
-    /// SSL_do_handshake: first call to success.
+    /// First handshake record seen (the ClientHello) to the first
+    /// plaintext call: the handshake as the application lived it.
     pub handshake_ns: Option<u64>,
+    /// When the first handshake record was seen.
+    pub hello_ns: Option<u64>,
     /// The handshake attribute goes on the first span only.
     first_span_done: Cell<bool>,
     /// Bytes the server sent, until its hello is read: OpenSSL reads the
