@@ -498,7 +498,12 @@ impl Pipeline {
                         state.handshake_ns = Some(ns);
                         let mut attrs = vec![(
                             "autotel.tcp.role",
-                            if conn.role == Role::Server { "server" } else { "client" }.into(),
+                            if conn.role == Role::Server {
+                                "server"
+                            } else {
+                                "client"
+                            }
+                            .into(),
                         )];
                         if let Some(v) = &state.version {
                             attrs.push(("tls.protocol.version", v.clone().into()));
