@@ -66,7 +66,6 @@ enum at_syscall {
 	AT_SYS_SENDMMSG,
 	AT_SYS_SSL_READ,      /* plaintext returned by SSL_read/SSL_read_ex */
 	AT_SYS_SSL_WRITE,     /* plaintext given to SSL_write/SSL_write_ex */
-	AT_SYS_SSL_HANDSHAKE, /* SSL_do_handshake succeeded: enter_ns = first attempt */
 };
 
 enum at_proc_kind {

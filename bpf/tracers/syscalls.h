@@ -237,7 +237,7 @@ static __always_inline int emit_data(long ret, __u8 direction)
 		return 0;
 
 	/* Ciphertext of a TLS call we hook: its plaintext comes from the uprobe. */
-	if (st->ssl.active && st->ssl.kind != AT_SYS_SSL_HANDSHAKE)
+	if (st->ssl.active)
 		return 0;
 	struct at_conn_info *info = lookup_conn(tgid, a.fd, AT_ROLE_UNKNOWN, 0);
 	if (!info || !info->is_socket)

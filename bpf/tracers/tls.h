@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
 /* Plaintext at the TLS library boundary: uprobes on OpenSSL's SSL_read,
- * SSL_write (and their _ex forms) and SSL_do_handshake. The socket behind an
+ * SSL_write and their _ex forms. The socket behind an
  * SSL* is learned from the syscalls the library makes while inside a call
  * (recorded by the sys_enter hook) and remembered per SSL* for calls served
  * from the library's buffer. Attached by user space per library file, for
@@ -16,9 +16,6 @@ static __always_inline int ssl_enter(__u64 ssl, __u64 buf, __u64 len_ptr, __u8 k
 		return 0;
 	struct at_task_state *st = task_state_get(BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!st)
-		return 0;
-	/* A handshake in progress keeps its first start time across retries. */
-	if (kind == AT_SYS_SSL_HANDSHAKE && st->ssl.active && st->ssl.kind == kind && st->ssl.ssl == ssl)
 		return 0;
 	__s32 *fd = bpf_map_lookup_elem(&ssl_fds, &ssl);
 	st->ssl.ssl = ssl;
@@ -44,25 +41,16 @@ static __always_inline int ssl_exit(long ret)
 	struct at_ssl_call c = st->ssl;
 	/* The functions return int: the upper half of the register is noise. */
 	long len = (int)ret;
-	if (c.kind == AT_SYS_SSL_HANDSHAKE) {
-		/* Non-blocking handshakes return -1 (want read/write) and are
-		 * called again: only success ends the measured interval. */
-		if (len != 1)
+	st->ssl.active = 0;
+	if (c.len_ptr) {
+		/* SSL_read_ex/SSL_write_ex return 1 and write the count. */
+		__u64 n = 0;
+		if (len != 1 || bpf_probe_read_user(&n, sizeof(n), (void *)c.len_ptr))
 			return 0;
-		st->ssl.active = 0;
-		len = 0;
-	} else {
-		st->ssl.active = 0;
-		if (c.len_ptr) {
-			/* SSL_read_ex/SSL_write_ex return 1 and write the count. */
-			__u64 n = 0;
-			if (len != 1 || bpf_probe_read_user(&n, sizeof(n), (void *)c.len_ptr))
-				return 0;
-			len = (long)n;
-		}
-		if (len <= 0)
-			return 0;
+		len = (long)n;
 	}
+	if (len <= 0)
+		return 0;
 	if (c.fd < 0) {
 		count(AT_CNT_TLS_NO_FD);
 		return 0;
@@ -74,8 +62,7 @@ static __always_inline int ssl_exit(long ret)
 	struct at_data_event *ev = begin_event(st, info, (__u32)id, tgid, c.fd, dir, c.kind, c.enter_ns, len);
 	if (!ev)
 		return 0;
-	if (len > 0)
-		capture_plain(ev, c.buf, (__u32)len);
+	capture_plain(ev, c.buf, (__u32)len);
 	output_data(ev);
 	return 0;
 }
@@ -102,12 +89,6 @@ SEC("uprobe")
 int BPF_UPROBE(at_ssl_read_ex, void *ssl, void *buf, __u64 num, __u64 *readbytes)
 {
 	return ssl_enter((__u64)ssl, (__u64)buf, (__u64)readbytes, AT_SYS_SSL_READ);
-}
-
-SEC("uprobe")
-int BPF_UPROBE(at_ssl_handshake, void *ssl)
-{
-	return ssl_enter((__u64)ssl, 0, 0, AT_SYS_SSL_HANDSHAKE);
 }
 
 /* One return probe serves every function above: the thread's saved call

@@ -481,14 +481,10 @@ impl Pipeline {
     }
 
     /// Sorts TLS out of the data path: returns false when these bytes must
-    /// not reach a parser (ciphertext, handshake records, handshake events).
+    /// not reach a parser (ciphertext, handshake records).
     fn tls_gate(&mut self, conn: &mut Conn, d: &DataEvent<'_>) -> bool {
         let h = &d.header;
         match h.syscall {
-            abi::SYS_SSL_HANDSHAKE => {
-                // Not probed (see tracer/tls.rs); a build that does is ignored.
-                false
-            }
             abi::SYS_SSL_READ | abi::SYS_SSL_WRITE => {
                 let state = conn.tls.get_or_insert_with(Default::default);
                 if state.handshake_ns.is_none() {

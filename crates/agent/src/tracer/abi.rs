@@ -39,7 +39,6 @@ pub const COUNTER_NAMES: [(u32, &str); 8] = [
 /// DataHeader::syscall values of TLS plaintext (enum at_syscall).
 pub const SYS_SSL_READ: u8 = 11;
 pub const SYS_SSL_WRITE: u8 = 12;
-pub const SYS_SSL_HANDSHAKE: u8 = 13;
 
 pub const TAIL_BYTES: usize = 32;
 pub const FILENAME_LEN: usize = 128;
