@@ -18,74 +18,11 @@ everything, e.g.
   mysql -h127.0.0.1 -PPORT -uroot -e "flush privileges; \
       create user 'app'@'%' identified by 'secret'; grant all on *.* to 'app'@'%'"
 """
-import os, socket, struct, subprocess, sys, tempfile, threading
+import os, subprocess, sys, tempfile
+
+from recording_proxy import Proxy
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mysql")
-
-
-class Proxy:
-    """Forwards every accepted connection to the server, recording each one."""
-
-    def __init__(self, upstream):
-        self.upstream = upstream
-        self.srv = socket.socket()
-        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.srv.bind(("127.0.0.1", 0))
-        self.srv.listen(16)
-        self.port = self.srv.getsockname()[1]
-        self.conns = []  # one list of (dir, bytes) per connection, in accept order
-        self.lock = threading.Lock()
-        self.threads = []
-        threading.Thread(target=self.accept_loop, daemon=True).start()
-
-    def accept_loop(self):
-        while True:
-            try:
-                c, _ = self.srv.accept()
-            except OSError:
-                return
-            s = socket.create_connection(("127.0.0.1", self.upstream))
-            for sock in (c, s):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            records = []
-            with self.lock:
-                self.conns.append(records)
-            for src, dst, d in ((c, s, b"C"), (s, c, b"S")):
-                t = threading.Thread(target=self.pump, args=(src, dst, d, records))
-                t.start()
-                self.threads.append(t)
-
-    def pump(self, src, dst, d, records):
-        while True:
-            try:
-                b = src.recv(65536)
-            except OSError:
-                b = b""
-            if not b:
-                try:
-                    dst.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
-                return
-            with self.lock:
-                records.append((d, b))
-            try:
-                dst.sendall(b)
-            except OSError:
-                return
-
-    def save(self, name):
-        """Writes every connection recorded so far into one file per connection."""
-        for t in self.threads:
-            t.join(10)
-        self.threads = []
-        with self.lock:
-            conns, self.conns = self.conns, []
-        for i, records in enumerate(conns):
-            fname = name if len(conns) == 1 else f"{name}.{i}"
-            with open(os.path.join(OUT, fname + ".cap"), "wb") as f:
-                for d, b in records:
-                    f.write(d + struct.pack(">I", len(b)) + b)
 
 
 def cli(port, sql, db="shop"):
@@ -112,7 +49,7 @@ def main():
                     "CREATE PROCEDURE two() BEGIN SELECT 1 AS a; SELECT 2 AS b, 3 AS c; END"]:
             cur.execute(sql)
     setup.close()
-    p = Proxy(upstream)
+    p = Proxy(upstream, OUT)
 
     # mysql CLI: text queries, errors, USE (COM_INIT_DB), a procedure
     # returning two result sets (SERVER_MORE_RESULTS_EXISTS).

@@ -12,73 +12,11 @@ bytes of that one recv().
 Run as: python3 testdata/capture_redis.py <server_port>
 against e.g. redis-server --port P --save '' --appendonly no
 """
-import os, socket, struct, subprocess, sys, threading, time
+import os, socket, subprocess, sys
+
+from recording_proxy import Proxy
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "redis")
-
-
-class Proxy:
-    """Forwards every accepted connection to the server, recording each one."""
-
-    def __init__(self, upstream):
-        self.upstream = upstream
-        self.srv = socket.socket()
-        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.srv.bind(("127.0.0.1", 0))
-        self.srv.listen(16)
-        self.port = self.srv.getsockname()[1]
-        self.conns = []
-        self.lock = threading.Lock()
-        self.threads = []
-        threading.Thread(target=self.accept_loop, daemon=True).start()
-
-    def accept_loop(self):
-        while True:
-            try:
-                c, _ = self.srv.accept()
-            except OSError:
-                return
-            s = socket.create_connection(("127.0.0.1", self.upstream))
-            for sock in (c, s):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            records = []
-            with self.lock:
-                self.conns.append(records)
-            for src, dst, d in ((c, s, b"C"), (s, c, b"S")):
-                t = threading.Thread(target=self.pump, args=(src, dst, d, records))
-                t.start()
-                self.threads.append(t)
-
-    def pump(self, src, dst, d, records):
-        while True:
-            try:
-                b = src.recv(65536)
-            except OSError:
-                b = b""
-            if not b:
-                try:
-                    dst.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
-                return
-            with self.lock:
-                records.append((d, b))
-            try:
-                dst.sendall(b)
-            except OSError:
-                return
-
-    def save(self, name):
-        for t in self.threads:
-            t.join(10)
-        self.threads = []
-        with self.lock:
-            conns, self.conns = self.conns, []
-        for i, records in enumerate(conns):
-            fname = name if len(conns) == 1 else f"{name}.{i}"
-            with open(os.path.join(OUT, fname + ".cap"), "wb") as f:
-                for d, b in records:
-                    f.write(d + struct.pack(">I", len(b)) + b)
 
 
 def cli(port, *args, stdin=None):
@@ -117,7 +55,7 @@ def main():
     subprocess.run(direct + ["FLUSHALL"], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(direct + ["RPUSH", "bigl"] + [f"element-{i}" for i in range(3000)],
                    check=True, stdout=subprocess.DEVNULL)
-    p = Proxy(upstream)
+    p = Proxy(upstream, OUT)
 
     # redis-cli reading commands from stdin: one connection, one at a time.
     big = "x" * 20000
