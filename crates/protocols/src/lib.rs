@@ -11,3 +11,6 @@ pub mod postgres;
 pub mod redis;
 pub mod sql;
 pub mod tls;
+
+#[cfg(test)]
+mod testkit;

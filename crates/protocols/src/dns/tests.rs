@@ -5,16 +5,7 @@ use super::*;
 
 /// Records of one capture file: (from_client, bytes).
 fn capture(name: &str) -> Vec<(bool, Vec<u8>)> {
-    let path = format!("{}/../../testdata/dns/{name}", env!("CARGO_MANIFEST_DIR"));
-    let raw = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let mut out = Vec::new();
-    let mut rest = raw.as_slice();
-    while !rest.is_empty() {
-        let len = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
-        out.push((rest[0] == b'C', rest[5..5 + len].to_vec()));
-        rest = &rest[5 + len..];
-    }
-    out
+    crate::testkit::capture("dns", name)
 }
 
 fn t(ns: u64) -> Timing {

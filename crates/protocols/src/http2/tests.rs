@@ -3,21 +3,13 @@
 //! with curl and python-h2, and an h2c Upgrade by curl).
 
 use super::*;
+use crate::testkit::{at, capped};
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 /// Records: 1 byte direction (C/S), 4-byte big-endian length, bytes.
 fn records(name: &str) -> Vec<(bool, Vec<u8>)> {
-    let path = format!("{}/../../testdata/http2/{name}", env!("CARGO_MANIFEST_DIR"));
-    let b = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let mut out = Vec::new();
-    let mut p = 0;
-    while p + 5 <= b.len() {
-        let len = u32::from_be_bytes(b[p + 1..p + 5].try_into().unwrap()) as usize;
-        out.push((b[p] == b'C', b[p + 5..p + 5 + len].to_vec()));
-        p += 5 + len;
-    }
-    out
+    crate::testkit::capture("http2", name)
 }
 
 /// Feeds records as syscalls whose capture stops after `cap` bytes.
@@ -25,22 +17,7 @@ fn run(conn: &mut Http2Connection, recs: &[(bool, Vec<u8>)], cap: usize) -> Vec<
     let mut out = Vec::new();
     for (i, (from_client, bytes)) in recs.iter().enumerate() {
         let t = 100 * (i as u64 + 1);
-        let data = &bytes[..bytes.len().min(cap)];
-        let tail = if data.len() < bytes.len() {
-            &bytes[bytes.len().saturating_sub(32)..]
-        } else {
-            &[][..]
-        };
-        let seg = Segment {
-            data,
-            total_len: bytes.len(),
-            tail,
-            timing: Timing {
-                enter_ns: t,
-                exit_ns: t + 1,
-            },
-        };
-        conn.feed(*from_client, &seg, &mut out);
+        conn.feed(*from_client, &capped(bytes, cap, at(t)), &mut out);
     }
     conn.close(&mut out);
     out

@@ -3,23 +3,11 @@
 //! memcached 1.6).
 
 use super::*;
+use crate::testkit::{at, capped, db_errors as errors, db_ops as ops};
 
 /// Records of a capture: (from_client, bytes of one recv()).
 fn capture(name: &str) -> Vec<(bool, Vec<u8>)> {
-    let path = format!(
-        "{}/../../testdata/memcached/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let mut out = Vec::new();
-    let mut rest = &data[..];
-    while !rest.is_empty() {
-        let dir = rest[0];
-        let len = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
-        out.push((dir == b'C', rest[5..5 + len].to_vec()));
-        rest = &rest[5 + len..];
-    }
-    out
+    crate::testkit::capture("memcached", name)
 }
 
 /// Feeds records as syscalls captured up to `cap` bytes (tail kept when cut);
@@ -28,44 +16,10 @@ fn run(records: &[(bool, Vec<u8>)], cap: usize) -> Vec<DbEvent> {
     let mut c = MemcachedConnection::new();
     let mut out = Vec::new();
     for (i, (from_client, b)) in records.iter().enumerate() {
-        let cut = b.len() > cap;
-        let seg = Segment {
-            data: &b[..b.len().min(cap)],
-            total_len: b.len(),
-            tail: if cut {
-                &b[b.len() - 32.min(b.len())..]
-            } else {
-                &[]
-            },
-            timing: Timing {
-                enter_ns: 10 * i as u64,
-                exit_ns: 10 * i as u64 + 1,
-            },
-        };
-        c.feed(*from_client, &seg, &mut out);
+        c.feed(*from_client, &capped(b, cap, at(10 * i as u64)), &mut out);
     }
     c.close(&mut out);
     out
-}
-
-fn ops(events: &[DbEvent]) -> Vec<&DbOperation> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            DbEvent::Operation(o) => Some(o.as_ref()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn errors(events: &[DbEvent]) -> Vec<&'static str> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            DbEvent::Error(x) => Some(*x),
-            _ => None,
-        })
-        .collect()
 }
 
 fn texts<'a>(ops: &[&'a DbOperation]) -> Vec<&'a str> {

@@ -3,20 +3,11 @@
 //! mysql-connector-python against MariaDB 10.11).
 
 use super::*;
+use crate::testkit::{at, capped, db_errors as errors, db_ops as ops};
 
 /// One recv() of the recording proxy: (from_client, bytes).
 fn records(name: &str) -> Vec<(bool, Vec<u8>)> {
-    let path = format!("{}/../../testdata/mysql/{name}", env!("CARGO_MANIFEST_DIR"));
-    let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let mut out = Vec::new();
-    let mut rest = &data[..];
-    while rest.len() >= 5 {
-        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
-        out.push((rest[0] == b'C', rest[5..5 + len].to_vec()));
-        rest = &rest[5 + len..];
-    }
-    assert!(rest.is_empty(), "{name}: trailing bytes");
-    out
+    crate::testkit::capture("mysql", name)
 }
 
 /// Feeds every record as one syscall, keeping at most `cap` bytes of each
@@ -26,23 +17,11 @@ fn run_capped(name: &str, cap: usize) -> (MysqlConnection, Vec<DbEvent>) {
     let mut conn = MysqlConnection::new();
     let mut out = Vec::new();
     for (i, (from_client, bytes)) in records(name).iter().enumerate() {
-        let t = 10 * i as u64;
-        let kept = &bytes[..bytes.len().min(cap)];
-        let tail = if kept.len() < bytes.len() {
-            &bytes[bytes.len().saturating_sub(32)..]
-        } else {
-            &[][..]
-        };
-        let seg = Segment {
-            data: kept,
-            total_len: bytes.len(),
-            tail,
-            timing: Timing {
-                enter_ns: t,
-                exit_ns: t + 1,
-            },
-        };
-        conn.feed(*from_client, &seg, &mut out);
+        conn.feed(
+            *from_client,
+            &capped(bytes, cap, at(10 * i as u64)),
+            &mut out,
+        );
     }
     conn.close(&mut out);
     (conn, out)
@@ -50,26 +29,6 @@ fn run_capped(name: &str, cap: usize) -> (MysqlConnection, Vec<DbEvent>) {
 
 fn run(name: &str) -> (MysqlConnection, Vec<DbEvent>) {
     run_capped(name, usize::MAX)
-}
-
-fn ops(events: &[DbEvent]) -> Vec<&DbOperation> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            DbEvent::Operation(op) => Some(op.as_ref()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn errors(events: &[DbEvent]) -> Vec<&'static str> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            DbEvent::Error(e) => Some(*e),
-            _ => None,
-        })
-        .collect()
 }
 
 fn text(op: &DbOperation) -> &str {

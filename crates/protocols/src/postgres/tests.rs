@@ -3,6 +3,7 @@
 //! psycopg 3 and a PostgreSQL 15 server), plus cut and split variants.
 
 use super::*;
+use crate::testkit::{capped, db_errors as errors, db_ops as ops};
 
 /// One recv() of the recording proxy.
 struct Record {
@@ -11,22 +12,10 @@ struct Record {
 }
 
 fn capture(name: &str) -> Vec<Record> {
-    let path = format!(
-        "{}/../../testdata/postgres/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let raw = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let mut records = Vec::new();
-    let mut rest = &raw[..];
-    while !rest.is_empty() {
-        let len = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
-        records.push(Record {
-            from_client: rest[0] == b'C',
-            bytes: rest[5..5 + len].to_vec(),
-        });
-        rest = &rest[5 + len..];
-    }
-    records
+    crate::testkit::capture("postgres", name)
+        .into_iter()
+        .map(|(from_client, bytes)| Record { from_client, bytes })
+        .collect()
 }
 
 /// Timing of record `i`: enter 100*i, exit 100*i + 1.
@@ -43,20 +32,7 @@ fn run_records(records: &[Record], cap: usize) -> Vec<DbEvent> {
     let mut conn = PostgresConnection::new();
     let mut out = Vec::new();
     for (i, r) in records.iter().enumerate() {
-        let b = &r.bytes;
-        let data = &b[..b.len().min(cap)];
-        let tail = if data.len() < b.len() {
-            &b[b.len().saturating_sub(32)..]
-        } else {
-            &[][..]
-        };
-        let seg = Segment {
-            data,
-            total_len: b.len(),
-            tail,
-            timing: timing(i),
-        };
-        conn.feed(r.from_client, &seg, &mut out);
+        conn.feed(r.from_client, &capped(&r.bytes, cap, timing(i)), &mut out);
     }
     conn.close(&mut out);
     out
@@ -64,26 +40,6 @@ fn run_records(records: &[Record], cap: usize) -> Vec<DbEvent> {
 
 fn run(name: &str) -> Vec<DbEvent> {
     run_records(&capture(name), usize::MAX)
-}
-
-fn ops(events: &[DbEvent]) -> Vec<&DbOperation> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            DbEvent::Operation(op) => Some(op.as_ref()),
-            DbEvent::Error(_) => None,
-        })
-        .collect()
-}
-
-fn errors(events: &[DbEvent]) -> Vec<&'static str> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            DbEvent::Error(e) => Some(*e),
-            DbEvent::Operation(_) => None,
-        })
-        .collect()
 }
 
 /// (text, rows, SQLSTATE) of each operation.

@@ -1,0 +1,68 @@
+//! Test helpers shared by the parsers' tests: reading the captures the
+//! testdata/capture_*.py proxies record, and replaying them as syscalls
+//! whose capture stops after a given number of bytes.
+
+use crate::db::DbEvent;
+use crate::db::DbOperation;
+use crate::http1::{Segment, Timing};
+
+/// Records of testdata/<dir>/<name>: (from_client, bytes of one recv()).
+/// Format: 1 byte direction (C/S), 4-byte big-endian length, bytes.
+pub fn capture(dir: &str, name: &str) -> Vec<(bool, Vec<u8>)> {
+    let path = format!("{}/../../testdata/{dir}/{name}", env!("CARGO_MANIFEST_DIR"));
+    let data = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut out = Vec::new();
+    let mut rest = &data[..];
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        out.push((rest[0] == b'C', rest[5..5 + len].to_vec()));
+        rest = &rest[5 + len..];
+    }
+    assert!(rest.is_empty(), "{path}: trailing bytes");
+    out
+}
+
+/// One syscall of `bytes` as the kernel side reports it: a prefix of at
+/// most `cap` bytes, and the last 32 bytes as tail when cut.
+pub fn capped(bytes: &[u8], cap: usize, timing: Timing) -> Segment<'_> {
+    let data = &bytes[..bytes.len().min(cap)];
+    let tail = if data.len() < bytes.len() {
+        &bytes[bytes.len().saturating_sub(32)..]
+    } else {
+        &[][..]
+    };
+    Segment {
+        data,
+        total_len: bytes.len(),
+        tail,
+        timing,
+    }
+}
+
+/// Timing of a syscall entered at `ns` and returned 1 ns later.
+pub fn at(ns: u64) -> Timing {
+    Timing {
+        enter_ns: ns,
+        exit_ns: ns + 1,
+    }
+}
+
+pub fn db_ops(events: &[DbEvent]) -> Vec<&DbOperation> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            DbEvent::Operation(o) => Some(o.as_ref()),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn db_errors(events: &[DbEvent]) -> Vec<&'static str> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            DbEvent::Error(x) => Some(*x),
+            _ => None,
+        })
+        .collect()
+}
