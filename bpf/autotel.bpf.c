@@ -22,5 +22,6 @@ struct at_data_event *_at_data_event_btf;
 struct at_close_event *_at_close_event_btf;
 struct at_proc_event *_at_proc_event_btf;
 struct at_flow_event *_at_flow_event_btf;
+struct at_wire_ctx_event *_at_wire_ctx_event_btf;
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -39,6 +39,7 @@ enum at_event_type {
 	AT_EV_CLOSE = 2,
 	AT_EV_PROC = 3,
 	AT_EV_FLOW = 4,
+	AT_EV_WIRE_CTX = 5,
 };
 
 enum at_direction {
@@ -86,7 +87,9 @@ enum at_counter {
 	AT_CNT_ARGS_MISSING = 5,  /* exit without a matching enter */
 	AT_CNT_FLOW_LOST = 6,     /* ring buffer full: TCP lifecycle event dropped */
 	AT_CNT_TLS_NO_FD = 7,     /* TLS call whose socket we never saw: plaintext dropped */
-	AT_CNT_MAX = 8,
+	AT_CNT_WIRE_NO_ROOM = 8,  /* data segment with no TCP option space left: context not sent */
+	AT_CNT_WIRE_LOST = 9,     /* ring buffer full: trace-context event dropped */
+	AT_CNT_MAX = 10,
 };
 
 /* A connection's endpoints as the process sees them. Addresses are IPv4 in
@@ -192,7 +195,50 @@ struct at_conn_info {
 	struct at_conn_tuple tuple;
 	__u8 role;
 	__u8 is_socket; /* 0: a file/pipe/unix socket we ignore (negative cache) */
-	__u8 _pad[6];
+	__u8 last_dir;  /* enum at_last_dir: request boundaries for trace context on the wire */
+	__u8 _pad[5];
+};
+
+enum at_last_dir {
+	AT_LAST_NONE = 0,
+	AT_LAST_INGRESS = 1,
+	AT_LAST_EGRESS = 2,
+};
+
+/* Trace context carried in a TCP header option (RFC 6994 experimental
+ * option, kind 253, 16-bit ExID): trace id + span id of the client span
+ * whose request the segment carries. 28 bytes: it fits next to timestamps
+ * (12 bytes) in the 40 bytes of option space. */
+#define AT_WIRE_KIND 253
+#define AT_WIRE_EXID 0x6174 /* "at" */
+struct at_wire_opt {
+	__u8 kind;
+	__u8 len;
+	__u8 exid[2];
+	__u8 trace_id[16];
+	__u8 span_id[8];
+};
+
+enum at_wire_kind {
+	AT_WIRE_OUT = 1, /* ids the kernel chose for a client request it is sending */
+	AT_WIRE_IN = 2,  /* ids a peer sent with the request being read */
+};
+
+/* User space adopts these ids for the span of the request that follows on
+ * this connection (OUT: the client span; IN: the server span's parent). */
+struct at_wire_ctx_event {
+	__u8 type; /* AT_EV_WIRE_CTX */
+	__u8 kind; /* enum at_wire_kind */
+	__u16 _pad;
+	__u32 pid;
+	__s32 fd;
+	/* OUT: the server connection whose request the sending thread serves
+	 * (-1: none), so user space can give that request the same trace id. */
+	__s32 ctx_fd;
+	__u64 conn_start_ns;
+	__u64 ctx_conn_start_ns;
+	__u8 trace_id[16];
+	__u8 span_id[8];
 };
 
 #pragma clang diagnostic pop

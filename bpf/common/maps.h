@@ -18,6 +18,8 @@ const volatile __u32 self_tgid = 0;
  * provisionally, so a short-lived client is traced from its first syscall,
  * and user space confirms or drops it on the exec event. */
 const volatile __u32 select_on_exec = 0;
+/* Trace context in TCP header options (context_propagation: tcp_option). */
+const volatile __u32 propagate_ctx = 0;
 
 /* tgid -> flags. The first lookup of every program: unselected processes stop here. */
 struct {
@@ -81,9 +83,13 @@ struct at_task_state {
 	struct at_syscall_args args;
 	struct at_thread_ctx ctx;
 	struct at_ssl_call ssl;
+	/* Trace id the thread's outgoing requests carry on the wire: the one a
+	 * peer sent with the request it serves, or one chosen at its first call. */
+	__u8 wire_trace[16];
 	__u8 args_valid;
 	__u8 ctx_valid;
-	__u8 _pad[6];
+	__u8 wire_trace_valid;
+	__u8 _pad[5];
 };
 
 struct {

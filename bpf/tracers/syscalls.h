@@ -10,6 +10,7 @@
 #define AUTOTEL_SYSCALLS_H
 
 #include "sockets.h"
+#include "wire_ctx.h"
 #include "../common/syscall_nr.h"
 
 #define AT_CAP_MASK (AT_MAX_CAPTURE - 1)
@@ -44,6 +45,9 @@ static __always_inline int save_args(__s32 fd, __u64 buf, __u64 iovcnt, __u8 sys
 		__u64 ssl = st->ssl.ssl;
 		bpf_map_update_elem(&ssl_fds, &ssl, &fd, BPF_ANY);
 	}
+	if (syscall == AT_SYS_WRITE || syscall == AT_SYS_WRITEV || syscall == AT_SYS_SENDTO ||
+	    syscall == AT_SYS_SENDMSG || syscall == AT_SYS_SENDFILE)
+		wire_client_write(st, info, bpf_get_current_pid_tgid() >> 32, fd);
 	st->args.enter_ns = bpf_ktime_get_ns();
 	st->args.buf = buf;
 	st->args.iovcnt = iovcnt;
@@ -204,6 +208,7 @@ static __always_inline struct at_data_event *begin_event(struct at_task_state *s
 	ev->ctx_fd = -1;
 	ev->_pad = 0;
 	ev->ctx_conn_start_ns = 0;
+	wire_note_direction(st, info, tgid, fd, direction);
 	if (info->role == AT_ROLE_SERVER) {
 		if (direction == AT_DIR_INGRESS) {
 			/* This thread now serves the request arriving on this connection. */
@@ -335,6 +340,10 @@ static __always_inline int forget_fd(__s32 fd, int report)
 			count(AT_CNT_CLOSE_LOST);
 		}
 	}
+	if (propagate_ctx && info->role == AT_ROLE_SERVER)
+		bpf_map_delete_elem(&ctx_in, &info->tuple);
+	else if (propagate_ctx && info->role == AT_ROLE_CLIENT)
+		bpf_map_delete_elem(&ctx_out, &info->tuple);
 	bpf_map_delete_elem(&conns, &key);
 	return 0;
 }

@@ -193,17 +193,13 @@ pub fn run_checks() -> Vec<Finding> {
         detail: format!("mode {lockdown} (bpf_probe_write_user is never used)"),
         fix: "lockdown=confidentiality forbids reading kernel memory from BPF; boot with lockdown=integrity or none",
     });
-    let cgroup2 = std::fs::read_to_string("/proc/mounts").ok().and_then(|m| {
-        m.lines()
-            .find(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
-            .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_owned())
-    });
+    let cgroup2 = crate::config::cgroup2_root();
     out.push(Finding {
         name: "cgroup v2",
         ok: cgroup2.is_some(),
         need: Need::Optional,
         detail: cgroup2
-            .map(|p| format!("mounted at {p}"))
+            .map(|p| format!("mounted at {}", p.display()))
             .unwrap_or_else(|| "not mounted".into()),
         fix:
             "needed for sock_ops context propagation: mount -t cgroup2 none /sys/fs/cgroup/unified",

@@ -6,7 +6,7 @@
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Inclusive TCP port ranges, from "80,443,8000-8999".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -167,6 +167,8 @@ pub struct ConfigFile {
     pub network: Option<NetworkFile>,
     pub sampler: Option<SamplerFile>,
     pub same_host_linking: Option<bool>,
+    pub context_propagation: Option<String>,
+    pub context_propagation_cgroup: Option<PathBuf>,
     pub print_traces: Option<bool>,
     pub log_level: Option<String>,
     // Beyla-compatible aliases (see DESIGN.md, "Compatibility").
@@ -259,6 +261,9 @@ pub struct Config {
     pub router: crate::pipeline::routes::Router,
     pub sampler: crate::pipeline::sampler::Sampler,
     pub same_host_linking: bool,
+    /// Some(cgroup v2 directory): trace context travels in TCP header
+    /// options of connections made by processes under it.
+    pub tcp_option_cgroup: Option<PathBuf>,
     pub prometheus_port: u16,
     pub prometheus_address: String,
     pub prometheus_path: String,
@@ -290,6 +295,38 @@ fn parse_pids(text: &str) -> Result<Vec<u32>> {
                 .with_context(|| format!("invalid pid {p:?}"))
         })
         .collect()
+}
+
+/// `context_propagation: tcp_option | off` (default off: it changes what
+/// goes on the wire, so it is asked for). The cgroup defaults to the cgroup
+/// v2 root, i.e. every process of the host.
+fn context_propagation(mode: Option<String>, cgroup: Option<PathBuf>) -> Result<Option<PathBuf>> {
+    let mode = mode.unwrap_or_else(|| "off".into());
+    match mode.trim() {
+        "off" | "disabled" | "none" => Ok(None),
+        "tcp_option" => match cgroup {
+            Some(dir) if dir.is_dir() => Ok(Some(dir)),
+            Some(dir) => bail!(
+                "context_propagation_cgroup: {} is not a directory",
+                dir.display()
+            ),
+            None => cgroup2_root().map(Some).context(
+                "context_propagation: tcp_option needs cgroup v2, and no cgroup2 mount is in \
+                 /proc/mounts (mount -t cgroup2 none /sys/fs/cgroup/unified)",
+            ),
+        },
+        other => bail!("context_propagation: expected tcp_option or off, got {other:?}"),
+    }
+}
+
+/// Where cgroup v2 is mounted (its root cgroup).
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let dir = f.nth(1)?;
+        (f.next()? == "cgroup2").then(|| PathBuf::from(dir))
+    })
 }
 
 fn parse_bool(name: &str, v: &str) -> Result<bool> {
@@ -522,6 +559,13 @@ impl Config {
             None => file.same_host_linking.unwrap_or(true),
         };
 
+        let tcp_option_cgroup = context_propagation(
+            env("AUTOTEL_CONTEXT_PROPAGATION").or(file.context_propagation.clone()),
+            env("AUTOTEL_CONTEXT_PROPAGATION_CGROUP")
+                .map(PathBuf::from)
+                .or(file.context_propagation_cgroup.clone()),
+        )?;
+
         let env_u64 = |name: &str| -> Result<Option<u64>> {
             env(name)
                 .map(|v| {
@@ -652,6 +696,7 @@ impl Config {
             router,
             sampler,
             same_host_linking,
+            tcp_option_cgroup,
             prometheus_port,
             prometheus_address: env("AUTOTEL_PROMETHEUS_ADDRESS")
                 .or(prom.address)
@@ -722,5 +767,26 @@ mod tests {
             parse_kv_list("api-key=a%20b,x=1"),
             vec![("api-key".into(), "a b".into()), ("x".into(), "1".into())]
         );
+    }
+
+    #[test]
+    fn context_propagation_modes() {
+        assert_eq!(context_propagation(None, None).unwrap(), None);
+        assert_eq!(context_propagation(Some("off".into()), None).unwrap(), None);
+        let dir = std::env::temp_dir();
+        assert_eq!(
+            context_propagation(Some("tcp_option".into()), Some(dir.clone())).unwrap(),
+            Some(dir)
+        );
+        let err = context_propagation(Some("tcp-options".into()), None).unwrap_err();
+        assert!(err.to_string().contains("tcp_option or off"), "{err}");
+        let err = context_propagation(
+            Some("tcp_option".into()),
+            Some(PathBuf::from("/no/such/cgroup")),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
+        let f = parse_file("context_propagation: tcp_option\n").unwrap();
+        assert_eq!(f.context_propagation.as_deref(), Some("tcp_option"));
     }
 }

@@ -108,6 +108,7 @@ fn run(cfg: Config, mode: Mode) -> Result<()> {
         data_ringbuf_bytes: cfg.ringbuf_bytes,
         wakeup_bytes: (cfg.ringbuf_bytes / 16) as u64,
         select_on_exec: cfg.discovery.selects_on_exec(),
+        tcp_option_cgroup: cfg.tcp_option_cgroup.clone(),
     })?;
 
     // Stages and the channels between them.

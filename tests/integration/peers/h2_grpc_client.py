@@ -16,6 +16,7 @@ Scenarios:
 """
 
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -32,7 +33,8 @@ def main() -> int:
     port, scenario, args = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
     print("ready", flush=True)
     sys.stdin.readline()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}",
+    host = os.environ.get("GRPC_TEST_HOST", "127.0.0.1")  # another netns: its address
+    channel = grpc.insecure_channel(f"{host}:{port}",
                                     options=[("grpc.enable_http_proxy", 0)])
     grpc.channel_ready_future(channel).result(timeout=10)
     health = health_pb2_grpc.HealthStub(channel)

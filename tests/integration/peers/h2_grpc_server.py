@@ -15,6 +15,7 @@ No protoc: the demo methods use grpc.method_handlers_generic_handler with identi
 (bytes) serializers.
 """
 
+import os
 import sys
 import time
 from concurrent import futures
@@ -56,8 +57,9 @@ def main() -> int:
             "Fail": grpc.unary_unary_rpc_method_handler(fail, **ident),
             "Slow": grpc.unary_unary_rpc_method_handler(slow, **ident)}),
     ))
-    if server.add_insecure_port(f"127.0.0.1:{port}") != port:
-        print(f"cannot bind 127.0.0.1:{port}", file=sys.stderr)
+    host = os.environ.get("GRPC_TEST_HOST", "127.0.0.1")  # another netns: its address
+    if server.add_insecure_port(f"{host}:{port}") != port:
+        print(f"cannot bind {host}:{port}", file=sys.stderr)
         return 1
     server.start()
     print(f"listening on {port}", flush=True)

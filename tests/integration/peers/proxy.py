@@ -12,6 +12,7 @@ one thread serves several requests in turn.
 """
 
 import http.server
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -49,9 +50,10 @@ def main() -> None:
     Handler.backend = backend
     if len(sys.argv) > 3:
         Handler.protocol_version = sys.argv[3]
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    bind = os.environ.get("PROXY_BIND", "127.0.0.1")  # another netns: its address
+    srv = http.server.ThreadingHTTPServer((bind, port), Handler)
     srv.daemon_threads = True
-    print(f"proxy listening on 127.0.0.1:{port} -> {backend}", flush=True)
+    print(f"proxy listening on {bind}:{port} -> {backend}", flush=True)
     srv.serve_forever()
 
 

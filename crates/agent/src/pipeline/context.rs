@@ -86,6 +86,14 @@ pub struct SpanCtx {
 /// (client address, client port, server address, server port)
 pub type FlowKey = ([u8; 16], u16, [u8; 16], u16);
 
+/// Ids carried in a TCP header option (see bpf/tracers/wire_ctx.h): chosen
+/// by the kernel for a client request, or received with a server request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireIds {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+}
+
 /// Client requests in flight on this host, by flow, so the server side of
 /// the same TCP connection can take them as parent (no header injection).
 const MAX_FLOWS: usize = 65_536;
@@ -133,13 +141,15 @@ impl ContextTracker {
         }
     }
 
-    /// A request arrived at a server: an explicit traceparent wins, then a
-    /// client span of this host on the same connection, else a new trace.
+    /// A request arrived at a server: an explicit traceparent wins, then the
+    /// ids the peer's agent sent in a TCP option, then a client span of this
+    /// host on the same connection, else a new trace.
     pub fn server_request(
         &mut self,
         traceparent: Option<&str>,
         tracestate: Option<&str>,
         flow: FlowKey,
+        wire: Option<WireIds>,
     ) -> SpanCtx {
         if let Some(p) = traceparent.and_then(parse_traceparent) {
             // Drop the same-host entry too: it describes the same request.
@@ -151,6 +161,12 @@ impl ContextTracker {
                 p.sampled,
             )));
         }
+        if let Some(w) = wire {
+            self.take_or_note(&flow);
+            // The option carries no sampled flag: the sender exports its
+            // client spans unless its own sampler said no.
+            return self.child_of(Some((w.trace_id, w.span_id, String::new(), true)));
+        }
         if self.same_host_linking {
             if let Some(c) = self.take_or_note(&flow) {
                 return self.child_of(Some((c.trace_id, c.span_id, c.trace_state, c.sampled)));
@@ -160,10 +176,15 @@ impl ContextTracker {
     }
 
     /// A client request was written; `parent` is the server request the
-    /// writing thread was serving, if any.
-    pub fn client_request(&mut self, parent: Option<&SpanCtx>, flow: FlowKey) -> SpanCtx {
-        let ctx = self
-            .child_of(parent.map(|p| (p.trace_id, p.span_id, p.trace_state.clone(), p.sampled)));
+    /// writing thread was serving, if any; `wire`: the ids the kernel put
+    /// on the wire for it, which the span must then carry.
+    pub fn client_request(
+        &mut self,
+        parent: Option<&SpanCtx>,
+        flow: FlowKey,
+        wire: Option<WireIds>,
+    ) -> SpanCtx {
+        let ctx = self.child_request(parent, wire);
         if !self.same_host_linking {
             return ctx;
         }
@@ -183,8 +204,27 @@ impl ContextTracker {
 
     /// A client call whose server side is not linked by flow (database
     /// calls: their answers, not their requests, are what we report).
-    pub fn child_request(&mut self, parent: Option<&SpanCtx>) -> SpanCtx {
-        self.child_of(parent.map(|p| (p.trace_id, p.span_id, p.trace_state.clone(), p.sampled)))
+    pub fn child_request(&mut self, parent: Option<&SpanCtx>, wire: Option<WireIds>) -> SpanCtx {
+        let mut ctx = self
+            .child_of(parent.map(|p| (p.trace_id, p.span_id, p.trace_state.clone(), p.sampled)));
+        if let Some(w) = wire {
+            ctx.span_id = w.span_id;
+            if parent.is_none() {
+                ctx.trace_id = w.trace_id;
+                ctx.sampled = self.sampler.sample(&w.trace_id, None);
+            }
+        }
+        ctx
+    }
+
+    /// The kernel gave the outgoing calls of a root server request a trace
+    /// id of its own (it cannot know ours): the request joins that trace,
+    /// so the spans of the peers that received it land in the same trace.
+    pub fn adopt_wire_trace(&self, ctx: &mut SpanCtx, trace_id: TraceId) {
+        if ctx.parent_span_id.is_none() && ctx.trace_id != trace_id {
+            ctx.trace_id = trace_id;
+            ctx.sampled = self.sampler.sample(&trace_id, None);
+        }
     }
 
     fn take_client(&mut self, flow: &FlowKey) -> Option<SpanCtx> {
@@ -223,12 +263,12 @@ mod tracker_tests {
     fn a_late_client_entry_does_not_shift_later_links() {
         let mut t = ContextTracker::new(Sampler::default(), true);
         // Request 1: the server side is seen before the client side.
-        let s1 = t.server_request(None, None, FLOW);
+        let s1 = t.server_request(None, None, FLOW, None);
         assert_eq!(s1.parent_span_id, None);
-        let _c1 = t.client_request(None, FLOW);
+        let _c1 = t.client_request(None, FLOW, None);
         // Request 2 in order: it must link to client 2, not client 1.
-        let c2 = t.client_request(None, FLOW);
-        let s2 = t.server_request(None, None, FLOW);
+        let c2 = t.client_request(None, FLOW, None);
+        let s2 = t.server_request(None, None, FLOW, None);
         assert_eq!(s2.parent_span_id, Some(c2.span_id));
         t.forget_flow(&FLOW);
         assert!(t.unmatched.is_empty() && t.clients.is_empty());
@@ -237,31 +277,68 @@ mod tracker_tests {
     #[test]
     fn same_host_server_is_child_of_client() {
         let mut t = ContextTracker::new(Sampler::default(), true);
-        let server_a = t.server_request(None, None, ([9; 16], 1, [9; 16], 2));
-        let client = t.client_request(Some(&server_a), FLOW);
+        let server_a = t.server_request(None, None, ([9; 16], 1, [9; 16], 2), None);
+        let client = t.client_request(Some(&server_a), FLOW, None);
         assert_eq!(client.trace_id, server_a.trace_id);
         assert_eq!(client.parent_span_id, Some(server_a.span_id));
-        let server_b = t.server_request(None, None, FLOW);
+        let server_b = t.server_request(None, None, FLOW, None);
         assert_eq!(server_b.trace_id, server_a.trace_id);
         assert_eq!(server_b.parent_span_id, Some(client.span_id));
         // consumed: a second request on the flow without a client is a new root
-        assert_eq!(t.server_request(None, None, FLOW).parent_span_id, None);
+        assert_eq!(
+            t.server_request(None, None, FLOW, None).parent_span_id,
+            None
+        );
     }
 
     #[test]
     fn traceparent_wins_and_linking_can_be_off() {
         let mut t = ContextTracker::new(Sampler::default(), true);
-        t.client_request(None, FLOW);
+        t.client_request(None, FLOW, None);
         let s = t.server_request(
             Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
             Some("a=b"),
             FLOW,
+            None,
         );
         assert_eq!(hex::encode(s.parent_span_id.unwrap()), "00f067aa0ba902b7");
         assert_eq!(s.trace_state, "a=b");
         assert!(!s.sampled, "parent-based default follows the 00 flag");
         let mut off = ContextTracker::new(Sampler::default(), false);
-        off.client_request(None, FLOW);
-        assert_eq!(off.server_request(None, None, FLOW).parent_span_id, None);
+        off.client_request(None, FLOW, None);
+        assert_eq!(
+            off.server_request(None, None, FLOW, None).parent_span_id,
+            None
+        );
+    }
+
+    #[test]
+    fn wire_ids_link_across_hosts() {
+        let w = WireIds {
+            trace_id: [7; 16],
+            span_id: [3; 8],
+        };
+        // Client host: a root call carries the kernel's ids.
+        let mut client_host = ContextTracker::new(Sampler::default(), false);
+        let c = client_host.client_request(None, FLOW, Some(w));
+        assert_eq!((c.trace_id, c.span_id), (w.trace_id, w.span_id));
+        // Server host: the option's ids become the parent; traceparent wins.
+        let mut server_host = ContextTracker::new(Sampler::default(), false);
+        let s = server_host.server_request(None, None, FLOW, Some(w));
+        assert_eq!(s.trace_id, w.trace_id);
+        assert_eq!(s.parent_span_id, Some(w.span_id));
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let s = server_host.server_request(Some(tp), None, FLOW, Some(w));
+        assert_eq!(hex::encode(s.parent_span_id.unwrap()), "00f067aa0ba902b7");
+        // A nested call keeps its parent's trace; only the span id is the kernel's.
+        let mut nested = client_host.client_request(Some(&s), FLOW, Some(w));
+        assert_eq!(nested.trace_id, s.trace_id);
+        assert_eq!(nested.span_id, w.span_id);
+        // A root request adopts the trace its calls went out with; a child does not.
+        let mut root = client_host.server_request(None, None, FLOW, None);
+        client_host.adopt_wire_trace(&mut root, [9; 16]);
+        assert_eq!(root.trace_id, [9; 16]);
+        client_host.adopt_wire_trace(&mut nested, [9; 16]);
+        assert_eq!(nested.trace_id, s.trace_id);
     }
 }

@@ -20,7 +20,7 @@ use crate::discovery::{resource, ProcEvent, Resources};
 use crate::metrics::{SharedStore, Store};
 use crate::selfmetrics::SelfMetrics;
 use crate::tracer::abi::{self, ConnTuple, DataEvent, Event};
-use autotel_model::{Resource, Span};
+use autotel_model::{Resource, Span, TraceId};
 use autotel_protocols::db::{DbConnection, DbEvent, DbOperation};
 use autotel_protocols::dns::{self, DnsLookup, DnsTcpFramer, LookupTracker};
 use autotel_protocols::http1::{
@@ -28,7 +28,7 @@ use autotel_protocols::http1::{
 };
 use autotel_protocols::http2::{Http2Connection, Http2Event, Http2Stream};
 use clock::Clock;
-use context::{ContextTracker, FlowKey, SpanCtx};
+use context::{ContextTracker, FlowKey, SpanCtx, WireIds};
 use crossbeam_channel::{Sender, TrySendError};
 use db_span::QueryTextMode;
 use detect::{Protocol, Role};
@@ -118,6 +118,11 @@ struct Conn {
     last_ctx: Option<SpanCtx>,
     /// Client side: the server request the writing thread was serving.
     client_parent: Option<SpanCtx>,
+    /// Client side: ids the kernel sent in a TCP option with the request
+    /// being written; its span takes them.
+    wire_out: Option<WireIds>,
+    /// Server side: ids the peer's agent sent with the request being read.
+    wire_in: Option<WireIds>,
 }
 
 impl Conn {
@@ -215,6 +220,8 @@ pub struct Pipeline {
     pending_exits: Vec<u32>,
     /// TCP lifecycle events, handled once the data ring is drained.
     pending_flows: Vec<abi::FlowEvent>,
+    /// TCP-option ids that came before their connection's first data.
+    wire_early: FxHashMap<ConnKey, (u8, WireIds)>,
     /// Server contexts of connections closed in this drain pass.
     recently_closed: FxHashMap<ConnKey, SpanCtx>,
     peers: network::PeerGrouping,
@@ -254,6 +261,7 @@ impl Pipeline {
             pending_exits: Vec::new(),
             pending_flows: Vec::new(),
             recently_closed: FxHashMap::default(),
+            wire_early: FxHashMap::default(),
             peers: cfg.peers,
             drop_warning: RateLimitedCount::new(std::time::Duration::from_secs(10)),
             conns: FxHashMap::default(),
@@ -285,6 +293,10 @@ impl Pipeline {
                     start_ns: c.conn_start_ns,
                 };
                 self.close(key, Some(c.ts_ns));
+            }
+            Ok(Event::WireCtx(w)) => {
+                self.counts.data_records += 1;
+                self.on_wire(&w);
             }
             Ok(Event::Flow(f)) => {
                 self.counts.proc_records += 1;
@@ -405,7 +417,7 @@ impl Pipeline {
                 if self.conns.len() >= MAX_CONNS {
                     self.evict_oldest();
                 }
-                Box::new(Conn {
+                let mut conn = Box::new(Conn {
                     local_addr: h.tuple.local_addr().to_string(),
                     peer_addr: h.tuple.remote_addr().to_string(),
                     proto: None,
@@ -421,7 +433,15 @@ impl Pipeline {
                     ctxs: VecDeque::new(),
                     last_ctx: None,
                     client_parent: None,
-                })
+                    wire_out: None,
+                    wire_in: None,
+                });
+                if !self.wire_early.is_empty() {
+                    if let Some((kind, ids)) = self.wire_early.remove(&key) {
+                        Self::set_wire(&mut conn, kind, ids);
+                    }
+                }
+                conn
             }
         };
         conn.last_ns = h.exit_ns;
@@ -478,6 +498,67 @@ impl Pipeline {
             self.feed(key.pid, &mut conn, dir, &seg);
         }
         self.conns.insert(key, conn);
+    }
+
+    /// Trace-context ids from a TCP option: kept on the connection for the
+    /// request that follows them in the ring.
+    fn on_wire(&mut self, w: &abi::WireCtxEvent) {
+        if self.rejected.contains(&w.pid) {
+            return;
+        }
+        let ids = WireIds {
+            trace_id: w.trace_id,
+            span_id: w.span_id,
+        };
+        if w.kind == abi::WIRE_OUT && w.ctx_fd >= 0 {
+            let server = ConnKey {
+                pid: w.pid,
+                fd: w.ctx_fd,
+                start_ns: w.ctx_conn_start_ns,
+            };
+            if let Some(conn) = self.conns.get_mut(&server) {
+                Self::adopt_wire_trace(&self.contexts, conn, ids.trace_id);
+            }
+        }
+        let key = ConnKey {
+            pid: w.pid,
+            fd: w.fd,
+            start_ns: w.conn_start_ns,
+        };
+        match self.conns.get_mut(&key) {
+            Some(conn) => Self::set_wire(conn, w.kind, ids),
+            None if self.wire_early.len() < MAX_CONNS => {
+                self.wire_early.insert(key, (w.kind, ids));
+            }
+            None => {}
+        }
+    }
+
+    /// A root server request whose calls went out under `trace_id`: every
+    /// copy of its context (pending, latest, per HTTP/2 stream) joins it.
+    fn adopt_wire_trace(contexts: &ContextTracker, conn: &mut Conn, trace_id: TraceId) {
+        let Some(last) = conn.last_ctx.as_mut() else {
+            return;
+        };
+        let span_id = last.span_id;
+        contexts.adopt_wire_trace(last, trace_id);
+        let h2_ctxs = match conn.proto.as_mut() {
+            Some(Proto::Http2(h2)) => Some(h2.ctxs.values_mut()),
+            _ => None,
+        };
+        for ctx in conn.ctxs.iter_mut().chain(h2_ctxs.into_iter().flatten()) {
+            if ctx.span_id == span_id {
+                contexts.adopt_wire_trace(ctx, trace_id);
+            }
+        }
+    }
+
+    fn set_wire(conn: &mut Conn, kind: u8, ids: WireIds) {
+        match kind {
+            abi::WIRE_OUT => conn.wire_out = Some(ids),
+            abi::WIRE_IN => conn.wire_in = Some(ids),
+            _ => {}
+        }
     }
 
     /// Sorts TLS out of the data path: returns false when these bytes must
@@ -646,12 +727,16 @@ impl Pipeline {
                             traceparent.as_deref(),
                             tracestate.as_deref(),
                             flow,
+                            conn.wire_in.take(),
                         );
                         conn.last_ctx = Some(ctx.clone());
                         ctx
                     } else {
-                        self.contexts
-                            .client_request(conn.client_parent.as_ref(), flow)
+                        self.contexts.client_request(
+                            conn.client_parent.as_ref(),
+                            flow,
+                            conn.wire_out.take(),
+                        )
                     };
                     if let Some(Proto::Http2(h2)) = conn.proto.as_mut() {
                         h2.ctxs.insert(stream_id, ctx);
@@ -660,7 +745,7 @@ impl Pipeline {
                 Http2Event::Stream(s) => {
                     let ctx = h2.ctxs.remove(&s.stream_id).unwrap_or_else(|| {
                         // Opened before we joined: its request start was not seen.
-                        self.contexts.child_request(None)
+                        self.contexts.child_request(None, None)
                     });
                     self.finish_h2(pid, conn, server_side, &s, ctx);
                 }
@@ -739,7 +824,9 @@ impl Pipeline {
     fn emit_dns(&mut self, pid: u32, conn: &Conn, lookups: Vec<DnsLookup>, end_cap: Option<u64>) {
         let tcp = matches!(&conn.proto, Some(Proto::Dns(s)) if s.framers.is_some());
         for lookup in lookups {
-            let ctx = self.contexts.child_request(conn.client_parent.as_ref());
+            let ctx = self
+                .contexts
+                .child_request(conn.client_parent.as_ref(), None);
             let sampled = ctx.sampled;
             let span = dns_span::build(
                 dns_span::SpanInput {
@@ -757,7 +844,7 @@ impl Pipeline {
         }
     }
 
-    fn emit_db(&mut self, pid: u32, conn: &Conn, events: &mut Vec<DbEvent>) {
+    fn emit_db(&mut self, pid: u32, conn: &mut Conn, events: &mut Vec<DbEvent>) {
         let Some(Proto::Db {
             server_side, name, ..
         }) = &conn.proto
@@ -769,9 +856,13 @@ impl Pipeline {
             match ev {
                 DbEvent::Operation(op) => {
                     let ctx = if server_side {
-                        self.contexts.server_request(None, None, conn.flow(true))
+                        let wire = conn.wire_in.take();
+                        self.contexts
+                            .server_request(None, None, conn.flow(true), wire)
                     } else {
-                        self.contexts.child_request(conn.client_parent.as_ref())
+                        let wire = conn.wire_out.take();
+                        self.contexts
+                            .child_request(conn.client_parent.as_ref(), wire)
                     };
                     self.finish_db(pid, conn, server_side, &op, ctx);
                 }
@@ -851,12 +942,16 @@ impl Pipeline {
                             traceparent.as_deref(),
                             tracestate.as_deref(),
                             flow,
+                            conn.wire_in.take(),
                         );
                         conn.last_ctx = Some(ctx.clone());
                         ctx
                     } else {
-                        self.contexts
-                            .client_request(conn.client_parent.as_ref(), flow)
+                        self.contexts.client_request(
+                            conn.client_parent.as_ref(),
+                            flow,
+                            conn.wire_out.take(),
+                        )
                     };
                     conn.ctxs.push_back(ctx);
                 }
@@ -864,7 +959,7 @@ impl Pipeline {
                     let ctx = conn.ctxs.pop_front().unwrap_or_else(|| {
                         // Defensive: a request whose start we did not see.
                         self.contexts
-                            .server_request(None, None, conn.flow(x.server_side))
+                            .server_request(None, None, conn.flow(x.server_side), None)
                     });
                     self.finish(pid, conn, &x, ctx);
                 }
@@ -942,6 +1037,9 @@ impl Pipeline {
 
     /// `at_ns`: when the close happened (None: the process exited).
     fn close(&mut self, key: ConnKey, at_ns: Option<u64>) {
+        if !self.wire_early.is_empty() {
+            self.wire_early.remove(&key);
+        }
         if let Some(mut conn) = self.conns.remove(&key) {
             // A failed connect of this request's handler may be read after
             // the close in this drain pass: keep its context until then.
@@ -969,7 +1067,7 @@ impl Pipeline {
                 None => {}
             }
             self.emit(key.pid, &mut conn, &mut events);
-            self.emit_db(key.pid, &conn, &mut db_events);
+            self.emit_db(key.pid, &mut conn, &mut db_events);
             self.scratch = events;
             self.db_scratch = db_events;
             self.contexts.forget_flow(&conn.flow(conn.server_side()));
@@ -1018,7 +1116,7 @@ impl Pipeline {
             } else {
                 None
             };
-            let ctx = self.contexts.child_request(parent.as_ref());
+            let ctx = self.contexts.child_request(parent.as_ref(), None);
             if ctx.sampled {
                 let span = network::failed_connect_span(f, ctx, resource, &self.clock);
                 self.send(span);
@@ -1035,6 +1133,9 @@ impl Pipeline {
             .collect();
         for k in keys {
             self.close(k, None);
+        }
+        if !self.wire_early.is_empty() {
+            self.wire_early.retain(|k, _| k.pid != pid);
         }
     }
 

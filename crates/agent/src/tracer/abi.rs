@@ -7,6 +7,11 @@ pub const EV_DATA: u8 = 1;
 pub const EV_CLOSE: u8 = 2;
 pub const EV_PROC: u8 = 3;
 pub const EV_FLOW: u8 = 4;
+pub const EV_WIRE_CTX: u8 = 5;
+
+/// enum at_wire_kind: ids sent with a client request / received with a server one.
+pub const WIRE_OUT: u8 = 1;
+pub const WIRE_IN: u8 = 2;
 
 pub const FLOW_OPEN: u8 = 1;
 pub const FLOW_CLOSE: u8 = 2;
@@ -25,7 +30,7 @@ pub const PROC_LISTEN: u8 = 3;
 pub const PROC_FORK: u8 = 4;
 
 /// Per-CPU counter indexes (enum at_counter).
-pub const COUNTER_NAMES: [(u32, &str); 8] = [
+pub const COUNTER_NAMES: [(u32, &str); 10] = [
     (0, "data_lost"),
     (1, "proc_lost"),
     (2, "close_lost"),
@@ -34,6 +39,8 @@ pub const COUNTER_NAMES: [(u32, &str); 8] = [
     (5, "args_missing"),
     (6, "flow_lost"),
     (7, "tls_no_fd"),
+    (8, "wire_ctx_no_room"),
+    (9, "wire_ctx_lost"),
 ];
 
 /// DataHeader::syscall values of TLS plaintext (enum at_syscall).
@@ -166,6 +173,22 @@ pub struct FlowEvent {
     pub tuple: ConnTuple,
 }
 
+/// Trace context carried in a TCP option (struct at_wire_ctx_event).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct WireCtxEvent {
+    pub kind_tag: u8,
+    pub kind: u8,
+    pub _pad: u16,
+    pub pid: u32,
+    pub fd: i32,
+    pub ctx_fd: i32,
+    pub conn_start_ns: u64,
+    pub ctx_conn_start_ns: u64,
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+}
+
 /// A data record borrowed from the ring buffer.
 pub struct DataEvent<'a> {
     pub header: DataHeader,
@@ -183,6 +206,7 @@ pub enum Event<'a> {
     Close(CloseEvent),
     Proc(ProcEvent),
     Flow(FlowEvent),
+    WireCtx(WireCtxEvent),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -216,6 +240,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, AbiError> {
         Some(EV_CLOSE) => Ok(Event::Close(read_pod(bytes)?)),
         Some(EV_PROC) => Ok(Event::Proc(read_pod(bytes)?)),
         Some(EV_FLOW) => Ok(Event::Flow(read_pod(bytes)?)),
+        Some(EV_WIRE_CTX) => Ok(Event::WireCtx(read_pod(bytes)?)),
         Some(t) => Err(AbiError::UnknownType(t)),
         None => Err(AbiError::Short(0)),
     }
@@ -272,6 +297,14 @@ mod tests {
         assert_eq!(
             offset_of!(FlowEvent, retransmits),
             offset_of!(types::at_flow_event, retransmits)
+        );
+        assert_eq!(
+            size_of::<WireCtxEvent>(),
+            size_of::<types::at_wire_ctx_event>()
+        );
+        assert_eq!(
+            offset_of!(WireCtxEvent, trace_id),
+            offset_of!(types::at_wire_ctx_event, trace_id)
         );
         assert_eq!(
             size_of::<types::at_data_event>() - offset_of!(types::at_data_event, data),

@@ -23,6 +23,9 @@ pub struct TracerOptions {
     pub wakeup_bytes: u64,
     /// Select every exec provisionally (executable-name selection).
     pub select_on_exec: bool,
+    /// Trace context in TCP options for connections of processes under
+    /// this cgroup v2 directory (None: off).
+    pub tcp_option_cgroup: Option<std::path::PathBuf>,
 }
 
 pub struct Tracer {
@@ -34,6 +37,8 @@ pub struct Tracer {
     tls_seen: std::cell::RefCell<std::collections::HashSet<std::path::PathBuf>>,
     pub skel: AutotelSkel<'static>,
 }
+
+const SOCKOPS_PROGRAM: &str = "at_sockops";
 
 /// Routes libbpf's own messages (including verifier logs) into our logs.
 fn libbpf_log(level: libbpf_rs::PrintLevel, msg: String) {
@@ -81,10 +86,27 @@ fn require_privileges() -> Result<()> {
     )
 }
 
+const CAP_NET_ADMIN: u32 = 12;
+
+/// sock_ops programs are networking programs: the kernel wants CAP_NET_ADMIN.
+fn require_net_admin() -> Result<()> {
+    let caps = effective_caps();
+    if caps & (1 << CAP_SYS_ADMIN | 1 << CAP_NET_ADMIN) != 0 {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "context_propagation: tcp_option needs the CAP_NET_ADMIN capability (a sock_ops \
+         program on a cgroup); add it, or set context_propagation: off"
+    )
+}
+
 impl Tracer {
     pub fn load(opts: &TracerOptions) -> Result<Self> {
         libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, libbpf_log)));
         require_privileges()?;
+        if opts.tcp_option_cgroup.is_some() {
+            require_net_admin()?;
+        }
         // tp_btf hooks and PMU uprobes do not need tracefs; it is mounted
         // when missing for tools (and kernels) that look for it.
         if let Err(e) = tracefs::ensure_mounted() {
@@ -105,6 +127,11 @@ impl Tracer {
         rodata.wakeup_data_bytes = opts.wakeup_bytes;
         rodata.self_tgid = std::process::id();
         rodata.select_on_exec = u32::from(opts.select_on_exec);
+        rodata.propagate_ctx = u32::from(opts.tcp_option_cgroup.is_some());
+        // Loading a sock_ops program needs CAP_NET_ADMIN: only when it is used.
+        open.progs
+            .at_sockops
+            .set_autoload(opts.tcp_option_cgroup.is_some());
         open.maps
             .data_events
             .set_max_entries(opts.data_ringbuf_bytes.next_power_of_two())
@@ -120,6 +147,9 @@ impl Tracer {
             skel,
         };
         tracer.attach_all()?;
+        if let Some(dir) = &opts.tcp_option_cgroup {
+            tracer.attach_sockops(dir)?;
+        }
         Ok(tracer)
     }
 
@@ -131,6 +161,9 @@ impl Tracer {
             let name = prog.name().to_string_lossy().into_owned();
             if tls::is_tls_program(&name) {
                 continue; // attached per library file, see tls.rs
+            }
+            if name == SOCKOPS_PROGRAM {
+                continue; // attached to a cgroup when asked for
             }
             match prog.attach() {
                 Ok(link) => self.links.push(link),
@@ -151,6 +184,29 @@ impl Tracer {
             failed = failed.len(),
             "BPF programs attached"
         );
+        Ok(())
+    }
+
+    /// Attaches the TCP-option program to a cgroup v2 directory through a
+    /// BPF link: it goes away with the agent, even on SIGKILL.
+    fn attach_sockops(&mut self, dir: &std::path::Path) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let cgroup = std::fs::File::open(dir)
+            .with_context(|| format!("opening cgroup {} for sock_ops", dir.display()))?;
+        let prog = self
+            .skel
+            .object()
+            .progs_mut()
+            .find(|p| p.name() == SOCKOPS_PROGRAM)
+            .context("BPF object has no sock_ops program")?;
+        let link = prog.attach_cgroup(cgroup.as_raw_fd()).with_context(|| {
+            format!(
+                "attaching the sock_ops program to cgroup {} (context_propagation: tcp_option)",
+                dir.display()
+            )
+        })?;
+        self.links.push(link);
+        tracing::info!(cgroup = %dir.display(), "trace context travels in TCP options");
         Ok(())
     }
 
