@@ -122,7 +122,12 @@ impl ListenScan {
             Some(ns) => self
                 .by_netns
                 .entry(ns)
-                .or_insert_with(|| listening_inodes(pid)),
+                .or_insert_with(|| {
+                    super::listeners::of_netns_of(pid).unwrap_or_else(|e| {
+                        tracing::debug!(pid, error = %e, "sock_diag failed: reading /proc/<pid>/net/tcp");
+                        listening_inodes(pid)
+                    })
+                }),
             None => return Vec::new(),
         };
         if table.is_empty() {
