@@ -156,8 +156,9 @@ enum at_flow_kind {
 	AT_FLOW_CLOSE = 2, /* the socket reached TCP_CLOSE (closed, reset, refused, timed out) */
 };
 
-/* TCP lifecycle of one socket of a selected process. Counters are the
- * kernel's own (tcp_sock) at the time of the event. */
+/* TCP lifecycle of one socket of a selected process. Byte counts are
+ * payload, derived from the kernel's own tcp_sock counters at the time of
+ * the event. */
 struct at_flow_event {
 	__u8 type; /* AT_EV_FLOW */
 	__u8 kind; /* enum at_flow_kind */
@@ -169,8 +170,8 @@ struct at_flow_event {
 	__u64 start_ns;  /* connect() sent the SYN / accept() returned */
 	__u64 established_ns; /* 0: never established */
 	__u64 ts_ns;
-	__u64 bytes_acked;    /* sent and acknowledged */
-	__u64 bytes_received;
+	__u64 bytes_sent;     /* payload, each byte once (retransmissions not counted again) */
+	__u64 bytes_received; /* payload received in order */
 	__u32 retransmits;    /* total_retrans */
 	/* The server request the connecting thread was serving (ctx_fd < 0: none). */
 	__s32 ctx_fd;

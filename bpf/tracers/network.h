@@ -52,8 +52,17 @@ static __always_inline void emit_flow(const struct sock *sk, struct at_flow_stat
 	ev->start_ns = st->start_ns;
 	ev->established_ns = st->established_ns;
 	ev->ts_ns = bpf_ktime_get_ns();
-	ev->bytes_acked = BPF_CORE_READ(tp, bytes_acked);
-	ev->bytes_received = BPF_CORE_READ(tp, bytes_received);
+	/* Payload only. bytes_acked/bytes_received follow snd_una/rcv_nxt and so
+	 * also step over the SYN and FIN sequence numbers. bytes_sent counts the
+	 * payload of every segment transmitted, retransmissions included (hence
+	 * minus bytes_retrans); the peer's FIN is in bytes_received exactly when
+	 * tcp_fin() has run, which is what sets SOCK_DONE. */
+	ev->bytes_sent = BPF_CORE_READ(tp, bytes_sent) - BPF_CORE_READ(tp, bytes_retrans);
+	__u64 rx = BPF_CORE_READ(tp, bytes_received);
+	unsigned long sk_flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+	if (rx && (sk_flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE))))
+		rx -= 1;
+	ev->bytes_received = rx;
 	ev->retransmits = BPF_CORE_READ(tp, total_retrans);
 	ev->ctx_fd = st->ctx_fd;
 	ev->ctx_conn_start_ns = st->ctx_conn_start_ns;

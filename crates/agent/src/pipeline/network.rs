@@ -132,7 +132,7 @@ pub fn record(
     if ev.kind != abi::FLOW_CLOSE {
         return;
     }
-    for (dir, bytes) in [("transmit", ev.bytes_acked), ("receive", ev.bytes_received)] {
+    for (dir, bytes) in [("transmit", ev.bytes_sent), ("receive", ev.bytes_received)] {
         if bytes > 0 {
             store.record(
                 Metric::NetFlowBytes,
@@ -208,7 +208,7 @@ mod tests {
             start_ns: 0,
             established_ns: 0,
             ts_ns: 0,
-            bytes_acked: 0,
+            bytes_sent: 0,
             bytes_received: 0,
             retransmits: 0,
             ctx_fd: -1,

@@ -158,7 +158,7 @@ pub struct FlowEvent {
     pub start_ns: u64,
     pub established_ns: u64,
     pub ts_ns: u64,
-    pub bytes_acked: u64,
+    pub bytes_sent: u64,
     pub bytes_received: u64,
     pub retransmits: u32,
     pub ctx_fd: i32,
