@@ -156,9 +156,16 @@ enum at_flow_kind {
 	AT_FLOW_CLOSE = 2, /* the socket reached TCP_CLOSE (closed, reset, refused, timed out) */
 };
 
-/* TCP lifecycle of one socket of a selected process. Byte counts are
- * payload, derived from the kernel's own tcp_sock counters at the time of
- * the event. */
+/* Who a flow belongs to. Other/unknown only in whole-host mode. */
+enum at_flow_owner {
+	AT_FLOW_OWNER_UNKNOWN = 0,  /* passive connection closed before any accept() */
+	AT_FLOW_OWNER_SELECTED = 1, /* a selected process connected/accepted it */
+	AT_FLOW_OWNER_OTHER = 2,    /* an unselected process (pid and comm known) */
+};
+
+/* TCP lifecycle of one socket of a selected process (of any process in
+ * whole-host mode). Byte counts are payload, derived from the kernel's own
+ * tcp_sock counters at the time of the event. */
 struct at_flow_event {
 	__u8 type; /* AT_EV_FLOW */
 	__u8 kind; /* enum at_flow_kind */
@@ -177,6 +184,9 @@ struct at_flow_event {
 	__s32 ctx_fd;
 	__u64 ctx_conn_start_ns;
 	struct at_conn_tuple tuple;
+	char comm[16]; /* the owner's command name, when known */
+	__u8 owner;    /* enum at_flow_owner */
+	__u8 _pad[7];
 };
 
 /* The request a thread is serving: the server connection it last read a

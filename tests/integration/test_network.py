@@ -188,6 +188,140 @@ def test_flow_bytes_and_connection_counts(two_hosts, start_agent, tmp_path):
 
 
 # --------------------------------------------------------------------------------------
+# 1b. whole-host mode: flows of processes that are not selected
+# --------------------------------------------------------------------------------------
+
+NO_SUCH_PORT = 18099   # the selector: nothing listens there, so nothing is selected
+
+
+def otlp_flow_points(sink, since_ns: int) -> dict:
+    """Latest cumulative value per (metric, attribute set) of the host resource."""
+    latest: dict = {}
+    for d in sink.metrics():
+        if (d["resource"].get("service.name") != "host" or d["time_ns"] < since_ns
+                or not d["name"].startswith(("autotel.tcp.connections",
+                                             "autotel.network.flow.bytes"))):
+            continue
+        key = (d["name"], tuple(sorted(d["attrs"].items())))
+        if key not in latest or d["time_ns"] >= latest[key]["time_ns"]:
+            latest[key] = d
+    return {k: v["value"] for k, v in latest.items()}
+
+
+def otlp_sum(points: dict, name: str, **attrs) -> float:
+    return sum(v for (n, a), v in points.items()
+               if n == name and all(dict(a).get(k) == w for k, w in attrs.items()))
+
+
+def test_whole_host_flows(two_hosts, start_agent, sink, tmp_path):
+    """curl (A) downloads from python's http.server (B), neither of them selected (the
+    only selector is a port nothing listens on). With network.whole_host off: no flow
+    series for them at all. Then, same run, a new agent with whole_host on (YAML) and
+    K more downloads: under the host resource, per process name, client (curl) and
+    server (the http.server's comm) connections opened == closed == K; bytes exactly
+    what curl sent and read, in both directions (payload; no tolerance). Checked on
+    /metrics and over OTLP. No spans for either process (spans stay with selected
+    processes) and no flows of the agent's own exporter connections."""
+    K, SIZE = 4, 200_000 + 77
+    topo = two_hosts("wh")
+    docroot = tmp_path / "docroot"
+    docroot.mkdir()
+    (docroot / "blob.bin").write_bytes((bytes(range(251)) * (SIZE // 251 + 1))[:SIZE])
+    server = start_http_server(topo, topo.b, topo.ip_b, docroot, tmp_path)
+    server_comm = Path(f"/proc/{server.pid}/comm").read_text().strip()
+    url = f"http://{topo.ip_b}:{HTTP_PORT}/blob.bin"
+    env = {"OTEL_METRIC_EXPORT_INTERVAL": "500", "AUTOTEL_OPEN_PORTS": NO_SUCH_PORT}
+
+    def downloads() -> List[dict]:
+        runs = [curl_in(topo, topo.a, url, "-o", "/dev/null") for _ in range(K)]
+        ok = [r for r in runs if r["rc"] == 0 and r.get("code") == 200
+              and r["download"] == SIZE]
+        assert len(ok) == K, runs
+        return runs
+
+    # Off (explicitly, by environment): nothing about these flows.
+    off = start_agent({**env, "AUTOTEL_NETWORK_WHOLE_HOST": "false"})
+    downloads()
+    time.sleep(2.5)  # several export intervals and reader drains
+    off_prom = [l for l in off.metrics_text().splitlines()
+                if (topo.ip_a in l or topo.ip_b in l) and not l.startswith("#")]
+    off_otlp = otlp_flow_points(sink, 0)
+    report("whole_host off: flow series on /metrics", len(off_prom), 0)
+    report("whole_host off: host-resource flow points over OTLP", len(off_otlp), 0)
+    assert not off_prom and not off_otlp, "\n".join(off_prom) + str(off_otlp)
+    off.stop()
+
+    # On (YAML): K more downloads, counted on both ends.
+    since = time.time_ns()
+    agent = start_agent(env, config_yaml="network:\n  whole_host: true\n")
+    runs = downloads()
+    pids = {r["pid"] for r in runs} | {server.pid}
+    want_rx = sum(r["header"] + r["download"] for r in runs)   # curl read
+    want_tx = sum(r["request"] for r in runs)                  # curl wrote
+
+    cli = {"process_executable_name": "curl", "autotel_tcp_role": "client",
+           "network_peer_address": topo.ip_b, "server_port": HTTP_PORT}
+    srv = {"process_executable_name": server_comm, "autotel_tcp_role": "server",
+           "network_peer_address": topo.ip_a, "server_port": HTTP_PORT}
+    wait_prom(agent, CONN, {**cli, "autotel_tcp_outcome": "closed"}, lambda v: v >= K)
+    wait_prom(agent, CONN, {**srv, "autotel_tcp_outcome": "closed"}, lambda v: v >= K,
+              settle=1.0)
+    got = {}
+    for side, lab in (("client", cli), ("server", srv)):
+        got[side] = (prom(agent, CONN, **lab, autotel_tcp_outcome="opened"),
+                     prom(agent, CONN, **lab, autotel_tcp_outcome="closed"),
+                     prom(agent, CONN, **lab),
+                     prom(agent, BYTES, **lab, network_io_direction="receive"),
+                     prom(agent, BYTES, **lab, network_io_direction="transmit"))
+    want = {"client": (K, K, 2 * K, want_rx, want_tx),
+            "server": (K, K, 2 * K, want_tx, want_rx)}
+    for side in ("client", "server"):
+        report(f"{side} (opened, closed, all, rx bytes, tx bytes) on /metrics",
+               tuple(int(v) for v in got[side]), want[side])
+    unknown = prom(agent, CONN, process_executable_name="unknown",
+                   network_peer_address=topo.ip_a)
+    # The test scrapes /metrics over and over: the agent's own connections are left out.
+    own = (prom(agent, CONN, process_executable_name="autotel")
+           + prom(agent, CONN, server_port=agent.prom_port, autotel_tcp_role="server"))
+    scrapes = prom(agent, CONN, server_port=agent.prom_port, autotel_tcp_role="client")
+    report("the test's own /metrics connections, client side (seen: > 0)", int(scrapes),
+           ">0")
+    report("connections with owner unknown (all were accepted)", int(unknown), 0)
+    report("connections of the agent itself (as named, or to its /metrics port)",
+           int(own), 0)
+
+    # The same over OTLP (cumulative: the latest point of each series).
+    deadline = time.monotonic() + 10
+    while True:
+        pts = otlp_flow_points(sink, since)
+        o = {side: (otlp_sum(pts, "autotel.tcp.connections", **a,
+                             **{"autotel.tcp.outcome": "closed"}),
+                    otlp_sum(pts, "autotel.network.flow.bytes", **a,
+                             **{"network.io.direction": "receive"}),
+                    otlp_sum(pts, "autotel.network.flow.bytes", **a,
+                             **{"network.io.direction": "transmit"}))
+             for side, a in (("client", {"process.executable.name": "curl",
+                                         "network.peer.address": topo.ip_b}),
+                             ("server", {"process.executable.name": server_comm,
+                                         "network.peer.address": topo.ip_a}))}
+        if (o["client"][0] >= K and o["server"][0] >= K) or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    for side, (cl, rx, tx) in o.items():
+        report(f"OTLP {side} (closed, rx bytes, tx bytes)", (int(cl), int(rx), int(tx)),
+               (K,) + want[side][3:])
+    spans = [s for s in sink.spans() if s["resource"].get("process.pid") in pids]
+    report("spans of the unselected processes", len(spans), 0)
+
+    series = tcp_series(agent, topo.ip_b) + "\n" + tcp_series(agent, topo.ip_a)
+    assert got["client"] == want["client"] and got["server"] == want["server"], series
+    assert scrapes > 0 and unknown == 0 and own == 0, series
+    assert o["client"] == (K,) + want["client"][3:], o
+    assert o["server"] == (K,) + want["server"][3:], o
+    assert not spans, show(spans)
+
+
+# --------------------------------------------------------------------------------------
 # 2. refused connects: metric, span, span inside the request being served
 # --------------------------------------------------------------------------------------
 

@@ -108,6 +108,7 @@ fn run(cfg: Config, mode: Mode) -> Result<()> {
         data_ringbuf_bytes: cfg.ringbuf_bytes,
         wakeup_bytes: (cfg.ringbuf_bytes / 16) as u64,
         select_on_exec: cfg.discovery.selects_on_exec(),
+        network_whole_host: cfg.network_whole_host,
     })?;
 
     // Stages and the channels between them.
@@ -175,6 +176,7 @@ fn run(cfg: Config, mode: Mode) -> Result<()> {
             discovery: cfg.discovery.clone(),
             query_text: cfg.db_query_text,
             peers: cfg.peers.clone(),
+            network_whole_host: cfg.network_whole_host,
         },
         resources,
         span_tx,

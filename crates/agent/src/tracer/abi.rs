@@ -10,6 +10,9 @@ pub const EV_FLOW: u8 = 4;
 
 pub const FLOW_OPEN: u8 = 1;
 pub const FLOW_CLOSE: u8 = 2;
+/// enum at_flow_owner: who a flow belongs to (0: unknown).
+pub const FLOW_OWNER_SELECTED: u8 = 1;
+pub const FLOW_OWNER_OTHER: u8 = 2;
 /// TCP states (include/net/tcp_states.h).
 pub const TCP_SYN_SENT: u8 = 2;
 pub const PROTO_UDP: u8 = 17;
@@ -164,6 +167,17 @@ pub struct FlowEvent {
     pub ctx_fd: i32,
     pub ctx_conn_start_ns: u64,
     pub tuple: ConnTuple,
+    pub comm: [u8; 16],
+    pub owner: u8,
+    pub _pad: [u8; 7],
+}
+
+impl FlowEvent {
+    /// The owner's command name (kernel comm), when the kernel knew it.
+    pub fn comm(&self) -> Option<String> {
+        (matches!(self.owner, FLOW_OWNER_SELECTED | FLOW_OWNER_OTHER) && self.comm[0] != 0)
+            .then(|| ProcEvent::text(&self.comm))
+    }
 }
 
 /// A data record borrowed from the ring buffer.
@@ -272,6 +286,14 @@ mod tests {
         assert_eq!(
             offset_of!(FlowEvent, retransmits),
             offset_of!(types::at_flow_event, retransmits)
+        );
+        assert_eq!(
+            offset_of!(FlowEvent, comm),
+            offset_of!(types::at_flow_event, comm)
+        );
+        assert_eq!(
+            offset_of!(FlowEvent, owner),
+            offset_of!(types::at_flow_event, owner)
         );
         assert_eq!(
             size_of::<types::at_data_event>() - offset_of!(types::at_data_event, data),

@@ -23,6 +23,8 @@ pub struct TracerOptions {
     pub wakeup_bytes: u64,
     /// Select every exec provisionally (executable-name selection).
     pub select_on_exec: bool,
+    /// Follow the TCP flows of every process on the host.
+    pub network_whole_host: bool,
 }
 
 pub struct Tracer {
@@ -105,6 +107,7 @@ impl Tracer {
         rodata.wakeup_data_bytes = opts.wakeup_bytes;
         rodata.self_tgid = std::process::id();
         rodata.select_on_exec = u32::from(opts.select_on_exec);
+        rodata.network_whole_host = u32::from(opts.network_whole_host);
         open.maps
             .data_events
             .set_max_entries(opts.data_ringbuf_bytes.next_power_of_two())
