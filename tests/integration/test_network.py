@@ -280,14 +280,16 @@ def test_whole_host_flows(two_hosts, start_agent, sink, tmp_path):
                tuple(int(v) for v in got[side]), want[side])
     unknown = prom(agent, CONN, process_executable_name="unknown",
                    network_peer_address=topo.ip_a)
-    # The test scrapes /metrics over and over: the agent's own connections are left out.
-    own = (prom(agent, CONN, process_executable_name="autotel")
-           + prom(agent, CONN, server_port=agent.prom_port, autotel_tcp_role="server"))
+    # The test scrapes /metrics over and over and the agent exports to the sink: its
+    # own connections are left out. (By port, not by name: other autotel agents may
+    # run on this host.)
+    own = (prom(agent, CONN, server_port=agent.prom_port, autotel_tcp_role="server")
+           + prom(agent, CONN, server_port=sink.grpc_port, autotel_tcp_role="client"))
     scrapes = prom(agent, CONN, server_port=agent.prom_port, autotel_tcp_role="client")
     report("the test's own /metrics connections, client side (seen: > 0)", int(scrapes),
            ">0")
     report("connections with owner unknown (all were accepted)", int(unknown), 0)
-    report("connections of the agent itself (as named, or to its /metrics port)",
+    report("connections of the agent itself (its /metrics port, its OTLP export)",
            int(own), 0)
 
     # The same over OTLP (cumulative: the latest point of each series).
