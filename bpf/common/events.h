@@ -159,8 +159,16 @@ enum at_flow_kind {
 	AT_FLOW_CLOSE = 2, /* the socket reached TCP_CLOSE (closed, reset, refused, timed out) */
 };
 
-/* TCP lifecycle of one socket of a selected process. Counters are the
- * kernel's own (tcp_sock) at the time of the event. */
+/* Who a flow belongs to. Other/unknown only in whole-host mode. */
+enum at_flow_owner {
+	AT_FLOW_OWNER_UNKNOWN = 0,  /* passive connection closed before any accept() */
+	AT_FLOW_OWNER_SELECTED = 1, /* a selected process connected/accepted it */
+	AT_FLOW_OWNER_OTHER = 2,    /* an unselected process (pid and comm known) */
+};
+
+/* TCP lifecycle of one socket of a selected process (of any process in
+ * whole-host mode). Byte counts are payload, derived from the kernel's own
+ * tcp_sock counters at the time of the event. */
 struct at_flow_event {
 	__u8 type; /* AT_EV_FLOW */
 	__u8 kind; /* enum at_flow_kind */
@@ -172,13 +180,16 @@ struct at_flow_event {
 	__u64 start_ns;  /* connect() sent the SYN / accept() returned */
 	__u64 established_ns; /* 0: never established */
 	__u64 ts_ns;
-	__u64 bytes_acked;    /* sent and acknowledged */
-	__u64 bytes_received;
+	__u64 bytes_sent;     /* payload, each byte once (retransmissions not counted again) */
+	__u64 bytes_received; /* payload received in order */
 	__u32 retransmits;    /* total_retrans */
 	/* The server request the connecting thread was serving (ctx_fd < 0: none). */
 	__s32 ctx_fd;
 	__u64 ctx_conn_start_ns;
 	struct at_conn_tuple tuple;
+	char comm[16]; /* the owner's command name, when known */
+	__u8 owner;    /* enum at_flow_owner */
+	__u8 _pad[7];
 };
 
 /* The request a thread is serving: the server connection it last read a

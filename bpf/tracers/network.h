@@ -1,15 +1,23 @@
 /* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
-/* TCP lifecycle of the sockets of selected processes: one event when a
- * connection opens and one when it reaches TCP_CLOSE, carrying the kernel's
- * own byte and retransmit counters. State changes mostly happen in softirq
- * context, so the owning process is remembered per sock when it is known:
- * at connect() (SYN_SENT is set in the caller's context) and at accept(). */
+/* TCP lifecycle of the sockets of selected processes (of every process in
+ * whole-host mode): one event when a connection opens and one when it
+ * reaches TCP_CLOSE, carrying the kernel's own byte and retransmit counters.
+ * State changes mostly happen in softirq context, where the current task is
+ * whoever the CPU was running, so the owning process is remembered per sock
+ * only where it is known: at connect() (SYN_SENT is set in the caller's
+ * context) and at accept(). */
 #ifndef AUTOTEL_NETWORK_H
 #define AUTOTEL_NETWORK_H
 
 #define AT_TCP_ESTABLISHED 1
 #define AT_TCP_SYN_SENT 2
+#define AT_TCP_SYN_RECV 3
 #define AT_TCP_CLOSE 7
+
+/* Set by the loader: follow the TCP flows of every process, not only the
+ * selected ones (metrics only; spans stay with selected processes). A
+ * constant, so with 0 the verifier drops the extra paths. */
+const volatile __u32 network_whole_host = 0;
 
 struct at_flow_state {
 	__u64 start_ns;
@@ -20,10 +28,12 @@ struct at_flow_state {
 	__s32 ctx_fd;
 	__u8 role;
 	__u8 have_tuple;
-	__u8 _pad[2];
+	__u8 owner; /* enum at_flow_owner */
+	__u8 _pad;
 	/* Endpoints as they were when the connection opened: by TCP_CLOSE the
 	 * kernel may have released the local port already. */
 	struct at_conn_tuple tuple;
+	char comm[16];
 };
 
 /* sock pointer -> owner. LRU: a sock we never see close must not pin a slot. */
@@ -33,6 +43,15 @@ struct {
 	__type(key, __u64);
 	__type(value, struct at_flow_state);
 } flows SEC(".maps");
+
+/* The process's name (its main thread's comm), not the calling thread's:
+ * thread names (worker-17, tokio-runtime-w) would split one process into
+ * many series. */
+static __always_inline void owner_comm(char dst[16])
+{
+	struct task_struct *leader = BPF_CORE_READ(bpf_get_current_task_btf(), group_leader);
+	bpf_core_read_str(dst, 16, &leader->comm);
+}
 
 static __always_inline void emit_flow(const struct sock *sk, struct at_flow_state *st, __u8 kind, int old_state)
 {
@@ -52,11 +71,23 @@ static __always_inline void emit_flow(const struct sock *sk, struct at_flow_stat
 	ev->start_ns = st->start_ns;
 	ev->established_ns = st->established_ns;
 	ev->ts_ns = bpf_ktime_get_ns();
-	ev->bytes_acked = BPF_CORE_READ(tp, bytes_acked);
-	ev->bytes_received = BPF_CORE_READ(tp, bytes_received);
+	/* Payload only. bytes_acked/bytes_received follow snd_una/rcv_nxt and so
+	 * also step over the SYN and FIN sequence numbers. bytes_sent counts the
+	 * payload of every segment transmitted, retransmissions included (hence
+	 * minus bytes_retrans); the peer's FIN is in bytes_received exactly when
+	 * tcp_fin() has run, which is what sets SOCK_DONE. */
+	ev->bytes_sent = BPF_CORE_READ(tp, bytes_sent) - BPF_CORE_READ(tp, bytes_retrans);
+	__u64 rx = BPF_CORE_READ(tp, bytes_received);
+	unsigned long sk_flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+	if (rx && (sk_flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE))))
+		rx -= 1;
+	ev->bytes_received = rx;
 	ev->retransmits = BPF_CORE_READ(tp, total_retrans);
 	ev->ctx_fd = st->ctx_fd;
 	ev->ctx_conn_start_ns = st->ctx_conn_start_ns;
+	ev->owner = st->owner;
+	__builtin_memcpy(ev->comm, st->comm, sizeof(ev->comm));
+	__builtin_memset(ev->_pad, 0, sizeof(ev->_pad));
 	__builtin_memset(&ev->tuple, 0, sizeof(ev->tuple));
 	read_sk_tuple(sk, &ev->tuple);
 	if (st->have_tuple && (ev->tuple.sport == 0 || ev->tuple.dport == 0))
@@ -69,12 +100,17 @@ static __always_inline void emit_flow(const struct sock *sk, struct at_flow_stat
 }
 
 /* Called at accept() exit with the new fd: the passive side's owner. */
-static __always_inline void flow_accepted(__u32 tgid, __u32 tid, __s32 fd)
+static __always_inline void flow_accepted(__u32 tgid, __u32 tid, __s32 fd, __u8 owner)
 {
 	struct sock *sk = fd_to_sock(fd);
 	if (!sk || BPF_CORE_READ(sk, sk_protocol) != AT_IPPROTO_TCP)
 		return;
 	__u64 key = (__u64)sk;
+	if (tgid == self_tgid) {
+		/* Our own exporter/Prometheus connections (whole-host mode). */
+		bpf_map_delete_elem(&flows, &key);
+		return;
+	}
 	__u64 now = bpf_ktime_get_ns();
 	struct at_flow_state st = {
 		.start_ns = now,
@@ -83,7 +119,9 @@ static __always_inline void flow_accepted(__u32 tgid, __u32 tid, __s32 fd)
 		.tid = tid,
 		.ctx_fd = -1,
 		.role = AT_ROLE_SERVER,
+		.owner = owner,
 	};
+	owner_comm(st.comm);
 	emit_flow(sk, &st, AT_FLOW_OPEN, AT_TCP_ESTABLISHED);
 	bpf_map_update_elem(&flows, &key, &st, BPF_ANY);
 }
@@ -98,7 +136,8 @@ int BPF_PROG(at_sock_state, const struct sock *sk, int oldstate, int newstate)
 		/* connect() in the caller's context. */
 		__u64 id = bpf_get_current_pid_tgid();
 		__u32 tgid = id >> 32;
-		if (!is_selected(tgid))
+		int selected = is_selected(tgid);
+		if ((!selected && !network_whole_host) || tgid == self_tgid)
 			return 0;
 		struct at_flow_state st = {
 			.start_ns = bpf_ktime_get_ns(),
@@ -106,13 +145,30 @@ int BPF_PROG(at_sock_state, const struct sock *sk, int oldstate, int newstate)
 			.tid = (__u32)id,
 			.ctx_fd = -1,
 			.role = AT_ROLE_CLIENT,
+			.owner = selected ? AT_FLOW_OWNER_SELECTED : AT_FLOW_OWNER_OTHER,
 		};
-		struct at_task_state *ts = task_state_get(0);
+		owner_comm(st.comm);
+		struct at_task_state *ts = selected ? task_state_get(0) : 0;
 		if (ts && ts->ctx_valid) {
 			st.ctx_fd = ts->ctx.fd;
 			st.ctx_conn_start_ns = ts->ctx.conn_start_ns;
 		}
 		bpf_map_update_elem(&flows, &key, &st, BPF_ANY);
+		return 0;
+	}
+	if (network_whole_host && newstate == AT_TCP_ESTABLISHED && oldstate == AT_TCP_SYN_RECV) {
+		/* A passive connection, in softirq: the current task is not its
+		 * owner. Track it ownerless; accept() fills the owner in and
+		 * reports the open, so one that closes first is still counted. */
+		__u64 now = bpf_ktime_get_ns();
+		struct at_flow_state st = {
+			.start_ns = now,
+			.established_ns = now,
+			.ctx_fd = -1,
+			.role = AT_ROLE_SERVER,
+			.owner = AT_FLOW_OWNER_UNKNOWN,
+		};
+		bpf_map_update_elem(&flows, &key, &st, BPF_NOEXIST);
 		return 0;
 	}
 	struct at_flow_state *st = bpf_map_lookup_elem(&flows, &key);

@@ -290,12 +290,16 @@ static __always_inline int save_role_args(__s32 fd, __u8 kind)
 	return 0;
 }
 
-static __always_inline int mark_conn(long ret)
+static __always_inline int mark_conn(long ret, int accepted)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
-	if (!is_selected(tgid))
+	if (!is_selected(tgid)) {
+		/* Whole-host flows: the accepting process is the passive side's owner. */
+		if (network_whole_host && accepted && ret >= 0)
+			flow_accepted(tgid, (__u32)id, (__s32)ret, AT_FLOW_OWNER_OTHER);
 		return 0;
+	}
 	struct at_task_state *st = task_state_get(0);
 	if (!st || !st->args_valid)
 		return 0;
@@ -304,7 +308,7 @@ static __always_inline int mark_conn(long ret)
 	st->args_valid = 0;
 	if (kind == AT_ARGS_ACCEPT && ret >= 0) {
 		lookup_conn(tgid, (__s32)ret, AT_ROLE_SERVER, 1);
-		flow_accepted(tgid, (__u32)id, (__s32)ret);
+		flow_accepted(tgid, (__u32)id, (__s32)ret, AT_FLOW_OWNER_SELECTED);
 	}
 	/* Non-blocking connect returns -EINPROGRESS: still a client. */
 	else if (kind == AT_ARGS_CONNECT && (ret == 0 || ret == -115))
@@ -447,7 +451,7 @@ int BPF_PROG(at_sys_exit, struct pt_regs *regs, long ret)
 	case AT_NR_CONNECT:
 		if (AT_IS_COMPAT())
 			return 0;
-		return mark_conn(ret);
+		return mark_conn(ret, id != AT_NR_CONNECT);
 	case AT_NR_LISTEN:
 		if (AT_IS_COMPAT())
 			return 0;

@@ -153,6 +153,9 @@ pub struct CaptureFile {
 #[serde(deny_unknown_fields)]
 pub struct NetworkFile {
     pub cidrs: Option<Vec<String>>,
+    /// TCP flow metrics for every process on the host, not only the
+    /// selected ones (spans stay with the selected processes).
+    pub whole_host: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -271,6 +274,7 @@ pub struct Config {
     pub ringbuf_bytes: u32,
     pub db_query_text: crate::pipeline::db_span::QueryTextMode,
     pub peers: crate::pipeline::network::PeerGrouping,
+    pub network_whole_host: bool,
     pub print_traces: bool,
     pub log_level: String,
     /// Notes to log once logging is up (e.g. aliases used).
@@ -685,6 +689,14 @@ impl Config {
             )
             .context("network.cidrs")?,
         };
+        let network_whole_host = match env("AUTOTEL_NETWORK_WHOLE_HOST") {
+            Some(v) => parse_bool("AUTOTEL_NETWORK_WHOLE_HOST", &v)?,
+            None => file
+                .network
+                .as_ref()
+                .and_then(|n| n.whole_host)
+                .unwrap_or(false),
+        };
         let print_traces = match env("AUTOTEL_PRINT_TRACES") {
             Some(v) => parse_bool("AUTOTEL_PRINT_TRACES", &v)?,
             None => file.print_traces.unwrap_or(false),
@@ -705,6 +717,7 @@ impl Config {
             capture_max_bytes,
             db_query_text,
             peers,
+            network_whole_host,
             ringbuf_bytes: capture
                 .ringbuf_bytes
                 .unwrap_or(16 << 20)
@@ -747,6 +760,16 @@ mod tests {
             err.contains("open_portz") && err.contains("line 2"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn network_whole_host_key() {
+        let f = parse_file("network:\n  whole_host: true\n").unwrap();
+        assert_eq!(f.network.unwrap().whole_host, Some(true));
+        let err = parse_file("network:\n  whole_hosts: true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("whole_hosts"), "{err}");
     }
 
     #[test]

@@ -109,6 +109,7 @@ fn run(cfg: Config, mode: Mode) -> Result<()> {
         wakeup_bytes: (cfg.ringbuf_bytes / 16) as u64,
         select_on_exec: cfg.discovery.selects_on_exec(),
         tcp_option_cgroup: cfg.tcp_option_cgroup.clone(),
+        network_whole_host: cfg.network_whole_host,
     })?;
 
     // Stages and the channels between them.
@@ -176,6 +177,7 @@ fn run(cfg: Config, mode: Mode) -> Result<()> {
             discovery: cfg.discovery.clone(),
             query_text: cfg.db_query_text,
             peers: cfg.peers.clone(),
+            network_whole_host: cfg.network_whole_host,
         },
         resources,
         span_tx,

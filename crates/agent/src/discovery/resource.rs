@@ -346,6 +346,27 @@ pub fn build(pid: u32, host: &str, exec_path: Option<&str>, naming: &Naming) -> 
     }
 }
 
+/// The resource of whole-host flow metrics: processes that are not selected
+/// share it (pid 0, no process attributes; the owner's name is a data point
+/// attribute), so their series do not grow with every short-lived process.
+pub fn host(host: &str) -> Resource {
+    Resource {
+        service_name: "host".into(),
+        pid: 0,
+        attributes: vec![
+            ("service.name".into(), "host".into()),
+            ("service.instance.id".into(), host.into()),
+            ("host.name".into(), host.into()),
+            ("telemetry.sdk.name".into(), "autotel".into()),
+            (
+                "telemetry.sdk.version".into(),
+                env!("CARGO_PKG_VERSION").into(),
+            ),
+            ("telemetry.sdk.language".into(), "rust".into()),
+        ],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

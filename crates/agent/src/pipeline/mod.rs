@@ -225,6 +225,8 @@ pub struct Pipeline {
     /// Server contexts of connections closed in this drain pass.
     recently_closed: FxHashMap<ConnKey, SpanCtx>,
     peers: network::PeerGrouping,
+    /// Whole-host mode: flows of unselected processes go to this resource.
+    host_flows: Option<Arc<Resource>>,
     drop_warning: RateLimitedCount,
     counts: LocalCounts,
     scratch: Vec<Http1Event>,
@@ -241,6 +243,7 @@ pub struct PipelineConfig {
     pub discovery: Discovery,
     pub query_text: QueryTextMode,
     pub peers: network::PeerGrouping,
+    pub network_whole_host: bool,
 }
 
 impl Pipeline {
@@ -263,6 +266,9 @@ impl Pipeline {
             recently_closed: FxHashMap::default(),
             wire_early: FxHashMap::default(),
             peers: cfg.peers,
+            host_flows: cfg
+                .network_whole_host
+                .then(|| Arc::new(resource::host(&resource::host_name()))),
             drop_warning: RateLimitedCount::new(std::time::Duration::from_secs(10)),
             conns: FxHashMap::default(),
             clock: Clock::new(),
@@ -1090,16 +1096,29 @@ impl Pipeline {
     }
 
     fn on_flow(&mut self, f: &abi::FlowEvent) {
-        if self.rejected.contains(&f.pid) {
+        let now = self.clock.to_unix_ns(f.ts_ns);
+        let selected = f.owner == abi::FLOW_OWNER_SELECTED && !self.rejected.contains(&f.pid);
+        if !selected {
+            // Whole-host mode: metrics only, under the host resource.
+            if let Some(host) = &self.host_flows {
+                network::record(
+                    &mut self.red.lock().unwrap_or_else(|e| e.into_inner()),
+                    host,
+                    f,
+                    &self.peers,
+                    Some(network::host_owner(f)),
+                    now,
+                );
+            }
             return;
         }
         let resource = self.resource(f.pid);
-        let now = self.clock.to_unix_ns(f.ts_ns);
         network::record(
             &mut self.red.lock().unwrap_or_else(|e| e.into_inner()),
             &resource,
             f,
             &self.peers,
+            None,
             now,
         );
         if network::is_failed_connect(f) {

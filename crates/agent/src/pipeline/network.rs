@@ -80,12 +80,21 @@ fn service_port(ev: &FlowEvent) -> u16 {
     }
 }
 
-/// Records the flow metrics of one lifecycle event.
+/// The owner of a flow of an unselected process (whole-host mode), as a
+/// data point attribute under the host resource: the command name, not the
+/// pid, so short-lived processes do not each make new series.
+pub fn host_owner(ev: &FlowEvent) -> AttrValue {
+    ev.comm().unwrap_or_else(|| "unknown".into()).into()
+}
+
+/// Records the flow metrics of one lifecycle event. `owner`: the
+/// `process.executable.name` attribute of a host-level (whole-host) flow.
 pub fn record(
     store: &mut Store,
     resource: &Arc<Resource>,
     ev: &FlowEvent,
     peers: &PeerGrouping,
+    owner: Option<AttrValue>,
     now_unix: u64,
 ) {
     let peer = peers.peer(ev.tuple.remote_addr());
@@ -96,6 +105,9 @@ pub fn record(
             ("server.port", AttrValue::Int(service_port(ev) as i64)),
             ("autotel.tcp.role", role_name(ev).into()),
         ];
+        if let Some(o) = &owner {
+            a.push(("process.executable.name", o.clone()));
+        }
         a.extend_from_slice(extra);
         a
     };
@@ -132,7 +144,7 @@ pub fn record(
     if ev.kind != abi::FLOW_CLOSE {
         return;
     }
-    for (dir, bytes) in [("transmit", ev.bytes_acked), ("receive", ev.bytes_received)] {
+    for (dir, bytes) in [("transmit", ev.bytes_sent), ("receive", ev.bytes_received)] {
         if bytes > 0 {
             store.record(
                 Metric::NetFlowBytes,
@@ -208,12 +220,15 @@ mod tests {
             start_ns: 0,
             established_ns: 0,
             ts_ns: 0,
-            bytes_acked: 0,
+            bytes_sent: 0,
             bytes_received: 0,
             retransmits: 0,
             ctx_fd: -1,
             ctx_conn_start_ns: 0,
             tuple: Default::default(),
+            comm: [0; 16],
+            owner: abi::FLOW_OWNER_SELECTED,
+            _pad: [0; 7],
         }
     }
 
@@ -225,6 +240,16 @@ mod tests {
         assert_eq!(outcome(&ev(abi::FLOW_CLOSE, 1, ECONNRESET)), "reset");
         assert_eq!(outcome(&ev(abi::FLOW_CLOSE, 8, 0)), "closed");
         assert_eq!(outcome(&ev(abi::FLOW_CLOSE, 2, 0)), "failed");
+    }
+
+    #[test]
+    fn host_owner_is_the_comm_or_unknown() {
+        let mut e = ev(abi::FLOW_CLOSE, 1, 0);
+        e.owner = abi::FLOW_OWNER_OTHER;
+        e.comm[..4].copy_from_slice(b"curl");
+        assert_eq!(host_owner(&e), AttrValue::from("curl"));
+        e.owner = 0; // AT_FLOW_OWNER_UNKNOWN: accept() never seen
+        assert_eq!(host_owner(&e), AttrValue::from("unknown"));
     }
 
     #[test]

@@ -15,6 +15,9 @@ pub const WIRE_IN: u8 = 2;
 
 pub const FLOW_OPEN: u8 = 1;
 pub const FLOW_CLOSE: u8 = 2;
+/// enum at_flow_owner: who a flow belongs to (0: unknown).
+pub const FLOW_OWNER_SELECTED: u8 = 1;
+pub const FLOW_OWNER_OTHER: u8 = 2;
 /// TCP states (include/net/tcp_states.h).
 pub const TCP_SYN_SENT: u8 = 2;
 pub const PROTO_UDP: u8 = 17;
@@ -165,12 +168,23 @@ pub struct FlowEvent {
     pub start_ns: u64,
     pub established_ns: u64,
     pub ts_ns: u64,
-    pub bytes_acked: u64,
+    pub bytes_sent: u64,
     pub bytes_received: u64,
     pub retransmits: u32,
     pub ctx_fd: i32,
     pub ctx_conn_start_ns: u64,
     pub tuple: ConnTuple,
+    pub comm: [u8; 16],
+    pub owner: u8,
+    pub _pad: [u8; 7],
+}
+
+impl FlowEvent {
+    /// The owner's command name (kernel comm), when the kernel knew it.
+    pub fn comm(&self) -> Option<String> {
+        (matches!(self.owner, FLOW_OWNER_SELECTED | FLOW_OWNER_OTHER) && self.comm[0] != 0)
+            .then(|| ProcEvent::text(&self.comm))
+    }
 }
 
 /// Trace context carried in a TCP option (struct at_wire_ctx_event).
@@ -297,6 +311,14 @@ mod tests {
         assert_eq!(
             offset_of!(FlowEvent, retransmits),
             offset_of!(types::at_flow_event, retransmits)
+        );
+        assert_eq!(
+            offset_of!(FlowEvent, comm),
+            offset_of!(types::at_flow_event, comm)
+        );
+        assert_eq!(
+            offset_of!(FlowEvent, owner),
+            offset_of!(types::at_flow_event, owner)
         );
         assert_eq!(
             size_of::<WireCtxEvent>(),

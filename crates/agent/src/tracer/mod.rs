@@ -26,6 +26,8 @@ pub struct TracerOptions {
     /// Trace context in TCP options for connections of processes under
     /// this cgroup v2 directory (None: off).
     pub tcp_option_cgroup: Option<std::path::PathBuf>,
+    /// Follow the TCP flows of every process on the host.
+    pub network_whole_host: bool,
 }
 
 pub struct Tracer {
@@ -132,6 +134,7 @@ impl Tracer {
         open.progs
             .at_sockops
             .set_autoload(opts.tcp_option_cgroup.is_some());
+        rodata.network_whole_host = u32::from(opts.network_whole_host);
         open.maps
             .data_events
             .set_max_entries(opts.data_ringbuf_bytes.next_power_of_two())
