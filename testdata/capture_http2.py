@@ -17,9 +17,12 @@ Scenarios:
                at once on one connection (200, 404, 200, 100 kB body).
   h2c_upgrade  `curl --http2` (HTTP/1.1 Upgrade: h2c) against a python-h2
                server: stream 1 is the upgraded request.
+  hypercorn_upgrade  the same curl against hypercorn (the ASGI app of
+               tests/integration/peers): 101 without a reason phrase, its
+               END_STREAM in an empty DATA frame of its own.
 
-Usage: python3 testdata/capture_http2.py [outdir]
-Needs: grpcio, grpcio-health-checking, h2, nginx, curl.
+Usage: python3 testdata/capture_http2.py [outdir [scenario ...]]
+Needs: grpcio, grpcio-health-checking, h2, hypercorn, nginx, curl.
 """
 import os
 import socket
@@ -286,10 +289,33 @@ def h2c_upgrade():
     srv.close()
 
 
+def hypercorn_upgrade():
+    app_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "integration", "peers")
+    port = free_port()
+    srv = subprocess.Popen([sys.executable, "-m", "hypercorn", "--workers", "0", "--bind", f"127.0.0.1:{port}",
+                            "h2c_asgi_app:app"], cwd=app_dir)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port)).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        proxy = Proxy("hypercorn_upgrade", port)
+        subprocess.run(["curl", "-s", "-o", "/dev/null", "--http2", f"http://127.0.0.1:{proxy.port}/h2/ok-1"],
+                       check=True)
+        time.sleep(0.3)
+        proxy.finish()
+    finally:
+        srv.terminate()
+        srv.wait()
+
+
+SCENARIOS = {f.__name__: f for f in (grpc_health, nginx_h2c, h2c_upgrade, hypercorn_upgrade)}
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
-    grpc_health()
-    nginx_h2c()
-    h2c_upgrade()
+    for name in sys.argv[2:] or SCENARIOS:
+        SCENARIOS[name]()
     for name in sorted(os.listdir(OUT)):
         print(name, os.path.getsize(os.path.join(OUT, name)))

@@ -1,6 +1,7 @@
 //! Feeds arbitrary bytes to an HTTP/1 connection tracker, cut into segments
 //! and directions chosen by the input itself, with capture truncation, and
-//! checks it never panics and never reports more exchanges than requests.
+//! checks it never panics, never reports more exchanges than requests, and
+//! hands an h2c upgrade over inside the segment that carried the 101.
 #![no_main]
 
 use autotel_protocols::http1::{Dir, Http1Connection, Http1Event, Segment, Timing};
@@ -31,14 +32,23 @@ fuzz_target!(|data: &[u8]| {
         let (captured, total) = if ctl & 0x40 != 0 { (&seg[..seg.len() / 2], seg.len() * 3) } else { (seg, seg.len()) };
         let tail_bytes = &seg[seg.len().saturating_sub(32)..];
         t += 1;
+        let before = out.len();
         conn.feed(
             dir,
             &Segment { data: captured, total_len: total, tail: tail_bytes, timing: Timing { enter_ns: t, exit_ns: t } },
             &mut out,
         );
+        for e in &out[before..] {
+            if let Http1Event::H2cUpgrade { rest, .. } = e {
+                assert!(*rest <= captured.len(), "hand-over at {rest} beyond the {} captured bytes", captured.len());
+            }
+        }
     }
     conn.close(&mut out);
     let starts = out.iter().filter(|e| matches!(e, Http1Event::RequestStart { .. })).count();
-    let exchanges = out.iter().filter(|e| matches!(e, Http1Event::Exchange(_))).count();
+    let exchanges = out
+        .iter()
+        .filter(|e| matches!(e, Http1Event::Exchange(_) | Http1Event::H2cUpgrade { .. }))
+        .count();
     assert!(exchanges <= starts, "{exchanges} exchanges from {starts} requests");
 });

@@ -18,7 +18,11 @@ prints the figures it checks.
    one client span (same-host linking);
 4. ``traceparent`` gRPC metadata: the server span joins the caller's trace;
 5. nginx h2c: curl (one URL per process) and 100 concurrent streams on one connection;
-6. Prometheus ``rpc_server_call_duration_seconds_count`` == span count, promtool.
+6. Prometheus ``rpc_server_call_duration_seconds_count`` == span count, promtool;
+7. h2c by ``Upgrade: h2c``: curl --http2 against hypercorn (``peers/h2c_asgi_app.py``),
+   both ends: stream 1 is the HTTP/1.1 request, no 101 span, trace context kept;
+8. HTTP/2 over TLS (ALPN h2): nginx ``listen ... ssl http2`` and curl --http2 https,
+   through the libssl capture, server side and client side.
 """
 
 from __future__ import annotations
@@ -382,18 +386,23 @@ http {{
 """
 
 
-@pytest.fixture
-def nginx_h2(tmp_path):
-    """nginx 1.22 with ``listen 127.0.0.1:PORT http2`` (h2c, prior knowledge only):
-    /h2/ok-* answers 200, anything else under /h2/ is 404. -> (Popen, port)."""
+def start_nginx_h2(tmp_path, tls: Optional[tuple] = None):
+    """nginx 1.22 with ``listen 127.0.0.1:PORT http2`` (h2c, prior knowledge only), or
+    with ``tls=(cert, key)`` ``listen ... ssl http2`` (h2 by ALPN): /h2/ok-* answers
+    200, anything else under /h2/ is 404. -> (Popen, port)."""
     if not os.access(NGINX, os.X_OK):
         pytest.fail(f"{NGINX} not found: apt-get install nginx-light", pytrace=False)
     port = free_port()
-    prefix = tmp_path / "nginx-h2"
+    prefix = tmp_path / f"nginx-h2-{port}"
     (prefix / "tmp").mkdir(parents=True)
     (prefix / "static").mkdir()
+    conf_text = NGINX_H2_CONF.format(prefix=prefix, port=port)
+    if tls:
+        conf_text = conf_text.replace(
+            " http2;", f" ssl http2;\n        ssl_certificate {tls[0]};\n"
+                       f"        ssl_certificate_key {tls[1]};")
     conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_H2_CONF.format(prefix=prefix, port=port))
+    conf.write_text(conf_text)
     log = open(prefix / "stderr.log", "wb")
     p = subprocess.Popen([NGINX, "-p", str(prefix), "-e", str(prefix / "error.log"),
                           "-c", str(conf)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -405,6 +414,12 @@ def nginx_h2(tmp_path):
         stop_process(p)
         pytest.fail(f"nginx did not start: {e}\n{(prefix / 'stderr.log').read_text()}",
                     pytrace=False)
+    return p, port
+
+
+@pytest.fixture
+def nginx_h2(tmp_path):
+    p, port = start_nginx_h2(tmp_path)
     yield p, port
     stop_process(p, signal.SIGTERM)
 
@@ -580,4 +595,190 @@ def test_6_prometheus_rpc_metrics(require_root, sink, start_agent, clients, grpc
     print(f"promtool check metrics: exit {cp.returncode}\n{out}")
     report("promtool check metrics exit code", cp.returncode, 0)
     assert cp.returncode == 0, out
+    assert_agent_healthy(agent)
+
+
+# --------------------------------------------------------------------------------------
+# 7. h2c via HTTP/1.1 Upgrade: curl --http2 against hypercorn
+# --------------------------------------------------------------------------------------
+
+
+def start_hypercorn(tmp_path, *args: str):
+    """hypercorn (``peers/h2c_asgi_app.py``) on a free port; ``args`` are extra
+    hypercorn options (certificates). -> (Popen, port)."""
+    port = free_port()
+    log_path = tmp_path / f"hypercorn-{port}.log"
+    log = open(log_path, "wb")
+    p = subprocess.Popen([sys.executable, "-m", "hypercorn", "--bind", f"127.0.0.1:{port}",
+                          "--workers", "0", *args, "h2c_asgi_app:app"], cwd=PEERS,
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=peer_env(),
+                         start_new_session=True)
+    log.close()
+    try:
+        wait_port(port, 15, p)
+    except Exception as e:
+        stop_process(p)
+        pytest.fail(f"hypercorn did not start (pip install -r tests/requirements.txt): {e}\n"
+                    f"{log_path.read_text()[-2000:]}", pytrace=False)
+    return p, port
+
+
+@pytest.fixture
+def hypercorn(tmp_path):
+    started = []
+
+    def _start(*args: str):
+        p, port = start_hypercorn(tmp_path, *args)
+        started.append(p)
+        return p, port
+
+    yield _start
+    for p in started:
+        stop_process(p)
+
+
+def check_h2_client_spans(spans: List[dict], want_status: dict, scheme: str) -> None:
+    """One CLIENT span per path, GET, the status asked for, version 2, url.full."""
+    by_path = Counter(urlsplit(s["attrs"].get("url.full", "")).path for s in spans)
+    dup = {p: n for p, n in by_path.items() if n != 1}
+    assert not dup and set(by_path) == set(want_status), (dup, show(spans))
+    right = [s for s in spans
+             if s["attrs"].get("http.request.method") == "GET"
+             and s["attrs"].get("network.protocol.version") == "2"
+             and s["attrs"].get("url.full", "").startswith(f"{scheme}://")
+             and s["attrs"].get("http.response.status_code")
+             == want_status[urlsplit(s["attrs"]["url.full"]).path]]
+    report("client spans with GET, status as requested, version 2, url.full", len(right),
+           len(want_status))
+    assert len(right) == len(want_status), show(spans)
+
+
+def test_7_h2c_upgrade_curl_hypercorn(require_root, sink, start_agent, hypercorn):
+    """curl --http2 on http:// asks for ``Upgrade: h2c``; hypercorn answers 101 and then
+    speaks HTTP/2 (its SETTINGS and the response HEADERS of stream 1 often in the same
+    write as the 101). Both ends selected: the server by pid, curl by name. Each
+    request is one HTTP/2 stream 1: one SERVER and one CLIENT span with version 2, the
+    method and path of the HTTP/1.1 request and the status of the HTTP/2 response, no
+    101 span. The first request carries a traceparent: its server span joins it; the
+    others link to their curl span (same host)."""
+    srv, port = hypercorn()
+    agent = start_agent({"AUTOTEL_PIDS": srv.pid, "AUTOTEL_EXECUTABLE_NAME": "curl$"})
+    k = 6
+    want_status, curl_pids = {}, set()
+    for i in range(k):
+        path = f"/h2/ok-{i}" if i % 2 == 0 else f"/h2/missing-{i}"
+        extra = ["--http2"] + (["-H", f"traceparent: 00-{T1}-{S1}-01"] if i == 0 else [])
+        r = curl_get(f"http://127.0.0.1:{port}{path}", *extra)
+        want_status[path] = 200 if i % 2 == 0 else 404
+        # precondition: a real upgrade (HTTP/1.1 request, 101, then an HTTP/2 response)
+        assert r["rc"] == 0 and r["request_version"] == "1.1", r
+        assert "Switching to HTTP/2" in r["stderr"], r["stderr"]
+        assert f"< HTTP/2 {want_status[path]}" in r["stderr"], r["stderr"]
+        curl_pids.add(r["pid"])
+    spans = sink.wait_for_spans(lambda s: pid_of(s) in curl_pids | {srv.pid}, 2 * k,
+                                SPAN_TIMEOUT, SETTLE)
+    server = of(spans, "SERVER", pids={srv.pid})
+    client = of(spans, "CLIENT", pids=curl_pids)
+    report("hypercorn server spans", len(server), k)
+    report("curl client spans", len(client), k)
+    assert len(server) == k and len(client) == k and len(spans) == 2 * k, show(spans)
+    check_h2_server_spans(server, want_status, port)
+    check_h2_client_spans(client, want_status, "http")
+    switching = [s for s in spans if s["attrs"].get("http.response.status_code") == 101]
+    report("spans with status 101", len(switching), 0)
+    assert not switching, show(switching)
+    client_by_path = {urlsplit(s["attrs"]["url.full"]).path: s for s in client}
+    first = "/h2/ok-0"
+    got = {s["attrs"]["url.path"]: (s["trace_id"], s["parent_span_id"]) for s in server}
+    want = {p: (T1, S1) if p == first else (c["trace_id"], c["span_id"])
+            for p, c in client_by_path.items()}
+    joined = sum(got[p] == want[p] for p in want)
+    report("server spans in the trace wanted (traceparent / their curl span)", joined, k)
+    assert got == want, show(spans)
+    count = wait_prom(agent, "http_server_request_duration_seconds_count",
+                      {"network_protocol_version": "2"}, k)
+    report("http_server_request_duration_seconds_count{network_protocol_version=2}", count, k)
+    assert count == k, agent.metrics_text()
+    errors = {p: agent.prom_value("autotel_parse_errors_total", {"protocol": p}) or 0
+              for p in ("http1", "http2")}
+    report("HTTP/1 + HTTP/2 parse errors", errors, {"http1": 0, "http2": 0})
+    assert errors == {"http1": 0, "http2": 0}, agent.metrics_text()
+    assert_agent_healthy(agent)
+
+
+# --------------------------------------------------------------------------------------
+# 8. HTTP/2 over TLS (ALPN h2): nginx and curl, plaintext from the libssl uprobes
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def nginx_h2_tls(tmp_path):
+    from test_tls import make_cert
+    cert, key = make_cert(tmp_path)
+    p, port = start_nginx_h2(tmp_path, (cert, key))
+    yield p, port
+    stop_process(p, signal.SIGTERM)
+
+
+def test_8_h2_over_tls_nginx_curl(require_root, sink, start_agent, nginx_h2_tls):
+    """nginx ``listen ... ssl http2`` (system libssl) and curl --http2 over https (ALPN
+    h2): nginx's plaintext comes from the TLS capture. nginx selected by port: k SERVER
+    spans with version 2, https, the TLS version and ``tls.next_protocol=h2`` (TLS 1.3
+    encrypts the server's ALPN choice: the HTTP/2 preface tells it). The client side
+    is test_8b (ports and executable name together would have to both match)."""
+    proc, port = nginx_h2_tls
+    agent = start_agent({"AUTOTEL_OPEN_PORTS": port})
+    k = 6
+    want_status = {}
+    for i in range(k):
+        path = f"/h2/ok-{i}" if i % 2 == 0 else f"/h2/missing-{i}"
+        r = curl_get(f"https://127.0.0.1:{port}{path}", "--http2", "-k")
+        want_status[path] = 200 if i % 2 == 0 else 404
+        assert r["rc"] == 0 and r["request_version"] == "2", r  # precondition: real h2
+        assert "ALPN: server accepted h2" in r["stderr"], r["stderr"]
+        assert r["code"] == want_status[path], r
+    spans = sink.wait_for_spans(lambda s: s["kind"] == "SERVER", k, SPAN_TIMEOUT, SETTLE)
+    report("nginx h2-over-TLS server spans", len(spans), k)
+    assert len(spans) == k and len(sink.spans()) == k, show(sink.spans())
+    check_h2_server_spans(spans, want_status, port)
+    tls_ok = [s for s in spans if s["attrs"].get("url.scheme") == "https"
+              and s["attrs"].get("tls.protocol.name") == "tls"
+              and s["attrs"].get("tls.protocol.version") in ("1.2", "1.3")
+              and s["attrs"].get("tls.next_protocol") == "h2"]
+    report("server spans with url.scheme=https, tls.protocol.version, tls.next_protocol=h2",
+           len(tls_ok), k)
+    assert len(tls_ok) == k, show(spans)
+    count = wait_prom(agent, "http_server_request_duration_seconds_count",
+                      {"network_protocol_version": "2"}, k)
+    report("http_server_request_duration_seconds_count{network_protocol_version=2}", count, k)
+    assert count == k, agent.metrics_text()
+    unfinished = http2_parse_errors(agent)["stream_unfinished"]
+    report("http2 streams counted unfinished", unfinished, 0)
+    assert unfinished == 0
+    assert_agent_healthy(agent)
+
+
+def test_8b_h2_over_tls_curl_client_spans(require_root, sink, start_agent, nginx_h2_tls):
+    """The same exchanges seen from curl (selected by name): k CLIENT spans, version 2,
+    https URLs, tls.next_protocol=h2."""
+    proc, port = nginx_h2_tls
+    agent = start_agent({"AUTOTEL_EXECUTABLE_NAME": "curl$"})
+    k = 6
+    want_status, curl_pids = {}, set()
+    for i in range(k):
+        path = f"/h2/ok-{i}" if i % 2 == 0 else f"/h2/missing-{i}"
+        r = curl_get(f"https://127.0.0.1:{port}{path}", "--http2", "-k")
+        want_status[path] = 200 if i % 2 == 0 else 404
+        assert r["rc"] == 0 and r["request_version"] == "2", r
+        assert r["code"] == want_status[path], r
+        curl_pids.add(r["pid"])
+    spans = sink.wait_for_spans(lambda s: pid_of(s) in curl_pids, k, SPAN_TIMEOUT, SETTLE)
+    client = of(spans, "CLIENT", pids=curl_pids)
+    report("curl h2-over-TLS client spans", len(client), k)
+    assert len(client) == k and len(spans) == k, show(spans)
+    check_h2_client_spans(client, want_status, "https")
+    tls_ok = [s for s in client if s["attrs"].get("tls.next_protocol") == "h2"
+              and s["attrs"].get("tls.protocol.version") in ("1.2", "1.3")]
+    report("client spans with tls.protocol.version and tls.next_protocol=h2", len(tls_ok), k)
+    assert len(tls_ok) == k, show(client)
     assert_agent_healthy(agent)

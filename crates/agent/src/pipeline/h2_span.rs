@@ -55,6 +55,7 @@ pub fn to_exchange(s: &Http2Stream, server_side: bool) -> Exchange {
             content_length: None,
             chunked: false,
             connection_close: false,
+            upgrade: None,
             head_len: 0,
         },
         request_start: s.request_start,

@@ -26,7 +26,7 @@ use autotel_protocols::dns::{self, DnsLookup, DnsTcpFramer, LookupTracker};
 use autotel_protocols::http1::{
     Dir, Exchange, Http1Connection, Http1Event, ParseError, Segment, Timing,
 };
-use autotel_protocols::http2::{Http2Connection, Http2Event, Http2Stream};
+use autotel_protocols::http2::{Http2Connection, Http2Event, Http2Request, Http2Stream};
 use clock::Clock;
 use context::{ContextTracker, FlowKey, SpanCtx, WireIds};
 use crossbeam_channel::{Sender, TrySendError};
@@ -659,11 +659,18 @@ impl Pipeline {
             return Decision::Wait;
         }
         conn.proto = Some(match decided.unwrap_or(Protocol::Http1) {
-            Protocol::Http2 { server_side } => Proto::Http2(Box::new(H2State {
-                parser: Http2Connection::new(),
-                server_side,
-                ctxs: FxHashMap::default(),
-            })),
+            Protocol::Http2 { server_side } => {
+                // HTTP/2 over TLS is negotiated by ALPN "h2" (RFC 9113 3.2);
+                // TLS 1.3 encrypts the server's choice, so it is known only now.
+                if let Some(t) = conn.tls.as_mut() {
+                    t.alpn.get_or_insert_with(|| "h2".into());
+                }
+                Proto::Http2(Box::new(H2State {
+                    parser: Http2Connection::new(),
+                    server_side,
+                    ctxs: FxHashMap::default(),
+                }))
+            }
             Protocol::Http1 => Proto::Http1(Http1Connection::new(match conn.role {
                 Role::Server => Some(Dir::Ingress),
                 Role::Client => Some(Dir::Egress),
@@ -706,10 +713,45 @@ impl Pipeline {
                 self.emit_h2(pid, conn, events);
             }
         }
-        self.emit(pid, conn, &mut events);
+        let upgraded = self.emit(pid, conn, &mut events);
         self.emit_db(pid, conn, &mut db_events);
         self.scratch = events;
         self.db_scratch = db_events;
+        if let Some(rest) = upgraded {
+            // The 101 and the first HTTP/2 frames often share one read.
+            let seg = Segment {
+                data: seg.data.get(rest..).unwrap_or_default(),
+                total_len: seg.total_len.saturating_sub(rest),
+                tail: seg.tail,
+                timing: seg.timing,
+            };
+            self.feed(pid, conn, dir, &seg);
+        }
+    }
+
+    /// `Upgrade: h2c` accepted: the connection is HTTP/2 from now on, and
+    /// the request that asked is its stream 1, with the context it got.
+    fn switch_to_h2c(
+        &mut self,
+        conn: &mut Conn,
+        request: &autotel_protocols::http1::RequestHead,
+        start: Timing,
+        body_bytes: u64,
+    ) {
+        let server_side = conn.server_side();
+        let mut ctxs = FxHashMap::default();
+        if let Some(ctx) = conn.ctxs.pop_front() {
+            ctxs.insert(1, ctx);
+        }
+        conn.proto = Some(Proto::Http2(Box::new(H2State {
+            parser: Http2Connection::after_upgrade(
+                Http2Request::upgraded(request),
+                start,
+                body_bytes,
+            ),
+            server_side,
+            ctxs,
+        })));
     }
 
     fn emit_h2(&mut self, pid: u32, conn: &mut Conn, events: Vec<Http2Event>) {
@@ -934,7 +976,10 @@ impl Pipeline {
         }
     }
 
-    fn emit(&mut self, pid: u32, conn: &mut Conn, events: &mut Vec<Http1Event>) {
+    /// Returns where HTTP/2 starts in the segment just fed, when the
+    /// connection was upgraded to h2c.
+    fn emit(&mut self, pid: u32, conn: &mut Conn, events: &mut Vec<Http1Event>) -> Option<usize> {
+        let mut upgraded = None;
         for ev in events.drain(..) {
             match ev {
                 Http1Event::RequestStart {
@@ -969,6 +1014,15 @@ impl Pipeline {
                     });
                     self.finish(pid, conn, &x, ctx);
                 }
+                Http1Event::H2cUpgrade {
+                    request,
+                    request_start,
+                    request_body_bytes,
+                    rest,
+                } => {
+                    self.switch_to_h2c(conn, &request, request_start, request_body_bytes);
+                    upgraded = Some(rest);
+                }
                 Http1Event::Error(e) => {
                     if e == ParseError::TooManyPending {
                         conn.ctxs.pop_front();
@@ -981,6 +1035,7 @@ impl Pipeline {
                 }
             }
         }
+        upgraded
     }
 
     /// Builds the span of a finished exchange, records its metrics, and

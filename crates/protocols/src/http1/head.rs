@@ -14,6 +14,8 @@ pub enum Framing {
     Chunked,
     /// Response without length: ends when the connection closes.
     UntilClose,
+    /// 101 Switching Protocols: the bytes after the head are another protocol.
+    Switched,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +42,8 @@ pub struct ResponseHead {
     pub content_length: Option<u64>,
     pub chunked: bool,
     pub connection_close: bool,
+    /// `Upgrade` header (the protocol a 101 switches to).
+    pub upgrade: Option<String>,
     pub head_len: usize,
 }
 
@@ -60,6 +64,9 @@ impl RequestHead {
 impl ResponseHead {
     /// Response framing also depends on the request it answers.
     pub fn framing(&self, request_method: Option<&str>) -> Framing {
+        if self.status == 101 {
+            return Framing::Switched;
+        }
         if request_method == Some("HEAD")
             || (100..200).contains(&self.status)
             || self.status == 204
@@ -84,6 +91,15 @@ impl ResponseHead {
     /// 1xx other than 101 are interim: the final response follows.
     pub fn is_interim(&self) -> bool {
         (100..200).contains(&self.status) && self.status != 101
+    }
+
+    /// A 101 to cleartext HTTP/2 (RFC 7540 3.2).
+    pub fn is_h2c_upgrade(&self) -> bool {
+        self.status == 101
+            && self
+                .upgrade
+                .as_deref()
+                .is_some_and(|u| u.trim().eq_ignore_ascii_case("h2c"))
     }
 }
 
@@ -206,6 +222,7 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, ParseError> {
         content_length: framing.content_length,
         chunked: framing.chunked,
         connection_close: framing.connection_close,
+        upgrade: header_text(resp.headers, "upgrade"),
         head_len,
     }))
 }

@@ -131,6 +131,17 @@ pub enum Http1Event {
         tracestate: Option<String>,
     },
     Exchange(Box<Exchange>),
+    /// The server switched the connection to cleartext HTTP/2 (101 with
+    /// `Upgrade: h2c`, RFC 7540 3.2). The request that asked becomes
+    /// stream 1 and gets no exchange here. HTTP/2 starts at offset `rest`
+    /// of the segment just fed (the 101 and the server's first frames often
+    /// share one read); this parser ignores everything from then on.
+    H2cUpgrade {
+        request: Box<RequestHead>,
+        request_start: Timing,
+        request_body_bytes: u64,
+        rest: usize,
+    },
     Error(ParseError),
 }
 
@@ -275,7 +286,7 @@ impl Http1Connection {
                     p.body_bytes = body_bytes;
                 }
             }
-            ReaderEvent::Head(Head::Response(_), _) => {}
+            ReaderEvent::Head(Head::Response(_), _) | ReaderEvent::Switched { .. } => {}
             ReaderEvent::Error(e) => out.push(Http1Event::Error(e)),
         }
     }
@@ -302,8 +313,7 @@ impl Http1Connection {
                 let Some(req) = self.pending.pop_front() else {
                     return;
                 };
-                let switched =
-                    head.status == 101 || (req.head.method == "CONNECT" && head.status / 100 == 2);
+                let switched = req.head.method == "CONNECT" && head.status / 100 == 2;
                 out.push(Http1Event::Exchange(Box::new(Exchange {
                     server_side: self.requests_dir == Some(Dir::Ingress),
                     request: req.head,
@@ -317,6 +327,36 @@ impl Http1Connection {
                 if switched {
                     self.opaque = true;
                 }
+            }
+            ReaderEvent::Switched { at } => {
+                // 101: whatever follows is not HTTP/1.
+                self.opaque = true;
+                let Some((head, start)) = self.response.take() else {
+                    return;
+                };
+                let Some(req) = self.pending.pop_front() else {
+                    out.push(Http1Event::Error(ParseError::UnmatchedResponse));
+                    return;
+                };
+                if head.is_h2c_upgrade() {
+                    out.push(Http1Event::H2cUpgrade {
+                        request: Box::new(req.head),
+                        request_start: req.start,
+                        request_body_bytes: req.body_bytes,
+                        rest: at,
+                    });
+                    return;
+                }
+                out.push(Http1Event::Exchange(Box::new(Exchange {
+                    server_side: self.requests_dir == Some(Dir::Ingress),
+                    request: req.head,
+                    response: head,
+                    request_start: req.start,
+                    request_body_bytes: req.body_bytes,
+                    response_start: start,
+                    response_end_ns: start.exit_ns,
+                    response_body_bytes: 0,
+                })));
             }
             ReaderEvent::Head(Head::Request(_), _) => {}
             ReaderEvent::Error(e) => out.push(Http1Event::Error(e)),

@@ -34,6 +34,11 @@ pub enum ReaderEvent {
         last_ns: u64,
     },
     Error(ParseError),
+    /// The message just read switched protocols (101): bytes from offset
+    /// `at` of the segment being fed on belong to the new protocol.
+    Switched {
+        at: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +51,8 @@ enum State {
     UntilClose,
     /// Out of step: wait for a segment that starts like a message.
     Lost,
+    /// Another protocol took over the connection: nothing more to read.
+    Switched,
 }
 
 #[derive(Debug, Clone)]
@@ -72,7 +79,8 @@ impl Reader {
 
     /// True while a message is partly read (its end not yet seen).
     pub fn in_message(&self) -> bool {
-        !self.head_buf.is_empty() || !matches!(self.state, State::Head | State::Lost)
+        !self.head_buf.is_empty()
+            || !matches!(self.state, State::Head | State::Lost | State::Switched)
     }
 
     fn looks_like_start(&self, b: &[u8]) -> bool {
@@ -112,6 +120,7 @@ impl Reader {
         let mut pos = 0usize;
         while pos < total {
             match &mut self.state {
+                State::Switched => return,
                 State::Lost => {
                     if pos == 0 && self.looks_like_start(data) {
                         self.state = State::Head;
@@ -190,6 +199,11 @@ impl Reader {
                                     self.state = State::Chunked(ChunkedDecoder::new())
                                 }
                                 Framing::UntilClose => self.state = State::UntilClose,
+                                Framing::Switched => {
+                                    self.state = State::Switched;
+                                    out.push(ReaderEvent::Switched { at: pos });
+                                    return;
+                                }
                             }
                         }
                     }
@@ -255,7 +269,7 @@ impl Reader {
         match self.state {
             State::UntilClose => self.end(out),
             State::Head if self.head_buf.is_empty() => {}
-            State::Lost => {}
+            State::Lost | State::Switched => {}
             _ => self.lose(ParseError::Truncated, out),
         }
     }

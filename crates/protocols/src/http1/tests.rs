@@ -342,3 +342,60 @@ fn stray_crlf_between_requests_is_ignored() {
     assert_eq!(errors(&out), Vec::<&ParseError>::new());
     assert_eq!(exchanges(&out).len(), 2);
 }
+
+#[test]
+fn h2c_upgrade_hands_over_at_the_end_of_the_101() {
+    // curl --http2 against a python-h2 server (testdata/capture_http2.py).
+    let recs = crate::testkit::capture("http2", "h2c_upgrade.bin");
+    let resp = &recs[1].1;
+    let head_end = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(
+        resp.len() > head_end,
+        "frames follow the 101 in the same read"
+    );
+    for observed_client in [false, true] {
+        let (req_dir, resp_dir) = if observed_client {
+            (Dir::Egress, Dir::Ingress)
+        } else {
+            (Dir::Ingress, Dir::Egress)
+        };
+        let mut c = Http1Connection::new(None);
+        let mut out = Vec::new();
+        c.feed(req_dir, &seg(&recs[0].1, 1), &mut out);
+        c.feed(resp_dir, &seg(resp, 2), &mut out);
+        // What follows is HTTP/2: never parsed as HTTP/1.
+        for (from_client, bytes) in &recs[2..] {
+            let dir = if *from_client { req_dir } else { resp_dir };
+            c.feed(dir, &seg(bytes, 3), &mut out);
+        }
+        c.close(&mut out);
+        assert_eq!(errors(&out), Vec::<&ParseError>::new());
+        assert!(exchanges(&out).is_empty(), "stream 1 is reported by HTTP/2");
+        let ups: Vec<_> = out
+            .iter()
+            .filter_map(|e| match e {
+                Http1Event::H2cUpgrade { request, rest, .. } => Some((request, *rest)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ups.len(), 1);
+        assert_eq!((ups[0].0.target.as_str(), ups[0].1), ("/up", head_end));
+    }
+}
+
+#[test]
+fn a_101_head_alone_hands_over_at_its_end() {
+    let mut c = Http1Connection::new(Some(Dir::Ingress));
+    let mut out = Vec::new();
+    c.feed(
+        Dir::Ingress,
+        &seg(b"GET /x HTTP/1.1\r\nUpgrade: h2c\r\n\r\n", 1),
+        &mut out,
+    );
+    let head = b"HTTP/1.1 101 \r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n";
+    c.feed(Dir::Egress, &seg(head, 2), &mut out);
+    assert!(matches!(
+        out.last(),
+        Some(Http1Event::H2cUpgrade { rest, .. }) if *rest == head.len()
+    ));
+}

@@ -73,6 +73,20 @@ pub struct Http2Request {
 }
 
 impl Http2Request {
+    /// The HTTP/1.1 request that asked for `Upgrade: h2c`: stream 1.
+    pub fn upgraded(head: &crate::http1::RequestHead) -> Self {
+        Self {
+            method: head.method.clone(),
+            path: head.target.clone(),
+            authority: head.host.clone(),
+            scheme: Some("http".into()),
+            content_type: None,
+            traceparent: head.traceparent.clone(),
+            tracestate: head.tracestate.clone(),
+            user_agent: head.user_agent.clone(),
+        }
+    }
+
     /// gRPC calls are POSTs with `content-type: application/grpc[+proto...]`.
     pub fn is_grpc(&self) -> bool {
         self.content_type
@@ -127,6 +141,7 @@ struct Fields {
     request: Http2Request,
     host: Option<String>,
     status: Option<u16>,
+    content_length: Option<u64>,
     grpc_status: Option<u32>,
     grpc_message: Option<String>,
 }
@@ -147,6 +162,9 @@ impl Fields {
             b"host" => self.host = Some(text()),
             b":status" => {
                 self.status = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok())
+            }
+            b"content-length" => {
+                self.content_length = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok())
             }
             b"grpc-status" => {
                 self.grpc_status = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok())
@@ -191,6 +209,11 @@ struct Open {
     server_ended: bool,
     /// A final (non-1xx) response HEADERS was seen: later ones are trailers.
     response_headers: bool,
+    /// The response's `content-length`.
+    response_len: Option<u64>,
+    /// All `content-length` bytes arrived: a client may stop reading here
+    /// and never see the END_STREAM that follows in a frame of its own.
+    body_done: bool,
 }
 
 /// What a header block being assembled belongs to.
@@ -271,19 +294,25 @@ impl Http2Connection {
     }
 
     /// h2c via `Upgrade: h2c` (RFC 7540 §3.2): `request` (the HTTP/1.1
-    /// request that asked) is stream 1, already ended by the client; the
-    /// client preface follows, then the server answers stream 1 in HTTP/2.
-    pub fn after_upgrade(request: Http2Request, start: Timing) -> Self {
+    /// request that asked, with `body_bytes` of body) is stream 1, already
+    /// ended by the client; the client preface follows, then the server
+    /// answers stream 1 in HTTP/2.
+    pub fn after_upgrade(request: Http2Request, start: Timing, body_bytes: u64) -> Self {
         let mut c = Self::new();
         c.core.max_client_id = 1;
         c.core.first_client_id = Some(1);
         c.core.streams.insert(
             1,
             Open {
-                s: new_stream(1, request, start, false),
+                s: Http2Stream {
+                    request_body_bytes: body_bytes,
+                    ..new_stream(1, request, start, false)
+                },
                 client_ended: true,
                 server_ended: false,
                 response_headers: false,
+                response_len: None,
+                body_done: false,
             },
         );
         c
@@ -298,12 +327,13 @@ impl Http2Connection {
         self.readers[side].feed(seg, &mut |item| core.on_item(side, item, seg.timing, out));
     }
 
-    /// The connection closed: streams whose response ended are reported;
-    /// the others are counted as unfinished.
+    /// The connection closed: streams whose response ended (END_STREAM, or
+    /// every `content-length` byte) are reported; the others are counted as
+    /// unfinished.
     pub fn close(&mut self, out: &mut Vec<Http2Event>) {
         self.core.block = [None, None];
         for (_, o) in std::mem::take(&mut self.core.streams) {
-            if o.server_ended {
+            if o.server_ended || o.body_done {
                 out.push(Http2Event::Stream(Box::new(o.s)));
             } else {
                 out.push(Http2Event::Error("stream_unfinished"));
@@ -401,6 +431,12 @@ impl Core {
                         o.s.request_body_bytes += body;
                     } else {
                         o.s.response_body_bytes += body;
+                        if !o.body_done
+                            && o.response_len.is_some_and(|n| o.s.response_body_bytes >= n)
+                        {
+                            o.body_done = true;
+                            o.s.response_end_ns = t.exit_ns;
+                        }
                     }
                 }
                 if h.flags & frame::END_STREAM != 0 {
@@ -589,6 +625,11 @@ impl Core {
                 s => {
                     o.response_headers = true;
                     o.s.status = s;
+                    o.response_len = f.content_length;
+                    if f.content_length == Some(0) {
+                        o.body_done = true;
+                        o.s.response_end_ns = t.exit_ns;
+                    }
                 }
             }
         }
@@ -616,6 +657,8 @@ impl Core {
                 client_ended,
                 server_ended: false,
                 response_headers: false,
+                response_len: None,
+                body_done: false,
             },
         );
     }

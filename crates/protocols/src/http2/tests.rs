@@ -235,31 +235,44 @@ fn curl_prior_knowledge_single_request() {
 
 #[test]
 fn h2c_upgrade_stream_one_is_the_http1_request() {
+    use crate::http1::{Dir, Http1Connection, Http1Event};
+    // The HTTP/1 parser of the observed server reads the request and the 101,
+    // then hands over: the 101 and the first frames share one write here.
     let recs = records("h2c_upgrade.bin");
-    let req = crate::http1::parse_request(&recs[0].1).unwrap().unwrap();
-    assert_eq!(
-        recs[0].1.len(),
-        req.head_len,
-        "the upgrade request has no body"
+    assert!(recs[1].1.starts_with(b"HTTP/1.1 101"));
+    let mut h1 = Http1Connection::new(Some(Dir::Ingress));
+    let mut h1_out = Vec::new();
+    h1.feed(
+        Dir::Ingress,
+        &capped(&recs[0].1, usize::MAX, at(50)),
+        &mut h1_out,
     );
-    let start = Timing {
-        enter_ns: 50,
-        exit_ns: 51,
+    h1.feed(
+        Dir::Egress,
+        &capped(&recs[1].1, usize::MAX, at(60)),
+        &mut h1_out,
+    );
+    let Some(Http1Event::H2cUpgrade {
+        request,
+        request_start,
+        request_body_bytes,
+        rest,
+    }) = h1_out.pop()
+    else {
+        panic!("no upgrade: {h1_out:?}");
     };
-    let request = Http2Request {
-        method: req.method.clone(),
-        path: req.target.clone(),
-        authority: req.host.clone(),
-        scheme: Some("http".into()),
-        user_agent: req.user_agent.clone(),
-        ..Default::default()
-    };
-    let mut conn = Http2Connection::after_upgrade(request, start);
-    // The server's first read holds the 101 head and then HTTP/2 frames.
-    let first = &recs[1].1;
-    let head_end = first.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    assert!(first.starts_with(b"HTTP/1.1 101"));
-    let mut rest = vec![(false, first[head_end..].to_vec())];
+    assert!(h1_out
+        .iter()
+        .all(|e| matches!(e, Http1Event::RequestStart { .. })));
+    assert!(h1.is_opaque());
+    let head_end = recs[1].1.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(rest, head_end);
+    let mut conn = Http2Connection::after_upgrade(
+        Http2Request::upgraded(&request),
+        request_start,
+        request_body_bytes,
+    );
+    let mut rest = vec![(false, recs[1].1[rest..].to_vec())];
     rest.extend(recs[2..].iter().cloned());
     let out = run(&mut conn, &rest, usize::MAX);
     assert_eq!(errors(&out), Vec::<&str>::new());
@@ -269,9 +282,90 @@ fn h2c_upgrade_stream_one_is_the_http1_request() {
         (s[0].stream_id, s[0].request.path.as_str(), s[0].status),
         (1, "/up", Some(200))
     );
-    assert_eq!(s[0].request_start, start);
+    assert_eq!(s[0].request.method, "GET");
+    assert!(s[0]
+        .request
+        .user_agent
+        .as_deref()
+        .unwrap()
+        .starts_with("curl/"));
+    assert_eq!(s[0].request_start, at(50));
     assert_eq!(s[0].response_body_bytes, 9);
     assert!(!s[0].hpack_unknown);
+}
+
+/// hypercorn's upgrade as the observed curl saw it, through the HTTP/1
+/// parser's hand-over; `keep` limits the server bytes after the 101.
+fn hypercorn_upgrade(keep: impl Fn(&[u8]) -> usize) -> Vec<Http2Event> {
+    use crate::http1::{Dir, Http1Connection, Http1Event};
+    let recs = records("hypercorn_upgrade.bin");
+    let mut h1 = Http1Connection::new(Some(Dir::Egress));
+    let mut h1_out = Vec::new();
+    h1.feed(
+        Dir::Egress,
+        &capped(&recs[0].1, usize::MAX, at(50)),
+        &mut h1_out,
+    );
+    // hypercorn writes its 101 (no reason phrase) alone.
+    h1.feed(
+        Dir::Ingress,
+        &capped(&recs[1].1, usize::MAX, at(60)),
+        &mut h1_out,
+    );
+    let Some(Http1Event::H2cUpgrade {
+        request,
+        request_start,
+        request_body_bytes,
+        rest,
+    }) = h1_out.pop()
+    else {
+        panic!("no upgrade: {h1_out:?}");
+    };
+    assert_eq!(rest, recs[1].1.len());
+    let mut conn = Http2Connection::after_upgrade(
+        Http2Request::upgraded(&request),
+        request_start,
+        request_body_bytes,
+    );
+    let rest: Vec<_> = recs[2..]
+        .iter()
+        .map(|(c, b)| (*c, if *c { b.clone() } else { b[..keep(b)].to_vec() }))
+        .collect();
+    run(&mut conn, &rest, usize::MAX)
+}
+
+/// Where the empty DATA frame with END_STREAM on stream 1 starts.
+fn end_stream_frame(b: &[u8]) -> Option<usize> {
+    b.windows(9).position(|w| w == [0, 0, 0, 0, 1, 0, 0, 0, 1])
+}
+
+#[test]
+fn hypercorn_upgrade_whole() {
+    let out = hypercorn_upgrade(|b| b.len());
+    assert_eq!(errors(&out), Vec::<&str>::new());
+    let s = streams(&out);
+    assert_eq!(paths(&s), vec![(1, "/h2/ok-1".to_string())]);
+    assert_eq!((s[0].status, s[0].response_body_bytes), (Some(200), 16));
+    assert_eq!(s[0].request_start, at(50));
+}
+
+#[test]
+fn body_of_content_length_ends_a_stream_whose_end_stream_was_not_read() {
+    // curl stops reading once it has content-length bytes: the END_STREAM
+    // hypercorn sends in an empty DATA frame of its own is never read.
+    let out = hypercorn_upgrade(|b| end_stream_frame(b).unwrap_or(b.len()));
+    assert_eq!(errors(&out), Vec::<&str>::new());
+    let s = streams(&out);
+    assert_eq!(paths(&s), vec![(1, "/h2/ok-1".to_string())]);
+    assert_eq!((s[0].status, s[0].response_body_bytes), (Some(200), 16));
+    // Ends with the read of the last body byte (the last record), not at close.
+    assert_eq!(s[0].response_end_ns, at(100 * 5).exit_ns);
+    // Without those body bytes it is unfinished, as before.
+    let out = hypercorn_upgrade(|b| {
+        end_stream_frame(b).map_or(b.len(), |_| 0) // drop the DATA record
+    });
+    assert!(streams(&out).is_empty());
+    assert_eq!(errors(&out), vec!["stream_unfinished"]);
 }
 
 #[test]
