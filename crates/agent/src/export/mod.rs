@@ -6,6 +6,7 @@
 pub mod metrics;
 pub mod otlp;
 pub mod prometheus;
+pub mod span_encoding;
 pub mod stdout;
 
 use crate::config::TracesExport;
@@ -125,13 +126,14 @@ impl SpanExporter {
         client: &otlp::OtlpClient,
         batch: &[Span],
     ) {
-        let req = otlp::to_request(batch);
         let n = batch.len() as u64;
         let started = Instant::now();
         let mut backoff = BACKOFF_START;
+        let body = span_encoding::encode_request(batch);
         loop {
             let t = Instant::now();
-            let result = rt.block_on(client.export_traces(req.clone()));
+            let req = span_encoding::PreEncoded(body.clone());
+            let result = rt.block_on(client.export_traces(req));
             self.metrics
                 .export_duration
                 .observe(t.elapsed().as_secs_f64());

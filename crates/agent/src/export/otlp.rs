@@ -1,19 +1,14 @@
 //! Spans -> OTLP (opentelemetry-proto types), sent over gRPC (tonic) or
 //! HTTP/protobuf (reqwest), with the retryable/permanent split of the OTLP spec.
 
+use super::span_encoding::PreEncoded;
 use crate::config::{OtlpProtocol, OtlpTarget};
-use autotel_model::{AttrValue, Span, SpanKind, StatusCode};
+use autotel_model::AttrValue;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
-use opentelemetry_proto::tonic::resource::v1::Resource as OtlpResource;
-use opentelemetry_proto::tonic::trace::v1::{
-    span, status, ResourceSpans, ScopeSpans, Span as OtlpSpan, Status,
-};
 use prost::Message;
-use std::collections::HashMap;
 use std::time::Duration;
 
 pub fn any_value(v: &AttrValue) -> AnyValue {
@@ -43,67 +38,81 @@ pub fn scope() -> InstrumentationScope {
     }
 }
 
-fn otlp_span(s: &Span) -> OtlpSpan {
-    OtlpSpan {
-        trace_id: s.trace_id.to_vec(),
-        span_id: s.span_id.to_vec(),
-        trace_state: s.trace_state.clone(),
-        parent_span_id: s.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
-        // W3C flags: sampled (we only export what the sampler kept).
-        flags: 0x101,
-        name: s.name.clone(),
-        kind: match s.kind {
-            SpanKind::Server => span::SpanKind::Server,
-            SpanKind::Client => span::SpanKind::Client,
-            SpanKind::Internal => span::SpanKind::Internal,
-        } as i32,
-        start_time_unix_nano: s.start_unix_ns,
-        end_time_unix_nano: s.end_unix_ns,
-        attributes: s.attributes.iter().map(|(k, v)| key_value(k, v)).collect(),
-        status: Some(Status {
-            message: s.status_message.clone(),
-            code: match s.status {
-                StatusCode::Unset => status::StatusCode::Unset,
-                StatusCode::Ok => status::StatusCode::Ok,
-                StatusCode::Error => status::StatusCode::Error,
-            } as i32,
-        }),
-        ..Default::default()
-    }
-}
+/// The export path encodes spans straight to bytes (span_encoding.rs); this
+/// conversion through the prost types is the reference its tests compare to.
+#[cfg(test)]
+pub mod reference {
+    use super::{key_value, scope};
+    use autotel_model::{Span, SpanKind, StatusCode};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::resource::v1::Resource as OtlpResource;
+    use opentelemetry_proto::tonic::trace::v1::{
+        span, status, ResourceSpans, ScopeSpans, Span as OtlpSpan, Status,
+    };
+    use std::collections::HashMap;
 
-/// Groups spans by process (resource), one ResourceSpans each.
-pub fn to_request(spans: &[Span]) -> ExportTraceServiceRequest {
-    let mut order: Vec<u32> = Vec::new();
-    let mut groups: HashMap<u32, ResourceSpans> = HashMap::new();
-    for s in spans {
-        let pid = s.resource.pid;
-        let rs = groups.entry(pid).or_insert_with(|| {
-            order.push(pid);
-            ResourceSpans {
-                resource: Some(OtlpResource {
-                    attributes: s
-                        .resource
-                        .attributes
-                        .iter()
-                        .map(|(k, v)| key_value(k, v))
-                        .collect(),
-                    ..Default::default()
-                }),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(scope()),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }
-        });
-        rs.scope_spans[0].spans.push(otlp_span(s));
+    fn otlp_span(s: &Span) -> OtlpSpan {
+        OtlpSpan {
+            trace_id: s.trace_id.to_vec(),
+            span_id: s.span_id.to_vec(),
+            trace_state: s.trace_state.clone(),
+            parent_span_id: s.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
+            // W3C flags: sampled (we only export what the sampler kept).
+            flags: 0x101,
+            name: s.name.clone(),
+            kind: match s.kind {
+                SpanKind::Server => span::SpanKind::Server,
+                SpanKind::Client => span::SpanKind::Client,
+                SpanKind::Internal => span::SpanKind::Internal,
+            } as i32,
+            start_time_unix_nano: s.start_unix_ns,
+            end_time_unix_nano: s.end_unix_ns,
+            attributes: s.attributes.iter().map(|(k, v)| key_value(k, v)).collect(),
+            status: Some(Status {
+                message: s.status_message.clone(),
+                code: match s.status {
+                    StatusCode::Unset => status::StatusCode::Unset,
+                    StatusCode::Ok => status::StatusCode::Ok,
+                    StatusCode::Error => status::StatusCode::Error,
+                } as i32,
+            }),
+            ..Default::default()
+        }
     }
-    ExportTraceServiceRequest {
-        resource_spans: order
-            .into_iter()
-            .filter_map(|p| groups.remove(&p))
-            .collect(),
+
+    /// Groups spans by process (resource), one ResourceSpans each.
+    pub fn to_request(spans: &[Span]) -> ExportTraceServiceRequest {
+        let mut order: Vec<u32> = Vec::new();
+        let mut groups: HashMap<u32, ResourceSpans> = HashMap::new();
+        for s in spans {
+            let pid = s.resource.pid;
+            let rs = groups.entry(pid).or_insert_with(|| {
+                order.push(pid);
+                ResourceSpans {
+                    resource: Some(OtlpResource {
+                        attributes: s
+                            .resource
+                            .attributes
+                            .iter()
+                            .map(|(k, v)| key_value(k, v))
+                            .collect(),
+                        ..Default::default()
+                    }),
+                    scope_spans: vec![ScopeSpans {
+                        scope: Some(scope()),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }
+            });
+            rs.scope_spans[0].spans.push(otlp_span(s));
+        }
+        ExportTraceServiceRequest {
+            resource_spans: order
+                .into_iter()
+                .filter_map(|p| groups.remove(&p))
+                .collect(),
+        }
     }
 }
 
@@ -244,9 +253,24 @@ impl OtlpClient {
         }
     }
 
-    pub async fn export_traces(&self, req: ExportTraceServiceRequest) -> Result<(), ExportError> {
-        self.send(req, "spans", |ch, r| async move {
-            let resp = TraceServiceClient::new(ch).export(r).await?.into_inner();
+    /// An ExportTraceServiceRequest already encoded (span_encoding.rs): the
+    /// same call the generated TraceServiceClient makes, with bytes as body.
+    pub async fn export_traces(&self, req: PreEncoded) -> Result<(), ExportError> {
+        self.send(req, "spans", |ch, mut r| async move {
+            let mut grpc = tonic::client::Grpc::new(ch);
+            grpc.ready()
+                .await
+                .map_err(|e| tonic::Status::unknown(format!("service was not ready: {e}")))?;
+            r.extensions_mut().insert(tonic::GrpcMethod::new(
+                "opentelemetry.proto.collector.trace.v1.TraceService",
+                "Export",
+            ));
+            let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+                "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            );
+            let codec =
+                tonic_prost::ProstCodec::<PreEncoded, ExportTraceServiceResponse>::default();
+            let resp = grpc.unary(r, path, codec).await?.into_inner();
             Ok(resp
                 .partial_success
                 .map(|p| (p.rejected_spans, p.error_message)))

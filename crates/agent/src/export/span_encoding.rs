@@ -1,0 +1,330 @@
+//! Spans straight to the protobuf bytes of an OTLP ExportTraceServiceRequest.
+//!
+//! Written by hand (with prost's wire helpers) because building the
+//! opentelemetry-proto structs first (an owned String per attribute key and
+//! value, a Vec per span) and then encoding them made the export thread more
+//! than half of the agent's CPU under load. The bytes decode to exactly what
+//! `otlp::to_request` builds (checked in the tests with the prost types).
+//! Field numbers: opentelemetry/proto/{collector/trace,trace,common,resource}/v1.
+
+use autotel_model::{AttrValue, Resource, Span, SpanKind, StatusCode};
+use prost::bytes::BufMut;
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+
+/// An already encoded message: handed to tonic's prost codec and to the
+/// HTTP body unchanged.
+#[derive(Debug, Default, Clone)]
+pub struct PreEncoded(pub Vec<u8>);
+
+impl prost::Message for PreEncoded {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        buf.put_slice(&self.0);
+    }
+
+    /// Never decoded: fields are skipped.
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl prost::bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+fn delimited_len(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+fn put_header(tag: u32, len: usize, buf: &mut Vec<u8>) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(len as u64, buf);
+}
+
+/// Proto3: an empty string or bytes field is left out.
+fn optional_bytes_len(tag: u32, data: &[u8]) -> usize {
+    if data.is_empty() {
+        0
+    } else {
+        delimited_len(tag, data.len())
+    }
+}
+
+fn put_optional_bytes(tag: u32, data: &[u8], buf: &mut Vec<u8>) {
+    if !data.is_empty() {
+        put_header(tag, data.len(), buf);
+        buf.extend_from_slice(data);
+    }
+}
+
+// AnyValue: 1 string_value, 2 bool_value, 3 int_value, 4 double_value (a
+// oneof: encoded even when it holds the default value).
+fn any_value_len(v: &AttrValue) -> usize {
+    match v {
+        AttrValue::Str(s) => delimited_len(1, s.len()),
+        AttrValue::Bool(_) => key_len(2) + 1,
+        AttrValue::Int(i) => key_len(3) + encoded_len_varint(*i as u64),
+        AttrValue::Double(_) => key_len(4) + 8,
+    }
+}
+
+fn put_any_value(v: &AttrValue, buf: &mut Vec<u8>) {
+    match v {
+        AttrValue::Str(s) => {
+            put_header(1, s.len(), buf);
+            buf.extend_from_slice(s.as_bytes());
+        }
+        AttrValue::Bool(b) => {
+            encode_key(2, WireType::Varint, buf);
+            encode_varint(u64::from(*b), buf);
+        }
+        AttrValue::Int(i) => {
+            encode_key(3, WireType::Varint, buf);
+            encode_varint(*i as u64, buf);
+        }
+        AttrValue::Double(d) => {
+            encode_key(4, WireType::SixtyFourBit, buf);
+            buf.put_f64_le(*d);
+        }
+    }
+}
+
+// KeyValue: 1 key, 2 value.
+fn key_value_len(k: &str, v: &AttrValue) -> usize {
+    optional_bytes_len(1, k.as_bytes()) + delimited_len(2, any_value_len(v))
+}
+
+fn put_key_value(tag: u32, k: &str, v: &AttrValue, buf: &mut Vec<u8>) {
+    put_header(tag, key_value_len(k, v), buf);
+    put_optional_bytes(1, k.as_bytes(), buf);
+    put_header(2, any_value_len(v), buf);
+    put_any_value(v, buf);
+}
+
+// Resource: 1 attributes.
+fn resource_len(r: &Resource) -> usize {
+    r.attributes
+        .iter()
+        .map(|(k, v)| delimited_len(1, key_value_len(k, v)))
+        .sum()
+}
+
+// InstrumentationScope: 1 name, 2 version.
+const SCOPE_NAME: &str = "autotel";
+const SCOPE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+fn scope_len() -> usize {
+    delimited_len(1, SCOPE_NAME.len()) + delimited_len(2, SCOPE_VERSION.len())
+}
+
+fn put_scope(buf: &mut Vec<u8>) {
+    put_optional_bytes(1, SCOPE_NAME.as_bytes(), buf);
+    put_optional_bytes(2, SCOPE_VERSION.as_bytes(), buf);
+}
+
+// Status: 2 message, 3 code.
+fn status_code(s: StatusCode) -> u64 {
+    match s {
+        StatusCode::Unset => 0,
+        StatusCode::Ok => 1,
+        StatusCode::Error => 2,
+    }
+}
+
+fn status_len(s: &Span) -> usize {
+    let code = status_code(s.status);
+    optional_bytes_len(2, s.status_message.as_bytes())
+        + if code == 0 {
+            0
+        } else {
+            key_len(3) + encoded_len_varint(code)
+        }
+}
+
+fn span_kind(k: SpanKind) -> u64 {
+    match k {
+        SpanKind::Internal => 1,
+        SpanKind::Server => 2,
+        SpanKind::Client => 3,
+    }
+}
+
+/// W3C flags: sampled (only sampled spans are exported), and bit 8: the
+/// parent-is-remote flag is known.
+const SPAN_FLAGS: u32 = 0x101;
+
+// Span: 1 trace_id, 2 span_id, 3 trace_state, 4 parent_span_id, 5 name,
+// 6 kind, 7 start_time_unix_nano, 8 end_time_unix_nano, 9 attributes,
+// 15 status, 16 flags.
+fn span_len(s: &Span) -> usize {
+    let parent = s.parent_span_id.as_ref().map(|p| &p[..]).unwrap_or(&[]);
+    optional_bytes_len(1, &s.trace_id)
+        + optional_bytes_len(2, &s.span_id)
+        + optional_bytes_len(3, s.trace_state.as_bytes())
+        + optional_bytes_len(4, parent)
+        + optional_bytes_len(5, s.name.as_bytes())
+        + key_len(6)
+        + encoded_len_varint(span_kind(s.kind))
+        + 2 * (key_len(7) + 8)
+        + s.attributes
+            .iter()
+            .map(|(k, v)| delimited_len(9, key_value_len(k, v)))
+            .sum::<usize>()
+        + delimited_len(15, status_len(s))
+        + key_len(16)
+        + 4
+}
+
+fn put_span(s: &Span, buf: &mut Vec<u8>) {
+    put_optional_bytes(1, &s.trace_id, buf);
+    put_optional_bytes(2, &s.span_id, buf);
+    put_optional_bytes(3, s.trace_state.as_bytes(), buf);
+    if let Some(p) = &s.parent_span_id {
+        put_optional_bytes(4, p, buf);
+    }
+    put_optional_bytes(5, s.name.as_bytes(), buf);
+    encode_key(6, WireType::Varint, buf);
+    encode_varint(span_kind(s.kind), buf);
+    encode_key(7, WireType::SixtyFourBit, buf);
+    buf.put_u64_le(s.start_unix_ns);
+    encode_key(8, WireType::SixtyFourBit, buf);
+    buf.put_u64_le(s.end_unix_ns);
+    for (k, v) in &s.attributes {
+        put_key_value(9, k, v, buf);
+    }
+    put_header(15, status_len(s), buf);
+    put_optional_bytes(2, s.status_message.as_bytes(), buf);
+    let code = status_code(s.status);
+    if code != 0 {
+        encode_key(3, WireType::Varint, buf);
+        encode_varint(code, buf);
+    }
+    encode_key(16, WireType::ThirtyTwoBit, buf);
+    buf.put_u32_le(SPAN_FLAGS);
+}
+
+/// ExportTraceServiceRequest (1 resource_spans) with one ResourceSpans
+/// (1 resource, 2 scope_spans) per process, in order of first appearance,
+/// and one ScopeSpans (1 scope, 2 spans) each.
+pub fn encode_request(spans: &[Span]) -> Vec<u8> {
+    let mut groups: Vec<(u32, Vec<usize>)> = Vec::new();
+    for (i, s) in spans.iter().enumerate() {
+        match groups.iter_mut().find(|(pid, _)| *pid == s.resource.pid) {
+            Some((_, idx)) => idx.push(i),
+            None => groups.push((s.resource.pid, vec![i])),
+        }
+    }
+    let span_lens: Vec<usize> = spans.iter().map(span_len).collect();
+    let scope = scope_len();
+    let sized: Vec<(usize, usize, usize)> = groups
+        .iter()
+        .map(|(_, idx)| {
+            let res = resource_len(&spans[idx[0]].resource);
+            let scope_spans = delimited_len(1, scope)
+                + idx
+                    .iter()
+                    .map(|&i| delimited_len(2, span_lens[i]))
+                    .sum::<usize>();
+            let rs = delimited_len(1, res) + delimited_len(2, scope_spans);
+            (rs, res, scope_spans)
+        })
+        .collect();
+    let total: usize = sized.iter().map(|(rs, _, _)| delimited_len(1, *rs)).sum();
+    let mut buf = Vec::with_capacity(total);
+    for ((_, idx), (rs, res, scope_spans)) in groups.iter().zip(sized) {
+        put_header(1, rs, &mut buf);
+        put_header(1, res, &mut buf);
+        for (k, v) in &spans[idx[0]].resource.attributes {
+            put_key_value(1, k, v, &mut buf);
+        }
+        put_header(2, scope_spans, &mut buf);
+        put_header(1, scope, &mut buf);
+        put_scope(&mut buf);
+        for &i in idx {
+            put_header(2, span_lens[i], &mut buf);
+            put_span(&spans[i], &mut buf);
+        }
+    }
+    debug_assert_eq!(buf.len(), total);
+    buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    use std::sync::Arc;
+
+    fn resource(pid: u32, name: &str) -> Arc<Resource> {
+        Arc::new(Resource {
+            service_name: name.into(),
+            pid,
+            attributes: vec![
+                ("service.name".into(), AttrValue::Str(name.into())),
+                ("process.pid".into(), AttrValue::Int(pid.into())),
+                ("empty".into(), AttrValue::Str(String::new())),
+            ],
+        })
+    }
+
+    fn span(r: &Arc<Resource>, n: u8, kind: SpanKind, status: StatusCode) -> Span {
+        Span {
+            trace_id: [n; 16],
+            span_id: [n + 1; 8],
+            parent_span_id: n.is_multiple_of(2).then_some([9; 8]),
+            trace_state: if n == 3 { "a=b".into() } else { String::new() },
+            name: format!("GET /r{n}"),
+            kind,
+            start_unix_ns: 1_700_000_000_000_000_000 + u64::from(n),
+            end_unix_ns: 1_700_000_000_000_500_000,
+            attributes: vec![
+                ("http.request.method", AttrValue::Str("GET".into())),
+                (
+                    "http.response.status_code",
+                    AttrValue::Int(-5 + i64::from(n)),
+                ),
+                ("flag", AttrValue::Bool(n.is_multiple_of(2))),
+                ("ratio", AttrValue::Double(0.25 * f64::from(n))),
+                ("empty", AttrValue::Str(String::new())),
+            ],
+            status,
+            status_message: if status == StatusCode::Error {
+                "boom".into()
+            } else {
+                String::new()
+            },
+            resource: r.clone(),
+        }
+    }
+
+    #[test]
+    fn bytes_decode_to_what_the_prost_types_describe() {
+        let (a, b) = (resource(10, "a"), resource(20, "b"));
+        let spans = vec![
+            span(&a, 1, SpanKind::Server, StatusCode::Unset),
+            span(&b, 2, SpanKind::Client, StatusCode::Error),
+            span(&a, 3, SpanKind::Internal, StatusCode::Ok),
+            span(&b, 4, SpanKind::Server, StatusCode::Unset),
+        ];
+        let bytes = encode_request(&spans);
+        let decoded = ExportTraceServiceRequest::decode(&bytes[..]).unwrap();
+        assert_eq!(decoded, super::super::otlp::reference::to_request(&spans));
+        assert_eq!(decoded.resource_spans.len(), 2);
+        assert_eq!(
+            PreEncoded(bytes.clone()).encode_to_vec(),
+            bytes,
+            "handed on unchanged"
+        );
+        assert!(encode_request(&[]).is_empty());
+    }
+}
