@@ -153,23 +153,13 @@ static __always_inline int skops_tuple(struct bpf_sock_ops *skops, struct at_con
 		__builtin_memcpy(t->saddr, &s, 4);
 		__builtin_memcpy(t->daddr, &d, 4);
 	} else if (family == AT_AF_INET6) {
-		__u32 v;
-		v = skops->local_ip6[0];
-		__builtin_memcpy(t->saddr, &v, 4);
-		v = skops->local_ip6[1];
-		__builtin_memcpy(t->saddr + 4, &v, 4);
-		v = skops->local_ip6[2];
-		__builtin_memcpy(t->saddr + 8, &v, 4);
-		v = skops->local_ip6[3];
-		__builtin_memcpy(t->saddr + 12, &v, 4);
-		v = skops->remote_ip6[0];
-		__builtin_memcpy(t->daddr, &v, 4);
-		v = skops->remote_ip6[1];
-		__builtin_memcpy(t->daddr + 4, &v, 4);
-		v = skops->remote_ip6[2];
-		__builtin_memcpy(t->daddr + 8, &v, 4);
-		v = skops->remote_ip6[3];
-		__builtin_memcpy(t->daddr + 12, &v, 4);
+		/* Unrolled: context fields are read at constant offsets only. */
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			__u32 s = skops->local_ip6[i], d = skops->remote_ip6[i];
+			__builtin_memcpy(t->saddr + 4 * i, &s, 4);
+			__builtin_memcpy(t->daddr + 4 * i, &d, 4);
+		}
 	} else {
 		return -1;
 	}

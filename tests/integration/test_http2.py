@@ -154,21 +154,28 @@ def clients():
         stop_process(c.proc)
 
 
-@pytest.fixture
-def grpc_server(tmp_path):
-    """``peers/h2_grpc_server.py`` on a free port -> (Popen, port)."""
-    port = free_port()
-    log = open(tmp_path / "grpc_server.log", "wb")
-    p = subprocess.Popen([sys.executable, str(PEERS / "h2_grpc_server.py"), str(port)],
-                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=peer_env(),
-                         start_new_session=True)
-    log.close()
+def start_peer_server(cmd: List[str], port: int, log_path: Path, what: str,
+                      cwd: Optional[Path] = None) -> subprocess.Popen:
+    """Start a peer server with its output in ``log_path`` and wait for its port;
+    fail the test with the log tail if it does not come up."""
+    with open(log_path, "wb") as log:
+        p = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                             env=peer_env(), start_new_session=True)
     try:
         wait_port(port, 15, p)
     except Exception as e:
         stop_process(p)
-        pytest.fail(f"grpc server did not start: {e}\n"
-                    f"{(tmp_path / 'grpc_server.log').read_text()[-2000:]}", pytrace=False)
+        pytest.fail(f"{what} did not start: {e}\n{log_path.read_text()[-2000:]}",
+                    pytrace=False)
+    return p
+
+
+@pytest.fixture
+def grpc_server(tmp_path):
+    """``peers/h2_grpc_server.py`` on a free port -> (Popen, port)."""
+    port = free_port()
+    p = start_peer_server([sys.executable, str(PEERS / "h2_grpc_server.py"), str(port)],
+                          port, tmp_path / "grpc_server.log", "grpc server")
     yield p, port
     stop_process(p)
 
@@ -607,19 +614,10 @@ def start_hypercorn(tmp_path, *args: str):
     """hypercorn (``peers/h2c_asgi_app.py``) on a free port; ``args`` are extra
     hypercorn options (certificates). -> (Popen, port)."""
     port = free_port()
-    log_path = tmp_path / f"hypercorn-{port}.log"
-    log = open(log_path, "wb")
-    p = subprocess.Popen([sys.executable, "-m", "hypercorn", "--bind", f"127.0.0.1:{port}",
-                          "--workers", "0", *args, "h2c_asgi_app:app"], cwd=PEERS,
-                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=peer_env(),
-                         start_new_session=True)
-    log.close()
-    try:
-        wait_port(port, 15, p)
-    except Exception as e:
-        stop_process(p)
-        pytest.fail(f"hypercorn did not start (pip install -r tests/requirements.txt): {e}\n"
-                    f"{log_path.read_text()[-2000:]}", pytrace=False)
+    p = start_peer_server([sys.executable, "-m", "hypercorn", "--bind", f"127.0.0.1:{port}",
+                           "--workers", "0", *args, "h2c_asgi_app:app"], port,
+                          tmp_path / f"hypercorn-{port}.log",
+                          "hypercorn (pip install -r tests/requirements.txt)", cwd=PEERS)
     return p, port
 
 

@@ -291,6 +291,27 @@ impl Http1Connection {
         }
     }
 
+    /// A request and its response, as one exchange.
+    fn exchange(
+        &self,
+        req: Pending,
+        response: ResponseHead,
+        response_start: Timing,
+        response_end_ns: u64,
+        response_body_bytes: u64,
+    ) -> Http1Event {
+        Http1Event::Exchange(Box::new(Exchange {
+            server_side: self.requests_dir == Some(Dir::Ingress),
+            request: req.head,
+            response,
+            request_start: req.start,
+            request_body_bytes: req.body_bytes,
+            response_start,
+            response_end_ns,
+            response_body_bytes,
+        }))
+    }
+
     fn on_response_event(&mut self, ev: ReaderEvent, out: &mut Vec<Http1Event>) {
         match ev {
             ReaderEvent::Head(Head::Response(head), timing) => {
@@ -314,16 +335,7 @@ impl Http1Connection {
                     return;
                 };
                 let switched = req.head.method == "CONNECT" && head.status / 100 == 2;
-                out.push(Http1Event::Exchange(Box::new(Exchange {
-                    server_side: self.requests_dir == Some(Dir::Ingress),
-                    request: req.head,
-                    response: head,
-                    request_start: req.start,
-                    request_body_bytes: req.body_bytes,
-                    response_start: start,
-                    response_end_ns: last_ns,
-                    response_body_bytes: body_bytes,
-                })));
+                out.push(self.exchange(req, head, start, last_ns, body_bytes));
                 if switched {
                     self.opaque = true;
                 }
@@ -347,16 +359,7 @@ impl Http1Connection {
                     });
                     return;
                 }
-                out.push(Http1Event::Exchange(Box::new(Exchange {
-                    server_side: self.requests_dir == Some(Dir::Ingress),
-                    request: req.head,
-                    response: head,
-                    request_start: req.start,
-                    request_body_bytes: req.body_bytes,
-                    response_start: start,
-                    response_end_ns: start.exit_ns,
-                    response_body_bytes: 0,
-                })));
+                out.push(self.exchange(req, head, start, start.exit_ns, 0));
             }
             ReaderEvent::Head(Head::Request(_), _) => {}
             ReaderEvent::Error(e) => out.push(Http1Event::Error(e)),
