@@ -484,8 +484,13 @@ def test_retransmits_on_lossy_link(two_hosts, start_agent, tmp_path):
 
     lab = {"autotel_tcp_role": "client", "network_peer_address": topo.ip_b,
            "server_port": HTTP_PORT}
-    wait_prom(agent, CONN, {**lab, "autotel_tcp_outcome": "closed"}, lambda v: v >= 1,
-              settle=1.0)
+    closed = wait_prom(agent, CONN, {**lab, "autotel_tcp_outcome": "closed"},
+                       lambda v: v >= 1, settle=1.0)
+    # curl has exited when its socket finally closes: the close is still curl's.
+    closed_by_curl = prom(agent, CONN, **lab, autotel_tcp_outcome="closed", job="curl")
+    report("closes counted under curl's service (it exited before the close)",
+           (int(closed_by_curl), int(closed)), (1, 1))
+    assert closed_by_curl == closed == 1, tcp_series(agent, topo.ip_b)
     # Read once the socket is closed: after curl exits, its lost FIN (or last
     # segment) is still retransmitted until the socket reaches TCP_CLOSE.
     kernel = nstat(topo, topo.a, "TcpRetransSegs") - before

@@ -220,6 +220,10 @@ pub struct Pipeline {
     pending_exits: Vec<u32>,
     /// TCP lifecycle events, handled once the data ring is drained.
     pending_flows: Vec<abi::FlowEvent>,
+    /// Resources of processes that exited lately: their sockets still close
+    /// (FIN_WAIT, TIME_WAIT) after the process is gone, and the close
+    /// belongs to them, not to an "unknown" process.
+    exited: FxHashMap<u32, (Arc<Resource>, std::time::Instant)>,
     /// TCP-option ids that came before their connection's first data.
     wire_early: FxHashMap<ConnKey, (u8, WireIds)>,
     /// Server contexts of connections closed in this drain pass.
@@ -265,6 +269,7 @@ impl Pipeline {
             pending_flows: Vec::new(),
             recently_closed: FxHashMap::default(),
             wire_early: FxHashMap::default(),
+            exited: FxHashMap::default(),
             peers: cfg.peers,
             host_flows: cfg
                 .network_whole_host
@@ -1082,6 +1087,9 @@ impl Pipeline {
         {
             return r.clone();
         }
+        if let Some((r, _)) = self.exited.get(&pid) {
+            return r.clone();
+        }
         // Selected in the kernel (fork, exec) before discovery caught up.
         let r = Arc::new(resource::build(
             pid,
@@ -1144,6 +1152,17 @@ impl Pipeline {
         self.recently_closed.clear();
         for pid in std::mem::take(&mut self.pending_exits) {
             self.process_exited(pid);
+            let gone = self
+                .resources
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&pid)
+                .cloned();
+            if let Some(r) = gone {
+                if self.exited.len() < MAX_CONNS {
+                    self.exited.insert(pid, (r, std::time::Instant::now()));
+                }
+            }
             self.rejected.remove(&pid);
             self.exec_paths.remove(&pid);
             let _ = self.proc_events.try_send(ProcEvent::Exit(pid));
@@ -1232,6 +1251,9 @@ impl Pipeline {
         self.conns
             .retain(|_, c| now_mono_ns.saturating_sub(c.last_ns) < IDLE_NS);
         self.counts.evicted += (before - self.conns.len()) as u64;
+        // TIME_WAIT is 60 s: sockets of an exited process are closed by then.
+        self.exited
+            .retain(|_, (_, at)| at.elapsed() < std::time::Duration::from_secs(120));
         self.clock = Clock::new();
         self.publish();
     }
