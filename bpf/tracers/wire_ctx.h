@@ -153,13 +153,20 @@ static __always_inline int skops_tuple(struct bpf_sock_ops *skops, struct at_con
 		__builtin_memcpy(t->saddr, &s, 4);
 		__builtin_memcpy(t->daddr, &d, 4);
 	} else if (family == AT_AF_INET6) {
-		/* Unrolled: context fields are read at constant offsets only. */
-#pragma unroll
-		for (int i = 0; i < 4; i++) {
-			__u32 s = skops->local_ip6[i], d = skops->remote_ip6[i];
-			__builtin_memcpy(t->saddr + 4 * i, &s, 4);
-			__builtin_memcpy(t->daddr + 4 * i, &d, 4);
-		}
+		/* Written out, not a loop: the verifier takes context fields at
+		 * constant offsets from the context pointer only, and clang turns
+		 * even an unrolled loop into a moving pointer. */
+#define AT_COPY_IP6_WORD(i)                                         \
+	do {                                                        \
+		__u32 s = skops->local_ip6[i], d = skops->remote_ip6[i]; \
+		__builtin_memcpy(t->saddr + 4 * (i), &s, 4);        \
+		__builtin_memcpy(t->daddr + 4 * (i), &d, 4);        \
+	} while (0)
+		AT_COPY_IP6_WORD(0);
+		AT_COPY_IP6_WORD(1);
+		AT_COPY_IP6_WORD(2);
+		AT_COPY_IP6_WORD(3);
+#undef AT_COPY_IP6_WORD
 	} else {
 		return -1;
 	}
