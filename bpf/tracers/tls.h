@@ -91,6 +91,21 @@ int BPF_UPROBE(at_ssl_read_ex, void *ssl, void *buf, __u64 num, __u64 *readbytes
 	return ssl_enter((__u64)ssl, (__u64)buf, (__u64)readbytes, AT_SYS_SSL_READ);
 }
 
+/* SSL_set_fd(ssl, fd): the socket is known before the first call. Without
+ * it, a request that arrived with the client's Finished is read into the
+ * library's buffer during the handshake and the first SSL_read makes no
+ * syscall to learn the fd from. Entry only: nothing to wait for. */
+SEC("uprobe")
+int BPF_UPROBE(at_ssl_set_fd, void *ssl, int fd)
+{
+	if (!is_selected(bpf_get_current_pid_tgid() >> 32) || fd < 0)
+		return 0;
+	__u64 key = (__u64)ssl;
+	__s32 v = fd;
+	bpf_map_update_elem(&ssl_fds, &key, &v, BPF_ANY);
+	return 0;
+}
+
 /* One return probe serves every function above: the thread's saved call
  * says which it was. */
 SEC("uretprobe")

@@ -116,6 +116,19 @@ impl Tracer {
                 }
             }
         }
+        // Optional: libraries without it (or apps that hand OpenSSL a BIO)
+        // still learn the fd from the syscalls inside SSL_read/SSL_write.
+        let set_fd = UprobeOpts {
+            func_name: Some("SSL_set_fd".to_owned()),
+            retprobe: false,
+            ..Default::default()
+        };
+        match p.at_ssl_set_fd.attach_uprobe_with_opts(-1, &key, 0, set_fd) {
+            Ok(link) => links.push(link),
+            Err(e) => {
+                tracing::debug!(path = %key.display(), error = %e, "SSL_set_fd probe not placed")
+            }
+        }
         let n = attached_funcs.len();
         tracing::info!(path = %key.display(), functions = n, "TLS capture attached");
         self.tls_links.borrow_mut().extend(links);
