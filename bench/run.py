@@ -118,6 +118,31 @@ def rss_peak_mb(pid):
     return 0.0
 
 
+def bpf_prog_stats():
+    """Per program name: (run_cnt, run_time_ns) of our programs."""
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
+    stats = {}
+    for p in json.loads(out.stdout or "[]"):
+        name = p.get("name", "")
+        if name.startswith("at_"):
+            cnt, ns = stats.get(name, (0, 0))
+            stats[name] = (cnt + p.get("run_cnt", 0), ns + p.get("run_time_ns", 0))
+    return stats
+
+
+def per_request_program_cost(before, after, requests):
+    """Per program: runs per request and ns per run over a measured window."""
+    out = {}
+    for name, (cnt1, ns1) in after.items():
+        cnt0, ns0 = before.get(name, (0, 0))
+        runs = cnt1 - cnt0
+        if runs > 0:
+            out[name] = {"runs_per_req": runs / max(requests, 1),
+                         "ns_per_run": (ns1 - ns0) / runs,
+                         "us_per_req": (ns1 - ns0) / 1e3 / max(requests, 1)}
+    return out
+
+
 def bpf_run_ns():
     """Sum of run_time_ns over our programs (names start with at_)."""
     out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout
@@ -528,10 +553,10 @@ def main():
             off = run_wrk(port, args.seconds, args.connections)
             agent = start_agent(port, prom_port, tmp)
             try:
-                cpu0, bpf0 = cpu_seconds(agent.pid), bpf_run_ns()
+                cpu0, bpf0, progs0 = cpu_seconds(agent.pid), bpf_run_ns(), bpf_prog_stats()
                 on = run_wrk(port, args.seconds, args.connections)
                 time.sleep(2.5)  # let the agent drain and publish
-                cpu1, bpf1 = cpu_seconds(agent.pid), bpf_run_ns()
+                cpu1, bpf1, progs1 = cpu_seconds(agent.pid), bpf_run_ns(), bpf_prog_stats()
                 lost = prom(prom_port, "autotel_events_lost_total")
                 spans = prom(prom_port, "autotel_spans_created_total")
                 rss = rss_peak_mb(agent.pid)
@@ -540,11 +565,15 @@ def main():
             rounds.append({"round": r, "off": off, "on": on,
                            "agent_cpu_us_per_req": (cpu1 - cpu0) * 1e6 / max(on["requests"], 1),
                            "bpf_us_per_req": (bpf1 - bpf0) / 1e3 / max(on["requests"], 1),
-                           "rss_mb": rss, "lost": lost, "spans": spans, "requests": on["requests"]})
+                           "rss_mb": rss, "lost": lost, "spans": spans, "requests": on["requests"],
+                           "bpf_programs": per_request_program_cost(progs0, progs1, on["requests"])})
             print(f"round {r}: off {off['rps']:.0f} rps p99 {off['p99_us']}us | on {on['rps']:.0f} rps "
                   f"p99 {on['p99_us']}us | agent {rounds[-1]['agent_cpu_us_per_req']:.2f} us/req "
                   f"bpf {rounds[-1]['bpf_us_per_req']:.2f} us/req spans {spans:.0f}/{on['requests']} lost {lost:.0f}",
                   flush=True)
+            for name, c in sorted(rounds[-1]["bpf_programs"].items(), key=lambda kv: -kv[1]["us_per_req"]):
+                print(f"  {name}: {c['runs_per_req']:.2f} runs/req x {c['ns_per_run']:.0f} ns = "
+                      f"{c['us_per_req']:.2f} us/req", flush=True)
         if args.rates or not args.skip_python:
             collector = Collector(tmp)
         if args.rates and ensure_oha():

@@ -12,11 +12,14 @@ pub mod stdout;
 use crate::config::TracesExport;
 use crate::selfmetrics::SelfMetrics;
 use autotel_model::Span;
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// How often a busy exporter drains its queue.
+const DRAIN_TICK: Duration = Duration::from_millis(2);
 
 /// Give up on one batch after retrying this long (the queue keeps filling meanwhile).
 const RETRY_MAX_ELAPSED: Duration = Duration::from_secs(120);
@@ -82,30 +85,52 @@ impl SpanExporter {
         let to_stdout = self.print || client.is_none();
         let delay = Duration::from_millis(self.cfg.schedule_delay_ms.max(1));
         let mut batch: Vec<Span> = Vec::with_capacity(self.cfg.max_batch);
+        // One reused buffer and one write per batch (stdout is line-buffered).
+        let mut line_buf = String::new();
         let mut deadline = Instant::now() + delay;
         let mut open = true;
+        let mut last_drained = 0usize;
         while open || !batch.is_empty() {
             if open {
-                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                    Ok(span) => {
-                        batch.push(span);
-                        if batch.len() < self.cfg.max_batch {
-                            continue;
+                let left = deadline.saturating_duration_since(Instant::now());
+                if last_drained == 0 {
+                    // Quiet: park until a span comes (its send wakes us).
+                    match rx.recv_timeout(left) {
+                        Ok(span) => batch.push(span),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => open = false,
+                    }
+                } else {
+                    // Busy: poll every tick, so the pipeline's sends do not
+                    // each pay for waking this thread (a futex call per span).
+                    std::thread::sleep(left.min(DRAIN_TICK));
+                }
+                last_drained = 0;
+                while batch.len() < self.cfg.max_batch {
+                    match rx.try_recv() {
+                        Ok(span) => {
+                            batch.push(span);
+                            last_drained += 1;
+                        }
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            open = false;
+                            break;
                         }
                     }
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => open = false,
+                }
+                if open && batch.len() < self.cfg.max_batch && Instant::now() < deadline {
+                    continue;
                 }
             }
             if !batch.is_empty() {
                 if to_stdout {
-                    // One write per batch, not per line (stdout is line-buffered).
-                    let mut out =
-                        std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+                    line_buf.clear();
                     for s in &batch {
-                        let _ = writeln!(out, "{}", stdout::line(s));
+                        stdout::write_line(&mut line_buf, s);
+                        line_buf.push('\n');
                     }
-                    let _ = out.flush();
+                    let _ = std::io::stdout().lock().write_all(line_buf.as_bytes());
                 }
                 match client.as_ref() {
                     Some(c) => self.export_with_retry(&rt, c, &batch),

@@ -2,36 +2,65 @@
 //! `SPAN <KIND> <name> trace=<hex> span=<hex> parent=<hex|-> dur_us=<n>
 //! pid=<n> service=<name> key=value ...`; values with spaces are quoted.
 
-use autotel_model::Span;
+use autotel_model::{AttrValue, Span};
 use std::fmt::Write as _;
 
-fn quoted(v: &str) -> String {
+/// Appends `v`, quoted (Rust debug form) when it is empty or has a space,
+/// quote, tab or newline; no allocation otherwise.
+fn push_quoted(out: &mut String, v: &str) {
     if v.is_empty() || v.contains([' ', '"', '\t', '\n']) {
-        format!("{:?}", v)
+        let _ = write!(out, "{v:?}");
     } else {
-        v.to_owned()
+        out.push_str(v);
     }
 }
 
-pub fn line(s: &Span) -> String {
-    let mut out = String::with_capacity(256);
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 0xf) as usize] as char);
+    }
+}
+
+/// Appends one span's line (no newline) to `out`: the exporter reuses one
+/// buffer per batch, so a line costs no allocation of its own.
+pub fn write_line(out: &mut String, s: &Span) {
+    let _ = write!(out, "SPAN {} ", s.kind);
+    push_quoted(out, &s.name);
+    out.push_str(" trace=");
+    push_hex(out, &s.trace_id);
+    out.push_str(" span=");
+    push_hex(out, &s.span_id);
+    out.push_str(" parent=");
+    match s.parent_span_id {
+        Some(p) => push_hex(out, &p),
+        None => out.push('-'),
+    }
     let _ = write!(
         out,
-        "SPAN {} {} trace={} span={} parent={} dur_us={} pid={} service={}",
-        s.kind,
-        quoted(&s.name),
-        hex::encode(s.trace_id),
-        hex::encode(s.span_id),
-        s.parent_span_id
-            .map(hex::encode)
-            .unwrap_or_else(|| "-".into()),
+        " dur_us={} pid={} service=",
         s.duration_ns() / 1000,
-        s.resource.pid,
-        quoted(&s.resource.service_name),
+        s.resource.pid
     );
+    push_quoted(out, &s.resource.service_name);
     for (k, v) in &s.attributes {
-        let _ = write!(out, " {k}={}", quoted(&v.to_string()));
+        out.push(' ');
+        out.push_str(k);
+        out.push('=');
+        match v {
+            AttrValue::Str(v) => push_quoted(out, v),
+            other => {
+                let _ = write!(out, "{other}");
+            }
+        }
     }
+}
+
+#[cfg(test)]
+pub fn line(s: &Span) -> String {
+    let mut out = String::new();
+    write_line(&mut out, s);
     out
 }
 
