@@ -245,6 +245,10 @@ def main():
             # Metrics export every 5 s: each third of the run sees the same export work
             # (at the 60 s default a 2-minute run has exports only in its later thirds).
             "OTEL_METRIC_EXPORT_INTERVAL": "5000",
+            # Series of exited processes go 15 s after the exit (default 120 s):
+            # with ~5 short-lived processes a second, a 2-minute run then reaches
+            # its steady state in the first third, and a leak still shows as growth.
+            "AUTOTEL_METRICS_EXITED_TTL_MS": "15000",
             "NO_COLOR": "1",
         })
         agent_err = open(f"{tmp}/agent.stderr", "wb")

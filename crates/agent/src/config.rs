@@ -117,6 +117,7 @@ pub struct MetricsExportFile {
     pub temporality: Option<String>,
     pub cardinality_limit: Option<usize>,
     pub timeout_ms: Option<u64>,
+    pub exited_ttl_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -214,6 +215,8 @@ pub struct MetricsExport {
     pub interval_ms: u64,
     pub temporality: crate::metrics::otlp::Temporality,
     pub cardinality_limit: usize,
+    /// How long the series (and resource) of an exited process are kept.
+    pub exited_ttl_ms: u64,
 }
 
 /// A named group of processes: selects them and names their service.
@@ -622,6 +625,13 @@ impl Config {
                 .map(|v| v as usize)
                 .or(metrics_file.cardinality_limit)
                 .unwrap_or(2000),
+            // Two OTLP exports and several scrapes at the default intervals
+            // still see a process's last values; then its series go, so
+            // short-lived processes do not grow the store without bound.
+            exited_ttl_ms: env_u64("AUTOTEL_METRICS_EXITED_TTL_MS")?
+                .or(metrics_file.exited_ttl_ms)
+                .unwrap_or(120_000)
+                .max(1000),
         };
         let routes = file.routes.clone().unwrap_or_default();
         if routes.ignored.is_some() {

@@ -178,6 +178,7 @@ fn run(cfg: Config, mode: Mode) -> Result<()> {
             query_text: cfg.db_query_text,
             peers: cfg.peers.clone(),
             network_whole_host: cfg.network_whole_host,
+            exited_ttl: Duration::from_millis(cfg.metrics.exited_ttl_ms),
         },
         resources,
         span_tx,

@@ -372,6 +372,22 @@ impl Store {
         }
     }
 
+    /// Drops the series of exited processes: every series of each pid
+    /// except those of the pid's live resource (a new process that reused
+    /// the pid keeps its own).
+    pub fn forget_exited(&mut self, gone: &[(u32, Option<Arc<Resource>>)]) {
+        if gone.is_empty() {
+            return;
+        }
+        for per_metric in self.series.values_mut() {
+            per_metric.retain(|(pid, _), s| {
+                !gone.iter().any(|(g, live)| {
+                    g == pid && !live.as_ref().is_some_and(|l| Arc::ptr_eq(l, &s.resource))
+                })
+            });
+        }
+    }
+
     /// Visits every series of a metric.
     pub fn each(&self, metric: Metric) -> impl Iterator<Item = &Series> {
         self.series
@@ -579,5 +595,28 @@ mod tests {
         let total: u64 = s.each(Metric::HttpServerDuration).map(|x| x.count).sum();
         assert_eq!(total, 100, "no count is lost to the cap");
         assert_eq!(s.overflowed, 96);
+    }
+
+    #[test]
+    fn exited_series_go_but_a_reused_pid_keeps_its_own() {
+        let mut s = Store::new(100);
+        let (old, new, other) = (res(7), res(7), res(8));
+        s.record(Metric::TcpConnections, &old, vec![], 1.0, 0);
+        s.record(Metric::HttpServerDuration, &old, vec![], 0.1, 0);
+        s.record(Metric::TcpConnections, &other, vec![], 1.0, 0);
+        // pid 7 exited and was reused by `new`: the old process's series go.
+        s.forget_exited(&[(7, Some(new.clone()))]);
+        assert_eq!(s.series_count(Metric::HttpServerDuration), 0);
+        assert_eq!(s.series_count(Metric::TcpConnections), 1);
+        s.record(Metric::TcpConnections, &new, vec![], 1.0, 0);
+        s.forget_exited(&[(7, Some(new.clone()))]);
+        let left: Vec<_> = s
+            .each(Metric::TcpConnections)
+            .map(|x| Arc::as_ptr(&x.resource))
+            .collect();
+        assert_eq!(left.len(), 2);
+        assert!(left.contains(&Arc::as_ptr(&new)) && left.contains(&Arc::as_ptr(&other)));
+        s.forget_exited(&[(8, None)]);
+        assert_eq!(s.series_count(Metric::TcpConnections), 1);
     }
 }

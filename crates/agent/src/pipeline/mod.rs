@@ -224,6 +224,7 @@ pub struct Pipeline {
     /// (FIN_WAIT, TIME_WAIT) after the process is gone, and the close
     /// belongs to them, not to an "unknown" process.
     exited: FxHashMap<u32, (Arc<Resource>, std::time::Instant)>,
+    exited_ttl: std::time::Duration,
     /// TCP-option ids that came before their connection's first data.
     wire_early: FxHashMap<ConnKey, (u8, WireIds)>,
     /// Server contexts of connections closed in this drain pass.
@@ -248,6 +249,8 @@ pub struct PipelineConfig {
     pub query_text: QueryTextMode,
     pub peers: network::PeerGrouping,
     pub network_whole_host: bool,
+    /// How long an exited process's resource and metric series are kept.
+    pub exited_ttl: std::time::Duration,
 }
 
 impl Pipeline {
@@ -271,6 +274,7 @@ impl Pipeline {
             wire_early: FxHashMap::default(),
             exited: FxHashMap::default(),
             peers: cfg.peers,
+            exited_ttl: cfg.exited_ttl,
             host_flows: cfg
                 .network_whole_host
                 .then(|| Arc::new(resource::host(&resource::host_name()))),
@@ -1251,9 +1255,29 @@ impl Pipeline {
         self.conns
             .retain(|_, c| now_mono_ns.saturating_sub(c.last_ns) < IDLE_NS);
         self.counts.evicted += (before - self.conns.len()) as u64;
-        // TIME_WAIT is 60 s: sockets of an exited process are closed by then.
-        self.exited
-            .retain(|_, (_, at)| at.elapsed() < std::time::Duration::from_secs(120));
+        // TIME_WAIT is 60 s: sockets of an exited process are closed by
+        // then (at the default). After the TTL its metric series go too.
+        let ttl = self.exited_ttl;
+        let mut gone = Vec::new();
+        self.exited.retain(|pid, (_, at)| {
+            let keep = at.elapsed() < ttl;
+            if !keep {
+                gone.push(*pid);
+            }
+            keep
+        });
+        if !gone.is_empty() {
+            let live = self.resources.read().unwrap_or_else(|e| e.into_inner());
+            let gone: Vec<_> = gone
+                .into_iter()
+                .map(|pid| (pid, live.get(&pid).cloned()))
+                .collect();
+            drop(live);
+            self.red
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .forget_exited(&gone);
+        }
         self.clock = Clock::new();
         self.publish();
     }
