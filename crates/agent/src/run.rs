@@ -47,7 +47,14 @@ pub fn main(config_path: Option<&Path>, mode: Mode) -> i32 {
     for note in &cfg.notes {
         tracing::info!("{note}");
     }
-    match run(cfg, mode) {
+    let kube = match crate::discovery::kubernetes::client_config(cfg.kubernetes) {
+        Ok(k) => k,
+        Err(msg) => {
+            eprintln!("autotel: configuration error: {msg}");
+            return 2;
+        }
+    };
+    match run(cfg, mode, kube) {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -77,7 +84,7 @@ fn init_logging(level: &str, file: Option<&Path>) {
 /// Set in `top` mode: the terminal belongs to the live view.
 static QUIET_TERMINAL: AtomicBool = AtomicBool::new(false);
 
-fn run(cfg: Config, mode: Mode) -> Result<()> {
+fn run(cfg: Config, mode: Mode, kube: Option<kube::Config>) -> Result<()> {
     QUIET_TERMINAL.store(mode == Mode::Top, Ordering::Relaxed);
     let shutdown = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, shutdown.clone())?;
@@ -116,6 +123,12 @@ fn run(cfg: Config, mode: Mode) -> Result<()> {
     let (span_tx, span_rx) = crossbeam_channel::bounded(cfg.traces.queue_size);
     let (proc_tx, proc_rx) = crossbeam_channel::bounded(65_536);
     let resources: Resources = Default::default();
+    // Pod metadata: started before discovery's first scan so resources
+    // consult its cache (filled in the background, never waited for).
+    if let Some(kube) = kube {
+        crate::discovery::kubernetes::start(kube, cfg.node_name.clone(), resources.clone())
+            .context("starting the kubernetes metadata thread")?;
+    }
 
     let export_thread = match mode {
         Mode::Export => {
