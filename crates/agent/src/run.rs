@@ -65,8 +65,13 @@ pub fn main(config_path: Option<&Path>, mode: Mode) -> i32 {
 }
 
 fn init_logging(level: &str, file: Option<&Path>) {
-    let filter = tracing_subscriber::EnvFilter::try_new(format!("{level},libbpf=warn"))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // kube's client logs every failed request at ERROR: the kubernetes module
+    // reports API server trouble itself, rate-limited (`kube_client=debug` in
+    // the level brings them back).
+    let filter = tracing_subscriber::EnvFilter::try_new(format!(
+        "kube_client=off,kube_runtime=off,{level},libbpf=warn"
+    ))
+    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match file.and_then(|f| std::fs::File::create(f).ok()) {
         Some(f) => {
