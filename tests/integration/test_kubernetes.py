@@ -19,6 +19,8 @@ import os
 import secrets
 import shutil
 import signal
+import socket
+import threading
 import subprocess
 import sys
 import time
@@ -36,6 +38,8 @@ ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 NODE = "autotel-test-node"
 TOKEN = secrets.token_hex(16)
+# A user the API server knows but RBAC grants nothing: every call is a 403.
+NOBODY_TOKEN = secrets.token_hex(16)
 
 
 def run(cmd, **kw):
@@ -140,7 +144,8 @@ def cluster(tmp_path_factory):
                         pytrace=False)
     d = tmp_path_factory.mktemp("kube")
     make_certs(d)
-    (d / "tokens.csv").write_text(f'{TOKEN},admin,admin,"system:masters"\n')
+    (d / "tokens.csv").write_text(f'{TOKEN},admin,admin,"system:masters"\n'
+                                  f'{NOBODY_TOKEN},nobody,nobody\n')
     etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
     procs = []
     etcd_log = open(d / "etcd.log", "wb")
@@ -379,7 +384,7 @@ def test_pod_created_after_the_process_gets_metadata_later(cluster, pod_cgroup,
     container_id = secrets.token_hex(32)
     cg = pod_cgroup(config_hash, container_id)
     _, port = server_in_cgroup(cg)
-    agent = start_agent(k8s_env(cluster, port, tmp_path))
+    agent = start_agent({**k8s_env(cluster, port, tmp_path), "OTEL_METRIC_EXPORT_INTERVAL": "500"})
     # Wait for the watch to be in sync, so "no metadata" below is not a race.
     deadline = time.monotonic() + 30
     while "kubernetes: pod metadata in sync" not in agent.stderr_text():
@@ -418,6 +423,15 @@ def test_pod_created_after_the_process_gets_metadata_later(cluster, pod_cgroup,
     assert got == {"k8s.namespace.name": ns, "k8s.pod.name": f"etcd-{NODE}",
                    "k8s.node.name": NODE, "k8s.container.name": "etcd",
                    "k8s.pod.uid": config_hash, "container.id": container_id}, got
+    # The metric series made before the pod was known move to the new resource.
+    points = sink.wait_for_metrics(
+        lambda d: d["name"] == "http.server.request.duration"
+        and d["resource"].get("k8s.pod.uid") == config_hash
+        and d["resource"].get("k8s.pod.name") == f"etcd-{NODE}", timeout=10)
+    assert points, f"no http.server.request.duration point with the pod's name\n" \
+                   f"{agent.logs_tail(20)}"
+    print(f"metrics: {len(points)} http.server.request.duration points with k8s.pod.name",
+          flush=True)
 
 
 def test_apiserver_unreachable_keeps_spans_flowing(pod_cgroup, server_in_cgroup,
@@ -453,9 +467,93 @@ def test_apiserver_unreachable_keeps_spans_flowing(pod_cgroup, server_in_cgroup,
     print(f"kubernetes warnings: {len(warns)}: {warns[:1]}", flush=True)
     # The watcher retried meanwhile; the warning is rate-limited to one.
     assert len(warns) == 1, agent.logs_tail(30)
-    assert "cannot watch pods" in warns[0] and "cgroup attributes" in warns[0], warns[0]
+    assert "cannot list pods" in warns[0] and "cgroup attributes" in warns[0], warns[0]
+    assert "Connection refused" in warns[0], warns[0]
     errors = [l for l in agent.stderr_text().splitlines() if " ERROR " in l]
     assert not errors, errors[:3]
+
+
+def test_hanging_apiserver_is_reported_and_spans_keep_flowing(pod_cgroup, server_in_cgroup,
+                                                              start_agent, sink, tmp_path,
+                                                              require_root):
+    """An API server that accepts connections and never answers: no error comes
+    back for minutes, so the agent reports the missing pod list after 30 s."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held = []
+    stop = threading.Event()
+
+    def accept():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                pass
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        d = tmp_path / "pki"
+        d.mkdir()
+        make_certs(d)
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig",
+                                      f"https://127.0.0.1:{listener.getsockname()[1]}",
+                                      d / "ca.crt", "t")
+        pod_uid = str(uuid.uuid4())
+        container_id = secrets.token_hex(32)
+        _, port = server_in_cgroup(pod_cgroup(pod_uid, container_id))
+        agent = start_agent({"KUBECONFIG": str(kubeconfig), "AUTOTEL_NODE_NAME": NODE,
+                             "AUTOTEL_OPEN_PORTS": str(port), "HOME": str(tmp_path),
+                             "KUBERNETES_SERVICE_HOST": None})
+        get_requests(port, 5)
+        early = server_spans(sink, port, count=5)
+        assert len(early) == 5, agent.logs_tail(30)
+        deadline = time.monotonic() + 50
+        warns = []
+        while time.monotonic() < deadline and not warns:
+            time.sleep(1)
+            warns = [l for l in agent.stderr_text().splitlines()
+                     if "WARN" in l and "kubernetes: API server" in l]
+        print(f"kubernetes warnings: {len(warns)}: {warns[:1]}", flush=True)
+        assert len(warns) == 1, agent.logs_tail(30)
+        assert "no complete pod list after 30s" in warns[0], warns[0]
+        get_requests(port, 5)
+        spans = server_spans(sink, port, count=10)
+        assert len(spans) == 10, agent.logs_tail(30)
+        assert all(s["resource"].get("k8s.pod.uid") == pod_uid for s in spans)
+        assert agent.alive()
+    finally:
+        stop.set()
+        t.join(5)
+        for c in held:
+            c.close()
+        listener.close()
+
+
+def test_apiserver_refusing_us_403_keeps_spans_flowing(cluster, pod_cgroup, server_in_cgroup,
+                                                        start_agent, sink, tmp_path):
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig-nobody", cluster.url, cluster.ca,
+                                  NOBODY_TOKEN)
+    pod_uid = str(uuid.uuid4())
+    container_id = secrets.token_hex(32)
+    _, port = server_in_cgroup(pod_cgroup(pod_uid, container_id))
+    agent = start_agent({**k8s_env(cluster, port, tmp_path), "KUBECONFIG": str(kubeconfig)})
+    for _ in range(3):
+        get_requests(port, 5)
+        time.sleep(1)
+    spans = server_spans(sink, port, count=15)
+    assert len(spans) == 15, agent.logs_tail(30)
+    assert all(s["resource"].get("k8s.pod.uid") == pod_uid
+               and "k8s.pod.name" not in s["resource"] for s in spans)
+    warns = [l for l in agent.stderr_text().splitlines()
+             if "WARN" in l and "kubernetes: API server" in l]
+    print(f"kubernetes warnings: {len(warns)}: {warns[:1]}", flush=True)
+    assert len(warns) == 1, agent.logs_tail(30)
+    assert "cannot list pods: HTTP 403 Forbidden" in warns[0], warns[0]
+    assert "Status {" not in warns[0], warns[0]
+    assert agent.alive()
 
 
 def test_kubernetes_true_without_cluster_config_is_a_config_error(start_agent, tmp_path):

@@ -454,6 +454,42 @@ impl Warn {
     }
 }
 
+/// One line for a client error: an API status is "HTTP 403 Forbidden: <message>"
+/// (its Display would dump the whole Status structure).
+fn client_error(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(st) => format!("HTTP {} {}: {}", st.code, st.reason, st.message),
+        other => {
+            // "client error (Connect): tcp connect error: Connection refused".
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(s) = source {
+                let s_text = s.to_string();
+                if !text.contains(&s_text) {
+                    text.push_str(": ");
+                    text.push_str(&s_text);
+                }
+                source = s.source();
+            }
+            text
+        }
+    }
+}
+
+fn watch_error(e: &watcher::Error) -> String {
+    match e {
+        watcher::Error::InitialListFailed(e) => format!("cannot list pods: {}", client_error(e)),
+        watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => {
+            format!("cannot watch pods: {}", client_error(e))
+        }
+        watcher::Error::WatchError(st) => format!(
+            "cannot watch pods: HTTP {} {}: {}",
+            st.code, st.reason, st.message
+        ),
+        other => format!("cannot watch pods: {other}"),
+    }
+}
+
 /// ReplicaSet -> Deployment, cached per ReplicaSet.
 struct Owners {
     api_client: Client,
@@ -484,7 +520,10 @@ impl Owners {
                     .map(|(k, n)| (k.to_owned(), n.to_owned()))
             }),
             Ok(Err(e)) => {
-                warn.fail(&format!("cannot get replicaset {ns}/{rs}: {e}"), node);
+                warn.fail(
+                    &format!("cannot get replicaset {ns}/{rs}: {}", client_error(&e)),
+                    node,
+                );
                 return Err(());
             }
             Err(_) => {
@@ -506,6 +545,9 @@ impl Owners {
 /// Refresh period for resources built between a pod's arrival and their
 /// insertion in the shared map.
 const SWEEP: Duration = Duration::from_secs(5);
+/// A pod list that has not completed by then is reported (an API server that
+/// accepts connections but does not answer gives no error for minutes).
+const LIST_WARN_AFTER: Duration = Duration::from_secs(30);
 
 async fn watch(config: kube::Config, node: String, cache: Arc<PodCache>, resources: Resources) {
     let mut warn = Warn {
@@ -513,6 +555,10 @@ async fn watch(config: kube::Config, node: String, cache: Arc<PodCache>, resourc
         held: 0,
         failing: false,
     };
+    let mut config = config;
+    config
+        .connect_timeout
+        .get_or_insert(Duration::from_secs(10));
     let client = match Client::try_from(config) {
         Ok(c) => c,
         Err(e) => {
@@ -528,6 +574,8 @@ async fn watch(config: kube::Config, node: String, cache: Arc<PodCache>, resourc
     let wc = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let mut stream = watcher(pods, wc).default_backoff().boxed();
     let mut listing: Option<HashSet<String>> = None;
+    // Since when a complete pod list is awaited (None: in sync).
+    let mut awaiting = Some(Instant::now());
     let mut synced_once = false;
     let mut sweep = tokio::time::interval(SWEEP);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -540,12 +588,22 @@ async fn watch(config: kube::Config, node: String, cache: Arc<PodCache>, resourc
             },
             _ = sweep.tick() => {
                 refresh(&cache, &resources);
+                if awaiting.is_some_and(|t| t.elapsed() >= LIST_WARN_AFTER) {
+                    warn.fail(
+                        &format!("no complete pod list after {LIST_WARN_AFTER:?} (slow or hanging)"),
+                        &node,
+                    );
+                    awaiting = Some(Instant::now());
+                }
                 continue;
             }
         };
         match ev {
-            Err(e) => warn.fail(&format!("cannot watch pods: {e}"), &node),
-            Ok(watcher::Event::Init) => listing = Some(HashSet::new()),
+            Err(e) => warn.fail(&watch_error(&e), &node),
+            Ok(watcher::Event::Init) => {
+                listing = Some(HashSet::new());
+                awaiting.get_or_insert_with(Instant::now);
+            }
             Ok(watcher::Event::InitApply(pod)) | Ok(watcher::Event::Apply(pod)) => {
                 warn.ok();
                 let Some((keys, mut meta, rs)) = pod_meta(&pod) else {
@@ -579,6 +637,7 @@ async fn watch(config: kube::Config, node: String, cache: Arc<PodCache>, resourc
             }
             Ok(watcher::Event::InitDone) => {
                 warn.ok();
+                awaiting = None;
                 if let Some(seen) = listing.take() {
                     cache.retain(&seen);
                 }
