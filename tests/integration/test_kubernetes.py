@@ -20,6 +20,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import threading
 import subprocess
 import sys
@@ -476,8 +477,14 @@ def test_apiserver_unreachable_keeps_spans_flowing(pod_cgroup, server_in_cgroup,
 def test_hanging_apiserver_is_reported_and_spans_keep_flowing(pod_cgroup, server_in_cgroup,
                                                               start_agent, sink, tmp_path,
                                                               require_root):
-    """An API server that accepts connections and never answers: no error comes
-    back for minutes, so the agent reports the missing pod list after 30 s."""
+    """An API server that completes the TLS handshake and then never answers: no
+    error comes back for minutes (the client's read timeout is ~5 min, as long
+    as a watch), so the agent reports the missing pod list after 30 s."""
+    d = tmp_path / "pki"
+    d.mkdir()
+    make_certs(d)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(str(d / "server.crt"), str(d / "server.key"))
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
@@ -488,16 +495,18 @@ def test_hanging_apiserver_is_reported_and_spans_keep_flowing(pod_cgroup, server
         listener.settimeout(0.2)
         while not stop.is_set():
             try:
-                held.append(listener.accept()[0])
+                conn = listener.accept()[0]
             except OSError:
-                pass
+                continue
+            try:
+                conn.settimeout(5)
+                held.append(tls.wrap_socket(conn, server_side=True))  # handshake, then silence
+            except (OSError, ssl.SSLError):
+                conn.close()
 
     t = threading.Thread(target=accept, daemon=True)
     t.start()
     try:
-        d = tmp_path / "pki"
-        d.mkdir()
-        make_certs(d)
         kubeconfig = write_kubeconfig(tmp_path / "kubeconfig",
                                       f"https://127.0.0.1:{listener.getsockname()[1]}",
                                       d / "ca.crt", "t")

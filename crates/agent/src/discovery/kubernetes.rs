@@ -548,6 +548,7 @@ const SWEEP: Duration = Duration::from_secs(5);
 /// A pod list that has not completed by then is reported (an API server that
 /// accepts connections but does not answer gives no error for minutes).
 const LIST_WARN_AFTER: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn watch(config: kube::Config, node: String, cache: Arc<PodCache>, resources: Resources) {
     let mut warn = Warn {
@@ -555,10 +556,13 @@ async fn watch(config: kube::Config, node: String, cache: Arc<PodCache>, resourc
         held: 0,
         failing: false,
     };
+    // TCP connect and TLS handshake: kube's default is 30 s.
     let mut config = config;
-    config
-        .connect_timeout
-        .get_or_insert(Duration::from_secs(10));
+    config.connect_timeout = Some(
+        config
+            .connect_timeout
+            .map_or(CONNECT_TIMEOUT, |t| t.min(CONNECT_TIMEOUT)),
+    );
     let client = match Client::try_from(config) {
         Ok(c) => c,
         Err(e) => {
