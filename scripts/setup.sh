@@ -14,7 +14,8 @@ fi
 PACKAGES=(clang llvm libelf-dev zlib1g-dev pkg-config make
           bpftool nginx-light curl wrk iproute2 tmux prometheus python3-venv
           postgresql mariadb-server mariadb-client redis-server redis-tools memcached
-          nftables tcpdump dnsmasq-base bind9-dnsutils)
+          nftables tcpdump dnsmasq-base bind9-dnsutils
+          etcd-server golang-go openssl rsync)
 
 # Node.js for the trace-context tests (any recent version already present will do).
 command -v node >/dev/null 2>&1 || PACKAGES+=(nodejs)
@@ -44,6 +45,10 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "setup: installing cargo-fuzz"
   cargo install cargo-fuzz --locked -q
 fi
+
+# A real kube-apiserver (built once from Debian's kubernetes source package)
+# for the Kubernetes metadata tests; etcd-server above is its store.
+bash scripts/kube-apiserver.sh
 
 # Python packages for the integration tests (official OTel decoders, grpcio).
 PY=${PYTHON:-python3}

@@ -323,6 +323,11 @@ def test_daemonset_has_what_the_agent_needs():
         objs["ConfigMap"]["metadata"]["name"]
     env = env_of(c)
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    # The pods the agent watches for k8s.* metadata are this node's.
+    assert env["AUTOTEL_NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert env["AUTOTEL_KUBERNETES"]["value"] == "auto"
+    # No TCP-option context propagation by default, so no NET_ADMIN.
+    assert "AUTOTEL_CONTEXT_PROPAGATION" not in env
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"].endswith(":4317")
     assert env["AUTOTEL_PROMETHEUS_ADDRESS"]["value"] == "0.0.0.0"
     port = int(env["AUTOTEL_PROMETHEUS_PORT"]["value"])
@@ -366,7 +371,8 @@ def test_chart_metadata_and_values():
     assert chart["appVersion"] == version, "chart appVersion != workspace version"
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     for key in ["image", "exporter", "discovery", "prometheus", "resources", "extraEnv",
-                "tolerations", "nodeSelector", "config", "tlsCapture"]:
+                "tolerations", "nodeSelector", "config", "tlsCapture", "kubernetes",
+                "contextPropagation"]:
         assert key in values, key
     assert set(values["exporter"]) >= {"endpoint", "protocol"}
     assert set(values["discovery"]) >= {"openPorts", "executableName"}
@@ -401,6 +407,7 @@ VARIANTS = {
                        "exporter.metricExportInterval=15000"],
     "no-tls": ["tlsCapture=false", "hostNetwork=true", "prometheus.port=9500",
                "prometheus.service.enabled=false", "serviceAccount.rbac=false"],
+    "tcp-option+no-k8s": ["contextPropagation=tcp_option", "kubernetes.enabled=false"],
 }
 
 
@@ -424,6 +431,12 @@ def test_chart_variants_render_valid_objects(helm, kv, variant, tmp_path):
         assert "Namespace" not in by_kind(objs)
         assert "discovery" not in cfg
         assert "SYS_ADMIN" in adds
+        assert "NET_ADMIN" not in adds and "AUTOTEL_CONTEXT_PROPAGATION" not in env
+        assert env["AUTOTEL_KUBERNETES"]["value"] == "auto"
+    if variant == "tcp-option+no-k8s":
+        assert "NET_ADMIN" in adds, adds
+        assert env["AUTOTEL_CONTEXT_PROPAGATION"]["value"] == "tcp_option"
+        assert env["AUTOTEL_KUBERNETES"]["value"] == "false"
     if variant == "selectors+http":
         assert cfg["discovery"] == {"open_ports": "80,443,8000-8999",
                                     "executable_name": "^(nginx|python3?)$"}

@@ -159,6 +159,45 @@ pub struct NetworkFile {
     pub whole_host: Option<bool>,
 }
 
+/// `true`, `false` or a word (`auto`): YAML reads the first two as booleans.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Switch {
+    Bool(bool),
+    Str(String),
+}
+
+impl Switch {
+    fn text(&self) -> String {
+        match self {
+            Switch::Bool(b) => b.to_string(),
+            Switch::Str(s) => s.clone(),
+        }
+    }
+}
+
+/// Pod metadata from the API server.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesFile {
+    /// `auto` (default), `true` or `false`.
+    pub enabled: Option<Switch>,
+}
+
+/// Beyla's `attributes.kubernetes.enable`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BeylaKubernetesFile {
+    pub enable: Option<Switch>,
+}
+
+/// Beyla's `attributes:` section (only `kubernetes.enable` is meaningful here).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BeylaAttributesFile {
+    pub kubernetes: Option<BeylaKubernetesFile>,
+}
+
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
@@ -169,6 +208,7 @@ pub struct ConfigFile {
     pub prometheus_export: Option<PrometheusFile>,
     pub capture: Option<CaptureFile>,
     pub network: Option<NetworkFile>,
+    pub kubernetes: Option<KubernetesFile>,
     pub sampler: Option<SamplerFile>,
     pub same_host_linking: Option<bool>,
     pub context_propagation: Option<String>,
@@ -181,6 +221,7 @@ pub struct ConfigFile {
     pub pid: Option<Scalar>,
     pub prometheus: Option<PrometheusFile>,
     pub traces: Option<BeylaTracesFile>,
+    pub attributes: Option<BeylaAttributesFile>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,6 +321,10 @@ pub struct Config {
     pub network_whole_host: bool,
     pub print_traces: bool,
     pub log_level: String,
+    /// Pod metadata from the API server (`kubernetes.enabled`).
+    pub kubernetes: crate::discovery::kubernetes::Mode,
+    /// This node's name: the pods watched are the ones scheduled here.
+    pub node_name: String,
     /// Notes to log once logging is up (e.g. aliases used).
     pub notes: Vec<String>,
 }
@@ -711,6 +756,7 @@ impl Config {
             Some(v) => parse_bool("AUTOTEL_PRINT_TRACES", &v)?,
             None => file.print_traces.unwrap_or(false),
         };
+        let (kubernetes, node_name) = kubernetes_settings(&file, &mut notes)?;
         Ok(Config {
             discovery,
             traces,
@@ -736,9 +782,62 @@ impl Config {
             log_level: env("AUTOTEL_LOG_LEVEL")
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".into()),
+            kubernetes,
+            node_name,
             notes,
         })
     }
+}
+
+/// `kubernetes.enabled` (env AUTOTEL_KUBERNETES; Beyla's
+/// `attributes.kubernetes.enable` / BEYLA_KUBE_METADATA_ENABLE as aliases)
+/// and the node name: AUTOTEL_NODE_NAME, NODE_NAME, then the hostname.
+fn kubernetes_settings(
+    file: &ConfigFile,
+    notes: &mut Vec<String>,
+) -> Result<(crate::discovery::kubernetes::Mode, String)> {
+    use crate::discovery::kubernetes::Mode;
+    let mut mode = file
+        .kubernetes
+        .as_ref()
+        .and_then(|k| k.enabled.as_ref())
+        .map(|v| (v.text(), "kubernetes.enabled"));
+    if let Some(v) = file
+        .attributes
+        .as_ref()
+        .and_then(|a| a.kubernetes.as_ref())
+        .and_then(|k| k.enable.as_ref())
+    {
+        notes.push(
+            "config key `attributes.kubernetes.enable` is a Beyla alias of `kubernetes.enabled`"
+                .into(),
+        );
+        mode = mode.or(Some((v.text(), "attributes.kubernetes.enable")));
+    }
+    if let Some(v) = env("BEYLA_KUBE_METADATA_ENABLE") {
+        notes.push(
+            "environment BEYLA_KUBE_METADATA_ENABLE is an alias of AUTOTEL_KUBERNETES".into(),
+        );
+        mode = Some((v, "BEYLA_KUBE_METADATA_ENABLE"));
+    }
+    if let Some(v) = env("AUTOTEL_KUBERNETES") {
+        mode = Some((v, "AUTOTEL_KUBERNETES"));
+    }
+    let mode = match mode {
+        // Beyla says `autodetect` for auto.
+        Some((v, from)) => {
+            match Mode::parse(&v).or_else(|| (v.trim() == "autodetect").then_some(Mode::Auto)) {
+                Some(m) => m,
+                None => bail!("{from}: expected auto, true or false, got {v:?}"),
+            }
+        }
+        None => Mode::Auto,
+    };
+    let node = env("AUTOTEL_NODE_NAME")
+        .or_else(|| env("NODE_NAME"))
+        .map(|n| n.trim().to_owned())
+        .unwrap_or_else(crate::discovery::resource::host_name);
+    Ok((mode, node))
 }
 
 /// Strict YAML parsing: serde_yaml's errors name the unknown key and its line.
@@ -800,6 +899,32 @@ mod tests {
             parse_kv_list("api-key=a%20b,x=1"),
             vec![("api-key".into(), "a b".into()), ("x".into(), "1".into())]
         );
+    }
+
+    #[test]
+    fn kubernetes_section() {
+        use crate::discovery::kubernetes::Mode;
+        let mode = |yaml: &str| {
+            let f = parse_file(yaml).unwrap();
+            kubernetes_settings(&f, &mut Vec::new()).map(|(m, _)| m)
+        };
+        // Environment-free keys only (AUTOTEL_KUBERNETES is read here too).
+        if env("AUTOTEL_KUBERNETES").is_none() && env("BEYLA_KUBE_METADATA_ENABLE").is_none() {
+            assert_eq!(mode("log_level: info\n").unwrap(), Mode::Auto);
+            assert_eq!(mode("kubernetes:\n  enabled: auto\n").unwrap(), Mode::Auto);
+            assert_eq!(mode("kubernetes:\n  enabled: true\n").unwrap(), Mode::On);
+            assert_eq!(mode("kubernetes:\n  enabled: false\n").unwrap(), Mode::Off);
+            assert_eq!(
+                mode("attributes:\n  kubernetes:\n    enable: autodetect\n").unwrap(),
+                Mode::Auto
+            );
+            let err = mode("kubernetes:\n  enabled: sometimes\n").unwrap_err();
+            assert!(err.to_string().contains("kubernetes.enabled"), "{err}");
+        }
+        let err = parse_file("kubernetes:\n  enable: true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("enable") && err.contains("line 2"), "{err}");
     }
 
     #[test]

@@ -47,7 +47,14 @@ pub fn main(config_path: Option<&Path>, mode: Mode) -> i32 {
     for note in &cfg.notes {
         tracing::info!("{note}");
     }
-    match run(cfg, mode) {
+    let kube = match crate::discovery::kubernetes::client_config(cfg.kubernetes) {
+        Ok(k) => k,
+        Err(msg) => {
+            eprintln!("autotel: configuration error: {msg}");
+            return 2;
+        }
+    };
+    match run(cfg, mode, kube) {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -58,8 +65,13 @@ pub fn main(config_path: Option<&Path>, mode: Mode) -> i32 {
 }
 
 fn init_logging(level: &str, file: Option<&Path>) {
-    let filter = tracing_subscriber::EnvFilter::try_new(format!("{level},libbpf=warn"))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // kube's client logs every failed request at ERROR: the kubernetes module
+    // reports API server trouble itself, rate-limited (`kube_client=debug` in
+    // the level brings them back).
+    let filter = tracing_subscriber::EnvFilter::try_new(format!(
+        "kube_client=off,kube_runtime=off,{level},libbpf=warn"
+    ))
+    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match file.and_then(|f| std::fs::File::create(f).ok()) {
         Some(f) => {
@@ -77,7 +89,7 @@ fn init_logging(level: &str, file: Option<&Path>) {
 /// Set in `top` mode: the terminal belongs to the live view.
 static QUIET_TERMINAL: AtomicBool = AtomicBool::new(false);
 
-fn run(cfg: Config, mode: Mode) -> Result<()> {
+fn run(cfg: Config, mode: Mode, kube: Option<kube::Config>) -> Result<()> {
     QUIET_TERMINAL.store(mode == Mode::Top, Ordering::Relaxed);
     let shutdown = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, shutdown.clone())?;
@@ -116,6 +128,12 @@ fn run(cfg: Config, mode: Mode) -> Result<()> {
     let (span_tx, span_rx) = crossbeam_channel::bounded(cfg.traces.queue_size);
     let (proc_tx, proc_rx) = crossbeam_channel::bounded(65_536);
     let resources: Resources = Default::default();
+    // Pod metadata: started before discovery's first scan so resources
+    // consult its cache (filled in the background, never waited for).
+    if let Some(kube) = kube {
+        crate::discovery::kubernetes::start(kube, cfg.node_name.clone(), resources.clone())
+            .context("starting the kubernetes metadata thread")?;
+    }
 
     let export_thread = match mode {
         Mode::Export => {

@@ -3,6 +3,7 @@
 //! selected set lives in the kernel's pid map, so unselected processes cost
 //! one lookup per syscall and nothing more.
 
+pub mod kubernetes;
 mod listeners;
 pub mod procfs;
 pub mod resource;

@@ -1,5 +1,6 @@
 //! The OTel resource of a traced process: service naming, process and host
-//! attributes, container id. Built once per process.
+//! attributes, container id and pod UID (and, with the API server, pod and
+//! workload names: see kubernetes.rs). Built once per process.
 
 use super::procfs;
 use autotel_model::{AttrValue, Resource};
@@ -333,6 +334,9 @@ pub fn build(pid: u32, host: &str, exec_path: Option<&str>, naming: &Naming) -> 
     }
     if let Some(uid) = pod_uid(&cgroup) {
         attributes.push(("k8s.pod.uid".into(), uid.into()));
+        // Namespace, pod, workload names from the API server's pod cache
+        // (when on and the pod is known; else filled in once it is).
+        super::kubernetes::enrich(&mut attributes);
     }
     for (k, v) in env_attrs {
         if !attributes.iter().any(|(have, _)| *have == k) {

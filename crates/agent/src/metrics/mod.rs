@@ -350,6 +350,10 @@ impl Store {
             let def = metric.def();
             let per_metric = self.series.entry(*metric).or_default();
             if let Some(series) = per_metric.get_mut(&key) {
+                // The process's resource was rebuilt (pod metadata arrived).
+                if !Arc::ptr_eq(&series.resource, resource) {
+                    series.resource = resource.clone();
+                }
                 series.observe(def.buckets, *v);
                 continue;
             }

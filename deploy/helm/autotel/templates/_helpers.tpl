@@ -27,4 +27,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if .Values.tlsCapture }}
 - SYS_ADMIN
 {{- end }}
+{{- if eq (toString .Values.contextPropagation) "tcp_option" }}
+- NET_ADMIN
+{{- end }}
 {{- end -}}
