@@ -21,6 +21,8 @@ unit:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --release --all-targets -- -D warnings
+	# The fuzz crate is outside the workspace: type-check its targets here too.
+	$(CARGO) check --manifest-path fuzz/Cargo.toml --bins
 
 integration: build
 	$(PYTHON) -m pytest tests/integration -v -p no:cacheprovider

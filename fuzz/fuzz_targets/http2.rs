@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let mut conn = match data[0] % 4 {
         0 => Http2Connection::new(),
         1 => Http2Connection::mid_connection(),
-        2 => Http2Connection::after_upgrade(Http2Request::default(), Timing::default()),
+        2 => Http2Connection::after_upgrade(Http2Request::default(), Timing::default(), 0),
         _ => {
             // A real preface first, so the fuzzer reaches frames and HPACK.
             let mut c = Http2Connection::new();
