@@ -9,6 +9,7 @@
 //! logs one rate-limited warning; spans and metrics keep flowing.
 
 use super::Resources;
+use crate::rate_limit::RateLimitedCount;
 use autotel_model::{AttrValue, Resource};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
@@ -376,10 +377,8 @@ pub fn client_config(mode: Mode) -> Result<Option<kube::Config>, String> {
         tracing::debug!("kubernetes: no in-cluster configuration and no KUBECONFIG: metadata off");
         return Ok(None);
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("kubernetes: cannot start a runtime: {e}"))?;
+    let rt = crate::export::runtime("the kubernetes configuration")
+        .ok_or("kubernetes: cannot start a runtime")?;
     match rt.block_on(kube::Config::infer()) {
         Ok(c) => Ok(Some(c)),
         Err(e) if mode == Mode::On => Err(format!(
@@ -405,15 +404,8 @@ pub fn start(config: kube::Config, node: String, resources: Resources) -> std::i
     std::thread::Builder::new()
         .name("kubernetes".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::warn!("kubernetes: cannot start a runtime: {e}: pod metadata off");
-                    return;
-                }
+            let Some(rt) = crate::export::runtime("kubernetes pod metadata (off)") else {
+                return;
             };
             rt.block_on(watch(config, node, cache, resources));
         })?;
@@ -423,8 +415,7 @@ pub fn start(config: kube::Config, node: String, resources: Resources) -> std::i
 /// Warnings about the API server: the first at once, then at most one per
 /// interval (with how many were held back); one info when it works again.
 struct Warn {
-    last: Option<Instant>,
-    held: u64,
+    limit: RateLimitedCount,
     failing: bool,
 }
 
@@ -433,18 +424,17 @@ const WARN_EVERY: Duration = Duration::from_secs(300);
 impl Warn {
     fn fail(&mut self, what: &str, node: &str) {
         self.failing = true;
-        if self.last.is_some_and(|t| t.elapsed() < WARN_EVERY) {
-            self.held += 1;
+        self.limit.add(1);
+        let Some(n) = self.limit.due() else {
             return;
-        }
-        let held = std::mem::take(&mut self.held);
+        };
+        let held = n - 1;
         tracing::warn!(
             node,
             "kubernetes: API server: {what}; spans and metrics keep only the cgroup attributes \
              (k8s.pod.uid, container.id) until it answers (retrying; {held} similar errors \
              since the last warning)"
         );
-        self.last = Some(Instant::now());
     }
 
     fn ok(&mut self) {
@@ -552,8 +542,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn watch(config: kube::Config, node: String, cache: Arc<PodCache>, resources: Resources) {
     let mut warn = Warn {
-        last: None,
-        held: 0,
+        limit: RateLimitedCount::new(WARN_EVERY),
         failing: false,
     };
     // TCP connect and TLS handshake: kube's default is 30 s.

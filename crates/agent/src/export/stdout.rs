@@ -15,11 +15,12 @@ fn push_quoted(out: &mut String, v: &str) {
     }
 }
 
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(HEX[(b >> 4) as usize] as char);
-        out.push(HEX[(b & 0xf) as usize] as char);
+/// Appends a trace or span id in lower-case hex, through a stack buffer.
+fn push_hex(out: &mut String, id: &[u8]) {
+    let mut buf = [0u8; 32];
+    let hex = &mut buf[..id.len() * 2];
+    if hex::encode_to_slice(id, hex).is_ok() {
+        out.push_str(std::str::from_utf8(hex).unwrap_or_default());
     }
 }
 

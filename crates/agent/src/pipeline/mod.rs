@@ -18,6 +18,7 @@ pub mod tls;
 use crate::config::Discovery;
 use crate::discovery::{resource, ProcEvent, Resources};
 use crate::metrics::{SharedStore, Store};
+use crate::rate_limit::RateLimitedCount;
 use crate::selfmetrics::SelfMetrics;
 use crate::tracer::abi::{self, ConnTuple, DataEvent, Event};
 use autotel_model::{Resource, Span, TraceId};
@@ -149,36 +150,6 @@ impl Conn {
         } else {
             (t.saddr, t.sport, t.daddr, t.dport)
         }
-    }
-}
-
-/// Accumulates a count and says it at most once per period (log flood guard).
-struct RateLimitedCount {
-    period: std::time::Duration,
-    last: Option<std::time::Instant>,
-    pending: u64,
-}
-
-impl RateLimitedCount {
-    fn new(period: std::time::Duration) -> Self {
-        Self {
-            period,
-            last: None,
-            pending: 0,
-        }
-    }
-
-    fn add(&mut self, n: u64) {
-        self.pending += n;
-    }
-
-    /// The count to report now, if any and if the period has passed.
-    fn due(&mut self) -> Option<u64> {
-        if self.pending == 0 || self.last.is_some_and(|t| t.elapsed() < self.period) {
-            return None;
-        }
-        self.last = Some(std::time::Instant::now());
-        Some(std::mem::take(&mut self.pending))
     }
 }
 
