@@ -122,6 +122,7 @@ fn run(cfg: Config, mode: Mode, kube: Option<kube::Config>) -> Result<()> {
         select_on_exec: cfg.discovery.selects_on_exec(),
         tcp_option_cgroup: cfg.tcp_option_cgroup.clone(),
         network_whole_host: cfg.network_whole_host,
+        capture_hooks: cfg.capture_hooks,
     })?;
 
     // Stages and the channels between them.
