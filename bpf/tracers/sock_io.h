@@ -121,7 +121,7 @@ static __always_inline int call_args(struct at_task_state *st, struct at_syscall
 	a->fd = (__s32)AT_ARG0(regs);
 	a->buf = AT_ARG1(regs);
 	a->iovcnt = 0;
-	a->enter_ns = bpf_ktime_get_ns();
+	a->enter_ns = 0; /* the transfer is over: the event's exit time stands for both */
 	if (direction == AT_DIR_INGRESS) {
 		switch (nr) {
 		case AT_NR_READ:

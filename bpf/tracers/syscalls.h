@@ -205,8 +205,8 @@ static __always_inline struct at_data_event *begin_event(struct at_task_state *s
 	ev->tid = tid;
 	ev->fd = fd;
 	ev->conn_start_ns = info->start_ns;
-	ev->enter_ns = enter_ns;
 	ev->exit_ns = bpf_ktime_get_ns();
+	ev->enter_ns = enter_ns ? enter_ns : ev->exit_ns;
 	ev->total_len = (__u32)ret;
 	ev->captured_len = 0;
 	ev->tail_len = 0;
