@@ -277,8 +277,11 @@ class Collector:
     def spans(self):
         return self.counts()["spans"]
 
-    def settle(self, expect=None, quiet=1.0, timeout=15.0):
-        """Wait until the span count reaches `expect` or stops moving for `quiet` s."""
+    def settle(self, expect=None, quiet=2.5, timeout=15.0):
+        """Wait until the span count reaches `expect` or stops moving for `quiet` s.
+        `quiet` must outlast the agent's batch delay (1 s) plus the collector's own
+        latency (it runs under SCHED_IDLE): a last partial batch still on its way
+        is not a missing span."""
         end = time.time() + timeout
         last, since = self.spans(), time.time()
         while time.time() < end:
