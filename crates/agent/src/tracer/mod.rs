@@ -18,7 +18,7 @@ use libbpf_rs::{Link, MapCore, MapFlags, MapHandle};
 use skel::{AutotelSkel, AutotelSkelBuilder};
 use std::mem::MaybeUninit;
 
-pub use hooks::CaptureHooks;
+pub use hooks::{kernel_has_socket_hooks, CaptureHooks};
 
 pub struct TracerOptions {
     pub capture_max_bytes: u32,
