@@ -14,6 +14,7 @@
 #include "tracers/sockets.h"
 #include "tracers/network.h"
 #include "tracers/syscalls.h"
+#include "tracers/sock_io.h"
 #include "tracers/tls.h"
 
 /* Force BTF emission of the event types so the skeleton generates Rust

@@ -208,6 +208,9 @@ struct at_conn_info {
 	__u8 is_socket; /* 0: a file/pipe/unix socket we ignore (negative cache) */
 	__u8 last_dir;  /* enum at_last_dir: request boundaries for trace context on the wire */
 	__u8 _pad[5];
+	/* The sock behind the fd: a different one means the fd was closed and
+	 * reused, which the socket-level hooks see without a close() hook. */
+	__u64 sk;
 };
 
 enum at_last_dir {

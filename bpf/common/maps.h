@@ -86,10 +86,15 @@ struct at_task_state {
 	/* Trace id the thread's outgoing requests carry on the wire: the one a
 	 * peer sent with the request it serves, or one chosen at its first call. */
 	__u8 wire_trace[16];
+	/* sendmmsg seen by the socket hooks: the array, and the message last
+	 * reported from it, and when. */
+	__u64 mmsg_vec;
+	__u64 mmsg_ns;
+	__u32 mmsg_idx;
 	__u8 args_valid;
 	__u8 ctx_valid;
 	__u8 wire_trace_valid;
-	__u8 _pad[5];
+	__u8 _pad[1];
 };
 
 struct {

@@ -99,11 +99,11 @@ static __always_inline void emit_flow(const struct sock *sk, struct at_flow_stat
 	bpf_ringbuf_submit(ev, ringbuf_flags(&proc_events));
 }
 
-/* Called at accept() exit with the new fd: the passive side's owner. */
-static __always_inline void flow_accepted(__u32 tgid, __u32 tid, __s32 fd, __u8 owner)
+/* The passive side's owner is known: at accept() (syscall hooks) or at the
+ * connection's first data (socket hooks). */
+static __always_inline void flow_accepted_sock(__u32 tgid, __u32 tid, struct sock *sk, __u8 owner)
 {
-	struct sock *sk = fd_to_sock(fd);
-	if (!sk || BPF_CORE_READ(sk, sk_protocol) != AT_IPPROTO_TCP)
+	if (BPF_CORE_READ(sk, sk_protocol) != AT_IPPROTO_TCP)
 		return;
 	__u64 key = (__u64)sk;
 	if (tgid == self_tgid) {
@@ -124,6 +124,14 @@ static __always_inline void flow_accepted(__u32 tgid, __u32 tid, __s32 fd, __u8 
 	owner_comm(st.comm);
 	emit_flow(sk, &st, AT_FLOW_OPEN, AT_TCP_ESTABLISHED);
 	bpf_map_update_elem(&flows, &key, &st, BPF_ANY);
+}
+
+/* Called at accept() exit with the new fd. */
+static __always_inline void flow_accepted(__u32 tgid, __u32 tid, __s32 fd, __u8 owner)
+{
+	struct sock *sk = fd_to_sock(fd);
+	if (sk)
+		flow_accepted_sock(tgid, tid, sk, owner);
 }
 
 SEC("tp_btf/inet_sock_set_state")

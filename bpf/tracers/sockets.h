@@ -66,13 +66,11 @@ static __always_inline int read_sk_tuple(const struct sock *sk, struct at_conn_t
 	return 0;
 }
 
-/* Fills info from the fd. Returns 0 for what we parse: TCP over IPv4/IPv6,
+/* Fills info from the sock. Returns 0 for what we parse: TCP over IPv4/IPv6,
  * and connected UDP sockets talking to port 53 (DNS lookups). */
-static __always_inline int read_tcp_tuple(__s32 fd, struct at_conn_info *info)
+static __always_inline int read_sock_tuple(struct sock *sk, struct at_conn_info *info)
 {
-	struct sock *sk = fd_to_sock(fd);
-	if (!sk)
-		return -1;
+	info->sk = (__u64)sk;
 	__u16 type = BPF_CORE_READ(sk, sk_type);
 	__u16 proto = BPF_CORE_READ(sk, sk_protocol);
 	int tcp = type == AT_SOCK_STREAM && proto == AT_IPPROTO_TCP;
@@ -99,7 +97,8 @@ static __always_inline struct at_conn_info *lookup_conn(__u32 tgid, __s32 fd, __
 	struct at_conn_info fresh = {};
 	fresh.start_ns = bpf_ktime_get_ns();
 	fresh.role = role;
-	fresh.is_socket = read_tcp_tuple(fd, &fresh) == 0;
+	struct sock *sk = fd_to_sock(fd);
+	fresh.is_socket = sk && read_sock_tuple(sk, &fresh) == 0;
 	bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY);
 	return bpf_map_lookup_elem(&conns, &key);
 }

@@ -30,6 +30,17 @@ static __always_inline struct at_conn_info *known_fd(__s32 fd, int *selected)
 	return bpf_map_lookup_elem(&conns, &key);
 }
 
+/* Inside SSL_read/SSL_write/SSL_do_handshake, a socket call names the
+ * library's socket. */
+static __always_inline void ssl_learn_fd(struct at_task_state *st, __s32 fd)
+{
+	if (st->ssl.active && st->ssl.fd != fd) {
+		st->ssl.fd = fd;
+		__u64 ssl = st->ssl.ssl;
+		bpf_map_update_elem(&ssl_fds, &ssl, &fd, BPF_ANY);
+	}
+}
+
 static __always_inline int save_args(__s32 fd, __u64 buf, __u64 iovcnt, __u8 syscall)
 {
 	int selected;
@@ -39,12 +50,7 @@ static __always_inline int save_args(__s32 fd, __u64 buf, __u64 iovcnt, __u8 sys
 	struct at_task_state *st = task_state_get(BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!st)
 		return 0;
-	if (st->ssl.active && st->ssl.fd != fd) {
-		/* Inside SSL_read/SSL_write/SSL_do_handshake: this is its socket. */
-		st->ssl.fd = fd;
-		__u64 ssl = st->ssl.ssl;
-		bpf_map_update_elem(&ssl_fds, &ssl, &fd, BPF_ANY);
-	}
+	ssl_learn_fd(st, fd);
 	if (syscall == AT_SYS_WRITE || syscall == AT_SYS_WRITEV || syscall == AT_SYS_SENDTO ||
 	    syscall == AT_SYS_SENDMSG || syscall == AT_SYS_SENDFILE)
 		wire_client_write(st, info, bpf_get_current_pid_tgid() >> 32, fd);
@@ -199,8 +205,8 @@ static __always_inline struct at_data_event *begin_event(struct at_task_state *s
 	ev->tid = tid;
 	ev->fd = fd;
 	ev->conn_start_ns = info->start_ns;
-	ev->enter_ns = enter_ns;
 	ev->exit_ns = bpf_ktime_get_ns();
+	ev->enter_ns = enter_ns ? enter_ns : ev->exit_ns;
 	ev->total_len = (__u32)ret;
 	ev->captured_len = 0;
 	ev->tail_len = 0;
@@ -225,6 +231,28 @@ static __always_inline struct at_data_event *begin_event(struct at_task_state *s
 	return ev;
 }
 
+/* One data event for `ret` bytes moved by the call `a` describes. Shared by
+ * the syscall and the socket-level hooks. */
+static __always_inline void emit_transfer(struct at_task_state *st, struct at_conn_info *info, __u32 tid, __u32 tgid,
+					  struct at_syscall_args *a, long ret, __u8 direction)
+{
+	struct at_data_event *ev =
+		begin_event(st, info, tid, tgid, a->fd, direction, a->syscall, a->enter_ns, ret);
+	if (!ev)
+		return;
+	if (a->syscall == AT_SYS_SENDMMSG) {
+		emit_mmsg(ev, a->buf, ret);
+		return;
+	}
+	if (a->syscall == AT_SYS_SENDFILE) {
+		/* The body never passes through user memory: count it only. */
+	} else if (a->iovcnt)
+		capture_iov(ev, a->buf, a->iovcnt, (__u32)ret);
+	else
+		capture_plain(ev, a->buf, (__u32)ret);
+	output_data(ev);
+}
+
 /* Exit side: pairs with the saved entry, resolves the connection, emits. */
 static __always_inline int emit_data(long ret, __u8 direction)
 {
@@ -247,20 +275,7 @@ static __always_inline int emit_data(long ret, __u8 direction)
 	struct at_conn_info *info = lookup_conn(tgid, a.fd, AT_ROLE_UNKNOWN, 0);
 	if (!info || !info->is_socket)
 		return 0;
-	struct at_data_event *ev = begin_event(st, info, tid, tgid, a.fd, direction, a.syscall, a.enter_ns, ret);
-	if (!ev)
-		return 0;
-	if (a.syscall == AT_SYS_SENDMMSG) {
-		emit_mmsg(ev, a.buf, ret);
-		return 0;
-	}
-	if (a.syscall == AT_SYS_SENDFILE) {
-		/* The body never passes through user memory: count it only. */
-	} else if (a.iovcnt)
-		capture_iov(ev, a.buf, a.iovcnt, (__u32)ret);
-	else
-		capture_plain(ev, a.buf, (__u32)ret);
-	output_data(ev);
+	emit_transfer(st, info, tid, tgid, &a, ret, direction);
 	return 0;
 }
 
@@ -316,6 +331,38 @@ static __always_inline int mark_conn(long ret, int accepted)
 	return 0;
 }
 
+/* Tells user space a connection ended. Same ring as the data: the close
+ * must be read after the last data. */
+static __always_inline void emit_close(struct at_conn_info *info, __u32 tgid, __u32 tid, __s32 fd)
+{
+	struct at_close_event *ev = bpf_ringbuf_reserve(&data_events, sizeof(*ev), 0);
+	if (!ev) {
+		count(AT_CNT_CLOSE_LOST);
+		return;
+	}
+	ev->type = AT_EV_CLOSE;
+	ev->role = info->role;
+	ev->_pad = 0;
+	ev->pid = tgid;
+	ev->tid = tid;
+	ev->fd = fd;
+	ev->conn_start_ns = info->start_ns;
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->tuple = info->tuple;
+	bpf_ringbuf_submit(ev, ringbuf_flags(&data_events));
+}
+
+/* Forgets (tgid, fd) and the wire context kept for its connection. */
+static __always_inline void drop_conn(struct at_conn_info *info, __u32 tgid, __s32 fd)
+{
+	if (propagate_ctx && info->role == AT_ROLE_SERVER)
+		bpf_map_delete_elem(&ctx_in, &info->tuple);
+	else if (propagate_ctx && info->role == AT_ROLE_CLIENT)
+		bpf_map_delete_elem(&ctx_out, &info->tuple);
+	__u64 key = conn_key(tgid, fd);
+	bpf_map_delete_elem(&conns, &key);
+}
+
 /* close: tell user space the connection ended, forget the fd. */
 static __always_inline int forget_fd(__s32 fd, int report)
 {
@@ -325,30 +372,9 @@ static __always_inline int forget_fd(__s32 fd, int report)
 	struct at_conn_info *info = known_fd(fd, &selected);
 	if (!info)
 		return 0;
-	__u64 key = conn_key(tgid, fd);
-	if (report && info->is_socket) {
-		/* Same ring as the data: the close must be read after the last data. */
-		struct at_close_event *ev = bpf_ringbuf_reserve(&data_events, sizeof(*ev), 0);
-		if (ev) {
-			ev->type = AT_EV_CLOSE;
-			ev->role = info->role;
-			ev->_pad = 0;
-			ev->pid = tgid;
-			ev->tid = (__u32)id;
-			ev->fd = fd;
-			ev->conn_start_ns = info->start_ns;
-			ev->ts_ns = bpf_ktime_get_ns();
-			ev->tuple = info->tuple;
-			bpf_ringbuf_submit(ev, ringbuf_flags(&data_events));
-		} else {
-			count(AT_CNT_CLOSE_LOST);
-		}
-	}
-	if (propagate_ctx && info->role == AT_ROLE_SERVER)
-		bpf_map_delete_elem(&ctx_in, &info->tuple);
-	else if (propagate_ctx && info->role == AT_ROLE_CLIENT)
-		bpf_map_delete_elem(&ctx_out, &info->tuple);
-	bpf_map_delete_elem(&conns, &key);
+	if (report && info->is_socket)
+		emit_close(info, tgid, (__u32)id, fd);
+	drop_conn(info, tgid, fd);
 	return 0;
 }
 

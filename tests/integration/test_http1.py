@@ -604,3 +604,45 @@ def test_n_yaml_unknown_key_is_an_error(require_root, agent_bin, tmp_path):
     assert "line" in cp.stderr.lower(), cp.stderr
     # the unknown key is on line 3 of the file (after a comment line)
     assert re.search(r"line\W*3\b", cp.stderr, re.I), f"line 3 not named: {cp.stderr}"
+
+
+# --------------------------------------------------------------------------------------
+# (o) capture hooks: socket-level (default where the kernel has them) and the
+#     syscall-level fallback give the same spans; only the chosen set is attached.
+# --------------------------------------------------------------------------------------
+
+
+def loaded_programs() -> set:
+    out = subprocess.run([BPFTOOL, "-j", "prog", "show"], capture_output=True, text=True,
+                         check=True).stdout
+    return {p.get("name", "") for p in json.loads(out or "[]")}
+
+
+@pytest.mark.parametrize("hooks", ["auto", "syscall"])
+def test_o_capture_hooks(require_root, sink, start_agent, http_server, hooks):
+    srv = http_server()
+    agent = start_agent({"AUTOTEL_OPEN_PORTS": srv.port, "AUTOTEL_CAPTURE_HOOKS": hooks})
+    # This kernel (6.18) has sock_send_length/sock_recv_length: auto means socket.
+    want = "socket" if hooks == "auto" else "syscall"
+    assert f'hooks="{want}"' in agent.stderr_text() or f"hooks={want}" in agent.stderr_text(), \
+        agent.logs_tail()
+    progs = loaded_programs()
+    socket_progs = {"at_sock_send", "at_sock_recv", "at_sock_life"}
+    syscall_progs = {"at_sys_enter", "at_sys_exit"}
+    print(f"hooks={hooks}: at_ programs loaded: {sorted(p for p in progs if p.startswith('at_'))}")
+    if want == "socket":
+        assert socket_progs <= progs and not (syscall_progs & progs), progs
+    else:
+        assert syscall_progs <= progs and not (socket_progs & progs), progs
+    sent = run_curls(srv, 6, 2, http10_every=3)
+    assert_python_server_spans(sink, srv, sent, label=f"server spans with {want} hooks")
+
+
+def test_o_capture_hooks_typo_is_an_error(require_root, agent_bin):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OTEL_", "AUTOTEL_", "BEYLA_"))}
+    env.update(AUTOTEL_PROMETHEUS_PORT="0", AUTOTEL_CAPTURE_HOOKS="sockets")
+    cp = subprocess.run([agent_bin, "run"], env=env, capture_output=True, text=True, timeout=30)
+    print(f"exit code {cp.returncode}; stderr: {cp.stderr.strip()}")
+    assert cp.returncode != 0, cp.stderr
+    assert "AUTOTEL_CAPTURE_HOOKS" in cp.stderr and "auto, socket or syscall" in cp.stderr, cp.stderr

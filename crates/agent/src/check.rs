@@ -116,6 +116,18 @@ pub fn run_checks() -> Vec<Finding> {
         },
         fix: "use a kernel with CONFIG_FTRACE_SYSCALLS=y",
     });
+    let socket_hooks = crate::tracer::kernel_has_socket_hooks();
+    out.push(Finding {
+        name: "socket capture hooks",
+        ok: socket_hooks,
+        need: Need::Optional,
+        detail: if socket_hooks {
+            "sock_send_length/sock_recv_length present: payload is read per socket transfer".into()
+        } else {
+            "missing (Linux < 6.3): the syscall hooks capture instead".into()
+        },
+        fix: "a 6.3+ kernel: without it every syscall of every process runs the capture hooks",
+    });
     let ringbuf = probe_map(sys::BPF_MAP_TYPE_RINGBUF);
     out.push(Finding {
         name: "ring buffer",

@@ -146,6 +146,8 @@ pub struct CaptureFile {
     pub ringbuf_bytes: Option<u32>,
     /// `sanitized` (default), `raw` or `off`: what db.query.text carries.
     pub db_query_text: Option<String>,
+    /// `auto` (default), `socket` or `syscall`: where payload is captured.
+    pub hooks: Option<String>,
 }
 
 /// TCP flow metrics: peers inside these networks are reported as the
@@ -315,6 +317,7 @@ pub struct Config {
     pub prometheus_address: String,
     pub prometheus_path: String,
     pub capture_max_bytes: u32,
+    pub capture_hooks: crate::tracer::CaptureHooks,
     pub ringbuf_bytes: u32,
     pub db_query_text: crate::pipeline::db_span::QueryTextMode,
     pub peers: crate::pipeline::network::PeerGrouping,
@@ -721,6 +724,13 @@ impl Config {
                 crate::tracer::abi::MAX_CAPTURE
             );
         }
+        let capture_hooks = match env("AUTOTEL_CAPTURE_HOOKS") {
+            Some(v) => crate::tracer::CaptureHooks::parse(&v).context("AUTOTEL_CAPTURE_HOOKS")?,
+            None => match &capture.hooks {
+                Some(v) => crate::tracer::CaptureHooks::parse(v).context("capture.hooks")?,
+                None => Default::default(),
+            },
+        };
         let db_query_text = match env("AUTOTEL_DB_QUERY_TEXT") {
             Some(v) => crate::pipeline::db_span::QueryTextMode::parse(&v)
                 .context("AUTOTEL_DB_QUERY_TEXT")?,
@@ -771,6 +781,7 @@ impl Config {
                 .unwrap_or_else(|| "127.0.0.1".into()),
             prometheus_path: prom.path.unwrap_or_else(|| "/metrics".into()),
             capture_max_bytes,
+            capture_hooks,
             db_query_text,
             peers,
             network_whole_host,

@@ -122,9 +122,11 @@ fn run(cfg: Config, mode: Mode, kube: Option<kube::Config>) -> Result<()> {
         select_on_exec: cfg.discovery.selects_on_exec(),
         tcp_option_cgroup: cfg.tcp_option_cgroup.clone(),
         network_whole_host: cfg.network_whole_host,
+        capture_hooks: cfg.capture_hooks,
     })?;
 
     // Stages and the channels between them.
+    // Batches of spans; the pipeline holds the span count to queue_size.
     let (span_tx, span_rx) = crossbeam_channel::bounded(cfg.traces.queue_size);
     let (proc_tx, proc_rx) = crossbeam_channel::bounded(65_536);
     let resources: Resources = Default::default();
@@ -149,10 +151,11 @@ fn run(cfg: Config, mode: Mode, kube: Option<kube::Config>) -> Result<()> {
         }
         Mode::Top => {
             let stop = shutdown.clone();
+            let queued = metrics.export_queue_length.clone();
             std::thread::Builder::new()
                 .name("top".into())
                 .spawn(move || {
-                    if let Err(e) = crate::top::run(span_rx, stop.clone()) {
+                    if let Err(e) = crate::top::run(span_rx, queued, stop.clone()) {
                         tracing::error!("autotel top: {e:#}");
                     }
                     // Quitting the view stops the agent.
@@ -200,6 +203,7 @@ fn run(cfg: Config, mode: Mode, kube: Option<kube::Config>) -> Result<()> {
         },
         resources,
         span_tx,
+        cfg.traces.queue_size,
         proc_tx,
         metrics.clone(),
     )));

@@ -10,6 +10,7 @@ pub mod span_encoding;
 pub mod stdout;
 
 use crate::config::TracesExport;
+use crate::pipeline::SpanBatch;
 use crate::selfmetrics::SelfMetrics;
 use autotel_model::Span;
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
@@ -63,7 +64,7 @@ impl SpanExporter {
     }
 
     /// Runs until the channel is closed and drained.
-    pub fn run(self, rx: Receiver<Span>) {
+    pub fn run(self, rx: Receiver<SpanBatch>) {
         let Some(rt) = runtime("span export; spans will be dropped") else {
             return;
         };
@@ -84,42 +85,48 @@ impl SpanExporter {
         };
         let to_stdout = self.print || client.is_none();
         let delay = Duration::from_millis(self.cfg.schedule_delay_ms.max(1));
-        let mut batch: Vec<Span> = Vec::with_capacity(self.cfg.max_batch);
+        let max = self.cfg.max_batch.max(1);
+        let mut batch: Vec<Span> = Vec::with_capacity(max);
+        // Spans taken from the channel that did not fit the batch being
+        // built: still counted as queued, they start the next one.
+        let mut carry: Vec<Span> = Vec::new();
         // One reused buffer and one write per batch (stdout is line-buffered).
         let mut line_buf = String::new();
         let mut deadline = Instant::now() + delay;
         let mut open = true;
         let mut last_drained = 0usize;
-        while open || !batch.is_empty() {
-            if open {
+        while open || !batch.is_empty() || !carry.is_empty() {
+            self.fill(&mut batch, &mut carry, max);
+            if open && batch.len() < max {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if last_drained == 0 {
                     // Quiet: park until a span comes (its send wakes us).
                     match rx.recv_timeout(left) {
-                        Ok(span) => batch.push(span),
+                        Ok(mut spans) => {
+                            carry.append(&mut spans);
+                            self.fill(&mut batch, &mut carry, max);
+                        }
                         Err(RecvTimeoutError::Timeout) => {}
                         Err(RecvTimeoutError::Disconnected) => open = false,
                     }
                 } else {
                     // Busy: poll every tick, so the pipeline's sends do not
-                    // each pay for waking this thread (a futex call per span).
+                    // each pay for waking this thread (a futex call per batch).
                     std::thread::sleep(left.min(DRAIN_TICK));
                 }
                 last_drained = 0;
-                while batch.len() < self.cfg.max_batch {
+                while open && batch.len() < max {
                     match rx.try_recv() {
-                        Ok(span) => {
-                            batch.push(span);
-                            last_drained += 1;
+                        Ok(mut spans) => {
+                            last_drained += spans.len();
+                            carry.append(&mut spans);
+                            self.fill(&mut batch, &mut carry, max);
                         }
                         Err(TryRecvError::Empty) => break,
-                        Err(TryRecvError::Disconnected) => {
-                            open = false;
-                            break;
-                        }
+                        Err(TryRecvError::Disconnected) => open = false,
                     }
                 }
-                if open && batch.len() < self.cfg.max_batch && Instant::now() < deadline {
+                if open && batch.len() < max && Instant::now() < deadline {
                     continue;
                 }
             }
@@ -140,8 +147,16 @@ impl SpanExporter {
                 }
                 batch.clear();
             }
-            self.metrics.export_queue_length.set(rx.len() as i64);
             deadline = Instant::now() + delay;
+        }
+    }
+
+    /// Moves spans from `carry` into the batch being built, up to `max`.
+    fn fill(&self, batch: &mut Vec<Span>, carry: &mut SpanBatch, max: usize) {
+        let k = carry.len().min(max.saturating_sub(batch.len()));
+        if k > 0 {
+            batch.extend(carry.drain(..k));
+            self.metrics.export_queue_length.dec_by(k as i64);
         }
     }
 

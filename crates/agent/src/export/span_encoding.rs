@@ -272,7 +272,7 @@ mod tests {
             attributes: vec![
                 ("service.name".into(), AttrValue::Str(name.into())),
                 ("process.pid".into(), AttrValue::Int(pid.into())),
-                ("empty".into(), AttrValue::Str(String::new())),
+                ("empty".into(), AttrValue::Str(Default::default())),
             ],
         })
     }
@@ -295,7 +295,7 @@ mod tests {
                 ),
                 ("flag", AttrValue::Bool(n.is_multiple_of(2))),
                 ("ratio", AttrValue::Double(0.25 * f64::from(n))),
-                ("empty", AttrValue::Str(String::new())),
+                ("empty", AttrValue::Str(Default::default())),
             ],
             status,
             status_message: if status == StatusCode::Error {

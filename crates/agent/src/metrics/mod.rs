@@ -223,7 +223,7 @@ impl Series {
 pub struct Store {
     /// Per metric: (pid, hash of the attribute set) -> series. Hashing the
     /// attributes in place keeps the per-span path free of allocations.
-    series: HashMap<Metric, FxHashMap<(u32, u64), Series>>,
+    series: FxHashMap<Metric, FxHashMap<(u32, u64), Series>>,
     cardinality_limit: usize,
     pub overflowed: u64,
 }
@@ -288,7 +288,7 @@ pub fn key_of(attrs: &[(&'static str, AttrValue)]) -> String {
 impl Store {
     pub fn new(cardinality_limit: usize) -> Self {
         Store {
-            series: HashMap::new(),
+            series: FxHashMap::default(),
             cardinality_limit: cardinality_limit.max(2),
             overflowed: 0,
         }

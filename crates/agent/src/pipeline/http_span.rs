@@ -78,50 +78,43 @@ pub fn build(input: SpanInput<'_>, clock: &Clock) -> Span {
     let end_mono = x.response_end_ns.max(start_mono);
 
     let method_known = KNOWN_METHODS.contains(&req.method.as_str());
-    let method = if method_known {
-        req.method.clone()
-    } else {
-        "_OTHER".to_owned()
-    };
+    let method: &str = if method_known { &req.method } else { "_OTHER" };
     let path = path_of(&req.target);
     let name = match (&input.route, method_known) {
         (Some(route), true) => format!("{method} {route}"),
-        (_, true) => method.clone(),
+        (_, true) => method.to_owned(),
         (_, false) => "HTTP".to_owned(),
     };
 
     let mut attributes: Attributes = Vec::with_capacity(16);
     attributes.push(("http.request.method", method.into()));
     if !method_known {
-        attributes.push(("http.request.method_original", req.method.clone().into()));
+        attributes.push(("http.request.method_original", req.method.as_str().into()));
     }
     attributes.push(("http.response.status_code", AttrValue::Int(status as i64)));
     attributes.push(("network.protocol.name", "http".into()));
     attributes.push(("network.protocol.version", version_text(req.version).into()));
     attributes.push(("url.scheme", "http".into()));
     if let Some(route) = &input.route {
-        attributes.push(("http.route", route.clone().into()));
+        attributes.push(("http.route", route.as_str().into()));
     }
-    let peer = input.peer_addr.to_owned();
-    attributes.push(("network.peer.address", peer.clone().into()));
+    let peer = input.peer_addr;
+    attributes.push(("network.peer.address", peer.into()));
     attributes.push((
         "network.peer.port",
         AttrValue::Int(input.tuple.dport as i64),
     ));
     let host = req.host.as_deref().map(host_only);
     if x.server_side {
-        attributes.push(("url.path", path.to_owned().into()));
-        attributes.push((
-            "server.address",
-            host.unwrap_or(input.local_addr).to_owned().into(),
-        ));
+        attributes.push(("url.path", path.into()));
+        attributes.push(("server.address", host.unwrap_or(input.local_addr).into()));
         attributes.push(("server.port", AttrValue::Int(input.tuple.sport as i64)));
         attributes.push(("client.address", peer.into()));
     } else {
-        let server = host.map_or_else(|| peer.clone(), str::to_owned);
+        let server = host.unwrap_or(peer);
         // Query strings can carry secrets: url.full keeps the path only.
         let authority = if input.tuple.dport == 80 {
-            server.clone()
+            server.to_owned()
         } else {
             format!("{server}:{}", input.tuple.dport)
         };
@@ -130,7 +123,7 @@ pub fn build(input: SpanInput<'_>, clock: &Clock) -> Span {
         attributes.push(("server.port", AttrValue::Int(input.tuple.dport as i64)));
     }
     if let Some(ua) = &req.user_agent {
-        attributes.push(("user_agent.original", ua.clone().into()));
+        attributes.push(("user_agent.original", ua.as_str().into()));
     }
     if x.request_body_bytes > 0 {
         attributes.push((

@@ -51,7 +51,7 @@ impl TlsState {
                     if let AttrValue::Str(s) = v {
                         if let Some(rest) = s.strip_prefix("http://") {
                             let rest = rest.replacen(":443/", "/", 1);
-                            *s = format!("https://{rest}");
+                            *s = format!("https://{rest}").into();
                         }
                     }
                 }

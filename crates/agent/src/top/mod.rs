@@ -11,7 +11,7 @@ pub mod app;
 pub mod model;
 pub mod ui;
 
-use autotel_model::Span;
+use crate::pipeline::SpanBatch;
 use crossbeam_channel::{Receiver, TryRecvError};
 use crossterm::event::{self, Event};
 use crossterm::{execute, terminal};
@@ -59,7 +59,13 @@ impl Drop for TerminalGuard {
 }
 
 /// Runs the UI until the user quits or `shutdown` is set elsewhere.
-pub fn run(spans: Receiver<Span>, shutdown: Arc<AtomicBool>) -> anyhow::Result<()> {
+/// `queued`: the pipeline's count of spans in the channel, lowered as
+/// batches are taken.
+pub fn run(
+    spans: Receiver<SpanBatch>,
+    queued: prometheus_client::metrics::gauge::Gauge,
+    shutdown: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
     let guard = match TerminalGuard::enter() {
         Ok(g) => g,
         Err(e) => {
@@ -69,7 +75,7 @@ pub fn run(spans: Receiver<Span>, shutdown: Arc<AtomicBool>) -> anyhow::Result<(
     };
     // A panic in the view must not leave the terminal raw, nor leave the
     // agent running without a view: catch it, restore, report.
-    let result = catch_unwind(AssertUnwindSafe(|| event_loop(&spans, &shutdown)));
+    let result = catch_unwind(AssertUnwindSafe(|| event_loop(&spans, &queued, &shutdown)));
     drop(guard);
     match result {
         Ok(r) => r,
@@ -85,7 +91,11 @@ pub fn run(spans: Receiver<Span>, shutdown: Arc<AtomicBool>) -> anyhow::Result<(
     }
 }
 
-fn event_loop(spans: &Receiver<Span>, shutdown: &AtomicBool) -> anyhow::Result<()> {
+fn event_loop(
+    spans: &Receiver<SpanBatch>,
+    queued: &prometheus_client::metrics::gauge::Gauge,
+    shutdown: &AtomicBool,
+) -> anyhow::Result<()> {
     let mut term: Terminal<CrosstermBackend<Stdout>> =
         Terminal::new(CrosstermBackend::new(io::stdout()))?;
     term.clear()?;
@@ -104,7 +114,12 @@ fn event_loop(spans: &Receiver<Span>, shutdown: &AtomicBool) -> anyhow::Result<(
         let now = now_ms();
         for _ in 0..DRAIN_BATCH {
             match spans.try_recv() {
-                Ok(s) => model.ingest(s, now),
+                Ok(batch) => {
+                    queued.dec_by(batch.len() as i64);
+                    for s in batch {
+                        model.ingest(s, now);
+                    }
+                }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     closed = true;

@@ -516,7 +516,7 @@ pub struct Model {
 
 fn attr_str(span: &Span, key: &str) -> Option<String> {
     span.attr(key).map(|v| match v {
-        AttrValue::Str(s) => s.clone(),
+        AttrValue::Str(s) => s.to_string(),
         other => other.to_string(),
     })
 }

@@ -403,7 +403,7 @@ fn attr_lines(s: &Span) -> Vec<Line<'static>> {
     ];
     for (k, v) in &s.attributes {
         let v = match v {
-            AttrValue::Str(s) => s.clone(),
+            AttrValue::Str(s) => s.to_string(),
             other => other.to_string(),
         };
         out.push(kv(k, v));

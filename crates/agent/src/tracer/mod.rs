@@ -3,6 +3,7 @@
 //! kernel-side counters. Dropping the Tracer detaches every program.
 
 pub mod abi;
+mod hooks;
 pub mod tls;
 pub mod tracefs;
 
@@ -17,6 +18,8 @@ use libbpf_rs::{Link, MapCore, MapFlags, MapHandle};
 use skel::{AutotelSkel, AutotelSkelBuilder};
 use std::mem::MaybeUninit;
 
+pub use hooks::{kernel_has_socket_hooks, CaptureHooks};
+
 pub struct TracerOptions {
     pub capture_max_bytes: u32,
     pub data_ringbuf_bytes: u32,
@@ -28,6 +31,7 @@ pub struct TracerOptions {
     pub tcp_option_cgroup: Option<std::path::PathBuf>,
     /// Follow the TCP flows of every process on the host.
     pub network_whole_host: bool,
+    pub capture_hooks: CaptureHooks,
 }
 
 pub struct Tracer {
@@ -135,6 +139,23 @@ impl Tracer {
             .at_sockops
             .set_autoload(opts.tcp_option_cgroup.is_some());
         rodata.network_whole_host = u32::from(opts.network_whole_host);
+        let socket = opts
+            .capture_hooks
+            .use_socket(hooks::kernel_has_socket_hooks())?;
+        rodata.socket_capture = u32::from(socket);
+        // One set of capture hooks is loaded, the other is not even verified.
+        open.progs.at_sys_enter.set_autoload(!socket);
+        open.progs.at_sys_exit.set_autoload(!socket);
+        open.progs.at_sock_send.set_autoload(socket);
+        open.progs.at_sock_recv.set_autoload(socket);
+        open.progs.at_sock_life.set_autoload(socket);
+        open.progs
+            .at_tcp_send_pre
+            .set_autoload(socket && opts.tcp_option_cgroup.is_some());
+        tracing::info!(
+            hooks = if socket { "socket" } else { "syscall" },
+            "payload capture"
+        );
         open.maps
             .data_events
             .set_max_entries(opts.data_ringbuf_bytes.next_power_of_two())
@@ -162,6 +183,9 @@ impl Tracer {
         let mut failed = Vec::new();
         for prog in self.skel.object().progs_mut() {
             let name = prog.name().to_string_lossy().into_owned();
+            if !prog.autoload() {
+                continue; // the capture hooks not used on this kernel
+            }
             if tls::is_tls_program(&name) {
                 continue; // attached per library file, see tls.rs
             }
@@ -176,7 +200,14 @@ impl Tracer {
                 }
             }
         }
-        let essential = ["at_sys_enter", "at_sys_exit", "at_exec"];
+        let essential = [
+            "at_sys_enter",
+            "at_sys_exit",
+            "at_sock_send",
+            "at_sock_recv",
+            "at_sock_life",
+            "at_exec",
+        ];
         if let Some(name) = failed.iter().find(|n| essential.contains(&n.as_str())) {
             anyhow::bail!(
                 "essential BPF program {name} could not be attached; see `autotel check`"

@@ -1,0 +1,315 @@
+/* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
+/* Socket-level capture, on kernels with the sock_send_length and
+ * sock_recv_length tracepoints (6.3+). They fire for socket I/O only, after
+ * the transfer, with the sock in hand; the call's own arguments (fd, buffer)
+ * come from the registers saved at syscall entry. Nothing hooks every
+ * syscall of every process: the generic sys_enter/sys_exit pair stays
+ * detached and syscalls keep their fast path. Connection ends come from the
+ * TCP state machine (close() moves the state with both shutdown bits set),
+ * and an fd that names another sock than before was closed and reused.
+ * Older kernels keep the syscall hooks (syscalls.h). */
+#ifndef AUTOTEL_SOCK_IO_H
+#define AUTOTEL_SOCK_IO_H
+
+/* Set by the loader when this capture is used (the kernel has the hooks). */
+const volatile __u32 socket_capture = 0;
+
+#define AT_TCP_FIN_WAIT1 4
+#define AT_TCP_LAST_ACK 9
+#define AT_TCP_LISTEN 10
+#define AT_SHUTDOWN_MASK 3
+/* Messages of one sendmmsg come back to back; a later call with the same
+ * array starts over. */
+#define AT_MMSG_GAP_NS 1000000
+
+/* Per sock: how it was opened, and the conns entry naming it. */
+struct at_sk_state {
+	__u64 conn_key; /* (tgid << 32 | fd); 0: none */
+	__u8 role;
+	__u8 _pad[7];
+};
+
+/* Freed with the sock: nothing to clean up, nothing to evict. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct at_sk_state);
+} sk_state SEC(".maps");
+
+static __always_inline struct at_sk_state *sk_state_get(const struct sock *sk, __u64 flags)
+{
+	return bpf_sk_storage_get(&sk_state, (struct sock *)sk, 0, flags);
+}
+
+/* The conns entry of (tgid, fd) for this sock, made on first sight. When the
+ * fd named another sock before, that one was closed: user space hears so
+ * first. NULL for socks we do not parse (unix, raw, non-DNS UDP). */
+static __always_inline struct at_conn_info *sock_conn(__u32 tgid, __u32 tid, __s32 fd, struct sock *sk)
+{
+	__u64 key = conn_key(tgid, fd);
+	struct at_conn_info *info = bpf_map_lookup_elem(&conns, &key);
+	if (info && info->sk == (__u64)sk)
+		return info->is_socket ? info : 0;
+	if (info) {
+		if (info->is_socket)
+			emit_close(info, tgid, tid, fd);
+		drop_conn(info, tgid, fd);
+	}
+	struct at_conn_info fresh = {};
+	fresh.start_ns = bpf_ktime_get_ns();
+	fresh.sk = (__u64)sk;
+	__u16 type = BPF_CORE_READ(sk, sk_type);
+	__u16 proto = BPF_CORE_READ(sk, sk_protocol);
+	int tcp = type == AT_SOCK_STREAM && proto == AT_IPPROTO_TCP;
+	int udp = type == AT_SOCK_DGRAM && proto == AT_IPPROTO_UDP;
+	if ((tcp || udp) && read_sock_tuple(sk, &fresh) == 0) {
+		fresh.is_socket = 1;
+		/* DNS over UDP: we only parse the asking side. */
+		fresh.role = udp ? AT_ROLE_CLIENT : AT_ROLE_UNKNOWN;
+	}
+	struct at_sk_state *ss = 0;
+	if (fresh.is_socket && tcp) {
+		ss = sk_state_get(sk, BPF_SK_STORAGE_GET_F_CREATE);
+		if (ss) {
+			fresh.role = ss->role;
+			ss->conn_key = key;
+		}
+	}
+	bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY);
+	/* The passive side's owner is known now, at its first data. */
+	if (fresh.is_socket && tcp && fresh.role == AT_ROLE_SERVER)
+		flow_accepted_sock(tgid, tid, sk, AT_FLOW_OWNER_SELECTED);
+	info = bpf_map_lookup_elem(&conns, &key);
+	return info && info->is_socket ? info : 0;
+}
+
+/* sendmmsg: this hook runs once per message; which one is counted per
+ * thread. Fills a->buf with the message's first buffer (DNS queries are one
+ * buffer), or returns -1 past the messages we read. */
+static __always_inline int mmsg_buffer(struct at_task_state *st, struct at_syscall_args *a, __u32 vlen)
+{
+	__u64 now = bpf_ktime_get_ns();
+	__u32 idx = 0;
+	if (st->mmsg_vec == a->buf && st->mmsg_idx + 1 < vlen && now - st->mmsg_ns < AT_MMSG_GAP_NS)
+		idx = st->mmsg_idx + 1;
+	st->mmsg_vec = a->buf;
+	st->mmsg_idx = idx;
+	st->mmsg_ns = now;
+	if (idx >= AT_MAX_MMSG)
+		return -1;
+	struct mmsghdr m = {};
+	if (bpf_probe_read_user(&m, sizeof(m), (void *)(a->buf + idx * sizeof(m))))
+		return -1;
+	struct iovec iov = {};
+	if (!m.msg_hdr.msg_iov || bpf_probe_read_user(&iov, sizeof(iov), m.msg_hdr.msg_iov))
+		return -1;
+	a->buf = (__u64)iov.iov_base;
+	a->iovcnt = 0;
+	a->syscall = AT_SYS_SENDTO;
+	return 0;
+}
+
+/* The running syscall's arguments, from the registers saved at its entry.
+ * -1 when it is not one we capture (io_uring, splice, kernel callers). */
+static __always_inline int call_args(struct at_task_state *st, struct at_syscall_args *a, __u8 direction)
+{
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	if (!regs)
+		return -1;
+	long nr = AT_SYSCALL_ID(regs);
+	a->fd = (__s32)AT_ARG0(regs);
+	a->buf = AT_ARG1(regs);
+	a->iovcnt = 0;
+	a->enter_ns = 0; /* the transfer is over: the event's exit time stands for both */
+	if (direction == AT_DIR_INGRESS) {
+		switch (nr) {
+		case AT_NR_READ:
+			a->syscall = AT_SYS_READ;
+			return 0;
+		case AT_NR_RECVFROM:
+			a->syscall = AT_SYS_RECVFROM;
+			return 0;
+		case AT_NR_READV:
+			a->syscall = AT_SYS_READV;
+			a->iovcnt = AT_ARG2(regs);
+			return 0;
+		case AT_NR_RECVMSG:
+			a->syscall = AT_SYS_RECVMSG;
+			break;
+		default:
+			return -1;
+		}
+	} else {
+		switch (nr) {
+		case AT_NR_WRITE:
+			a->syscall = AT_SYS_WRITE;
+			return 0;
+		case AT_NR_SENDTO:
+			a->syscall = AT_SYS_SENDTO;
+			return 0;
+		case AT_NR_WRITEV:
+			a->syscall = AT_SYS_WRITEV;
+			a->iovcnt = AT_ARG2(regs);
+			return 0;
+		case AT_NR_SENDFILE:
+			a->syscall = AT_SYS_SENDFILE;
+			a->buf = 0;
+			return 0;
+		case AT_NR_SENDMMSG:
+			a->syscall = AT_SYS_SENDMMSG;
+			return mmsg_buffer(st, a, (__u32)AT_ARG2(regs));
+		case AT_NR_SENDMSG:
+			a->syscall = AT_SYS_SENDMSG;
+			break;
+		default:
+			return -1;
+		}
+	}
+	/* recvmsg/sendmsg: the iovec array of the user's msghdr. */
+	struct user_msghdr msg = {};
+	if (bpf_probe_read_user(&msg, sizeof(msg), (void *)a->buf))
+		return -1;
+	if (!msg.msg_iov || !msg.msg_iovlen)
+		return -1;
+	a->buf = (__u64)msg.msg_iov;
+	a->iovcnt = msg.msg_iovlen;
+	return 0;
+}
+
+/* Whole-host network metrics: an unselected process reading or writing a
+ * passive connection first is its owner. */
+static __always_inline void claim_passive_flow(struct sock *sk, __u64 id)
+{
+	__u64 key = (__u64)sk;
+	struct at_flow_state *fl = bpf_map_lookup_elem(&flows, &key);
+	if (fl && fl->owner == AT_FLOW_OWNER_UNKNOWN)
+		flow_accepted_sock(id >> 32, (__u32)id, sk, AT_FLOW_OWNER_OTHER);
+}
+
+static __always_inline int sock_transfer(struct sock *sk, long ret, __u8 direction)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AT_AF_INET && family != AT_AF_INET6)
+		return 0;
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+	if (!is_selected(tgid)) {
+		if (network_whole_host)
+			claim_passive_flow(sk, id);
+		return 0;
+	}
+	if (AT_IS_COMPAT())
+		return 0;
+	struct at_task_state *st = task_state_get(BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!st)
+		return 0;
+	struct at_syscall_args a = {};
+	if (call_args(st, &a, direction))
+		return 0;
+	ssl_learn_fd(st, a.fd);
+	/* Ciphertext of a TLS call we hook: its plaintext comes from the uprobe. */
+	if (st->ssl.active)
+		return 0;
+	struct at_conn_info *info = sock_conn(tgid, (__u32)id, a.fd, sk);
+	if (!info)
+		return 0;
+	emit_transfer(st, info, (__u32)id, tgid, &a, ret, direction);
+	return 0;
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(at_sock_send, struct sock *sk, int ret, int flags)
+{
+	if (ret <= 0)
+		return 0;
+	return sock_transfer(sk, ret, AT_DIR_EGRESS);
+}
+
+/* MSG_PEEK reads leave the bytes queued: the real read reports them. */
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(at_sock_recv, struct sock *sk, int ret, int flags)
+{
+	if (ret <= 0 || (flags & AT_MSG_PEEK))
+		return 0;
+	return sock_transfer(sk, ret, AT_DIR_INGRESS);
+}
+
+/* Trace context on the wire needs the ids in place before the first segment
+ * of a request leaves: this runs inside tcp_sendmsg, before any copy.
+ * Loaded only with context propagation on. */
+SEC("tp_btf/tcp_sendmsg_locked")
+int BPF_PROG(at_tcp_send_pre, struct sock *sk, struct msghdr *msg, struct sk_buff *skb, int size_goal)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tgid = id >> 32;
+	if (!is_selected(tgid) || AT_IS_COMPAT())
+		return 0;
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	if (!regs)
+		return 0;
+	switch (AT_SYSCALL_ID(regs)) {
+	case AT_NR_WRITE:
+	case AT_NR_WRITEV:
+	case AT_NR_SENDTO:
+	case AT_NR_SENDMSG:
+	case AT_NR_SENDFILE:
+		break;
+	default:
+		return 0;
+	}
+	__s32 fd = (__s32)AT_ARG0(regs);
+	struct at_task_state *st = task_state_get(BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!st)
+		return 0;
+	struct at_conn_info *info = sock_conn(tgid, (__u32)id, fd, sk);
+	wire_client_write(st, info, tgid, fd);
+	return 0;
+}
+
+/* Roles from the handshake, connection ends from close(), new listeners. */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(at_sock_life, const struct sock *sk, int oldstate, int newstate)
+{
+	if (BPF_CORE_READ(sk, sk_protocol) != AT_IPPROTO_TCP)
+		return 0;
+	if (newstate == AT_TCP_SYN_SENT) {
+		/* connect(), in the caller's context. */
+		if (!is_selected(bpf_get_current_pid_tgid() >> 32))
+			return 0;
+		struct at_sk_state *ss = sk_state_get(sk, BPF_SK_STORAGE_GET_F_CREATE);
+		if (ss)
+			ss->role = AT_ROLE_CLIENT;
+		return 0;
+	}
+	if (newstate == AT_TCP_ESTABLISHED && oldstate == AT_TCP_SYN_RECV) {
+		/* A passive open, in softirq: the owner shows at its first data. */
+		struct at_sk_state *ss = sk_state_get(sk, BPF_SK_STORAGE_GET_F_CREATE);
+		if (ss)
+			ss->role = AT_ROLE_SERVER;
+		return 0;
+	}
+	if (newstate == AT_TCP_LISTEN)
+		return on_listen(0);
+	if (newstate != AT_TCP_FIN_WAIT1 && newstate != AT_TCP_LAST_ACK && newstate != AT_TCP_CLOSE)
+		return 0;
+	/* close() sets both shutdown bits before it moves the state; a
+	 * shutdown(SHUT_WR) or a reset from the peer does not. */
+	if (BPF_CORE_READ(sk, sk_shutdown) != AT_SHUTDOWN_MASK)
+		return 0;
+	struct at_sk_state *ss = sk_state_get(sk, 0);
+	if (!ss || !ss->conn_key)
+		return 0;
+	__u64 key = ss->conn_key;
+	ss->conn_key = 0;
+	struct at_conn_info *info = bpf_map_lookup_elem(&conns, &key);
+	if (!info || info->sk != (__u64)sk)
+		return 0;
+	__u32 tgid = key >> 32;
+	__s32 fd = (__s32)key;
+	emit_close(info, tgid, (__u32)bpf_get_current_pid_tgid(), fd);
+	drop_conn(info, tgid, fd);
+	return 0;
+}
+
+#endif
