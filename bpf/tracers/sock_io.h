@@ -11,9 +11,6 @@
 #ifndef AUTOTEL_SOCK_IO_H
 #define AUTOTEL_SOCK_IO_H
 
-/* Set by the loader when this capture is used (the kernel has the hooks). */
-const volatile __u32 socket_capture = 0;
-
 #define AT_TCP_FIN_WAIT1 4
 #define AT_TCP_LAST_ACK 9
 #define AT_TCP_LISTEN 10
@@ -58,19 +55,14 @@ static __always_inline struct at_conn_info *sock_conn(__u32 tgid, __u32 tid, __s
 	}
 	struct at_conn_info fresh = {};
 	fresh.start_ns = bpf_ktime_get_ns();
-	fresh.sk = (__u64)sk;
-	__u16 type = BPF_CORE_READ(sk, sk_type);
-	__u16 proto = BPF_CORE_READ(sk, sk_protocol);
-	int tcp = type == AT_SOCK_STREAM && proto == AT_IPPROTO_TCP;
-	int udp = type == AT_SOCK_DGRAM && proto == AT_IPPROTO_UDP;
-	if ((tcp || udp) && read_sock_tuple(sk, &fresh) == 0) {
-		fresh.is_socket = 1;
-		/* DNS over UDP: we only parse the asking side. */
-		fresh.role = udp ? AT_ROLE_CLIENT : AT_ROLE_UNKNOWN;
-	}
-	struct at_sk_state *ss = 0;
-	if (fresh.is_socket && tcp) {
-		ss = sk_state_get(sk, BPF_SK_STORAGE_GET_F_CREATE);
+	/* TCP, or UDP to port 53; anything else is cached as not ours. */
+	fresh.is_socket = read_sock_tuple(sk, &fresh) == 0;
+	int tcp = fresh.is_socket && fresh.tuple.proto == AT_IPPROTO_TCP;
+	/* DNS over UDP: we only parse the asking side. */
+	if (fresh.is_socket && !tcp)
+		fresh.role = AT_ROLE_CLIENT;
+	if (tcp) {
+		struct at_sk_state *ss = sk_state_get(sk, BPF_SK_STORAGE_GET_F_CREATE);
 		if (ss) {
 			fresh.role = ss->role;
 			ss->conn_key = key;
@@ -78,7 +70,7 @@ static __always_inline struct at_conn_info *sock_conn(__u32 tgid, __u32 tid, __s
 	}
 	bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY);
 	/* The passive side's owner is known now, at its first data. */
-	if (fresh.is_socket && tcp && fresh.role == AT_ROLE_SERVER)
+	if (tcp && fresh.role == AT_ROLE_SERVER)
 		flow_accepted_sock(tgid, tid, sk, AT_FLOW_OWNER_SELECTED);
 	info = bpf_map_lookup_elem(&conns, &key);
 	return info && info->is_socket ? info : 0;

@@ -132,12 +132,17 @@ def assert_python_server_spans(sink, srv, sent: list, label: str = "server spans
     return spans
 
 
-def bpf_prog_ids_with_prefix(prefix: str = PROG_PREFIX) -> set:
+def bpf_progs_with_prefix(prefix: str = PROG_PREFIX) -> dict:
+    """id -> name of the loaded BPF programs whose name starts with ``prefix``."""
     cp = subprocess.run([BPFTOOL, "-j", "prog", "show"], capture_output=True, text=True,
                         timeout=30)
     assert cp.returncode == 0, cp.stderr
-    return {p["id"] for p in json.loads(cp.stdout or "[]")
+    return {p["id"]: p["name"] for p in json.loads(cp.stdout or "[]")
             if str(p.get("name", "")).startswith(prefix)}
+
+
+def bpf_prog_ids_with_prefix(prefix: str = PROG_PREFIX) -> set:
+    return set(bpf_progs_with_prefix(prefix))
 
 
 def assert_no_panic(agent) -> None:
@@ -612,12 +617,6 @@ def test_n_yaml_unknown_key_is_an_error(require_root, agent_bin, tmp_path):
 # --------------------------------------------------------------------------------------
 
 
-def loaded_programs() -> set:
-    out = subprocess.run([BPFTOOL, "-j", "prog", "show"], capture_output=True, text=True,
-                         check=True).stdout
-    return {p.get("name", "") for p in json.loads(out or "[]")}
-
-
 @pytest.mark.parametrize("hooks", ["auto", "syscall"])
 def test_o_capture_hooks(require_root, sink, start_agent, http_server, hooks):
     srv = http_server()
@@ -626,10 +625,10 @@ def test_o_capture_hooks(require_root, sink, start_agent, http_server, hooks):
     want = "socket" if hooks == "auto" else "syscall"
     assert f'hooks="{want}"' in agent.stderr_text() or f"hooks={want}" in agent.stderr_text(), \
         agent.logs_tail()
-    progs = loaded_programs()
+    progs = set(bpf_progs_with_prefix().values())
     socket_progs = {"at_sock_send", "at_sock_recv", "at_sock_life"}
     syscall_progs = {"at_sys_enter", "at_sys_exit"}
-    print(f"hooks={hooks}: at_ programs loaded: {sorted(p for p in progs if p.startswith('at_'))}")
+    print(f"hooks={hooks}: at_ programs loaded: {sorted(progs)}")
     if want == "socket":
         assert socket_progs <= progs and not (syscall_progs & progs), progs
     else:

@@ -142,7 +142,6 @@ impl Tracer {
         let socket = opts
             .capture_hooks
             .use_socket(hooks::kernel_has_socket_hooks())?;
-        rodata.socket_capture = u32::from(socket);
         // One set of capture hooks is loaded, the other is not even verified.
         open.progs.at_sys_enter.set_autoload(!socket);
         open.progs.at_sys_exit.set_autoload(!socket);
