@@ -39,6 +39,15 @@ static __always_inline struct at_sk_state *sk_state_get(const struct sock *sk, _
 	return bpf_sk_storage_get(&sk_state, (struct sock *)sk, 0, flags);
 }
 
+/* A freed sock's memory is soon another sock's: when a close went unseen
+ * and the fd and the address are both reused, the ports still tell the
+ * connections apart. */
+static __always_inline int same_ports(const struct at_conn_info *info, struct sock *sk)
+{
+	return info->tuple.sport == BPF_CORE_READ(sk, __sk_common.skc_num) &&
+	       info->tuple.dport == bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+}
+
 /* The conns entry of (tgid, fd) for this sock, made on first sight. When the
  * fd named another sock before, that one was closed: user space hears so
  * first. NULL for socks we do not parse (unix, raw, non-DNS UDP). */
@@ -46,7 +55,7 @@ static __always_inline struct at_conn_info *sock_conn(__u32 tgid, __u32 tid, __s
 {
 	__u64 key = conn_key(tgid, fd);
 	struct at_conn_info *info = bpf_map_lookup_elem(&conns, &key);
-	if (info && info->sk == (__u64)sk)
+	if (info && info->sk == (__u64)sk && (!info->is_socket || same_ports(info, sk)))
 		return info->is_socket ? info : 0;
 	if (info) {
 		if (info->is_socket)
