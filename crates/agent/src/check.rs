@@ -183,8 +183,10 @@ pub fn run_checks() -> Vec<Finding> {
         name: "uprobes",
         ok: uprobes,
         need: Need::Optional,
-        detail: if uprobes {
-            "uprobe PMU present".into()
+        detail: if uprobes && crate::tracer::tls::kernel_has_uprobe_multi() {
+            "uprobe PMU present; uprobe_multi links (released in parallel at exit)".into()
+        } else if uprobes {
+            "uprobe PMU present; no uprobe_multi links (Linux < 6.6): TLS probes detach one by one, about 0.1 s each".into()
         } else {
             "no uprobe PMU".into()
         },

@@ -46,8 +46,13 @@ const SOCKET_TRACEPOINTS: [&[u8]; 2] =
 
 /// Whether the running kernel's BTF has the socket tracepoints.
 pub fn kernel_has_socket_hooks() -> bool {
+    kernel_btf_has(&SOCKET_TRACEPOINTS)
+}
+
+/// Whether the running kernel's BTF names every one of `names`.
+pub(super) fn kernel_btf_has(names: &[&[u8]]) -> bool {
     match std::fs::read("/sys/kernel/btf/vmlinux") {
-        Ok(btf) => btf_has_names(&btf, &SOCKET_TRACEPOINTS),
+        Ok(btf) => btf_has_names(&btf, names),
         Err(_) => false,
     }
 }

@@ -41,6 +41,8 @@ pub struct Tracer {
     tls_links: std::cell::RefCell<Vec<Link>>,
     /// TLS library files already handled (attached or skipped).
     tls_seen: std::cell::RefCell<std::collections::HashSet<std::path::PathBuf>>,
+    /// TLS probes go on as uprobe_multi links (see tls.rs).
+    uprobe_multi: bool,
     pub skel: AutotelSkel<'static>,
 }
 
@@ -155,6 +157,20 @@ impl Tracer {
             hooks = if socket { "socket" } else { "syscall" },
             "payload capture"
         );
+        let uprobe_multi = tls::kernel_has_uprobe_multi();
+        if uprobe_multi {
+            let p = &mut open.progs;
+            for prog in [
+                &mut p.at_ssl_write,
+                &mut p.at_ssl_write_ex,
+                &mut p.at_ssl_read,
+                &mut p.at_ssl_read_ex,
+                &mut p.at_ssl_set_fd,
+                &mut p.at_ssl_ret,
+            ] {
+                prog.set_attach_type(libbpf_rs::ProgramAttachType::TraceUprobeMulti);
+            }
+        }
         open.maps
             .data_events
             .set_max_entries(opts.data_ringbuf_bytes.next_power_of_two())
@@ -167,6 +183,7 @@ impl Tracer {
             links: Vec::new(),
             tls_links: Default::default(),
             tls_seen: Default::default(),
+            uprobe_multi,
             skel,
         };
         tracer.attach_all()?;
@@ -285,9 +302,9 @@ impl Drop for Tracer {
         let tls = std::mem::take(self.tls_links.get_mut());
         self.links.extend(tls);
         let n = self.links.len();
-        // Each tracepoint link's release waits for an RCU grace period
-        // (~70 ms here): release them all at once so the waits overlap and
-        // SIGTERM detaches within the second, not after n x 70 ms.
+        // A uprobe link's release waits for a grace period (~70 ms here):
+        // release them all at once so the waits overlap and SIGTERM
+        // detaches within a fraction of a second, not after n x 70 ms.
         let handles: Vec<_> = self
             .links
             .drain(..)

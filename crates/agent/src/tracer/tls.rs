@@ -4,11 +4,19 @@
 //! OpenSSL, another version) is a logged, counted skip, never an error.
 
 use super::Tracer;
-use libbpf_rs::{ProgramMut, UprobeOpts};
+use libbpf_rs::{Link, ProgramMut, UprobeMultiOpts, UprobeOpts};
 use std::path::{Path, PathBuf};
 
 pub fn is_tls_program(name: &str) -> bool {
     name.starts_with("at_ssl_")
+}
+
+/// Whether the kernel has uprobe_multi links (Linux 6.6+). A perf-event
+/// uprobe's release waits for a grace period under a global mutex, so nine
+/// of them took 0.8 s to detach one after another at SIGTERM; multi links
+/// are released without that mutex, their waits overlap.
+pub fn kernel_has_uprobe_multi() -> bool {
+    super::hooks::kernel_btf_has(&[b"bpf_uprobe_multi_link"])
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,10 +73,9 @@ impl Tracer {
             return TlsAttach::AlreadyDone;
         }
         let p = &self.skel.progs;
-        // Every probe is a link, and each link's release waits for its own
-        // grace period at exit (~0.1 s here): SSL_do_handshake is not probed
-        // (its duration comes from the handshake records instead), which
-        // keeps SIGTERM-to-detached under a second with one libssl.
+        // SSL_do_handshake is not probed: its duration comes from the
+        // handshake records instead, and every probe is one more link to
+        // release at exit.
         let entries: [(&ProgramMut<'_>, &str); 4] = [
             (&p.at_ssl_write, "SSL_write"),
             (&p.at_ssl_write_ex, "SSL_write_ex"),
@@ -78,18 +85,13 @@ impl Tracer {
         let mut attached_funcs = Vec::new();
         let mut links = Vec::new();
         for (prog, func) in entries {
-            let opts = UprobeOpts {
-                func_name: Some((*func).to_owned()),
-                retprobe: false,
-                ..Default::default()
-            };
-            match prog.attach_uprobe_with_opts(-1, &key, 0, opts) {
-                Ok(link) => {
-                    links.push(link);
+            match self.place_probes(prog, &key, &[func], false) {
+                Ok(l) => {
+                    links.extend(l);
                     attached_funcs.push(func);
                 }
                 Err(e) => {
-                    tracing::debug!(path = %key.display(), func, error = %e, "TLS probe not placed")
+                    tracing::debug!(path = %key.display(), func, error = %format!("{e:#}"), "TLS probe not placed")
                 }
             }
         }
@@ -100,31 +102,16 @@ impl Tracer {
             tracing::debug!(path = %key.display(), "no OpenSSL read/write symbols: TLS capture skipped for this file");
             return TlsAttach::NoSymbols;
         }
-        {
-            let prog = &p.at_ssl_ret;
-            for func in &attached_funcs {
-                let opts = UprobeOpts {
-                    func_name: Some((*func).to_owned()),
-                    retprobe: true,
-                    ..Default::default()
-                };
-                match prog.attach_uprobe_with_opts(-1, &key, 0, opts) {
-                    Ok(link) => links.push(link),
-                    Err(e) => {
-                        tracing::warn!(path = %key.display(), func, error = %e, "TLS return probe not placed")
-                    }
-                }
+        match self.place_probes(&p.at_ssl_ret, &key, &attached_funcs, true) {
+            Ok(l) => links.extend(l),
+            Err(e) => {
+                tracing::warn!(path = %key.display(), error = %e, "TLS return probes not placed")
             }
         }
         // Optional: libraries without it (or apps that hand OpenSSL a BIO)
         // still learn the fd from the syscalls inside SSL_read/SSL_write.
-        let set_fd = UprobeOpts {
-            func_name: Some("SSL_set_fd".to_owned()),
-            retprobe: false,
-            ..Default::default()
-        };
-        match p.at_ssl_set_fd.attach_uprobe_with_opts(-1, &key, 0, set_fd) {
-            Ok(link) => links.push(link),
+        match self.place_probes(&p.at_ssl_set_fd, &key, &["SSL_set_fd"], false) {
+            Ok(l) => links.extend(l),
             Err(e) => {
                 tracing::debug!(path = %key.display(), error = %e, "SSL_set_fd probe not placed")
             }
@@ -133,5 +120,40 @@ impl Tracer {
         tracing::info!(path = %key.display(), functions = n, "TLS capture attached");
         self.tls_links.borrow_mut().extend(links);
         TlsAttach::Attached(n)
+    }
+
+    /// Attaches `prog` to the functions `funcs` of `file`, one link per
+    /// function: a uprobe_multi link where the kernel has those, else a
+    /// perf-event link.
+    fn place_probes(
+        &self,
+        prog: &ProgramMut<'_>,
+        file: &Path,
+        funcs: &[&str],
+        retprobe: bool,
+    ) -> libbpf_rs::Result<Vec<Link>> {
+        funcs
+            .iter()
+            .map(|f| {
+                if self.uprobe_multi {
+                    // The name goes in as a pattern: libbpf's lookup by
+                    // symbol list reports ENOENT for a library without a
+                    // .symtab (every distribution's libssl) even when it
+                    // found the name in .dynsym. A pattern without
+                    // wildcards matches that name only.
+                    let opts = UprobeMultiOpts {
+                        retprobe,
+                        ..Default::default()
+                    };
+                    return prog.attach_uprobe_multi_with_opts(-1, file, f, opts);
+                }
+                let opts = UprobeOpts {
+                    func_name: Some((*f).to_owned()),
+                    retprobe,
+                    ..Default::default()
+                };
+                prog.attach_uprobe_with_opts(-1, file, 0, opts)
+            })
+            .collect()
     }
 }
