@@ -272,6 +272,7 @@ fn read_loop(
     let _ = rings.consume();
     pipeline.borrow_mut().after_drain();
     pipeline.borrow_mut().tick(clock::monotonic_ns());
+    pipeline.borrow_mut().release_all();
     publish_kernel_counters(tracer, metrics);
     Ok(())
 }

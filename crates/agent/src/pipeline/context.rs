@@ -98,15 +98,75 @@ pub struct WireIds {
 /// the same TCP connection can take them as parent (no header injection).
 const MAX_FLOWS: usize = 65_536;
 
+/// Unmatched server requests remembered per flow by span id; older ones
+/// are only counted (a client that never comes is not selected).
+const MAX_UNMATCHED_IDS: usize = 16;
+
+/// Server requests of one flow that found no client entry, oldest first.
+#[derive(Debug, Default)]
+struct Unmatched {
+    /// The oldest ones, counted only.
+    counted: u32,
+    /// Then each one's (trace id, span id), None where the request had its
+    /// parent already (a traceparent or wire ids): nothing to patch.
+    ids: std::collections::VecDeque<Option<(TraceId, SpanId)>>,
+}
+
+impl Unmatched {
+    fn push(&mut self, id: Option<(TraceId, SpanId)>) {
+        if self.ids.len() == MAX_UNMATCHED_IDS {
+            self.ids.pop_front();
+            self.counted += 1;
+        }
+        self.ids.push_back(id);
+    }
+
+    /// The oldest unmatched request: Some(Some(id)) when it can still be
+    /// patched, Some(None) when not, None when there is none left.
+    fn pop(&mut self) -> Option<Option<(TraceId, SpanId)>> {
+        if self.counted > 0 {
+            self.counted -= 1;
+            return Some(None);
+        }
+        self.ids.pop_front()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.counted == 0 && self.ids.is_empty()
+    }
+}
+
+/// The client side of a same-host request whose server side was read
+/// first, by the trace id the server request started: every span of that
+/// trace moves into the client's, and the server span takes the client as
+/// parent. The server span is built at its response, its children at
+/// theirs: all are usually still to come when the client's event arrives.
+#[derive(Debug, Clone, Copy)]
+struct LateParent {
+    server_span_id: SpanId,
+    trace_id: TraceId,
+    client_span_id: SpanId,
+}
+
+/// Ticks (seconds) a late parent is kept for, at least.
+const LATE_TICKS: u32 = 10;
+
 pub struct ContextTracker {
     pub sampler: super::sampler::Sampler,
     pub same_host_linking: bool,
     clients: std::collections::HashMap<FlowKey, std::collections::VecDeque<SpanCtx>>,
     /// Server requests that found no client entry on their flow. The
-    /// client's entry may still come (its event was emitted later, e.g. at a
-    /// TLS write's return): it must then be dropped, or every later request
-    /// on the connection would take its predecessor's client as parent.
-    unmatched: std::collections::HashMap<FlowKey, u32>,
+    /// client's entry may still come: the server's read can reach the ring
+    /// before the client's send event, which fires when the send returns,
+    /// after loopback already delivered the bytes. It then becomes the
+    /// server span's parent (`late`), and is never left queued, or every
+    /// later request on the connection would take its predecessor's client
+    /// as parent.
+    unmatched: std::collections::HashMap<FlowKey, Unmatched>,
+    /// Parents that came late, by the server request's own trace id; two
+    /// generations of LATE_TICKS each.
+    late: [std::collections::HashMap<TraceId, LateParent>; 2],
+    ticks: u32,
 }
 
 impl ContextTracker {
@@ -116,6 +176,8 @@ impl ContextTracker {
             same_host_linking,
             clients: Default::default(),
             unmatched: Default::default(),
+            late: Default::default(),
+            ticks: 0,
         }
     }
 
@@ -153,7 +215,7 @@ impl ContextTracker {
     ) -> SpanCtx {
         if let Some(p) = traceparent.and_then(parse_traceparent) {
             // Drop the same-host entry too: it describes the same request.
-            self.take_or_note(&flow);
+            self.take_or_note(&flow, None);
             return self.child_of(Some((
                 p.trace_id,
                 p.span_id,
@@ -162,17 +224,19 @@ impl ContextTracker {
             )));
         }
         if let Some(w) = wire {
-            self.take_or_note(&flow);
+            self.take_or_note(&flow, None);
             // The option carries no sampled flag: the sender exports its
             // client spans unless its own sampler said no.
             return self.child_of(Some((w.trace_id, w.span_id, String::new(), true)));
         }
-        if self.same_host_linking {
-            if let Some(c) = self.take_or_note(&flow) {
-                return self.child_of(Some((c.trace_id, c.span_id, c.trace_state, c.sampled)));
-            }
+        if !self.same_host_linking {
+            return self.child_of(None);
         }
-        self.child_of(None)
+        let root = self.child_of(None);
+        match self.take_or_note(&flow, Some((root.trace_id, root.span_id))) {
+            Some(c) => self.child_of(Some((c.trace_id, c.span_id, c.trace_state, c.sampled))),
+            None => root,
+        }
     }
 
     /// A client request was written; `parent` is the server request the
@@ -188,10 +252,22 @@ impl ContextTracker {
         if !self.same_host_linking {
             return ctx;
         }
-        if let Some(n) = self.unmatched.get_mut(&flow) {
-            // The server side already handled this request without us.
-            *n -= 1;
-            if *n == 0 {
+        if let Some(u) = self.unmatched.get_mut(&flow) {
+            // The server side already read this request: its span, not yet
+            // built, takes this one as parent.
+            if let Some(Some((server_trace, server_span_id))) = u.pop() {
+                if self.late[0].len() < MAX_FLOWS {
+                    self.late[0].insert(
+                        server_trace,
+                        LateParent {
+                            server_span_id,
+                            trace_id: ctx.trace_id,
+                            client_span_id: ctx.span_id,
+                        },
+                    );
+                }
+            }
+            if u.is_empty() {
                 self.unmatched.remove(&flow);
             }
             return ctx;
@@ -236,13 +312,49 @@ impl ContextTracker {
         c
     }
 
-    /// The client's entry for this request, or a note that none came.
-    fn take_or_note(&mut self, flow: &FlowKey) -> Option<SpanCtx> {
+    /// The client's entry for this request, or a note that none came
+    /// (with the server span id a late one may patch).
+    fn take_or_note(
+        &mut self,
+        flow: &FlowKey,
+        server: Option<(TraceId, SpanId)>,
+    ) -> Option<SpanCtx> {
         let c = self.take_client(flow);
         if c.is_none() && self.unmatched.len() < MAX_FLOWS {
-            *self.unmatched.entry(*flow).or_default() += 1;
+            self.unmatched.entry(*flow).or_default().push(server);
         }
         c
+    }
+
+    /// A span of a server request whose client side came late joins that
+    /// client's trace; the server span itself becomes the client's child.
+    pub fn adopt_late_parent(&mut self, span: &mut autotel_model::Span) {
+        let Some(p) = self.late_parent(&span.trace_id) else {
+            return;
+        };
+        span.trace_id = p.trace_id;
+        if span.span_id == p.server_span_id {
+            span.parent_span_id = Some(p.client_span_id);
+        }
+    }
+
+    fn late_parent(&self, trace: &TraceId) -> Option<LateParent> {
+        if self.late.iter().all(|m| m.is_empty()) {
+            return None;
+        }
+        self.late[0]
+            .get(trace)
+            .or_else(|| self.late[1].get(trace))
+            .copied()
+    }
+
+    /// Once a second: late parents are kept LATE_TICKS to 2 x LATE_TICKS.
+    pub fn tick(&mut self) {
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(LATE_TICKS) {
+            self.late.swap(0, 1);
+            self.late[0].clear();
+        }
     }
 
     /// A side of the connection closed: nothing more will match it.
@@ -265,13 +377,46 @@ mod tracker_tests {
         // Request 1: the server side is seen before the client side.
         let s1 = t.server_request(None, None, FLOW, None);
         assert_eq!(s1.parent_span_id, None);
-        let _c1 = t.client_request(None, FLOW, None);
+        let c1 = t.client_request(None, FLOW, None);
+        // ... and request 1's span, built at its response, takes client 1.
+        let p = t.late_parent(&s1.trace_id).unwrap();
+        assert_eq!(
+            (p.server_span_id, p.trace_id, p.client_span_id),
+            (s1.span_id, c1.trace_id, c1.span_id)
+        );
         // Request 2 in order: it must link to client 2, not client 1.
         let c2 = t.client_request(None, FLOW, None);
         let s2 = t.server_request(None, None, FLOW, None);
         assert_eq!(s2.parent_span_id, Some(c2.span_id));
         t.forget_flow(&FLOW);
         assert!(t.unmatched.is_empty() && t.clients.is_empty());
+    }
+
+    #[test]
+    fn unmatched_requests_stay_bounded_and_in_order() {
+        let mut t = ContextTracker::new(Sampler::default(), true);
+        // A client that is not selected: the server side never matches.
+        let servers: Vec<_> = (0..100)
+            .map(|_| t.server_request(None, None, FLOW, None))
+            .collect();
+        assert_eq!(t.unmatched[&FLOW].ids.len(), MAX_UNMATCHED_IDS);
+        // Late clients still pair up in order: the oldest were only counted.
+        for _ in 0..(100 - MAX_UNMATCHED_IDS) {
+            t.client_request(None, FLOW, None);
+        }
+        assert!(t.late.iter().all(|m| m.is_empty()));
+        let c = t.client_request(None, FLOW, None);
+        let first_kept = &servers[100 - MAX_UNMATCHED_IDS];
+        let p = t.late_parent(&first_kept.trace_id).unwrap();
+        assert_eq!(
+            (p.server_span_id, p.client_span_id),
+            (first_kept.span_id, c.span_id)
+        );
+        // Late parents go after two generations of ticks.
+        for _ in 0..2 * LATE_TICKS {
+            t.tick();
+        }
+        assert!(t.late.iter().all(|m| m.is_empty()));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::metrics::{SharedStore, Store};
 use crate::rate_limit::RateLimitedCount;
 use crate::selfmetrics::SelfMetrics;
 use crate::tracer::abi::{self, ConnTuple, DataEvent, Event};
-use autotel_model::{Resource, Span, TraceId};
+use autotel_model::{Resource, Span, SpanKind, TraceId};
 use autotel_protocols::db::{DbConnection, DbEvent, DbOperation};
 use autotel_protocols::dns::{self, DnsLookup, DnsTcpFramer, LookupTracker};
 use autotel_protocols::http1::{
@@ -49,6 +49,13 @@ const IDLE_NS: u64 = 300 * 1_000_000_000;
 /// MAX_SPAN_BATCH spans.
 pub type SpanBatch = Vec<Span>;
 const MAX_SPAN_BATCH: usize = 256;
+
+/// How long a root server span of a same-host connection waits for its
+/// client's event. That event fires when the client's send returns, and
+/// loopback delivers the bytes inside the send: a server woken on the
+/// client's CPU can read, answer and be reported before the client thread
+/// runs again (seen with curl -> python http.server).
+const LATE_PARENT_HOLD: std::time::Duration = std::time::Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct ConnKey {
@@ -185,6 +192,9 @@ pub struct Pipeline {
     batch: SpanBatch,
     /// Spans in the channel may not exceed this (OTEL_BSP_MAX_QUEUE_SIZE).
     queue_limit: usize,
+    /// Root server spans of same-host connections, waiting LATE_PARENT_HOLD
+    /// for a client event that may come after them (see ContextTracker).
+    held: VecDeque<(std::time::Instant, Span)>,
     proc_events: Sender<ProcEvent>,
     metrics: Arc<SelfMetrics>,
     red: SharedStore,
@@ -267,6 +277,7 @@ impl Pipeline {
             host: resource::host_name(),
             spans,
             batch: Vec::new(),
+            held: VecDeque::new(),
             queue_limit,
             proc_events,
             metrics,
@@ -951,13 +962,48 @@ impl Pipeline {
         if let Some(t) = &conn.tls {
             t.decorate(&mut span);
         }
+        self.contexts.adopt_late_parent(&mut span);
         record(
             &mut self.red.lock().unwrap_or_else(|e| e.into_inner()),
             &span,
         );
-        if sampled {
+        if !sampled {
+            return;
+        }
+        if span.kind == SpanKind::Server
+            && span.parent_span_id.is_none()
+            && self.contexts.same_host_linking
+            && conn.tuple.is_same_host()
+        {
+            if self.held.len() >= self.queue_limit {
+                self.release_held(true);
+            }
+            self.held.push_back((std::time::Instant::now(), span));
+            return;
+        }
+        self.send(span);
+    }
+
+    /// Sends the held spans older than LATE_PARENT_HOLD (all of them when
+    /// `all`), with the parent a late client event gave them.
+    fn release_held(&mut self, all: bool) {
+        let now = std::time::Instant::now();
+        while let Some((at, _)) = self.held.front() {
+            if !all && now.duration_since(*at) < LATE_PARENT_HOLD {
+                break;
+            }
+            let Some((_, mut span)) = self.held.pop_front() else {
+                break;
+            };
+            self.contexts.adopt_late_parent(&mut span);
             self.send(span);
         }
+    }
+
+    /// At shutdown: nothing waits any more.
+    pub fn release_all(&mut self) {
+        self.release_held(true);
+        self.flush_spans();
     }
 
     fn send(&mut self, span: Span) {
@@ -1159,6 +1205,7 @@ impl Pipeline {
     /// Called after each full drain of the rings: exits seen in this pass
     /// now have all their data processed.
     pub fn after_drain(&mut self) {
+        self.release_held(false);
         self.flush_spans();
         for f in std::mem::take(&mut self.pending_flows) {
             self.on_flow(&f);
@@ -1290,6 +1337,7 @@ impl Pipeline {
                 .forget_exited(&gone);
         }
         self.clock = Clock::new();
+        self.contexts.tick();
         self.publish();
     }
 

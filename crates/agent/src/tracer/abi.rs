@@ -87,6 +87,10 @@ impl ConnTuple {
     pub fn remote_addr(&self) -> std::net::IpAddr {
         self.addr(&self.daddr)
     }
+    /// Both ends on this host: loopback, or one address talking to itself.
+    pub fn is_same_host(&self) -> bool {
+        self.saddr == self.daddr || self.local_addr().is_loopback()
+    }
 }
 
 /// `struct at_data_event` without its payload array.
