@@ -207,6 +207,11 @@ fn run(cfg: Config, mode: Mode, kube: Option<kube::Config>) -> Result<()> {
         proc_tx,
         metrics.clone(),
     )));
+    if mode == Mode::Export {
+        pipeline
+            .borrow_mut()
+            .wake_exporter_at(export_thread.thread().clone(), cfg.traces.max_batch);
+    }
     read_loop(&tracer, &pipeline, &metrics, &shutdown, &tls_rx)?;
 
     // Detach first: after this nothing of ours runs in the kernel.
@@ -215,6 +220,7 @@ fn run(cfg: Config, mode: Mode, kube: Option<kube::Config>) -> Result<()> {
     tracing::info!(programs = attached, "shutting down");
     // Closing the channels ends discovery and lets the exporter drain.
     drop(pipeline);
+    export_thread.thread().unpark();
     drop(metrics_stop_tx);
     let _ = discovery_thread.join();
     let _ = export_thread.join();

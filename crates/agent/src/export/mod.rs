@@ -13,14 +13,11 @@ use crate::config::TracesExport;
 use crate::pipeline::SpanBatch;
 use crate::selfmetrics::SelfMetrics;
 use autotel_model::Span;
-use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use crossbeam_channel::{Receiver, TryRecvError};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// How often a busy exporter drains its queue.
-const DRAIN_TICK: Duration = Duration::from_millis(2);
 
 /// Give up on one batch after retrying this long (the queue keeps filling meanwhile).
 const RETRY_MAX_ELAPSED: Duration = Duration::from_secs(120);
@@ -94,39 +91,24 @@ impl SpanExporter {
         let mut line_buf = String::new();
         let mut deadline = Instant::now() + delay;
         let mut open = true;
-        let mut last_drained = 0usize;
         while open || !batch.is_empty() || !carry.is_empty() {
             self.fill(&mut batch, &mut carry, max);
+            while open && batch.len() < max {
+                match rx.try_recv() {
+                    Ok(mut spans) => {
+                        carry.append(&mut spans);
+                        self.fill(&mut batch, &mut carry, max);
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => open = false,
+                }
+            }
             if open && batch.len() < max {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if last_drained == 0 {
-                    // Quiet: park until a span comes (its send wakes us).
-                    match rx.recv_timeout(left) {
-                        Ok(mut spans) => {
-                            carry.append(&mut spans);
-                            self.fill(&mut batch, &mut carry, max);
-                        }
-                        Err(RecvTimeoutError::Timeout) => {}
-                        Err(RecvTimeoutError::Disconnected) => open = false,
-                    }
-                } else {
-                    // Busy: poll every tick, so the pipeline's sends do not
-                    // each pay for waking this thread (a futex call per batch).
-                    std::thread::sleep(left.min(DRAIN_TICK));
-                }
-                last_drained = 0;
-                while open && batch.len() < max {
-                    match rx.try_recv() {
-                        Ok(mut spans) => {
-                            last_drained += spans.len();
-                            carry.append(&mut spans);
-                            self.fill(&mut batch, &mut carry, max);
-                        }
-                        Err(TryRecvError::Empty) => break,
-                        Err(TryRecvError::Disconnected) => open = false,
-                    }
-                }
-                if open && batch.len() < max && Instant::now() < deadline {
+                let now = Instant::now();
+                if now < deadline {
+                    // Sleep to the deadline: the pipeline unparks this
+                    // thread when a whole batch waits, and at shutdown.
+                    std::thread::park_timeout(deadline - now);
                     continue;
                 }
             }
