@@ -216,7 +216,9 @@ fn run(cfg: Config, mode: Mode, kube: Option<kube::Config>) -> Result<()> {
 
     // Detach first: after this nothing of ours runs in the kernel.
     let attached = tracer.attached();
+    let programs = tracer.program_ids();
     drop(tracer);
+    crate::tracer::wait_programs_freed(&programs, Duration::from_millis(700));
     tracing::info!(programs = attached, "shutting down");
     // Closing the channels ends discovery and lets the exporter drain.
     drop(pipeline);

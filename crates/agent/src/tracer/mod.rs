@@ -264,6 +264,28 @@ impl Tracer {
         self.links.len() + self.tls_links.borrow().len()
     }
 
+    /// Kernel ids of the loaded programs, for `wait_programs_freed`.
+    pub fn program_ids(&self) -> Vec<u32> {
+        use std::os::fd::{AsFd, AsRawFd};
+        self.skel
+            .object()
+            .progs()
+            .filter_map(|p| {
+                let mut info: libbpf_rs::libbpf_sys::bpf_prog_info = unsafe { std::mem::zeroed() };
+                let mut len = std::mem::size_of_val(&info) as u32;
+                // SAFETY: a valid program fd and a buffer of the stated size.
+                let rc = unsafe {
+                    libbpf_rs::libbpf_sys::bpf_prog_get_info_by_fd(
+                        p.as_fd().as_raw_fd(),
+                        &mut info,
+                        &mut len,
+                    )
+                };
+                (rc == 0 && info.id != 0).then_some(info.id)
+            })
+            .collect()
+    }
+
     /// An owned handle to the selected-pid map, usable from another thread.
     pub fn selected_pids_handle(&self) -> Result<SelectedPids> {
         let handle = MapHandle::try_from(&self.skel.maps.selected_pids)
@@ -344,5 +366,28 @@ impl SelectedPids {
                 .map(|b| u32::from_ne_bytes(b.try_into().unwrap_or_default())),
             _ => None,
         }
+    }
+}
+
+/// Waits (up to `limit`) until none of `ids` is loaded any more. A
+/// uprobe_multi link frees its program only after an RCU tasks-trace grace
+/// period, after the link itself is gone: exiting before that would leave
+/// our (detached) programs listed for a moment after the agent is gone.
+pub fn wait_programs_freed(ids: &[u32], limit: std::time::Duration) {
+    let end = std::time::Instant::now() + limit;
+    let loaded = |id: u32| {
+        // SAFETY: plain syscall wrapper; a returned fd is closed at once.
+        let fd = unsafe { libbpf_rs::libbpf_sys::bpf_prog_get_fd_by_id(id) };
+        if fd >= 0 {
+            unsafe { libc::close(fd) };
+        }
+        fd >= 0
+    };
+    while ids.iter().any(|&id| loaded(id)) {
+        if std::time::Instant::now() >= end {
+            tracing::warn!("BPF programs still loaded after detach; the kernel frees them shortly");
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
