@@ -84,21 +84,38 @@ struct at_exit_walk {
 	__u32 tgid;
 };
 
+struct at_exit_bits {
+	__u64 bits;
+	__u32 first_fd;
+	__u32 tgid;
+};
+
+/* One bit per call: a bpf_loop callback is verified once, whereas an open
+ * 64-step loop over an unknown word made some verifiers walk every path
+ * (1M instructions, E2BIG on 6.18.44, so the agent did not load). */
+static long exit_fd_bit(__u64 b, void *ctx)
+{
+	struct at_exit_bits *s = ctx;
+	if (!s->bits)
+		return 1;
+	if (s->bits & 1) {
+		__u64 key = conn_key(s->tgid, (__s32)(s->first_fd + b));
+		bpf_map_delete_elem(&conns, &key);
+	}
+	s->bits >>= 1;
+	return 0;
+}
+
 static long exit_fd_word(__u64 i, void *ctx)
 {
 	struct at_exit_walk *w = ctx;
 	if (i >= w->words)
 		return 1;
-	__u64 bits = 0;
-	if (bpf_probe_read_kernel(&bits, sizeof(bits), (void *)(w->open_fds + i * 8)))
+	struct at_exit_bits s = { .first_fd = (__u32)(i * 64), .tgid = w->tgid };
+	if (bpf_probe_read_kernel(&s.bits, sizeof(s.bits), (void *)(w->open_fds + i * 8)))
 		return 1;
-	for (int b = 0; b < 64 && bits; b++) {
-		if (bits & 1) {
-			__u64 key = conn_key(w->tgid, (__s32)(i * 64 + b));
-			bpf_map_delete_elem(&conns, &key);
-		}
-		bits >>= 1;
-	}
+	if (s.bits)
+		bpf_loop(64, exit_fd_bit, &s, 0);
 	return 0;
 }
 
