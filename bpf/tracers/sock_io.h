@@ -41,11 +41,11 @@ static __always_inline struct at_sk_state *sk_state_get(const struct sock *sk, _
 
 /* A freed sock's memory is soon another sock's: when a close went unseen
  * and the fd and the address are both reused, the ports still tell the
- * connections apart. */
+ * connections apart. Only called from tp_btf programs (trusted `sk`). */
 static __always_inline int same_ports(const struct at_conn_info *info, struct sock *sk)
 {
-	return info->tuple.sport == BPF_CORE_READ(sk, __sk_common.skc_num) &&
-	       info->tuple.dport == bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	return info->tuple.sport == sk->__sk_common.skc_num &&
+	       info->tuple.dport == bpf_ntohs(sk->__sk_common.skc_dport);
 }
 
 /* The conns entry of (tgid, fd) for this sock, made on first sight. When the
@@ -190,7 +190,9 @@ static __always_inline void claim_passive_flow(struct sock *sk, __u64 id)
 
 static __always_inline int sock_transfer(struct sock *sk, long ret, __u8 direction)
 {
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	/* tp_btf hands us a trusted sock: plain loads (CO-RE relocated), not
+	 * a probe-read helper call per field, on every socket call of the host. */
+	__u16 family = sk->__sk_common.skc_family;
 	if (family != AT_AF_INET && family != AT_AF_INET6)
 		return 0;
 	__u64 id = bpf_get_current_pid_tgid();

@@ -86,6 +86,11 @@ pub struct SpanCtx {
 /// (client address, client port, server address, server port)
 pub type FlowKey = ([u8; 16], u16, [u8; 16], u16);
 
+/// Maps keyed by what peers choose (addresses, ports, trace ids): foldhash
+/// with a per-process random seed, several times cheaper than SipHash per
+/// lookup and still not predictable from outside.
+type PeerMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Ids carried in a TCP header option (see bpf/tracers/wire_ctx.h): chosen
 /// by the kernel for a client request, or received with a server request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,7 +159,7 @@ const LATE_TICKS: u32 = 10;
 pub struct ContextTracker {
     pub sampler: super::sampler::Sampler,
     pub same_host_linking: bool,
-    clients: std::collections::HashMap<FlowKey, std::collections::VecDeque<SpanCtx>>,
+    clients: PeerMap<FlowKey, std::collections::VecDeque<SpanCtx>>,
     /// Server requests that found no client entry on their flow. The
     /// client's entry may still come: the server's read can reach the ring
     /// before the client's send event, which fires when the send returns,
@@ -162,10 +167,10 @@ pub struct ContextTracker {
     /// server span's parent (`late`), and is never left queued, or every
     /// later request on the connection would take its predecessor's client
     /// as parent.
-    unmatched: std::collections::HashMap<FlowKey, Unmatched>,
+    unmatched: PeerMap<FlowKey, Unmatched>,
     /// Parents that came late, by the server request's own trace id; two
     /// generations of LATE_TICKS each.
-    late: [std::collections::HashMap<TraceId, LateParent>; 2],
+    late: [PeerMap<TraceId, LateParent>; 2],
     ticks: u32,
 }
 

@@ -2,6 +2,7 @@
 //! decide framing and trace context. Parsing is delegated to `httparse`.
 
 use super::ParseError;
+use std::mem::MaybeUninit;
 
 /// Headers per message we accept; more is treated as invalid traffic.
 const MAX_HEADERS: usize = 96;
@@ -160,69 +161,96 @@ fn trim(b: &[u8]) -> &[u8] {
     &b[start..end]
 }
 
-fn header_text(headers: &[httparse::Header<'_>], name: &str) -> Option<String> {
-    headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| String::from_utf8_lossy(h.value).into_owned())
+fn lossy(value: &[u8]) -> String {
+    String::from_utf8_lossy(value).into_owned()
 }
 
-/// All values of a list-valued header, joined with commas (RFC 9110 5.3;
-/// W3C tracestate may be split over several lines).
-fn header_joined(headers: &[httparse::Header<'_>], name: &str) -> Option<String> {
-    let parts: Vec<String> = headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| String::from_utf8_lossy(h.value).trim().to_owned())
-        .filter(|v| !v.is_empty())
-        .collect();
-    (!parts.is_empty()).then(|| parts.join(","))
+/// Room for the headers of one message, left uninitialised: httparse writes
+/// each slot before it is read, and zeroing 96 slots (3 KiB) per message was
+/// a visible part of parsing at 100k messages a second.
+type HeaderSlots<'b> = [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS];
+
+fn header_slots<'b>() -> HeaderSlots<'b> {
+    [const { MaybeUninit::uninit() }; MAX_HEADERS]
 }
 
 /// Parses a request head at the start of `buf`. `Ok(None)`: need more bytes.
 pub fn parse_request(buf: &[u8]) -> Result<Option<RequestHead>, ParseError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let head_len = match req.parse(buf) {
+    let mut slots = header_slots();
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(ParseError::Syntax(e.to_string())),
     };
     let version = req.version.unwrap_or(1);
     let framing = framing_headers(req.headers, version)?;
-    Ok(Some(RequestHead {
+    let mut head = RequestHead {
         method: req.method.unwrap_or_default().to_owned(),
         target: req.path.unwrap_or_default().to_owned(),
         version,
-        host: header_text(req.headers, "host"),
-        traceparent: header_text(req.headers, "traceparent"),
-        tracestate: header_joined(req.headers, "tracestate"),
-        user_agent: header_text(req.headers, "user-agent"),
+        host: None,
+        traceparent: None,
+        tracestate: None,
+        user_agent: None,
         content_length: framing.content_length,
         chunked: framing.chunked,
         connection_close: framing.connection_close,
         head_len,
-    }))
+    };
+    // One pass for the headers we keep: the first of each, except tracestate,
+    // whose values are joined with commas (RFC 9110 5.3; W3C tracestate may
+    // be split over several lines).
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host") {
+            head.host.get_or_insert_with(|| lossy(h.value));
+        } else if name.eq_ignore_ascii_case("user-agent") {
+            head.user_agent.get_or_insert_with(|| lossy(h.value));
+        } else if name.eq_ignore_ascii_case("traceparent") {
+            head.traceparent.get_or_insert_with(|| lossy(h.value));
+        } else if name.eq_ignore_ascii_case("tracestate") {
+            let part = String::from_utf8_lossy(h.value);
+            let part = part.trim();
+            if !part.is_empty() {
+                match &mut head.tracestate {
+                    Some(joined) => {
+                        joined.push(',');
+                        joined.push_str(part);
+                    }
+                    None => head.tracestate = Some(part.to_owned()),
+                }
+            }
+        }
+    }
+    Ok(Some(head))
 }
 
 /// Parses a response head at the start of `buf`. `Ok(None)`: need more bytes.
 pub fn parse_response(buf: &[u8]) -> Result<Option<ResponseHead>, ParseError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let head_len = match resp.parse(buf) {
+    let mut slots = header_slots();
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
+    let head_len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(ParseError::Syntax(e.to_string())),
     };
     let version = resp.version.unwrap_or(1);
     let framing = framing_headers(resp.headers, version)?;
+    let upgrade = resp
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
+        .map(|h| lossy(h.value));
     Ok(Some(ResponseHead {
         status: resp.code.unwrap_or_default(),
         version,
         content_length: framing.content_length,
         chunked: framing.chunked,
         connection_close: framing.connection_close,
-        upgrade: header_text(resp.headers, "upgrade"),
+        upgrade,
         head_len,
     }))
 }
