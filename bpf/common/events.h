@@ -25,6 +25,10 @@
 #define AT_SEL_INHERITED 2   /* forked from a selected process */
 #define AT_SEL_PROVISIONAL 4 /* exec'ed while an executable-name selector is set: user space decides */
 #define AT_SEL_EXPLICIT 8    /* listed by pid: survives exec */
+/* Bits above the flags of a provisional selection: a random tag of the exec
+ * that made it, also sent in that exec's event, so user space rejecting one
+ * exec never removes the selection a later exec of the same pid made. */
+#define AT_SEL_TAG_SHIFT 8
 
 /* readv/writev/sendmsg/recvmsg: iovec entries walked per syscall (gRPC
  * writes one small iovec per frame piece). */
@@ -148,7 +152,7 @@ struct at_proc_event {
 	__u16 _pad;
 	__u32 pid;  /* tgid */
 	__u32 ppid; /* parent tgid (fork) */
-	__u32 _pad2;
+	__u32 exec_sel; /* exec: the selected_pids value it wrote (0: none) */
 	__u64 ts_ns;
 	char comm[16];
 	char filename[AT_FILENAME_LEN]; /* exec: the path given to execve */

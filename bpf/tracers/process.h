@@ -12,14 +12,14 @@ static __always_inline struct at_proc_event *reserve_proc(void)
 	return ev;
 }
 
-static __always_inline void submit_proc(struct at_proc_event *ev, __u8 kind, __u32 pid, __u32 ppid)
+static __always_inline void submit_proc(struct at_proc_event *ev, __u8 kind, __u32 pid, __u32 ppid, __u32 exec_sel)
 {
 	ev->type = AT_EV_PROC;
 	ev->kind = kind;
 	ev->_pad = 0;
 	ev->pid = pid;
 	ev->ppid = ppid;
-	ev->_pad2 = 0;
+	ev->exec_sel = exec_sel;
 	ev->ts_ns = bpf_ktime_get_ns();
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 	/* Discovery must be prompt (< 1 s): always wake the reader. */
@@ -32,7 +32,7 @@ static __always_inline void emit_proc(__u8 kind, __u32 pid, __u32 ppid)
 	if (!ev)
 		return;
 	ev->filename[0] = 0;
-	submit_proc(ev, kind, pid, ppid);
+	submit_proc(ev, kind, pid, ppid, 0);
 }
 
 /* exec replaces the program: an inherited selection no longer holds. */
@@ -44,8 +44,13 @@ int BPF_PROG(at_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 		return 0;
 	__u32 *flags = bpf_map_lookup_elem(&selected_pids, &tgid);
 	__u32 explicit_flag = flags ? (*flags & AT_SEL_EXPLICIT) : 0;
+	__u32 v = 0;
 	if (select_on_exec) {
-		__u32 v = AT_SEL_PROVISIONAL | explicit_flag;
+		/* `ip netns exec`, `sh -c`, `env`: the wrapper's rejection reaches
+		 * the map after this exec re-selected the pid; the tag lets it
+		 * remove only its own selection. */
+		__u32 tag = bpf_get_prandom_u32() << AT_SEL_TAG_SHIFT;
+		v = AT_SEL_PROVISIONAL | explicit_flag | (tag ? tag : 1u << AT_SEL_TAG_SHIFT);
 		bpf_map_update_elem(&selected_pids, &tgid, &v, BPF_ANY);
 	} else if (flags && !explicit_flag) {
 		bpf_map_delete_elem(&selected_pids, &tgid);
@@ -54,7 +59,7 @@ int BPF_PROG(at_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	if (!ev)
 		return 0;
 	bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename), BPF_CORE_READ(bprm, filename));
-	submit_proc(ev, AT_PROC_EXEC, tgid, 0);
+	submit_proc(ev, AT_PROC_EXEC, tgid, 0, v);
 	return 0;
 }
 

@@ -29,6 +29,9 @@ pub enum ProcEvent {
         pid: u32,
         selected: Option<bool>,
         path: String,
+        /// The kernel's provisional selection value for this exec (its
+        /// tag tells it from a later exec's), 0 when it made none.
+        exec_sel: u32,
     },
     Fork(u32),
     Listen(u32),
@@ -277,8 +280,15 @@ impl Discoverer {
     }
 
     fn exited(&mut self, pid: u32) {
-        if self.selected.remove(&pid).is_some() {
+        if self.selected.contains_key(&pid) {
             self.kernel.remove(pid);
+        }
+        self.forget(pid);
+    }
+
+    /// Drops what discovery holds for `pid`, leaving the kernel map alone.
+    fn forget(&mut self, pid: u32) {
+        if self.selected.remove(&pid).is_some() {
             self.metrics.set_instrumented(self.selected.len());
         }
         self.sdk_noted.remove(&pid);
@@ -317,6 +327,7 @@ impl Discoverer {
                 pid,
                 selected: Some(true),
                 path,
+                ..
             } => {
                 let base = path.rsplit('/').next().unwrap_or(&path).to_owned();
                 let cmd = [path.clone()];
@@ -332,10 +343,19 @@ impl Discoverer {
             ProcEvent::Exec {
                 pid,
                 selected: Some(false),
+                exec_sel,
                 ..
             } => {
-                self.kernel.remove(pid);
-                self.exited(pid);
+                // Only this exec's own selection: when the process has
+                // exec'ed again since (`ip netns exec`, `sh -c`, `env`),
+                // the newer selection stands until its own event decides.
+                let current = self.kernel.flags(pid);
+                if current == Some(exec_sel) || exec_sel == 0 {
+                    self.kernel.remove(pid);
+                    self.exited(pid);
+                } else {
+                    self.forget(pid);
+                }
             }
             ProcEvent::Exec {
                 pid,

@@ -353,6 +353,7 @@ impl Pipeline {
                 pid: p.pid,
                 selected: None,
                 path,
+                exec_sel: p.exec_sel,
             };
         };
         let base = path.rsplit('/').next().unwrap_or(&path).to_owned();
@@ -400,6 +401,7 @@ impl Pipeline {
             pid: p.pid,
             selected: Some(selected),
             path,
+            exec_sel: p.exec_sel,
         }
     }
 

@@ -139,7 +139,8 @@ pub struct ProcEvent {
     pub _pad: u16,
     pub pid: u32,
     pub ppid: u32,
-    pub _pad2: u32,
+    /// Exec: the selected_pids value the kernel wrote for it (0: none).
+    pub exec_sel: u32,
     pub ts_ns: u64,
     pub comm: [u8; 16],
     pub filename: [u8; FILENAME_LEN],
