@@ -422,6 +422,42 @@ mod tests {
         )
     }
 
+    /// `ip netns exec redis-cli ...`: the kernel selected the pid again at the
+    /// second exec before the wrapper's rejection got here. The rejection
+    /// must leave that selection alone; the target's own rejection removes it.
+    #[test]
+    fn wrapper_rejection_keeps_a_later_exec_selection() {
+        let kernel = SelectedPids::standalone().expect("BPF map: run the tests as root");
+        let mut d = Discoverer::new(
+            disc("", Some("^redis-cli$"), vec![]),
+            kernel,
+            Resources::default(),
+            Arc::new(SelfMetrics::new()),
+        );
+        let pid = 4_000_000; // above any pid_max: nothing to read in /proc
+        let tag = |t: u32| abi::SEL_PROVISIONAL | (t << abi::SEL_TAG_SHIFT);
+        let (wrapper, target) = (tag(0x1234), tag(0x5678));
+        d.kernel.insert(pid, target).unwrap();
+        let exec = |exec_sel| ProcEvent::Exec {
+            pid,
+            selected: Some(false),
+            path: "/usr/sbin/ip".into(),
+            exec_sel,
+        };
+        d.handle(exec(wrapper));
+        assert_eq!(
+            d.kernel.flags(pid),
+            Some(target),
+            "the later exec's selection was dropped"
+        );
+        d.handle(exec(target));
+        assert_eq!(
+            d.kernel.flags(pid),
+            None,
+            "a rejected exec kept its own selection"
+        );
+    }
+
     #[test]
     fn selection_rules() {
         let none = disc("", None, vec![]);

@@ -349,6 +349,26 @@ pub struct SelectedPids {
 }
 
 impl SelectedPids {
+    /// A standalone kernel hash map shaped like `selected_pids` (needs
+    /// CAP_BPF), for tests of what user space does to the selection.
+    #[cfg(test)]
+    pub fn standalone() -> Result<Self> {
+        let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
+            ..Default::default()
+        };
+        let handle = MapHandle::create(
+            libbpf_rs::MapType::Hash,
+            Some("at_test_sel"),
+            4,
+            4,
+            64,
+            &opts,
+        )
+        .context("creating a BPF hash map (tests need root)")?;
+        Ok(Self { handle })
+    }
+
     pub fn insert(&self, pid: u32, flags: u32) -> Result<()> {
         self.handle
             .update(&pid.to_ne_bytes(), &flags.to_ne_bytes(), MapFlags::ANY)
