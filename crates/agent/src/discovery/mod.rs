@@ -349,13 +349,10 @@ impl Discoverer {
                 // Only this exec's own selection: when the process has
                 // exec'ed again since (`ip netns exec`, `sh -c`, `env`),
                 // the newer selection stands until its own event decides.
-                let current = self.kernel.flags(pid);
-                if current == Some(exec_sel) || exec_sel == 0 {
+                if exec_sel == 0 || self.kernel.flags(pid) == Some(exec_sel) {
                     self.kernel.remove(pid);
-                    self.exited(pid);
-                } else {
-                    self.forget(pid);
                 }
+                self.forget(pid);
             }
             ProcEvent::Exec {
                 pid,

@@ -29,9 +29,7 @@ fn push_hex(out: &mut String, id: &[u8]) {
 /// Appends one span's line (no newline) to `out`: the exporter reuses one
 /// buffer per batch, so a line costs no allocation of its own.
 pub fn write_line(out: &mut String, s: &Span) {
-    out.push_str("SPAN ");
-    let _ = write!(out, "{}", s.kind);
-    out.push(' ');
+    let _ = write!(out, "SPAN {} ", s.kind);
     push_quoted(out, &s.name);
     out.push_str(" trace=");
     push_hex(out, &s.trace_id);
