@@ -11,8 +11,13 @@
 #define AUTOTEL_EVENTS_H
 
 /* Hard ceiling of the payload prefix one event carries; the runtime limit
- * (capture.max_bytes) is a read-only global set before load and is below this. */
-#define AT_MAX_CAPTURE 8192
+ * (capture.max_bytes) is a read-only global set before load and is below this.
+ * HTTP/2 connections get their own limit (capture.http2_max_bytes, the
+ * whole ceiling by default): one read or write there carries the frames of
+ * many streams at once, and a frame in the uncaptured part is a stream never
+ * seen to start or end. */
+#define AT_MAX_CAPTURE 32768
+#define AT_WIDE_CAPTURE (AT_MAX_CAPTURE - 1)
 /* Last bytes of a syscall's buffer when the prefix did not reach them:
  * enough to see the end of a chunked body ("\r\n0\r\n\r\n") without
  * copying the body. */
@@ -30,9 +35,10 @@
  * exec never removes the selection a later exec of the same pid made. */
 #define AT_SEL_TAG_SHIFT 8
 
-/* readv/writev/sendmsg/recvmsg: iovec entries walked per syscall (gRPC
- * writes one small iovec per frame piece). */
-#define AT_MAX_IOV 64
+/* readv/writev/sendmsg/recvmsg: iovec entries walked per syscall, the
+ * kernel's own UIO_MAXIOV. gRPC writes three iovecs per call, and a busy
+ * channel sends dozens of calls in one sendmsg: a lower bound lost calls. */
+#define AT_MAX_IOV 1024
 
 /* Any implicit padding in the structs below is a build error. */
 #pragma clang diagnostic push
@@ -211,7 +217,8 @@ struct at_conn_info {
 	__u8 role;
 	__u8 is_socket; /* 0: a file/pipe/unix socket we ignore (negative cache) */
 	__u8 last_dir;  /* enum at_last_dir: request boundaries for trace context on the wire */
-	__u8 _pad[5];
+	__u8 wide;      /* HTTP/2 (its preface was seen): capture up to AT_WIDE_CAPTURE */
+	__u8 _pad[4];
 	/* The sock behind the fd: a different one means the fd was closed and
 	 * reused, which the socket-level hooks see without a close() hook. */
 	__u64 sk;

@@ -9,6 +9,8 @@
 /* Set by the loader before load (libbpf .rodata); the verifier treats them as
  * constants, so disabled paths cost nothing. */
 const volatile __u32 capture_max_bytes = 4096;
+/* The prefix on HTTP/2 connections (capture.http2_max_bytes). */
+const volatile __u32 capture_wide_bytes = AT_WIDE_CAPTURE;
 /* Wake the reader only when this much data is waiting; below it the reader's
  * timer drains the ring (see DESIGN, performance notes). */
 const volatile __u64 wakeup_data_bytes = 256 * 1024;
@@ -118,9 +120,12 @@ struct {
 	__type(value, __s32);
 } ssl_fds SEC(".maps");
 
-/* Scratch space for building a data event (too big for the 512-byte stack). */
+/* Scratch space for building a data event (too big for the 512-byte stack),
+ * one slot per CPU, indexed by CPU id: a per-CPU array would be simpler, but
+ * its values are limited to 32 KiB and an event is larger. The loader sets
+ * max_entries to the number of possible CPUs. */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct at_data_event);

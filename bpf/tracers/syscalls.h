@@ -63,6 +63,29 @@ static __always_inline int save_args(__s32 fd, __u64 buf, __u64 iovcnt, __u8 sys
 	return 0;
 }
 
+/* This CPU's slot of the event scratch space. */
+static __always_inline struct at_data_event *scratch_event(void)
+{
+	__u32 cpu = bpf_get_smp_processor_id();
+	return bpf_map_lookup_elem(&data_scratch, &cpu);
+}
+
+/* How much of one transfer an event carries on this connection. */
+static __always_inline __u32 capture_cap(const struct at_conn_info *info)
+{
+	return info->wide ? capture_wide_bytes : capture_max_bytes;
+}
+
+/* The HTTP/2 client preface ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") opens the
+ * connection's byte stream, read or written: capture it wide from now on.
+ * Eight bytes tell it apart from anything HTTP/1 could send. */
+#define AT_H2_PREFACE_HEAD 0x5448202a20495250ULL /* "PRI * HT", little endian */
+static __always_inline void note_http2(struct at_conn_info *info, const struct at_data_event *ev)
+{
+	if (!info->wide && ev->captured_len >= 8 && *(const __u64 *)ev->data == AT_H2_PREFACE_HEAD)
+		info->wide = 1;
+}
+
 /* Copies up to `want` bytes from user memory into ev->data at `off`. */
 static __always_inline void copy_chunk(struct at_data_event *ev, __u32 off, __u64 src, __u32 want)
 {
@@ -83,9 +106,8 @@ static __always_inline void copy_tail(struct at_data_event *ev, __u64 end)
 }
 
 /* Plain buffer: prefix, and the last bytes when the prefix stops short. */
-static __always_inline void capture_plain(struct at_data_event *ev, __u64 buf, __u32 len)
+static __always_inline void capture_plain(struct at_data_event *ev, __u64 buf, __u32 len, __u32 cap)
 {
-	__u32 cap = capture_max_bytes;
 	__u32 n = len < cap ? len : cap;
 	copy_chunk(ev, 0, buf, n);
 	ev->captured_len = n;
@@ -119,8 +141,7 @@ static long iov_step(__u64 i, void *ctx)
 	__u32 seg = iov.iov_len < w->left ? iov.iov_len : w->left;
 	if (w->off < w->cap) {
 		/* The event being built: this CPU's scratch slot. */
-		__u32 zero = 0;
-		struct at_data_event *ev = bpf_map_lookup_elem(&data_scratch, &zero);
+		struct at_data_event *ev = scratch_event();
 		if (!ev)
 			return 1;
 		__u32 room = w->cap - w->off;
@@ -137,12 +158,13 @@ static long iov_step(__u64 i, void *ctx)
 
 /* iovec array: walk at most AT_MAX_IOV entries, filling the prefix in order
  * and remembering where the returned length ends for the tail. */
-static __always_inline void capture_iov(struct at_data_event *ev, __u64 iov_ptr, __u64 iovcnt, __u32 len)
+static __always_inline void capture_iov(struct at_data_event *ev, __u64 iov_ptr, __u64 iovcnt, __u32 len,
+					__u32 cap)
 {
 	struct at_iov_walk w = {
 		.iov_ptr = iov_ptr,
 		.iovcnt = iovcnt,
-		.cap = capture_max_bytes,
+		.cap = cap,
 		.left = len,
 	};
 	bpf_loop(AT_MAX_IOV, iov_step, &w, 0);
@@ -182,7 +204,7 @@ static __always_inline void emit_mmsg(struct at_data_event *ev, __u64 vec, long 
 		__u32 len = m.msg_len < iov.iov_len ? m.msg_len : (__u32)iov.iov_len;
 		ev->total_len = len;
 		ev->tail_len = 0;
-		capture_plain(ev, (__u64)iov.iov_base, len);
+		capture_plain(ev, (__u64)iov.iov_base, len, capture_max_bytes);
 		output_data(ev);
 	}
 }
@@ -193,8 +215,7 @@ static __always_inline struct at_data_event *begin_event(struct at_task_state *s
 							  __u32 tid, __u32 tgid, __s32 fd, __u8 direction,
 							  __u8 syscall, __u64 enter_ns, long ret)
 {
-	__u32 zero = 0;
-	struct at_data_event *ev = bpf_map_lookup_elem(&data_scratch, &zero);
+	struct at_data_event *ev = scratch_event();
 	if (!ev)
 		return 0;
 	ev->type = AT_EV_DATA;
@@ -247,9 +268,10 @@ static __always_inline void emit_transfer(struct at_task_state *st, struct at_co
 	if (a->syscall == AT_SYS_SENDFILE) {
 		/* The body never passes through user memory: count it only. */
 	} else if (a->iovcnt)
-		capture_iov(ev, a->buf, a->iovcnt, (__u32)ret);
+		capture_iov(ev, a->buf, a->iovcnt, (__u32)ret, capture_cap(info));
 	else
-		capture_plain(ev, a->buf, (__u32)ret);
+		capture_plain(ev, a->buf, (__u32)ret, capture_cap(info));
+	note_http2(info, ev);
 	output_data(ev);
 }
 

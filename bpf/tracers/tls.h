@@ -62,7 +62,8 @@ static __always_inline int ssl_exit(long ret)
 	struct at_data_event *ev = begin_event(st, info, (__u32)id, tgid, c.fd, dir, c.kind, c.enter_ns, len);
 	if (!ev)
 		return 0;
-	capture_plain(ev, c.buf, (__u32)len);
+	capture_plain(ev, c.buf, (__u32)len, capture_cap(info));
+	note_http2(info, ev);
 	output_data(ev);
 	return 0;
 }

@@ -734,6 +734,8 @@ BAD_CONFIGS = [
     ("prometheus-port-string", 'prometheus_export: {port: "abc"}\n', {}, ["port", "abc"]),
     ("capture-max-bytes-too-big", "capture: {max_bytes: 999999}\n", {},
      ["max_bytes", "999999"]),
+    ("capture-http2-max-bytes-zero", "capture: {http2_max_bytes: 0}\n", {},
+     ["http2_max_bytes", "0"]),
     ("sampler-bogus", None, {"OTEL_TRACES_SAMPLER": "bogus"}, ["bogus"]),
     ("open-ports-80-x", None, {"AUTOTEL_OPEN_PORTS": "80-x"}, ["80-x"]),
     ("queue-size-not-a-number", None, {"OTEL_BSP_MAX_QUEUE_SIZE": "lots"},

@@ -143,6 +143,9 @@ pub struct PrometheusFile {
 #[serde(deny_unknown_fields)]
 pub struct CaptureFile {
     pub max_bytes: Option<u32>,
+    /// The prefix on HTTP/2 connections, where one call carries the frames
+    /// of many streams.
+    pub http2_max_bytes: Option<u32>,
     pub ringbuf_bytes: Option<u32>,
     /// `sanitized` (default), `raw` or `off`: what db.query.text carries.
     pub db_query_text: Option<String>,
@@ -317,6 +320,7 @@ pub struct Config {
     pub prometheus_address: String,
     pub prometheus_path: String,
     pub capture_max_bytes: u32,
+    pub capture_http2_max_bytes: u32,
     pub capture_hooks: crate::tracer::CaptureHooks,
     pub ringbuf_bytes: u32,
     pub db_query_text: crate::pipeline::db_span::QueryTextMode,
@@ -718,11 +722,19 @@ impl Config {
         };
         let capture = file.capture.clone().unwrap_or_default();
         let capture_max_bytes = capture.max_bytes.unwrap_or(4096);
-        if capture_max_bytes == 0 || capture_max_bytes > crate::tracer::abi::MAX_CAPTURE {
-            bail!(
-                "capture.max_bytes must be between 1 and {}, got {capture_max_bytes}",
-                crate::tracer::abi::MAX_CAPTURE
-            );
+        let capture_http2_max_bytes = capture
+            .http2_max_bytes
+            .unwrap_or(crate::tracer::abi::MAX_CAPTURE);
+        for (key, v) in [
+            ("max_bytes", capture_max_bytes),
+            ("http2_max_bytes", capture_http2_max_bytes),
+        ] {
+            if v == 0 || v > crate::tracer::abi::MAX_CAPTURE {
+                bail!(
+                    "capture.{key} must be between 1 and {}, got {v}",
+                    crate::tracer::abi::MAX_CAPTURE
+                );
+            }
         }
         let capture_hooks = match env("AUTOTEL_CAPTURE_HOOKS") {
             Some(v) => crate::tracer::CaptureHooks::parse(&v).context("AUTOTEL_CAPTURE_HOOKS")?,
@@ -781,6 +793,7 @@ impl Config {
                 .unwrap_or_else(|| "127.0.0.1".into()),
             prometheus_path: prom.path.unwrap_or_else(|| "/metrics".into()),
             capture_max_bytes,
+            capture_http2_max_bytes,
             capture_hooks,
             db_query_text,
             peers,

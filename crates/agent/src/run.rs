@@ -117,6 +117,7 @@ fn run(cfg: Config, mode: Mode, kube: Option<kube::Config>) -> Result<()> {
 
     let tracer = Tracer::load(&TracerOptions {
         capture_max_bytes: cfg.capture_max_bytes,
+        capture_http2_max_bytes: cfg.capture_http2_max_bytes,
         data_ringbuf_bytes: cfg.ringbuf_bytes,
         wakeup_bytes: (cfg.ringbuf_bytes / 16) as u64,
         select_on_exec: cfg.discovery.selects_on_exec(),

@@ -106,6 +106,21 @@ const MAX_FLOWS: usize = 65_536;
 /// Unmatched server requests remembered per flow by span id; older ones
 /// are only counted (a client that never comes is not selected).
 const MAX_UNMATCHED_IDS: usize = 16;
+/// On a same-host flow, where the client may be selected and merely late:
+/// an HTTP/2 client opens up to this many streams in one write, and the
+/// server may read them all before the client's write event arrives.
+const MAX_UNMATCHED_IDS_LOCAL: usize = 1024;
+/// Ids remembered over all flows; past it, new ones are only counted.
+const MAX_UNMATCHED_TOTAL: usize = 65_536;
+
+/// Client and server on this host: the same address, or loopback (IPv4
+/// addresses fill the first 4 of the 16 bytes).
+fn flow_is_local(flow: &FlowKey) -> bool {
+    let a = &flow.0;
+    let v4_loopback = a[0] == 127 && a[4..] == [0; 12];
+    let v6_loopback = a[..15] == [0; 15] && a[15] == 1;
+    flow.0 == flow.2 || v4_loopback || v6_loopback
+}
 
 /// Server requests of one flow that found no client entry, oldest first.
 #[derive(Debug, Default)]
@@ -118,9 +133,15 @@ struct Unmatched {
 }
 
 impl Unmatched {
-    fn push(&mut self, id: Option<(TraceId, SpanId)>) {
-        if self.ids.len() == MAX_UNMATCHED_IDS {
-            self.ids.pop_front();
+    /// Remembers one more; `room`: whether the id may add to those kept
+    /// (else the oldest kept one becomes counted only).
+    fn push(&mut self, id: Option<(TraceId, SpanId)>, room: bool) {
+        if !room {
+            if self.ids.pop_front().is_none() {
+                // Nothing kept to trade: this one is counted only.
+                self.counted += 1;
+                return;
+            }
             self.counted += 1;
         }
         self.ids.push_back(id);
@@ -168,6 +189,11 @@ pub struct ContextTracker {
     /// later request on the connection would take its predecessor's client
     /// as parent.
     unmatched: PeerMap<FlowKey, Unmatched>,
+    /// Ids kept in `unmatched`, over all flows.
+    unmatched_ids: usize,
+    /// Same-host flows whose client side is a connection we trace: their
+    /// server spans may still get a late parent.
+    client_flows: PeerMap<FlowKey, ()>,
     /// Parents that came late, by the server request's own trace id; two
     /// generations of LATE_TICKS each.
     late: [PeerMap<TraceId, LateParent>; 2],
@@ -181,6 +207,8 @@ impl ContextTracker {
             same_host_linking,
             clients: Default::default(),
             unmatched: Default::default(),
+            unmatched_ids: 0,
+            client_flows: Default::default(),
             late: Default::default(),
             ticks: 0,
         }
@@ -260,7 +288,10 @@ impl ContextTracker {
         if let Some(u) = self.unmatched.get_mut(&flow) {
             // The server side already read this request: its span, not yet
             // built, takes this one as parent.
-            if let Some(Some((server_trace, server_span_id))) = u.pop() {
+            let kept = u.ids.len();
+            let popped = u.pop();
+            self.unmatched_ids -= kept - u.ids.len();
+            if let Some(Some((server_trace, server_span_id))) = popped {
                 if self.late[0].len() < MAX_FLOWS {
                     self.late[0].insert(
                         server_trace,
@@ -326,7 +357,16 @@ impl ContextTracker {
     ) -> Option<SpanCtx> {
         let c = self.take_client(flow);
         if c.is_none() && self.unmatched.len() < MAX_FLOWS {
-            self.unmatched.entry(*flow).or_default().push(server);
+            let cap = if flow_is_local(flow) {
+                MAX_UNMATCHED_IDS_LOCAL
+            } else {
+                MAX_UNMATCHED_IDS
+            };
+            let total_room = self.unmatched_ids < MAX_UNMATCHED_TOTAL;
+            let u = self.unmatched.entry(*flow).or_default();
+            let kept = u.ids.len();
+            u.push(server, total_room && kept < cap);
+            self.unmatched_ids = self.unmatched_ids + u.ids.len() - kept;
         }
         c
     }
@@ -362,10 +402,33 @@ impl ContextTracker {
         }
     }
 
+    /// A traced client connection on this host (its first event).
+    pub fn note_client_flow(&mut self, flow: FlowKey) {
+        if self.same_host_linking && self.client_flows.len() < MAX_FLOWS {
+            self.client_flows.insert(flow, ());
+        }
+    }
+
+    /// Whether a root server span of this flow may still get its parent
+    /// from a client event that is late: the flow's client is one we trace,
+    /// or this is the flow's first request (the client's first write can be
+    /// its first event). Other spans need not wait (an unselected client on
+    /// a keep-alive connection never comes).
+    pub fn may_link_late(&self, flow: &FlowKey) -> bool {
+        self.client_flows.contains_key(flow)
+            || self
+                .unmatched
+                .get(flow)
+                .is_some_and(|u| u.counted == 0 && u.ids.len() <= 1)
+    }
+
     /// A side of the connection closed: nothing more will match it.
     pub fn forget_flow(&mut self, flow: &FlowKey) {
         self.clients.remove(flow);
-        self.unmatched.remove(flow);
+        self.client_flows.remove(flow);
+        if let Some(u) = self.unmatched.remove(flow) {
+            self.unmatched_ids -= u.ids.len();
+        }
     }
 }
 
@@ -422,6 +485,74 @@ mod tracker_tests {
             t.tick();
         }
         assert!(t.late.iter().all(|m| m.is_empty()));
+    }
+
+    #[test]
+    fn a_local_burst_read_before_its_client_links_every_request() {
+        let mut t = ContextTracker::new(Sampler::default(), true);
+        let mut lo = [0; 16];
+        lo[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let local: FlowKey = (lo, 40000, lo, 8080);
+        // An HTTP/2 client opened 300 streams in one write; the server read
+        // them all before the client's write event arrived.
+        let servers: Vec<_> = (0..300)
+            .map(|_| t.server_request(None, None, local, None))
+            .collect();
+        for s in &servers {
+            let c = t.client_request(None, local, None);
+            let p = t.late_parent(&s.trace_id).unwrap();
+            assert_eq!((p.server_span_id, p.client_span_id), (s.span_id, c.span_id));
+        }
+        assert!(t.unmatched.is_empty());
+        assert_eq!(t.unmatched_ids, 0);
+    }
+
+    #[test]
+    fn only_server_spans_that_can_still_get_a_parent_wait() {
+        let mut t = ContextTracker::new(Sampler::default(), true);
+        let mut lo = [0; 16];
+        lo[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let untraced: FlowKey = (lo, 40000, lo, 8080);
+        let traced: FlowKey = (lo, 40001, lo, 8080);
+        // A keep-alive client we do not trace: its first request may be one
+        // whose client event is late, the ones after it cannot be.
+        assert!(!t.may_link_late(&untraced));
+        t.server_request(None, None, untraced, None);
+        assert!(t.may_link_late(&untraced));
+        t.server_request(None, None, untraced, None);
+        assert!(!t.may_link_late(&untraced));
+        // A client connection we trace: every request may still link.
+        t.note_client_flow(traced);
+        for _ in 0..3 {
+            t.server_request(None, None, traced, None);
+            assert!(t.may_link_late(&traced));
+        }
+        t.forget_flow(&traced);
+        assert!(!t.may_link_late(&traced));
+    }
+
+    #[test]
+    fn unmatched_ids_over_all_flows_stay_bounded() {
+        let mut t = ContextTracker::new(Sampler::default(), true);
+        let mut lo = [0; 16];
+        lo[..4].copy_from_slice(&[127, 0, 0, 1]);
+        // Local clients that are not selected, on many connections.
+        let flows = MAX_UNMATCHED_TOTAL / MAX_UNMATCHED_IDS_LOCAL + 8;
+        for port in 0..flows as u16 {
+            for _ in 0..MAX_UNMATCHED_IDS_LOCAL {
+                t.server_request(None, None, (lo, port, lo, 8080), None);
+            }
+        }
+        assert_eq!(t.unmatched_ids, MAX_UNMATCHED_TOTAL);
+        let kept: usize = t.unmatched.values().map(|u| u.ids.len()).sum();
+        assert_eq!(kept, MAX_UNMATCHED_TOTAL);
+        // The requests past the budget are still counted, in order.
+        let last = &t.unmatched[&(lo, flows as u16 - 1, lo, 8080)];
+        assert_eq!(last.counted as usize, MAX_UNMATCHED_IDS_LOCAL);
+        for port in 0..flows as u16 {
+            t.forget_flow(&(lo, port, lo, 8080));
+        }
+        assert_eq!(t.unmatched_ids, 0);
     }
 
     #[test]

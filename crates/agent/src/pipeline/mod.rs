@@ -456,6 +456,9 @@ impl Pipeline {
                         Self::set_wire(&mut conn, kind, ids);
                     }
                 }
+                if conn.role == Role::Client && conn.tuple.is_same_host() {
+                    self.contexts.note_client_flow(conn.flow(false));
+                }
                 conn
             }
         };
@@ -955,14 +958,15 @@ impl Pipeline {
         self.deliver(conn, span, sampled, Store::record_db_span);
     }
 
-    /// The common end of every span: TLS facts of its connection, metrics
-    /// (before sampling: they see every span), then export if sampled.
+    /// The common end of every span: TLS facts of its connection, the
+    /// parent a late client event gave it, metrics (before sampling: they
+    /// see every span), then export if `export` (sampled, not ignored).
     fn deliver(
         &mut self,
         conn: &Conn,
         mut span: Span,
-        sampled: bool,
-        record: fn(&mut Store, &Span),
+        export: bool,
+        record: impl FnOnce(&mut Store, &Span),
     ) {
         if let Some(t) = &conn.tls {
             t.decorate(&mut span);
@@ -972,13 +976,14 @@ impl Pipeline {
             &mut self.red.lock().unwrap_or_else(|e| e.into_inner()),
             &span,
         );
-        if !sampled {
+        if !export {
             return;
         }
         if span.kind == SpanKind::Server
             && span.parent_span_id.is_none()
             && self.contexts.same_host_linking
             && conn.tuple.is_same_host()
+            && self.contexts.may_link_late(&conn.flow(true))
         {
             if self.held.len() >= self.queue_limit {
                 self.release_held(true);
@@ -1133,7 +1138,7 @@ impl Pipeline {
         let route = x.server_side.then(|| self.router.route(path));
         let resource = self.resource(pid);
         let sampled = ctx.sampled;
-        let mut span = http_span::build(
+        let span = http_span::build(
             http_span::SpanInput {
                 exchange: x,
                 tuple: &conn.tuple,
@@ -1145,18 +1150,13 @@ impl Pipeline {
             },
             &self.clock,
         );
-        if let Some(t) = &conn.tls {
-            t.decorate(&mut span);
-        }
-        // Metrics see every span, before sampling or ignoring for traces.
-        self.red
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record_http_span(&span, ignored && mode.skips_metrics());
-        if !sampled || (ignored && mode.skips_traces()) {
-            return;
-        }
-        self.send(span);
+        let skip_metrics = ignored && mode.skips_metrics();
+        self.deliver(
+            conn,
+            span,
+            sampled && !(ignored && mode.skips_traces()),
+            |store, span| store.record_http_span(span, skip_metrics),
+        );
     }
 
     fn resource(&self, pid: u32) -> Arc<Resource> {

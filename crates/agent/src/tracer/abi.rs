@@ -62,7 +62,7 @@ pub const SEL_PROVISIONAL: u32 = 4;
 #[cfg(test)]
 pub const SEL_TAG_SHIFT: u32 = 8;
 /// Hard ceiling of capture.max_bytes (AT_MAX_CAPTURE - 1: the kernel masks lengths).
-pub const MAX_CAPTURE: u32 = 8191;
+pub const MAX_CAPTURE: u32 = 32767;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

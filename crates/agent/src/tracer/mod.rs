@@ -22,6 +22,8 @@ pub use hooks::{kernel_has_socket_hooks, CaptureHooks};
 
 pub struct TracerOptions {
     pub capture_max_bytes: u32,
+    /// The prefix on connections that showed the HTTP/2 preface.
+    pub capture_http2_max_bytes: u32,
     pub data_ringbuf_bytes: u32,
     pub wakeup_bytes: u64,
     /// Select every exec provisionally (executable-name selection).
@@ -132,6 +134,7 @@ impl Tracer {
             .as_deref_mut()
             .context("BPF object has no .rodata")?;
         rodata.capture_max_bytes = opts.capture_max_bytes.min(abi::MAX_CAPTURE);
+        rodata.capture_wide_bytes = opts.capture_http2_max_bytes.min(abi::MAX_CAPTURE);
         rodata.wakeup_data_bytes = opts.wakeup_bytes;
         rodata.self_tgid = std::process::id();
         rodata.select_on_exec = u32::from(opts.select_on_exec);
@@ -175,6 +178,12 @@ impl Tracer {
             .data_events
             .set_max_entries(opts.data_ringbuf_bytes.next_power_of_two())
             .context("sizing the data ring buffer")?;
+        // One event scratch slot per CPU, indexed by CPU id.
+        let cpus = libbpf_rs::num_possible_cpus().context("counting possible CPUs")?;
+        open.maps
+            .data_scratch
+            .set_max_entries(cpus as u32)
+            .context("sizing the event scratch space")?;
         let skel = open.load().context(
             "loading BPF programs into the kernel (the verifier log is above at debug level; \
              run `autotel check` to see what this host is missing)",
