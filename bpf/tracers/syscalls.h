@@ -130,6 +130,23 @@ struct at_iov_walk {
 	__u32 _pad;
 };
 
+/* One iovec of the walk: its part of the prefix into `ev`, the count of
+ * bytes left, and where they end (for the tail). */
+static __always_inline void iov_take(struct at_iov_walk *w, struct at_data_event *ev, const struct iovec *iov)
+{
+	__u32 seg = iov->iov_len < w->left ? iov->iov_len : w->left;
+	if (w->off < w->cap) {
+		__u32 room = w->cap - w->off;
+		copy_chunk(ev, w->off, (__u64)iov->iov_base, seg < room ? seg : room);
+	}
+	w->off += seg;
+	w->left -= seg;
+	w->end = (__u64)iov->iov_base + seg;
+	/* The tail must lie inside one iovec to be read in one go. */
+	if (w->left == 0 && seg < AT_TAIL_BYTES)
+		w->end = 0;
+}
+
 static long iov_step(__u64 i, void *ctx)
 {
 	struct at_iov_walk *w = ctx;
@@ -138,21 +155,34 @@ static long iov_step(__u64 i, void *ctx)
 	struct iovec iov = {};
 	if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(w->iov_ptr + i * sizeof(iov))))
 		return 1;
-	__u32 seg = iov.iov_len < w->left ? iov.iov_len : w->left;
-	if (w->off < w->cap) {
-		/* The event being built: this CPU's scratch slot. */
-		struct at_data_event *ev = scratch_event();
-		if (!ev)
-			return 1;
-		__u32 room = w->cap - w->off;
-		copy_chunk(ev, w->off, (__u64)iov.iov_base, seg < room ? seg : room);
+	/* The event being built: this CPU's scratch slot. */
+	struct at_data_event *ev = scratch_event();
+	if (!ev)
+		return 1;
+	iov_take(w, ev, &iov);
+	return 0;
+}
+
+/* Up to this many iovecs (a server's header + body writev) are read in one
+ * go and walked inline: no bpf_loop, one user read for the array. */
+#define AT_FEW_IOV 4
+
+/* Returns -1 when the array could not be read (the caller walks it then). */
+static __always_inline int iov_walk_few(struct at_iov_walk *w, struct at_data_event *ev)
+{
+	struct iovec v[AT_FEW_IOV] = {};
+	__u64 size = w->iovcnt * sizeof(struct iovec);
+	asm volatile("%0 &= %1" : "+r"(size) : "i"(AT_FEW_IOV * sizeof(struct iovec) - 1));
+	if (!size)
+		size = sizeof(v); /* iovcnt == AT_FEW_IOV */
+	if (bpf_probe_read_user(v, size, (void *)w->iov_ptr))
+		return -1;
+#pragma unroll
+	for (int i = 0; i < AT_FEW_IOV; i++) {
+		if (i >= w->iovcnt || w->left == 0)
+			break;
+		iov_take(w, ev, &v[i]);
 	}
-	w->off += seg;
-	w->left -= seg;
-	w->end = (__u64)iov.iov_base + seg;
-	/* The tail must lie inside one iovec to be read in one go. */
-	if (w->left == 0 && seg < AT_TAIL_BYTES)
-		w->end = 0;
 	return 0;
 }
 
@@ -167,7 +197,8 @@ static __always_inline void capture_iov(struct at_data_event *ev, __u64 iov_ptr,
 		.cap = cap,
 		.left = len,
 	};
-	bpf_loop(AT_MAX_IOV, iov_step, &w, 0);
+	if (iovcnt > AT_FEW_IOV || iov_walk_few(&w, ev))
+		bpf_loop(AT_MAX_IOV, iov_step, &w, 0);
 	if (w.left)
 		count(AT_CNT_IOV_CUT);
 	ev->captured_len = w.off < w.cap ? w.off : w.cap;
