@@ -487,11 +487,17 @@ mod tracker_tests {
         assert!(t.late.iter().all(|m| m.is_empty()));
     }
 
+    /// 127.0.0.1 as flows carry it.
+    fn loopback() -> [u8; 16] {
+        let mut lo = [0; 16];
+        lo[..4].copy_from_slice(&[127, 0, 0, 1]);
+        lo
+    }
+
     #[test]
     fn a_local_burst_read_before_its_client_links_every_request() {
         let mut t = ContextTracker::new(Sampler::default(), true);
-        let mut lo = [0; 16];
-        lo[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let lo = loopback();
         let local: FlowKey = (lo, 40000, lo, 8080);
         // An HTTP/2 client opened 300 streams in one write; the server read
         // them all before the client's write event arrived.
@@ -510,8 +516,7 @@ mod tracker_tests {
     #[test]
     fn only_server_spans_that_can_still_get_a_parent_wait() {
         let mut t = ContextTracker::new(Sampler::default(), true);
-        let mut lo = [0; 16];
-        lo[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let lo = loopback();
         let untraced: FlowKey = (lo, 40000, lo, 8080);
         let traced: FlowKey = (lo, 40001, lo, 8080);
         // A keep-alive client we do not trace: its first request may be one
@@ -534,8 +539,7 @@ mod tracker_tests {
     #[test]
     fn unmatched_ids_over_all_flows_stay_bounded() {
         let mut t = ContextTracker::new(Sampler::default(), true);
-        let mut lo = [0; 16];
-        lo[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let lo = loopback();
         // Local clients that are not selected, on many connections.
         let flows = MAX_UNMATCHED_TOTAL / MAX_UNMATCHED_IDS_LOCAL + 8;
         for port in 0..flows as u16 {
