@@ -217,7 +217,7 @@ struct at_conn_info {
 	__u8 role;
 	__u8 is_socket; /* 0: a file/pipe/unix socket we ignore (negative cache) */
 	__u8 last_dir;  /* enum at_last_dir: request boundaries for trace context on the wire */
-	__u8 wide;      /* HTTP/2 (its preface was seen): capture up to AT_WIDE_CAPTURE */
+	__u8 wide;      /* HTTP/2 (its preface was seen): capture up to capture_wide_bytes */
 	__u8 _pad[4];
 	/* The sock behind the fd: a different one means the fd was closed and
 	 * reused, which the socket-level hooks see without a close() hook. */

@@ -1322,7 +1322,9 @@ impl Pipeline {
             .min_by_key(|(_, c)| c.last_ns)
             .map(|(k, _)| *k)
         {
-            self.conns.remove(&key);
+            if let Some(conn) = self.conns.remove(&key) {
+                self.contexts.forget_flow(&conn.flow(conn.server_side()));
+            }
             self.counts.evicted += 1;
         }
     }
@@ -1332,8 +1334,16 @@ impl Pipeline {
         self.expire_dns(now_mono_ns);
         self.flush_spans();
         let before = self.conns.len();
-        self.conns
-            .retain(|_, c| now_mono_ns.saturating_sub(c.last_ns) < IDLE_NS);
+        // A forgotten connection's flow goes from the context tracker too,
+        // as at its close: nothing of it would ever be removed otherwise.
+        let contexts = &mut self.contexts;
+        self.conns.retain(|_, c| {
+            let keep = now_mono_ns.saturating_sub(c.last_ns) < IDLE_NS;
+            if !keep {
+                contexts.forget_flow(&c.flow(c.server_side()));
+            }
+            keep
+        });
         self.counts.evicted += (before - self.conns.len()) as u64;
         // TIME_WAIT is 60 s: sockets of an exited process are closed by
         // then (at the default). After the TTL its metric series go too.

@@ -61,7 +61,8 @@ pub const SEL_PROVISIONAL: u32 = 4;
 /// Bits above the flags: the tag of the exec that made a provisional selection.
 #[cfg(test)]
 pub const SEL_TAG_SHIFT: u32 = 8;
-/// Hard ceiling of capture.max_bytes (AT_MAX_CAPTURE - 1: the kernel masks lengths).
+/// Hard ceiling of capture.max_bytes and capture.http2_max_bytes
+/// (AT_MAX_CAPTURE - 1: the kernel masks lengths).
 pub const MAX_CAPTURE: u32 = 32767;
 
 #[repr(C)]
