@@ -127,7 +127,7 @@ struct at_iov_walk {
 	__u32 cap;
 	__u32 off;
 	__u32 left;
-	__u32 _pad;
+	__u32 head_only; /* the bytes past cap are a body, left out on purpose */
 };
 
 /* One iovec of the walk: its part of the prefix into `ev`, the count of
@@ -167,6 +167,23 @@ static long iov_step(__u64 i, void *ctx)
  * go and walked inline: no bpf_loop, one user read for the array. */
 #define AT_FEW_IOV 4
 
+#define AT_HTTP1_PREFIX 0x002e312f50545448ULL /* "HTTP/1.", little endian */
+#define AT_HEAD_END 0x0a0d0a0dU		       /* "\r\n\r\n", little endian */
+
+/* A whole HTTP/1 response head, `len` bytes at the start of ev->data? Not
+ * for 1xx: what follows those is a final response, or (101) another
+ * protocol, and user space reads both. */
+static __always_inline int http1_response_head(const struct at_data_event *ev, __u32 len)
+{
+	if (len < 16 || (*(const __u64 *)ev->data & 0x00ffffffffffffffULL) != AT_HTTP1_PREFIX ||
+	    ev->data[9] == '1')
+		return 0;
+	__u64 i = len - 4;
+	asm volatile("%0 &= %1" : "+r"(i) : "i"(AT_CAP_MASK));
+	__u32 end = ev->data[i] | ev->data[i + 1] << 8 | ev->data[i + 2] << 16 | (__u32)ev->data[i + 3] << 24;
+	return end == AT_HEAD_END;
+}
+
 /* Returns -1 when the array could not be read (the caller walks it then). */
 static __always_inline int iov_walk_few(struct at_iov_walk *w, struct at_data_event *ev)
 {
@@ -182,6 +199,15 @@ static __always_inline int iov_walk_few(struct at_iov_walk *w, struct at_data_ev
 		if (i >= w->iovcnt || w->left == 0)
 			break;
 		iov_take(w, ev, &v[i]);
+		/* A server's writev of a response head and its body: user space
+		 * frames HTTP/1 bodies by their length (chunked ones by the tail)
+		 * and never reads them, so the body is counted, not copied. With
+		 * exactly two iovecs nothing else (a next response) can follow. */
+		if (i == 0 && w->iovcnt == 2 && w->off == v[0].iov_len && w->off <= w->cap &&
+		    http1_response_head(ev, w->off)) {
+			w->cap = w->off;
+			w->head_only = 1;
+		}
 	}
 	return 0;
 }
@@ -203,7 +229,8 @@ static __always_inline void capture_iov(struct at_data_event *ev, __u64 iov_ptr,
 		count(AT_CNT_IOV_CUT);
 	ev->captured_len = w.off < w.cap ? w.off : w.cap;
 	if (len > ev->captured_len) {
-		count(AT_CNT_TRUNCATED);
+		if (!w.head_only)
+			count(AT_CNT_TRUNCATED);
 		if (w.end && len - ev->captured_len >= AT_TAIL_BYTES)
 			copy_tail(ev, w.end);
 	}

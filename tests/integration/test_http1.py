@@ -645,3 +645,93 @@ def test_o_capture_hooks_typo_is_an_error(require_root, agent_bin):
     print(f"exit code {cp.returncode}; stderr: {cp.stderr.strip()}")
     assert cp.returncode != 0, cp.stderr
     assert "AUTOTEL_CAPTURE_HOOKS" in cp.stderr and "auto, socket or syscall" in cp.stderr, cp.stderr
+
+
+# --------------------------------------------------------------------------------------
+# (p) response bodies written after their head are counted, not copied
+# --------------------------------------------------------------------------------------
+
+MID_SIZE = 3000
+
+# Answers each request on a keep-alive connection with one sendmsg of two
+# buffers, [head, chunked body], as servers that gather a head and a body do.
+# Statuses 200, 201, ... tell the responses apart.
+CHUNKED_SENDMSG_SERVER = r"""
+import socket, sys
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", int(sys.argv[1])))
+srv.listen(8)
+while True:
+    conn, _ = srv.accept()
+    buf, n = b"", 0
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            break
+        buf += data
+        while b"\r\n\r\n" in buf:
+            _, buf = buf.split(b"\r\n\r\n", 1)
+            body = b"c" * (%d + n)
+            head = b"HTTP/1.1 %%d OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n" %% (200 + n)
+            conn.sendmsg([head, b"%%x\r\n%%s\r\n0\r\n\r\n" %% (len(body), body)])
+            n += 1
+    conn.close()
+""" % MID_SIZE
+
+
+def data_bytes_per_request(agent, n: int) -> float:
+    got = agent.prom_value("autotel_event_bytes_total", {"ringbuf": "data"})
+    assert got is not None, "autotel_event_bytes_total missing from /metrics"
+    return got / n
+
+
+def test_p_body_after_head_not_copied_nginx(require_root, sink, start_agent, nginx):
+    """nginx without sendfile writes [head, file] in one writev: the spans keep the
+    body size, the ring carries the heads only, and nothing counts as truncated."""
+    ngx = nginx()
+    (ngx.static / "mid.txt").write_bytes(b"m" * MID_SIZE)
+    agent = start_agent({"AUTOTEL_OPEN_PORTS": ngx.port})
+    n = 20
+    codes, connects = curl_keepalive(ngx.url("/nosendfile/mid.txt"), n)
+    assert codes == [200] * n and connects == 1, (codes, connects)
+    spans = sink.wait_for_spans(lambda s: s["kind"] == "SERVER", n, SPAN_TIMEOUT, SETTLE)
+    report("nginx server spans", len(spans), n)
+    assert len(spans) == n, show(spans)
+    sizes = Counter(s["attrs"].get("http.response.body.size") for s in spans)
+    report("spans with http.response.body.size == 3000", sizes[MID_SIZE], n)
+    assert sizes == {MID_SIZE: n}, sizes
+    per_request = data_bytes_per_request(agent, n)
+    report("ring bytes per request (a copied body alone is 3000)", round(per_request), "< 1500")
+    assert per_request < 1500, per_request
+    truncated = agent.prom_value("autotel_kernel_total", {"kind": "truncated"}) or 0
+    report("kernel truncated", truncated, 0)
+    assert truncated == 0
+    assert_no_panic(agent)
+
+
+def test_p_chunked_body_after_head_still_framed(require_root, sink, start_agent, tmp_path):
+    """Chunked bodies left out of the capture still end where they end (the last
+    bytes of the write carry the last chunk): three responses on one connection
+    give three spans with their own statuses."""
+    port = free_port()
+    script = tmp_path / "chunked_server.py"
+    script.write_text(CHUNKED_SENDMSG_SERVER)
+    srv = subprocess.Popen([sys.executable, str(script), str(port)])
+    try:
+        wait_port(port, 10, srv)
+        agent = start_agent({"AUTOTEL_OPEN_PORTS": str(port)})
+        n = 3
+        codes, connects = curl_keepalive(f"http://127.0.0.1:{port}/c", n)
+        assert codes == [200, 201, 202] and connects == 1, (codes, connects)
+        spans = sink.wait_for_spans(lambda s: s["kind"] == "SERVER", n, SPAN_TIMEOUT, SETTLE)
+        statuses = sorted(s["attrs"].get("http.response.status_code") for s in spans)
+        report("server span statuses", statuses, [200, 201, 202])
+        assert statuses == [200, 201, 202], show(spans)
+        per_request = data_bytes_per_request(agent, n)
+        report("ring bytes per request (a copied body alone is > 3000)", round(per_request),
+               "< 1500")
+        assert per_request < 1500, per_request
+        assert_no_panic(agent)
+    finally:
+        stop_process(srv)

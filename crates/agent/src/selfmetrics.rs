@@ -33,6 +33,8 @@ pub struct ReasonLabel {
 
 pub struct SelfMetrics {
     pub events_received: Family<RingbufLabel, Counter>,
+    /// Bytes of those records: what capture sizes cost in ring traffic.
+    pub event_bytes: Family<RingbufLabel, Counter>,
     pub events_lost: Family<RingbufLabel, Counter>,
     pub kernel_counters: Family<KindLabel, Counter>,
     pub parse_errors: Family<ParseErrorLabels, Counter>,
@@ -57,6 +59,7 @@ impl SelfMetrics {
         Self {
             tls_files: Family::default(),
             events_received: Family::default(),
+            event_bytes: Family::default(),
             events_lost: Family::default(),
             kernel_counters: Family::default(),
             parse_errors: Family::default(),
@@ -81,6 +84,11 @@ impl SelfMetrics {
             "events_received",
             "Ring-buffer records read, per ring buffer",
             self.events_received.clone(),
+        );
+        r.register(
+            "event_bytes",
+            "Bytes of the ring-buffer records read, per ring buffer",
+            self.event_bytes.clone(),
         );
         r.register(
             "events_lost",

@@ -10,19 +10,29 @@ use std::fmt::Write as _;
 fn push_quoted(out: &mut String, v: &str) {
     // A byte scan: the four are ASCII, and a char-set `contains` decodes
     // UTF-8 one char at a time (a visible share of a saturated exporter).
-    if v.is_empty() || v.bytes().any(|b| matches!(b, b' ' | b'"' | b'\t' | b'\n')) {
-        let _ = write!(out, "{v:?}");
-    } else {
+    if !v.is_empty() && !v.bytes().any(|b| matches!(b, b' ' | b'"' | b'\t' | b'\n')) {
         out.push_str(v);
+    } else if v
+        .bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+    {
+        // Printable ASCII without quote or backslash: the debug form is the
+        // text in quotes, without the formatting machinery ("GET /x").
+        out.push('"');
+        out.push_str(v);
+        out.push('"');
+    } else {
+        let _ = write!(out, "{v:?}");
     }
 }
 
-/// Appends a trace or span id in lower-case hex, through a stack buffer.
+/// Appends a trace or span id in lower-case hex.
 fn push_hex(out: &mut String, id: &[u8]) {
-    let mut buf = [0u8; 32];
-    let hex = &mut buf[..id.len() * 2];
-    if hex::encode_to_slice(id, hex).is_ok() {
-        out.push_str(std::str::from_utf8(hex).unwrap_or_default());
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(id.len() * 2);
+    for b in id {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 15) as usize] as char);
     }
 }
 
@@ -73,6 +83,33 @@ mod tests {
     use super::*;
     use autotel_model::{Resource, SpanKind, StatusCode};
     use std::sync::Arc;
+
+    #[test]
+    fn quoting_matches_the_debug_form() {
+        for v in [
+            "",
+            "GET /a",
+            "a\"b",
+            "back\\slash x",
+            "tab\tx",
+            "é x",
+            "\u{7f} x",
+            "plain",
+        ] {
+            let mut out = String::new();
+            push_quoted(&mut out, v);
+            let plain = !v.is_empty() && !v.contains([' ', '"', '\t', '\n']);
+            let want = if plain {
+                v.to_owned()
+            } else {
+                format!("{v:?}")
+            };
+            assert_eq!(out, want, "{v:?}");
+        }
+        let mut hex = String::new();
+        push_hex(&mut hex, &[0x00, 0x9f, 0xa5, 0xff]);
+        assert_eq!(hex, "009fa5ff");
+    }
 
     #[test]
     fn one_line_with_quoting() {

@@ -147,6 +147,13 @@ impl Unmatched {
         self.ids.push_back(id);
     }
 
+    /// Counts one more, and turns the ids kept into counts: none of them can
+    /// be patched any more (their order is kept: all are older).
+    fn count_only(&mut self) {
+        self.counted += self.ids.len() as u32 + 1;
+        self.ids = std::collections::VecDeque::new();
+    }
+
     /// The oldest unmatched request: Some(Some(id)) when it can still be
     /// patched, Some(None) when not, None when there is none left.
     fn pop(&mut self) -> Option<Option<(TraceId, SpanId)>> {
@@ -363,9 +370,18 @@ impl ContextTracker {
                 MAX_UNMATCHED_IDS
             };
             let total_room = self.unmatched_ids < MAX_UNMATCHED_TOTAL;
+            let known_client = self.client_flows.contains_key(flow);
             let u = self.unmatched.entry(*flow).or_default();
             let kept = u.ids.len();
-            u.push(server, total_room && kept < cap);
+            if !known_client && (u.counted > 0 || !total_room) {
+                // No client event came for this flow while its ids filled
+                // up: its client is not one we trace (a load generator on
+                // keep-alive connections). Count only: rotating ids through
+                // thousands of such flows was a cache miss per request.
+                u.count_only();
+            } else {
+                u.push(server, total_room && kept < cap);
+            }
             self.unmatched_ids = self.unmatched_ids + u.ids.len() - kept;
         }
         c
@@ -464,22 +480,34 @@ mod tracker_tests {
     fn unmatched_requests_stay_bounded_and_in_order() {
         let mut t = ContextTracker::new(Sampler::default(), true);
         // A client that is not selected: the server side never matches.
-        let servers: Vec<_> = (0..100)
+        let servers: Vec<_> = (0..MAX_UNMATCHED_IDS)
             .map(|_| t.server_request(None, None, FLOW, None))
             .collect();
         assert_eq!(t.unmatched[&FLOW].ids.len(), MAX_UNMATCHED_IDS);
-        // Late clients still pair up in order: the oldest were only counted.
-        for _ in 0..(100 - MAX_UNMATCHED_IDS) {
-            t.client_request(None, FLOW, None);
-        }
-        assert!(t.late.iter().all(|m| m.is_empty()));
+        // A client that is late by up to MAX_UNMATCHED_IDS requests links.
         let c = t.client_request(None, FLOW, None);
-        let first_kept = &servers[100 - MAX_UNMATCHED_IDS];
-        let p = t.late_parent(&first_kept.trace_id).unwrap();
+        let p = t.late_parent(&servers[0].trace_id).unwrap();
         assert_eq!(
             (p.server_span_id, p.client_span_id),
-            (first_kept.span_id, c.span_id)
+            (servers[0].span_id, c.span_id)
         );
+        // Past the cap the flow's requests are only counted, the kept ids
+        // too (all older than the new one): O(1) per request from then on.
+        for _ in 0..100 {
+            t.server_request(None, None, FLOW, None);
+        }
+        let u = &t.unmatched[&FLOW];
+        assert!(u.ids.is_empty());
+        assert_eq!(u.counted as usize, MAX_UNMATCHED_IDS - 1 + 100);
+        assert_eq!(t.unmatched_ids, 0);
+        // Late clients still pair up in order, with the counted ones.
+        for _ in 0..(MAX_UNMATCHED_IDS - 1 + 100) {
+            t.client_request(None, FLOW, None);
+        }
+        assert!(t.unmatched.is_empty());
+        let c = t.client_request(None, FLOW, None);
+        let s = t.server_request(None, None, FLOW, None);
+        assert_eq!(s.parent_span_id, Some(c.span_id));
         // Late parents go after two generations of ticks.
         for _ in 0..2 * LATE_TICKS {
             t.tick();

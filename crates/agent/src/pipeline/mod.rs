@@ -13,6 +13,8 @@ pub mod http_span;
 pub mod network;
 pub mod routes;
 pub mod sampler;
+#[cfg(test)]
+mod throughput_test;
 pub mod tls;
 
 use crate::config::Discovery;
@@ -170,6 +172,8 @@ impl Conn {
 struct LocalCounts {
     data_records: u64,
     proc_records: u64,
+    data_bytes: u64,
+    proc_bytes: u64,
     decode_errors: u64,
     spans: u64,
     dropped_queue_full: u64,
@@ -293,6 +297,12 @@ impl Pipeline {
 
     /// One ring-buffer record.
     pub fn on_record(&mut self, bytes: &[u8]) {
+        // Both rings come here; process records are the two kinds below.
+        if matches!(bytes.first(), Some(&abi::EV_PROC) | Some(&abi::EV_FLOW)) {
+            self.counts.proc_bytes += bytes.len() as u64;
+        } else {
+            self.counts.data_bytes += bytes.len() as u64;
+        }
         match abi::decode(bytes) {
             Ok(Event::Data(d)) => {
                 self.counts.data_records += 1;
@@ -1416,6 +1426,13 @@ impl Pipeline {
                 ringbuf: "proc".into(),
             })
             .inc_by(c.proc_records);
+        for (ring, n) in [("data", c.data_bytes), ("proc", c.proc_bytes)] {
+            m.event_bytes
+                .get_or_create(&crate::selfmetrics::RingbufLabel {
+                    ringbuf: ring.into(),
+                })
+                .inc_by(n);
+        }
         m.decode_errors.inc_by(c.decode_errors);
         if c.flows_dropped > 0 {
             m.dropped("flow_backlog", c.flows_dropped);

@@ -1,0 +1,140 @@
+//! User-space cost per traced HTTP/1 request, without the kernel or a load
+//! generator in the measurement: ring records shaped like wrk's requests and
+//! nginx's responses go through the whole pipeline (decode, parse, context,
+//! span, RED metrics), and the spans through the stdout line encoder.
+//! Run: `cargo test --release -p autotel pipeline_ns_per_request -- --ignored --nocapture`.
+
+use super::*;
+use std::sync::Mutex;
+
+const REQUEST: &[u8] = b"GET /index.html HTTP/1.1\r\nHost: 127.0.0.1:18080\r\n\r\n";
+const RESPONSE_HEAD: &[u8] =
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sat, 05 Dec 2026 03:04:00 GMT\r\n\
+Content-Type: text/html\r\nContent-Length: 614\r\nLast-Modified: Fri, 04 Dec 2026 22:21:00 GMT\r\n\
+Connection: keep-alive\r\nETag: \"6931a7ac-266\"\r\nAccept-Ranges: bytes\r\n\r\n";
+
+/// One ring record: the kernel's header followed by the captured bytes.
+fn record(fd: i32, ingress: bool, at_ns: u64, payload: &[u8]) -> Vec<u8> {
+    let mut tuple = abi::ConnTuple {
+        family: 2,
+        proto: 6,
+        sport: 18080,
+        dport: 40000 + fd as u16,
+        ..Default::default()
+    };
+    tuple.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    tuple.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    let header = abi::DataHeader {
+        kind: abi::EV_DATA,
+        direction: if ingress { abi::DIR_INGRESS } else { 1 },
+        role: abi::ROLE_SERVER,
+        syscall: 0,
+        pid: std::process::id(),
+        tid: std::process::id(),
+        fd,
+        conn_start_ns: 1_000,
+        enter_ns: at_ns,
+        exit_ns: at_ns,
+        total_len: payload.len() as u32,
+        captured_len: payload.len() as u16,
+        tail_len: 0,
+        ctx_fd: -1,
+        _pad: 0,
+        ctx_conn_start_ns: 0,
+        tuple,
+        tail: [0; abi::TAIL_BYTES],
+    };
+    // SAFETY: DataHeader is a plain repr(C) struct of integers and arrays.
+    let head = unsafe {
+        std::slice::from_raw_parts(
+            (&header as *const abi::DataHeader).cast::<u8>(),
+            std::mem::size_of::<abi::DataHeader>(),
+        )
+    };
+    let mut out = head.to_vec();
+    out.extend_from_slice(payload);
+    out
+}
+
+#[test]
+#[ignore = "a measurement, not a check: run in release with --ignored --nocapture"]
+fn pipeline_ns_per_request() {
+    let cfg = crate::config::Config::load(None).expect("default config");
+    let (span_tx, span_rx) = crossbeam_channel::bounded(cfg.traces.queue_size);
+    let (proc_tx, _proc_rx) = crossbeam_channel::bounded(1024);
+    let metrics = Arc::new(SelfMetrics::new());
+    let mut pipeline = Pipeline::new(
+        PipelineConfig {
+            router: cfg.router.clone(),
+            sampler: cfg.sampler,
+            same_host_linking: cfg.same_host_linking,
+            red: Arc::new(Mutex::new(Store::new(cfg.metrics.cardinality_limit))),
+            discovery: cfg.discovery.clone(),
+            query_text: cfg.db_query_text,
+            peers: cfg.peers.clone(),
+            network_whole_host: false,
+            exited_ttl: std::time::Duration::from_secs(60),
+        },
+        Default::default(),
+        span_tx,
+        cfg.traces.queue_size,
+        proc_tx,
+        metrics.clone(),
+    );
+    let mut response = RESPONSE_HEAD.to_vec();
+    response.resize(RESPONSE_HEAD.len() + 614, b'x');
+    // AUTOTEL_BENCH_CONNS: keep-alive connections taking turns (50, as wrk
+    // in bench/run.py, unless set; the fixed-rate bench uses 1000).
+    let conns: i32 = std::env::var("AUTOTEL_BENCH_CONNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let rounds = 200_000 / conns as u64;
+    // Records are built up front: their cost is the kernel's, not ours.
+    let mut records = Vec::with_capacity((conns as usize) * 2);
+    for fd in 0..conns {
+        records.push(record(10 + fd, true, 0, REQUEST));
+        records.push(record(10 + fd, false, 0, &response));
+    }
+    let mut lines = String::new();
+    let mut spans = 0u64;
+    let mut now = 2_000u64;
+    let started = std::time::Instant::now();
+    for _ in 0..rounds {
+        for rec in records.iter_mut() {
+            now += 5_000;
+            // enter_ns and exit_ns sit at bytes 24..40 of the header.
+            rec[24..32].copy_from_slice(&now.to_ne_bytes());
+            rec[32..40].copy_from_slice(&now.to_ne_bytes());
+            pipeline.on_record(rec);
+        }
+        pipeline.after_drain();
+        while let Ok(batch) = span_rx.try_recv() {
+            metrics.export_queue_length.dec_by(batch.len() as i64);
+            for s in &batch {
+                lines.clear();
+                crate::export::stdout::write_line(&mut lines, s);
+                spans += 1;
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "sizes: Span {} Exchange {} ReaderEvent {} Http1Event {} Conn {}",
+        std::mem::size_of::<Span>(),
+        std::mem::size_of::<autotel_protocols::http1::Exchange>(),
+        std::mem::size_of::<autotel_protocols::http1::ReaderEvent>(),
+        std::mem::size_of::<Http1Event>(),
+        std::mem::size_of::<Conn>()
+    );
+    let requests = rounds * conns as u64;
+    println!(
+        "pipeline: {requests} requests, {spans} spans, {:.0} ns per request",
+        elapsed.as_nanos() as f64 / requests as f64
+    );
+    // The held first span of each connection may still wait.
+    assert!(
+        spans + conns as u64 >= requests,
+        "spans {spans} of {requests}"
+    );
+}
