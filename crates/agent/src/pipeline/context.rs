@@ -184,23 +184,49 @@ struct LateParent {
 /// Ticks (seconds) a late parent is kept for, at least.
 const LATE_TICKS: u32 = 10;
 
+/// What one flow has waiting, on either side. One map entry per flow: each
+/// request looks its flow up once (three maps meant three cache misses per
+/// request with a thousand connections).
+#[derive(Debug, Default)]
+struct FlowState {
+    /// Client requests written whose server side was not read yet.
+    clients: std::collections::VecDeque<SpanCtx>,
+    /// Server requests that found no client entry. The client's entry may
+    /// still come: the server's read can reach the ring before the client's
+    /// send event, which fires when the send returns, after loopback already
+    /// delivered the bytes. It then becomes the server span's parent
+    /// (`late`), and is never left queued, or every later request on the
+    /// connection would take its predecessor's client as parent.
+    unmatched: Unmatched,
+    /// The client side is a same-host connection we trace: its server spans
+    /// may still get a late parent.
+    client_traced: bool,
+}
+
+impl FlowState {
+    fn is_idle(&self) -> bool {
+        self.clients.is_empty() && self.unmatched.is_empty() && !self.client_traced
+    }
+}
+
+/// The flow's entry, made if there is room for one more.
+fn flow_entry(flows: &mut PeerMap<FlowKey, FlowState>, flow: FlowKey) -> Option<&mut FlowState> {
+    let room = flows.len() < MAX_FLOWS;
+    match flows.entry(flow) {
+        std::collections::hash_map::Entry::Occupied(o) => Some(o.into_mut()),
+        std::collections::hash_map::Entry::Vacant(v) if room => {
+            Some(v.insert(FlowState::default()))
+        }
+        std::collections::hash_map::Entry::Vacant(_) => None,
+    }
+}
+
 pub struct ContextTracker {
     pub sampler: super::sampler::Sampler,
     pub same_host_linking: bool,
-    clients: PeerMap<FlowKey, std::collections::VecDeque<SpanCtx>>,
-    /// Server requests that found no client entry on their flow. The
-    /// client's entry may still come: the server's read can reach the ring
-    /// before the client's send event, which fires when the send returns,
-    /// after loopback already delivered the bytes. It then becomes the
-    /// server span's parent (`late`), and is never left queued, or every
-    /// later request on the connection would take its predecessor's client
-    /// as parent.
-    unmatched: PeerMap<FlowKey, Unmatched>,
-    /// Ids kept in `unmatched`, over all flows.
+    flows: PeerMap<FlowKey, FlowState>,
+    /// Ids kept in the flows' `unmatched`, over all flows.
     unmatched_ids: usize,
-    /// Same-host flows whose client side is a connection we trace: their
-    /// server spans may still get a late parent.
-    client_flows: PeerMap<FlowKey, ()>,
     /// Parents that came late, by the server request's own trace id; two
     /// generations of LATE_TICKS each.
     late: [PeerMap<TraceId, LateParent>; 2],
@@ -212,10 +238,8 @@ impl ContextTracker {
         Self {
             sampler,
             same_host_linking,
-            clients: Default::default(),
-            unmatched: Default::default(),
+            flows: Default::default(),
             unmatched_ids: 0,
-            client_flows: Default::default(),
             late: Default::default(),
             ticks: 0,
         }
@@ -292,9 +316,13 @@ impl ContextTracker {
         if !self.same_host_linking {
             return ctx;
         }
-        if let Some(u) = self.unmatched.get_mut(&flow) {
+        let Some(f) = flow_entry(&mut self.flows, flow) else {
+            return ctx;
+        };
+        if !f.unmatched.is_empty() {
             // The server side already read this request: its span, not yet
             // built, takes this one as parent.
+            let u = &mut f.unmatched;
             let kept = u.ids.len();
             let popped = u.pop();
             self.unmatched_ids -= kept - u.ids.len();
@@ -310,14 +338,12 @@ impl ContextTracker {
                     );
                 }
             }
-            if u.is_empty() {
-                self.unmatched.remove(&flow);
+            if f.is_idle() {
+                self.flows.remove(&flow);
             }
             return ctx;
         }
-        if self.clients.len() < MAX_FLOWS {
-            self.clients.entry(flow).or_default().push_back(ctx.clone());
-        }
+        f.clients.push_back(ctx.clone());
         ctx
     }
 
@@ -346,15 +372,6 @@ impl ContextTracker {
         }
     }
 
-    fn take_client(&mut self, flow: &FlowKey) -> Option<SpanCtx> {
-        let q = self.clients.get_mut(flow)?;
-        let c = q.pop_front();
-        if q.is_empty() {
-            self.clients.remove(flow);
-        }
-        c
-    }
-
     /// The client's entry for this request, or a note that none came
     /// (with the server span id a late one may patch).
     fn take_or_note(
@@ -362,29 +379,33 @@ impl ContextTracker {
         flow: &FlowKey,
         server: Option<(TraceId, SpanId)>,
     ) -> Option<SpanCtx> {
-        let c = self.take_client(flow);
-        if c.is_none() && self.unmatched.len() < MAX_FLOWS {
-            let cap = if flow_is_local(flow) {
-                MAX_UNMATCHED_IDS_LOCAL
-            } else {
-                MAX_UNMATCHED_IDS
-            };
-            let total_room = self.unmatched_ids < MAX_UNMATCHED_TOTAL;
-            let known_client = self.client_flows.contains_key(flow);
-            let u = self.unmatched.entry(*flow).or_default();
-            let kept = u.ids.len();
-            if !known_client && (u.counted > 0 || !total_room) {
-                // No client event came for this flow while its ids filled
-                // up: its client is not one we trace (a load generator on
-                // keep-alive connections). Count only: rotating ids through
-                // thousands of such flows was a cache miss per request.
-                u.count_only();
-            } else {
-                u.push(server, total_room && kept < cap);
+        let f = flow_entry(&mut self.flows, *flow)?;
+        if let Some(c) = f.clients.pop_front() {
+            if f.is_idle() {
+                self.flows.remove(flow);
             }
-            self.unmatched_ids = self.unmatched_ids + u.ids.len() - kept;
+            return Some(c);
         }
-        c
+        let cap = if flow_is_local(flow) {
+            MAX_UNMATCHED_IDS_LOCAL
+        } else {
+            MAX_UNMATCHED_IDS
+        };
+        let total_room = self.unmatched_ids < MAX_UNMATCHED_TOTAL;
+        let known_client = f.client_traced;
+        let u = &mut f.unmatched;
+        let kept = u.ids.len();
+        if !known_client && (u.counted > 0 || !total_room) {
+            // No client event came for this flow while its ids filled up:
+            // its client is not one we trace (a load generator on keep-alive
+            // connections). Count only: rotating ids through thousands of
+            // such flows was a cache miss per request.
+            u.count_only();
+        } else {
+            u.push(server, total_room && kept < cap);
+        }
+        self.unmatched_ids = self.unmatched_ids + u.ids.len() - kept;
+        None
     }
 
     /// A span of a server request whose client side came late joins that
@@ -420,8 +441,11 @@ impl ContextTracker {
 
     /// A traced client connection on this host (its first event).
     pub fn note_client_flow(&mut self, flow: FlowKey) {
-        if self.same_host_linking && self.client_flows.len() < MAX_FLOWS {
-            self.client_flows.insert(flow, ());
+        if !self.same_host_linking {
+            return;
+        }
+        if let Some(f) = flow_entry(&mut self.flows, flow) {
+            f.client_traced = true;
         }
     }
 
@@ -431,19 +455,15 @@ impl ContextTracker {
     /// its first event). Other spans need not wait (an unselected client on
     /// a keep-alive connection never comes).
     pub fn may_link_late(&self, flow: &FlowKey) -> bool {
-        self.client_flows.contains_key(flow)
-            || self
-                .unmatched
-                .get(flow)
-                .is_some_and(|u| u.counted == 0 && u.ids.len() <= 1)
+        self.flows.get(flow).is_some_and(|f| {
+            f.client_traced || (f.unmatched.counted == 0 && f.unmatched.ids.len() <= 1)
+        })
     }
 
     /// A side of the connection closed: nothing more will match it.
     pub fn forget_flow(&mut self, flow: &FlowKey) {
-        self.clients.remove(flow);
-        self.client_flows.remove(flow);
-        if let Some(u) = self.unmatched.remove(flow) {
-            self.unmatched_ids -= u.ids.len();
+        if let Some(f) = self.flows.remove(flow) {
+            self.unmatched_ids -= f.unmatched.ids.len();
         }
     }
 }
@@ -473,7 +493,7 @@ mod tracker_tests {
         let s2 = t.server_request(None, None, FLOW, None);
         assert_eq!(s2.parent_span_id, Some(c2.span_id));
         t.forget_flow(&FLOW);
-        assert!(t.unmatched.is_empty() && t.clients.is_empty());
+        assert!(t.flows.is_empty());
     }
 
     #[test]
@@ -483,7 +503,7 @@ mod tracker_tests {
         let servers: Vec<_> = (0..MAX_UNMATCHED_IDS)
             .map(|_| t.server_request(None, None, FLOW, None))
             .collect();
-        assert_eq!(t.unmatched[&FLOW].ids.len(), MAX_UNMATCHED_IDS);
+        assert_eq!(t.flows[&FLOW].unmatched.ids.len(), MAX_UNMATCHED_IDS);
         // A client that is late by up to MAX_UNMATCHED_IDS requests links.
         let c = t.client_request(None, FLOW, None);
         let p = t.late_parent(&servers[0].trace_id).unwrap();
@@ -496,7 +516,7 @@ mod tracker_tests {
         for _ in 0..100 {
             t.server_request(None, None, FLOW, None);
         }
-        let u = &t.unmatched[&FLOW];
+        let u = &t.flows[&FLOW].unmatched;
         assert!(u.ids.is_empty());
         assert_eq!(u.counted as usize, MAX_UNMATCHED_IDS - 1 + 100);
         assert_eq!(t.unmatched_ids, 0);
@@ -504,7 +524,7 @@ mod tracker_tests {
         for _ in 0..(MAX_UNMATCHED_IDS - 1 + 100) {
             t.client_request(None, FLOW, None);
         }
-        assert!(t.unmatched.is_empty());
+        assert!(t.flows.is_empty());
         let c = t.client_request(None, FLOW, None);
         let s = t.server_request(None, None, FLOW, None);
         assert_eq!(s.parent_span_id, Some(c.span_id));
@@ -537,7 +557,7 @@ mod tracker_tests {
             let p = t.late_parent(&s.trace_id).unwrap();
             assert_eq!((p.server_span_id, p.client_span_id), (s.span_id, c.span_id));
         }
-        assert!(t.unmatched.is_empty());
+        assert!(t.flows.is_empty());
         assert_eq!(t.unmatched_ids, 0);
     }
 
@@ -576,10 +596,10 @@ mod tracker_tests {
             }
         }
         assert_eq!(t.unmatched_ids, MAX_UNMATCHED_TOTAL);
-        let kept: usize = t.unmatched.values().map(|u| u.ids.len()).sum();
+        let kept: usize = t.flows.values().map(|f| f.unmatched.ids.len()).sum();
         assert_eq!(kept, MAX_UNMATCHED_TOTAL);
         // The requests past the budget are still counted, in order.
-        let last = &t.unmatched[&(lo, flows as u16 - 1, lo, 8080)];
+        let last = &t.flows[&(lo, flows as u16 - 1, lo, 8080)].unmatched;
         assert_eq!(last.counted as usize, MAX_UNMATCHED_IDS_LOCAL);
         for port in 0..flows as u16 {
             t.forget_flow(&(lo, port, lo, 8080));
