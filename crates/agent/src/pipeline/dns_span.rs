@@ -67,9 +67,9 @@ pub fn build(input: SpanInput<'_>, clock: &Clock) -> Span {
         "network.transport",
         if input.tcp { "tcp" } else { "udp" }.into(),
     ));
-    attributes.push(("server.address", input.peer_addr.to_owned().into()));
+    attributes.push(("server.address", input.peer_addr.into()));
     attributes.push(("server.port", AttrValue::Int(input.tuple.dport as i64)));
-    attributes.push(("network.peer.address", input.peer_addr.to_owned().into()));
+    attributes.push(("network.peer.address", input.peer_addr.into()));
     attributes.push((
         "network.peer.port",
         AttrValue::Int(input.tuple.dport as i64),

@@ -123,7 +123,7 @@ pub fn grpc_span(input: GrpcInput<'_>, clock: &Clock) -> Span {
         .unwrap_or(server_addr);
     attributes.push(("server.address", server_addr.to_owned().into()));
     attributes.push(("server.port", AttrValue::Int(server_port as i64)));
-    attributes.push(("network.peer.address", input.peer_addr.to_owned().into()));
+    attributes.push(("network.peer.address", input.peer_addr.into()));
     attributes.push((
         "network.peer.port",
         AttrValue::Int(input.tuple.dport as i64),
