@@ -184,6 +184,20 @@ struct LocalCounts {
     parse_errors: HashMap<(&'static str, &'static str), u64>,
 }
 
+impl LocalCounts {
+    /// A record of the data ring, and its size.
+    fn data_record(&mut self, len: usize) {
+        self.data_records += 1;
+        self.data_bytes += len as u64;
+    }
+
+    /// A record of the process ring, and its size.
+    fn proc_record(&mut self, len: usize) {
+        self.proc_records += 1;
+        self.proc_bytes += len as u64;
+    }
+}
+
 pub struct Pipeline {
     /// FxHash: keys are kernel ids, not attacker-chosen strings.
     /// Boxed: taken out and put back per event, so only a pointer moves.
@@ -298,19 +312,13 @@ impl Pipeline {
 
     /// One ring-buffer record.
     pub fn on_record(&mut self, bytes: &[u8]) {
-        // Both rings come here; process records are the two kinds below.
-        if matches!(bytes.first(), Some(&abi::EV_PROC) | Some(&abi::EV_FLOW)) {
-            self.counts.proc_bytes += bytes.len() as u64;
-        } else {
-            self.counts.data_bytes += bytes.len() as u64;
-        }
         match abi::decode(bytes) {
             Ok(Event::Data(d)) => {
-                self.counts.data_records += 1;
+                self.counts.data_record(bytes.len());
                 self.on_data(&d);
             }
             Ok(Event::Close(c)) => {
-                self.counts.data_records += 1;
+                self.counts.data_record(bytes.len());
                 let key = ConnKey {
                     pid: c.pid,
                     fd: c.fd,
@@ -319,11 +327,11 @@ impl Pipeline {
                 self.close(key, Some(c.ts_ns));
             }
             Ok(Event::WireCtx(w)) => {
-                self.counts.data_records += 1;
+                self.counts.data_record(bytes.len());
                 self.on_wire(&w);
             }
             Ok(Event::Flow(f)) => {
-                self.counts.proc_records += 1;
+                self.counts.proc_record(bytes.len());
                 // After the drain: the request whose handler connected may
                 // still be in the data ring.
                 if self.pending_flows.len() < MAX_PENDING_FLOWS {
@@ -333,7 +341,7 @@ impl Pipeline {
                 }
             }
             Ok(Event::Proc(p)) => {
-                self.counts.proc_records += 1;
+                self.counts.proc_record(bytes.len());
                 let ev = match p.proc_kind {
                     abi::PROC_EXEC => self.exec_decision(&p),
                     abi::PROC_FORK => ProcEvent::Fork(p.pid),
@@ -1417,22 +1425,15 @@ impl Pipeline {
             );
         }
         let m = &self.metrics;
-        m.events_received
-            .get_or_create(&crate::selfmetrics::RingbufLabel {
-                ringbuf: "data".into(),
-            })
-            .inc_by(c.data_records);
-        m.events_received
-            .get_or_create(&crate::selfmetrics::RingbufLabel {
-                ringbuf: "proc".into(),
-            })
-            .inc_by(c.proc_records);
-        for (ring, n) in [("data", c.data_bytes), ("proc", c.proc_bytes)] {
-            m.event_bytes
-                .get_or_create(&crate::selfmetrics::RingbufLabel {
-                    ringbuf: ring.into(),
-                })
-                .inc_by(n);
+        for (ring, records, bytes) in [
+            ("data", c.data_records, c.data_bytes),
+            ("proc", c.proc_records, c.proc_bytes),
+        ] {
+            let label = crate::selfmetrics::RingbufLabel {
+                ringbuf: ring.into(),
+            };
+            m.events_received.get_or_create(&label).inc_by(records);
+            m.event_bytes.get_or_create(&label).inc_by(bytes);
         }
         m.decode_errors.inc_by(c.decode_errors);
         if c.flows_dropped > 0 {

@@ -103,9 +103,12 @@ fn pipeline_ns_per_request() {
     for _ in 0..rounds {
         for rec in records.iter_mut() {
             now += 5_000;
-            // enter_ns and exit_ns sit at bytes 24..40 of the header.
-            rec[24..32].copy_from_slice(&now.to_ne_bytes());
-            rec[32..40].copy_from_slice(&now.to_ne_bytes());
+            for field in [
+                std::mem::offset_of!(abi::DataHeader, enter_ns),
+                std::mem::offset_of!(abi::DataHeader, exit_ns),
+            ] {
+                rec[field..field + 8].copy_from_slice(&now.to_ne_bytes());
+            }
             pipeline.on_record(rec);
         }
         pipeline.after_drain();
