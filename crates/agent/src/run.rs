@@ -26,6 +26,13 @@ use std::time::{Duration, Instant};
 /// How often the reader drains the rings when nothing woke it.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 
+/// Records the reader handles before it lets other runnable threads on its
+/// CPU go first (~0.3 ms of work). Under load a drain holds thousands of
+/// records, and processing them in one stretch kept the CPU from the traced
+/// application's own threads for milliseconds: saturated nginx p99 went from
+/// ~1 ms to 3.3 ms with the agent, 1.7 ms with this.
+const YIELD_EVERY_RECORDS: u32 = 256;
+
 /// Where spans go: exporters (`autotel run`) or the live view (`autotel top`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -247,8 +254,16 @@ fn read_loop(
         0
     })?;
     let p = pipeline.clone();
+    let mut since_yield = 0u32;
     builder.add(&tracer.skel.maps.data_events, move |bytes| {
         p.borrow_mut().on_record(bytes);
+        since_yield += 1;
+        if since_yield == YIELD_EVERY_RECORDS {
+            since_yield = 0;
+            // libbpf has already released the records before this one, so
+            // the kernel side keeps its room while we are off the CPU.
+            std::thread::yield_now();
+        }
         0
     })?;
     let rings = builder.build().context("setting up ring buffers")?;
