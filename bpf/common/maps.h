@@ -22,6 +22,8 @@ const volatile __u32 self_tgid = 0;
 const volatile __u32 select_on_exec = 0;
 /* Trace context in TCP header options (context_propagation: tcp_option). */
 const volatile __u32 propagate_ctx = 0;
+/* Capture from the socket-level tracepoints (sock_io.h), not the syscall hooks. */
+const volatile __u32 socket_capture = 0;
 
 /* tgid -> flags. The first lookup of every program: unselected processes stop here. */
 struct {

@@ -134,11 +134,10 @@ static __always_inline void flow_accepted(__u32 tgid, __u32 tid, __s32 fd, __u8 
 		flow_accepted_sock(tgid, tid, sk, owner);
 }
 
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(at_sock_state, const struct sock *sk, int oldstate, int newstate)
+/* A TCP state change (the caller checked the protocol): the flow opens,
+ * closes, or learns its owner. Returns nothing: the caller goes on. */
+static __always_inline void flow_state_change(const struct sock *sk, int oldstate, int newstate)
 {
-	if (BPF_CORE_READ(sk, sk_protocol) != AT_IPPROTO_TCP)
-		return 0;
 	__u64 key = (__u64)sk;
 	if (newstate == AT_TCP_SYN_SENT) {
 		/* connect() in the caller's context. */
@@ -146,7 +145,7 @@ int BPF_PROG(at_sock_state, const struct sock *sk, int oldstate, int newstate)
 		__u32 tgid = id >> 32;
 		int selected = is_selected(tgid);
 		if ((!selected && !network_whole_host) || tgid == self_tgid)
-			return 0;
+			return;
 		struct at_flow_state st = {
 			.start_ns = bpf_ktime_get_ns(),
 			.pid = tgid,
@@ -162,7 +161,7 @@ int BPF_PROG(at_sock_state, const struct sock *sk, int oldstate, int newstate)
 			st.ctx_conn_start_ns = ts->ctx.conn_start_ns;
 		}
 		bpf_map_update_elem(&flows, &key, &st, BPF_ANY);
-		return 0;
+		return;
 	}
 	if (network_whole_host && newstate == AT_TCP_ESTABLISHED && oldstate == AT_TCP_SYN_RECV) {
 		/* A passive connection, in softirq: the current task is not its
@@ -177,11 +176,11 @@ int BPF_PROG(at_sock_state, const struct sock *sk, int oldstate, int newstate)
 			.owner = AT_FLOW_OWNER_UNKNOWN,
 		};
 		bpf_map_update_elem(&flows, &key, &st, BPF_NOEXIST);
-		return 0;
+		return;
 	}
 	struct at_flow_state *st = bpf_map_lookup_elem(&flows, &key);
 	if (!st)
-		return 0;
+		return;
 	if (newstate == AT_TCP_ESTABLISHED && oldstate == AT_TCP_SYN_SENT) {
 		st->established_ns = bpf_ktime_get_ns();
 		emit_flow(sk, st, AT_FLOW_OPEN, oldstate);
@@ -189,7 +188,6 @@ int BPF_PROG(at_sock_state, const struct sock *sk, int oldstate, int newstate)
 		emit_flow(sk, st, AT_FLOW_CLOSE, oldstate);
 		bpf_map_delete_elem(&flows, &key);
 	}
-	return 0;
 }
 
 #endif

@@ -270,12 +270,10 @@ int BPF_PROG(at_tcp_send_pre, struct sock *sk, struct msghdr *msg, struct sk_buf
 	return 0;
 }
 
-/* Roles from the handshake, connection ends from close(), new listeners. */
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(at_sock_life, const struct sock *sk, int oldstate, int newstate)
+/* Roles from the handshake, connection ends from close(), new listeners
+ * (socket-level capture only). */
+static __always_inline int conn_state_change(const struct sock *sk, int oldstate, int newstate)
 {
-	if (BPF_CORE_READ(sk, sk_protocol) != AT_IPPROTO_TCP)
-		return 0;
 	if (newstate == AT_TCP_SYN_SENT) {
 		/* connect(), in the caller's context. */
 		if (!is_selected(bpf_get_current_pid_tgid() >> 32))
@@ -312,6 +310,21 @@ int BPF_PROG(at_sock_life, const struct sock *sk, int oldstate, int newstate)
 	__s32 fd = (__s32)key;
 	emit_close(info, tgid, (__u32)bpf_get_current_pid_tgid(), fd);
 	drop_conn(info, tgid, fd);
+	return 0;
+}
+
+/* Every TCP state change of the host passes here: one program for the flow
+ * metrics and the capture's connection ends, so the tracepoint dispatches
+ * once and the protocol is read once (a connection moves through ~5 states
+ * per side). */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(at_sock_state, const struct sock *sk, int oldstate, int newstate)
+{
+	if (BPF_CORE_READ(sk, sk_protocol) != AT_IPPROTO_TCP)
+		return 0;
+	flow_state_change(sk, oldstate, newstate);
+	if (socket_capture)
+		return conn_state_change(sk, oldstate, newstate);
 	return 0;
 }
 

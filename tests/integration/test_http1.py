@@ -626,7 +626,7 @@ def test_o_capture_hooks(require_root, sink, start_agent, http_server, hooks):
     assert f'hooks="{want}"' in agent.stderr_text() or f"hooks={want}" in agent.stderr_text(), \
         agent.logs_tail()
     progs = set(bpf_progs_with_prefix().values())
-    socket_progs = {"at_sock_send", "at_sock_recv", "at_sock_life"}
+    socket_progs = {"at_sock_send", "at_sock_recv"}
     syscall_progs = {"at_sys_enter", "at_sys_exit"}
     print(f"hooks={hooks}: at_ programs loaded: {sorted(progs)}")
     if want == "socket":

@@ -152,7 +152,7 @@ impl Tracer {
         open.progs.at_sys_exit.set_autoload(!socket);
         open.progs.at_sock_send.set_autoload(socket);
         open.progs.at_sock_recv.set_autoload(socket);
-        open.progs.at_sock_life.set_autoload(socket);
+        rodata.socket_capture = u32::from(socket);
         open.progs
             .at_tcp_send_pre
             .set_autoload(socket && opts.tcp_option_cgroup.is_some());
@@ -230,7 +230,7 @@ impl Tracer {
             "at_sys_exit",
             "at_sock_send",
             "at_sock_recv",
-            "at_sock_life",
+            "at_sock_state",
             "at_exec",
         ];
         if let Some(name) = failed.iter().find(|n| essential.contains(&n.as_str())) {
