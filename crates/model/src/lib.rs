@@ -126,7 +126,7 @@ pub struct Span {
     pub span_id: SpanId,
     pub parent_span_id: Option<SpanId>,
     pub trace_state: String,
-    pub name: String,
+    pub name: AttrStr,
     pub kind: SpanKind,
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,

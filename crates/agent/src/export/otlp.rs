@@ -59,7 +59,7 @@ pub mod reference {
             parent_span_id: s.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
             // W3C flags: sampled (we only export what the sampler kept).
             flags: 0x101,
-            name: s.name.clone(),
+            name: s.name.to_string(),
             kind: match s.kind {
                 SpanKind::Server => span::SpanKind::Server,
                 SpanKind::Client => span::SpanKind::Client,

@@ -283,7 +283,7 @@ mod tests {
             span_id: [n + 1; 8],
             parent_span_id: n.is_multiple_of(2).then_some([9; 8]),
             trace_state: if n == 3 { "a=b".into() } else { String::new() },
-            name: format!("GET /r{n}"),
+            name: format!("GET /r{n}").into(),
             kind,
             start_unix_ns: 1_700_000_000_000_000_000 + u64::from(n),
             end_unix_ns: 1_700_000_000_000_500_000,

@@ -84,7 +84,7 @@ pub fn build(input: SpanInput<'_>, clock: &Clock) -> Span {
         span_id: ctx.span_id,
         parent_span_id: ctx.parent_span_id,
         trace_state: ctx.trace_state,
-        name: format!("DNS {qtype}"),
+        name: format!("DNS {qtype}").into(),
         kind: SpanKind::Client,
         start_unix_ns: clock.to_unix_ns(start),
         end_unix_ns: clock.to_unix_ns(end),

@@ -146,7 +146,7 @@ pub fn grpc_span(input: GrpcInput<'_>, clock: &Clock) -> Span {
         span_id: ctx.span_id,
         parent_span_id: ctx.parent_span_id,
         trace_state: ctx.trace_state,
-        name,
+        name: name.into(),
         kind: if input.server_side {
             SpanKind::Server
         } else {

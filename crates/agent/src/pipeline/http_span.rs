@@ -103,14 +103,14 @@ pub fn build(input: SpanInput<'_>, clock: &Clock) -> Span {
     let name = match (&input.route, method_known) {
         (Some(route), true) => {
             // Not format!: its machinery is a visible share of a span's cost.
-            let mut name = String::with_capacity(method.len() + 1 + route.len());
+            let mut name = AttrStr::with_capacity(method.len() + 1 + route.len());
             name.push_str(method);
             name.push(' ');
             name.push_str(route);
             name
         }
-        (_, true) => method.to_owned(),
-        (_, false) => "HTTP".to_owned(),
+        (_, true) => AttrStr::from(method),
+        (_, false) => AttrStr::const_new("HTTP"),
     };
 
     let mut attributes: Attributes = Vec::with_capacity(16);

@@ -604,7 +604,7 @@ impl Model {
 
         // Services/routes: HTTP server spans are named "METHOD route" already;
         // everything else by its span name.
-        let label = span.name.clone();
+        let label = span.name.to_string();
         let key = [
             span.resource.service_name.clone(),
             label,
@@ -614,7 +614,7 @@ impl Model {
 
         if let Some(system) = attr_str(&span, "db.system.name") {
             let (_, row) = self.database.record(
-                [system, span.name.clone(), String::new()],
+                [system, span.name.to_string(), String::new()],
                 now_ms,
                 dur,
                 error,

@@ -331,7 +331,7 @@ fn draw_slow(f: &mut Frame, app: &mut App, model: &Model, area: Rect, now_ms: u6
                 Cell::from(reason).style(style),
                 Cell::from(s.resource.service_name.clone()),
                 Cell::from(kind_label(s.kind)),
-                Cell::from(s.name.clone()),
+                Cell::from(s.name.to_string()),
                 Cell::from(fmt_dur(s.duration_ns())),
                 Cell::from(status_text(s)),
             ])
@@ -383,7 +383,7 @@ fn attr_lines(s: &Span) -> Vec<Line<'static>> {
         ])
     };
     let mut out = vec![
-        kv("name", s.name.clone()),
+        kv("name", s.name.to_string()),
         kv("kind", kind_label(s.kind).into()),
         kv("service.name", s.resource.service_name.clone()),
         kv("process.pid", s.resource.pid.to_string()),
