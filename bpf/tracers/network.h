@@ -135,15 +135,15 @@ static __always_inline void flow_accepted(__u32 tgid, __u32 tid, __s32 fd, __u8 
 }
 
 /* A TCP state change (the caller checked the protocol): the flow opens,
- * closes, or learns its owner. Returns nothing: the caller goes on. */
-static __always_inline void flow_state_change(const struct sock *sk, int oldstate, int newstate)
+ * closes, or learns its owner. `selected`: on SYN_SENT, whether the calling
+ * process is traced. Returns nothing: the caller goes on. */
+static __always_inline void flow_state_change(const struct sock *sk, int oldstate, int newstate, int selected)
 {
 	__u64 key = (__u64)sk;
 	if (newstate == AT_TCP_SYN_SENT) {
 		/* connect() in the caller's context. */
 		__u64 id = bpf_get_current_pid_tgid();
 		__u32 tgid = id >> 32;
-		int selected = is_selected(tgid);
 		if ((!selected && !network_whole_host) || tgid == self_tgid)
 			return;
 		struct at_flow_state st = {

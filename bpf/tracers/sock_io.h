@@ -271,12 +271,12 @@ int BPF_PROG(at_tcp_send_pre, struct sock *sk, struct msghdr *msg, struct sk_buf
 }
 
 /* Roles from the handshake, connection ends from close(), new listeners
- * (socket-level capture only). */
-static __always_inline int conn_state_change(const struct sock *sk, int oldstate, int newstate)
+ * (socket-level capture only). `selected`: see at_sock_state. */
+static __always_inline int conn_state_change(const struct sock *sk, int oldstate, int newstate, int selected)
 {
 	if (newstate == AT_TCP_SYN_SENT) {
 		/* connect(), in the caller's context. */
-		if (!is_selected(bpf_get_current_pid_tgid() >> 32))
+		if (!selected)
 			return 0;
 		struct at_sk_state *ss = sk_state_get(sk, BPF_SK_STORAGE_GET_F_CREATE);
 		if (ss)
@@ -322,9 +322,12 @@ int BPF_PROG(at_sock_state, const struct sock *sk, int oldstate, int newstate)
 {
 	if (BPF_CORE_READ(sk, sk_protocol) != AT_IPPROTO_TCP)
 		return 0;
-	flow_state_change(sk, oldstate, newstate);
+	/* Only connect() (SYN_SENT, in the caller's context) asks whether the
+	 * process is traced: both parts need the answer, one lookup serves them. */
+	int selected = newstate == AT_TCP_SYN_SENT && is_selected(bpf_get_current_pid_tgid() >> 32);
+	flow_state_change(sk, oldstate, newstate, selected);
 	if (socket_capture)
-		return conn_state_change(sk, oldstate, newstate);
+		return conn_state_change(sk, oldstate, newstate, selected);
 	return 0;
 }
 
