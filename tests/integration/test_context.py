@@ -139,9 +139,10 @@ def ours(s: dict) -> bool:
 
 def show(spans: List[dict]) -> str:
     return "\n".join(
-        f"  {s['kind']:6} pid={pid_of(s)} svc={s['resource'].get('service.name')} "
+        f"  {s['kind']:6} {s['name']!r} pid={pid_of(s)} svc={s['resource'].get('service.name')} "
         f"path={span_path(s)} trace={s['trace_id']} span={s['span_id']} "
         f"parent={s['parent_span_id'] or '-'} state={s.get('trace_state')!r}"
+        + (f" error.type={s['attrs'].get('error.type')}" if "error.type" in s["attrs"] else "")
         for s in sorted(spans, key=lambda s: s["start_ns"]))
 
 
@@ -623,7 +624,7 @@ def test_three_hop_nginx_concurrent(require_root, sink, start_agent, spawn, ngin
     report("nginx CLIENT spans: right request + another request + root", kinds["right request"]
            + kinds["another request"] + kinds["root"], CONCURRENT)
     # Exact whatever the concurrency: the 4-tuple links and the thread-per-request proxy.
-    assert per_link[1:] == [CONCURRENT] * 3, per_link
+    assert per_link[1:] == [CONCURRENT] * 3, (per_link, show(spans))
     assert roots == CONCURRENT
     # Event loop: today's behaviour (see the comment above).
     assert kinds["dangling"] == 0, show(spans)

@@ -505,6 +505,36 @@ def test_5_redis_cli_errors_and_transaction(require_root, sink, start_agent, red
     assert txn[1:] == ["MULTI", "SET", "INCR", "EXEC"], txn
 
 
+def test_5_redis_cli_through_exec_wrapper(require_root, sink, start_agent, redis_server):
+    """``env redis-cli ...``: env execs redis-cli a fraction of a millisecond after its
+    own exec, and redis-cli is gone a millisecond later. By the time the agent reads
+    env's exec event, /proc may already show redis-cli's argv, which must not count
+    as env's (the span was then named after env); and redis-cli's data can reach the
+    agent before its own exec event. Two busy loops keep the agent's reader late, as
+    on a loaded host. Every run must yield one span named redis-cli, none named env."""
+    rd = redis_server
+    start_agent({"AUTOTEL_EXECUTABLE_NAME": "^redis-cli$"})
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    pids = set()
+    try:
+        # bash starts each batch at once, as a script or a cron burst would.
+        batch = (f"for j in 1 2 3 4; do env {REDIS_CLI} -p {rd.port} INCR n >/dev/null & "
+                 "echo $!; done; wait")
+        for _ in range(100):
+            out = run(["bash", "-c", batch])
+            pids |= {int(p) for p in out.stdout.split()}
+    finally:
+        for h in hogs:
+            stop_process(h)
+    spans = wait_db_spans(sink, len(pids), client_spans(pids, "redis"))
+    names = Counter(s["resource"].get("service.name") for s in spans)
+    print(f"service names of the redis-cli spans: {dict(names)}")
+    report("spans of env-wrapped redis-cli runs", len(spans), len(pids))
+    report("of them named redis-cli", names.get("redis-cli", 0), len(pids))
+    assert names == Counter({"redis-cli": len(pids)}), names
+    assert {s["resource"]["process.pid"] for s in spans} == pids
+
+
 # --------------------------------------------------------------------------------------
 # 6. memcached (pymemcache)
 # --------------------------------------------------------------------------------------

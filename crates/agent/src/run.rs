@@ -215,6 +215,9 @@ fn run(cfg: Config, mode: Mode, kube: Option<kube::Config>) -> Result<()> {
         proc_tx,
         metrics.clone(),
     )));
+    pipeline
+        .borrow_mut()
+        .with_kernel_selection(tracer.selected_pids_handle()?);
     if mode == Mode::Export {
         pipeline
             .borrow_mut()

@@ -243,10 +243,18 @@ impl Discoverer {
         self.offer_tls_files(pid);
     }
 
+    /// Whether `pid` still holds the selection it inherited at fork: once it
+    /// exec'ed, the kernel replaced or dropped it, and the exec decides.
+    fn still_inherited(&self, pid: u32) -> bool {
+        self.kernel
+            .flags(pid)
+            .is_some_and(|f| f & abi::SEL_INHERITED != 0)
+    }
+
     /// A child the kernel selected at fork: record it, never write the kernel
     /// map (it may have exec'ed meanwhile, and the kernel already decided).
     fn adopt(&mut self, pid: u32) {
-        if self.kernel.flags(pid).is_none() || self.selected.contains_key(&pid) {
+        if !self.still_inherited(pid) || self.selected.contains_key(&pid) {
             return;
         }
         // A forked child carries its parent's configured naming.
@@ -264,7 +272,16 @@ impl Discoverer {
         self.resources
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(pid, res);
+            .insert(pid, res.clone());
+        if !self.still_inherited(pid) {
+            // It exec'ed while /proc was read: what we built may describe the
+            // parent's program. Withdraw it, unless something newer replaced it.
+            let mut resources = self.resources.write().unwrap_or_else(|e| e.into_inner());
+            if resources.get(&pid).is_some_and(|r| Arc::ptr_eq(r, &res)) {
+                resources.remove(&pid);
+            }
+            return;
+        }
         self.selected
             .insert(pid, procfs::start_time(pid).unwrap_or(0));
         self.metrics.set_instrumented(self.selected.len());

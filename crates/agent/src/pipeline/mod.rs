@@ -23,6 +23,7 @@ use crate::metrics::{SharedStore, Store};
 use crate::rate_limit::RateLimitedCount;
 use crate::selfmetrics::SelfMetrics;
 use crate::tracer::abi::{self, ConnTuple, DataEvent, Event};
+use crate::tracer::SelectedPids;
 use autotel_model::{AttrStr, Resource, Span, SpanKind, TraceId};
 use autotel_protocols::db::{DbConnection, DbEvent, DbOperation};
 use autotel_protocols::dns::{self, DnsLookup, DnsTcpFramer, LookupTracker};
@@ -37,7 +38,7 @@ use db_span::QueryTextMode;
 use detect::{Protocol, Role};
 use routes::Router;
 use rustc_hash::FxHashMap;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 /// Connection states kept at most; beyond it the least recently used go.
@@ -223,9 +224,13 @@ pub struct Pipeline {
     contexts: ContextTracker,
     /// Set when selection is decided at exec (executable name).
     exec_selector: Option<Discovery>,
-    /// Processes selected provisionally at exec and then rejected: their
-    /// data is dropped until the kernel map catches up.
-    rejected: HashSet<u32>,
+    /// Processes selected provisionally at exec and then rejected, with
+    /// the selection tag of that exec: their data is dropped until the
+    /// kernel map catches up.
+    rejected: HashMap<u32, u32>,
+    /// The kernel's selection map: tells whether a process exec'ed again
+    /// since an exec event (None in tests without BPF).
+    kernel_selection: Option<SelectedPids>,
     /// Exec'ed path per pid, for resources of processes gone from /proc.
     exec_paths: HashMap<u32, String>,
     /// Processes that exited, to forget once the data ring is drained.
@@ -279,7 +284,8 @@ impl Pipeline {
             router: cfg.router,
             contexts: ContextTracker::new(cfg.sampler, cfg.same_host_linking),
             exec_selector: cfg.discovery.selects_on_exec().then_some(cfg.discovery),
-            rejected: HashSet::new(),
+            rejected: HashMap::new(),
+            kernel_selection: None,
             exec_paths: HashMap::new(),
             pending_exits: Vec::new(),
             pending_flows: Vec::new(),
@@ -393,8 +399,15 @@ impl Pipeline {
             crate::discovery::matches(sel, &by_path) || crate::discovery::matches(sel, &by_comm);
         if !selected {
             // argv[0] may name the program differently (symlinks, exec -a):
-            // the rescan matches on it, so the exec decision must too.
+            // the rescan matches on it, so the exec decision must too. Read
+            // before the check: once the process exec'ed again, /proc shows
+            // the next program's argv, which says nothing about this exec.
             let argv = crate::discovery::procfs::cmdline(p.pid);
+            let argv = if self.exec_superseded(p.pid, p.exec_sel) {
+                Vec::new()
+            } else {
+                argv
+            };
             if let Some(arg0) = argv.first() {
                 let name = arg0.rsplit('/').next().unwrap_or(arg0).to_owned();
                 let by_argv = crate::discovery::Candidate {
@@ -413,8 +426,15 @@ impl Pipeline {
         if selected {
             self.rejected.remove(&p.pid);
             self.exec_paths.insert(p.pid, path.clone());
+            // A resource made before this exec (discovery adopting the fork
+            // of a selected shell) names the old program: the span of this
+            // one rebuilds it until discovery's own arrives.
+            self.resources
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&p.pid);
         } else {
-            self.rejected.insert(p.pid);
+            self.rejected.insert(p.pid, p.exec_sel);
         }
         ProcEvent::Exec {
             pid: p.pid,
@@ -426,7 +446,7 @@ impl Pipeline {
 
     fn on_data(&mut self, d: &DataEvent<'_>) {
         let h = &d.header;
-        if self.rejected.contains(&h.pid) {
+        if self.is_rejected(h.pid) {
             return;
         }
         let key = ConnKey {
@@ -540,7 +560,7 @@ impl Pipeline {
     /// Trace-context ids from a TCP option: kept on the connection for the
     /// request that follows them in the ring.
     fn on_wire(&mut self, w: &abi::WireCtxEvent) {
-        if self.rejected.contains(&w.pid) {
+        if self.is_rejected(w.pid) {
             return;
         }
         let ids = WireIds {
@@ -1043,6 +1063,41 @@ impl Pipeline {
         }
     }
 
+    /// The kernel's selection map, to tell a rejected exec from a newer one.
+    pub fn with_kernel_selection(&mut self, kernel: SelectedPids) {
+        self.kernel_selection = Some(kernel);
+    }
+
+    /// Whether `pid` exec'ed again after the exec that set selection tag
+    /// `exec_sel`: the kernel then holds a newer exec's provisional tag,
+    /// whose event is still in the process ring (`ip netns exec`, `sh -c`
+    /// and `env` exec their argument a millisecond after their own exec).
+    fn exec_superseded(&self, pid: u32, exec_sel: u32) -> bool {
+        let Some(kernel) = &self.kernel_selection else {
+            return false;
+        };
+        exec_sel != 0
+            && kernel.flags(pid).is_some_and(|f| {
+                f & abi::SEL_PROVISIONAL != 0
+                    && f >> abi::SEL_TAG_SHIFT != exec_sel >> abi::SEL_TAG_SHIFT
+            })
+    }
+
+    /// Whether data of `pid` belongs to a rejected exec. Data of a newer
+    /// exec can reach the data ring before that exec's event is read (the
+    /// process ring was drained just before it): it is kept, and the newer
+    /// event decides.
+    fn is_rejected(&mut self, pid: u32) -> bool {
+        let Some(&exec_sel) = self.rejected.get(&pid) else {
+            return false;
+        };
+        if self.exec_superseded(pid, exec_sel) {
+            self.rejected.remove(&pid);
+            return false;
+        }
+        true
+    }
+
     /// The exporter sleeps until its batch deadline unless a whole batch
     /// waits: a trickle of spans must not wake it (a wakeup costs ~0.1 ms of
     /// CPU on a VM, so polling every few ms cost more than the spans).
@@ -1273,7 +1328,7 @@ impl Pipeline {
 
     fn on_flow(&mut self, f: &abi::FlowEvent) {
         let now = self.clock.to_unix_ns(f.ts_ns);
-        let selected = f.owner == abi::FLOW_OWNER_SELECTED && !self.rejected.contains(&f.pid);
+        let selected = f.owner == abi::FLOW_OWNER_SELECTED && !self.is_rejected(f.pid);
         if !selected {
             // Whole-host mode: metrics only, under the host resource.
             if let Some(host) = &self.host_flows {

@@ -55,11 +55,10 @@ pub const FILENAME_LEN: usize = 128;
 
 /// selected_pids values (AT_SEL_* in events.h).
 pub const SEL_CONFIRMED: u32 = 1;
+pub const SEL_INHERITED: u32 = 2;
 pub const SEL_EXPLICIT: u32 = 8;
-#[cfg(test)]
 pub const SEL_PROVISIONAL: u32 = 4;
 /// Bits above the flags: the tag of the exec that made a provisional selection.
-#[cfg(test)]
 pub const SEL_TAG_SHIFT: u32 = 8;
 /// Hard ceiling of capture.max_bytes and capture.http2_max_bytes
 /// (AT_MAX_CAPTURE - 1: the kernel masks lengths).
