@@ -166,9 +166,15 @@ pub fn record(
     }
 }
 
-/// True when this event is an outgoing connect that never got established.
+/// True when this event is an outgoing connect that never got established:
+/// it closed straight from SYN_SENT. The missing open time alone is not
+/// proof: a connection whose ESTABLISHED change went unseen closes from a
+/// later state, and was no failed connect.
 pub fn is_failed_connect(ev: &FlowEvent) -> bool {
-    ev.kind == abi::FLOW_CLOSE && ev.role != abi::ROLE_SERVER && ev.established_ns == 0
+    ev.kind == abi::FLOW_CLOSE
+        && ev.role != abi::ROLE_SERVER
+        && ev.established_ns == 0
+        && ev.old_state == abi::TCP_SYN_SENT
 }
 
 /// A CLIENT span for a failed connect, child of the request being served.
@@ -230,6 +236,22 @@ mod tests {
             owner: abi::FLOW_OWNER_SELECTED,
             _pad: [0; 7],
         }
+    }
+
+    #[test]
+    fn only_a_close_from_syn_sent_is_a_failed_connect() {
+        assert!(is_failed_connect(&ev(
+            abi::FLOW_CLOSE,
+            abi::TCP_SYN_SENT,
+            ECONNREFUSED
+        )));
+        // FIN_WAIT2 (5) with no open time: established, its open unseen.
+        assert!(!is_failed_connect(&ev(abi::FLOW_CLOSE, 5, 0)));
+        assert!(!is_failed_connect(&ev(
+            abi::FLOW_OPEN,
+            abi::TCP_SYN_SENT,
+            0
+        )));
     }
 
     #[test]
