@@ -306,7 +306,8 @@ fn read_loop(
 
 fn publish_kernel_counters(tracer: &Tracer, metrics: &SelfMetrics) {
     use crate::selfmetrics::{KindLabel, RingbufLabel};
-    let counters = tracer.kernel_counters();
+    let mut counters = tracer.kernel_counters();
+    counters.push(("program_recursion_misses", tracer.recursion_misses()));
     let total = |names: &[&str]| -> u64 {
         counters
             .iter()

@@ -273,8 +273,8 @@ impl Tracer {
         self.links.len() + self.tls_links.borrow().len()
     }
 
-    /// Kernel ids of the loaded programs, for `wait_programs_freed`.
-    pub fn program_ids(&self) -> Vec<u32> {
+    /// The kernel's record of each loaded program.
+    fn program_infos(&self) -> Vec<libbpf_rs::libbpf_sys::bpf_prog_info> {
         use std::os::fd::{AsFd, AsRawFd};
         self.skel
             .object()
@@ -290,9 +290,25 @@ impl Tracer {
                         &mut len,
                     )
                 };
-                (rc == 0 && info.id != 0).then_some(info.id)
+                (rc == 0 && info.id != 0).then_some(info)
             })
             .collect()
+    }
+
+    /// Kernel ids of the loaded programs, for `wait_programs_freed`.
+    pub fn program_ids(&self) -> Vec<u32> {
+        self.program_infos().iter().map(|i| i.id).collect()
+    }
+
+    /// Runs the kernel skipped because the same program was already running
+    /// on that CPU (an interrupt's softirq changed a TCP state while the
+    /// program ran for another socket): what they would have seen is lost,
+    /// and nothing else reports it.
+    pub fn recursion_misses(&self) -> u64 {
+        self.program_infos()
+            .iter()
+            .map(|i| i.recursion_misses)
+            .sum()
     }
 
     /// An owned handle to the selected-pid map, usable from another thread.
