@@ -505,15 +505,23 @@ def test_5_redis_cli_errors_and_transaction(require_root, sink, start_agent, red
     assert txn[1:] == ["MULTI", "SET", "INCR", "EXEC"], txn
 
 
-def test_5_redis_cli_through_exec_wrapper(require_root, sink, start_agent, redis_server):
+@pytest.mark.parametrize("named", [False, True], ids=["executable", "services-rule"])
+def test_5_redis_cli_through_exec_wrapper(require_root, sink, start_agent, redis_server, named):
     """``env redis-cli ...``: env execs redis-cli a fraction of a millisecond after its
     own exec, and redis-cli is gone a millisecond later. By the time the agent reads
     env's exec event, /proc may already show redis-cli's argv, which must not count
     as env's (the span was then named after env); and redis-cli's data can reach the
     agent before its own exec event. Two busy loops keep the agent's reader late, as
-    on a loaded host. Every run must yield one span named redis-cli, none named env."""
+    on a loaded host. Every run must yield one span named redis-cli, none named env.
+    With a ``services`` rule naming redis-cli, every span carries the rule's name,
+    also those built before discovery has seen the process."""
     rd = redis_server
-    start_agent({"AUTOTEL_EXECUTABLE_NAME": "^redis-cli$"})
+    want = "cache-client" if named else "redis-cli"
+    if named:
+        start_agent({}, config_yaml=("discovery:\n  services:\n    - name: cache-client\n"
+                                     "      executable_name: \"^redis-cli$\"\n"))
+    else:
+        start_agent({"AUTOTEL_EXECUTABLE_NAME": "^redis-cli$"})
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     pids = set()
     try:
@@ -530,8 +538,8 @@ def test_5_redis_cli_through_exec_wrapper(require_root, sink, start_agent, redis
     names = Counter(s["resource"].get("service.name") for s in spans)
     print(f"service names of the redis-cli spans: {dict(names)}")
     report("spans of env-wrapped redis-cli runs", len(spans), len(pids))
-    report("of them named redis-cli", names.get("redis-cli", 0), len(pids))
-    assert names == Counter({"redis-cli": len(pids)}), names
+    report(f"of them named {want}", names.get(want, 0), len(pids))
+    assert names == Counter({want: len(pids)}), names
     assert {s["resource"]["process.pid"] for s in spans} == pids
 
 

@@ -1246,12 +1246,24 @@ impl Pipeline {
             return r.clone();
         }
         // Selected in the kernel (fork, exec) before discovery caught up.
-        let r = Arc::new(resource::build(
-            pid,
-            &self.host,
-            self.exec_paths.get(&pid).map(String::as_str),
-            &resource::Naming::default(),
-        ));
+        // Named by the same `services` rule discovery will apply to the exec.
+        let path = self.exec_paths.get(&pid).map(String::as_str);
+        let naming = match (&self.exec_selector, path) {
+            (Some(sel), Some(path)) => {
+                let cmd = [path.to_owned()];
+                crate::discovery::naming_for(
+                    sel,
+                    &crate::discovery::Candidate {
+                        pid,
+                        exe_name: path.rsplit('/').next().unwrap_or(path),
+                        cmd: &cmd,
+                        ports: &[],
+                    },
+                )
+            }
+            _ => resource::Naming::default(),
+        };
+        let r = Arc::new(resource::build(pid, &self.host, path, &naming));
         self.resources
             .write()
             .unwrap_or_else(|e| e.into_inner())
