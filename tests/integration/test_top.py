@@ -141,12 +141,19 @@ class TopSession:
                          check=False).strip()
 
     def wait_screen(self, pred, timeout: float = 5.0) -> str:
-        """The screen once ``pred(screen)`` holds (or the last one after ``timeout``)."""
+        """The screen once ``pred(screen)`` holds (or the last one after ``timeout``).
+        It must also read the same 40 ms later: a capture taken while a frame is being
+        written shows half-drawn rows (a CI run caught a row cut after "GET")."""
         deadline = time.monotonic() + timeout
         while True:
             s = self.screen()
-            if pred(s) or time.monotonic() > deadline:
+            if time.monotonic() > deadline:
                 return s
+            if pred(s):
+                time.sleep(0.04)
+                if self.screen() == s:
+                    return s
+                continue
             time.sleep(0.1)
 
     def wait_exit(self, timeout: float) -> Optional[float]:
