@@ -97,6 +97,21 @@ pub fn naming_for(d: &Discovery, p: &Candidate<'_>) -> resource::Naming {
     }
 }
 
+/// Service naming for a process selected at exec, from the exec'ed path
+/// (all there is before /proc is read, or once the process is gone).
+pub fn naming_for_exec(d: &Discovery, pid: u32, path: &str) -> resource::Naming {
+    let cmd = [path.to_owned()];
+    naming_for(
+        d,
+        &Candidate {
+            pid,
+            exe_name: path.rsplit('/').next().unwrap_or(path),
+            cmd: &cmd,
+            ports: &[],
+        },
+    )
+}
+
 pub struct Discoverer {
     cfg: Discovery,
     kernel: SelectedPids,
@@ -346,15 +361,7 @@ impl Discoverer {
                 path,
                 ..
             } => {
-                let base = path.rsplit('/').next().unwrap_or(&path).to_owned();
-                let cmd = [path.clone()];
-                let cand = Candidate {
-                    pid,
-                    exe_name: &base,
-                    cmd: &cmd,
-                    ports: &[],
-                };
-                let naming = naming_for(&self.cfg, &cand);
+                let naming = naming_for_exec(&self.cfg, pid, &path);
                 self.select(pid, Some(&path), naming);
             }
             ProcEvent::Exec {

@@ -1249,18 +1249,7 @@ impl Pipeline {
         // Named by the same `services` rule discovery will apply to the exec.
         let path = self.exec_paths.get(&pid).map(String::as_str);
         let naming = match (&self.exec_selector, path) {
-            (Some(sel), Some(path)) => {
-                let cmd = [path.to_owned()];
-                crate::discovery::naming_for(
-                    sel,
-                    &crate::discovery::Candidate {
-                        pid,
-                        exe_name: path.rsplit('/').next().unwrap_or(path),
-                        cmd: &cmd,
-                        ports: &[],
-                    },
-                )
-            }
+            (Some(sel), Some(path)) => crate::discovery::naming_for_exec(sel, pid, path),
             _ => resource::Naming::default(),
         };
         let r = Arc::new(resource::build(pid, &self.host, path, &naming));
