@@ -51,9 +51,11 @@ int BPF_PROG(at_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 		 * remove only its own selection. */
 		__u32 tag = bpf_get_prandom_u32() << AT_SEL_TAG_SHIFT;
 		v = AT_SEL_PROVISIONAL | explicit_flag | (tag ? tag : 1u << AT_SEL_TAG_SHIFT);
+		sel_mark(tgid);
 		bpf_map_update_elem(&selected_pids, &tgid, &v, BPF_ANY);
 	} else if (flags && !explicit_flag) {
 		bpf_map_delete_elem(&selected_pids, &tgid);
+		sel_gen_bump();
 	}
 	struct at_proc_event *ev = reserve_proc();
 	if (!ev)
@@ -75,6 +77,7 @@ int BPF_PROG(at_fork, struct task_struct *parent, struct task_struct *child)
 	if (!is_selected(ptgid))
 		return 0;
 	__u32 v = AT_SEL_INHERITED;
+	sel_mark(ctgid);
 	bpf_map_update_elem(&selected_pids, &ctgid, &v, BPF_ANY);
 	emit_proc(AT_PROC_FORK, ctgid, ptgid);
 	return 0;
@@ -158,6 +161,8 @@ int BPF_PROG(at_exit)
 		return 0;
 	}
 	bpf_map_delete_elem(&selected_pids, &tgid);
+	sel_unmark(tgid);
+	sel_gen_bump();
 	forget_open_fds(tgid);
 	emit_proc(AT_PROC_EXIT, tgid, 0);
 	return 0;

@@ -197,15 +197,13 @@ static __always_inline int sock_transfer(struct sock *sk, long ret, __u8 directi
 		return 0;
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
-	if (!is_selected(tgid)) {
+	struct at_task_state *st = selected_task_state(tgid);
+	if (!st) {
 		if (network_whole_host)
 			claim_passive_flow(sk, id);
 		return 0;
 	}
 	if (AT_IS_COMPAT())
-		return 0;
-	struct at_task_state *st = task_state_get(BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!st)
 		return 0;
 	struct at_syscall_args a = {};
 	if (call_args(st, &a, direction))

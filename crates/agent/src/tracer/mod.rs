@@ -4,6 +4,7 @@
 
 pub mod abi;
 mod hooks;
+mod selection;
 pub mod tls;
 pub mod tracefs;
 
@@ -19,6 +20,7 @@ use skel::{AutotelSkel, AutotelSkelBuilder};
 use std::mem::MaybeUninit;
 
 pub use hooks::{kernel_has_socket_hooks, CaptureHooks};
+pub use selection::SelectedPids;
 
 pub struct TracerOptions {
     pub capture_max_bytes: u32,
@@ -313,9 +315,11 @@ impl Tracer {
 
     /// An owned handle to the selected-pid map, usable from another thread.
     pub fn selected_pids_handle(&self) -> Result<SelectedPids> {
-        let handle = MapHandle::try_from(&self.skel.maps.selected_pids)
+        let pids = MapHandle::try_from(&self.skel.maps.selected_pids)
             .context("duplicating the pid map fd")?;
-        Ok(SelectedPids { handle })
+        let bits = MapHandle::try_from(&self.skel.maps.selected_bits)
+            .context("duplicating the pid bitmap fd")?;
+        SelectedPids::new(pids, &bits)
     }
 
     /// Sums the per-CPU kernel counters: (name, value).
@@ -365,52 +369,6 @@ impl Drop for Tracer {
             let _ = h.join();
         }
         tracing::info!(detached = n, "BPF programs detached");
-    }
-}
-
-/// The kernel's view of which processes are traced.
-pub struct SelectedPids {
-    handle: MapHandle,
-}
-
-impl SelectedPids {
-    /// A standalone kernel hash map shaped like `selected_pids` (needs
-    /// CAP_BPF), for tests of what user space does to the selection.
-    #[cfg(test)]
-    pub fn standalone() -> Result<Self> {
-        let opts = libbpf_rs::libbpf_sys::bpf_map_create_opts {
-            sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_create_opts>() as _,
-            ..Default::default()
-        };
-        let handle = MapHandle::create(
-            libbpf_rs::MapType::Hash,
-            Some("at_test_sel"),
-            4,
-            4,
-            64,
-            &opts,
-        )
-        .context("creating a BPF hash map (tests need root)")?;
-        Ok(Self { handle })
-    }
-
-    pub fn insert(&self, pid: u32, flags: u32) -> Result<()> {
-        self.handle
-            .update(&pid.to_ne_bytes(), &flags.to_ne_bytes(), MapFlags::ANY)
-            .with_context(|| format!("selecting pid {pid}"))
-    }
-
-    pub fn remove(&self, pid: u32) {
-        let _ = self.handle.delete(&pid.to_ne_bytes());
-    }
-
-    pub fn flags(&self, pid: u32) -> Option<u32> {
-        match self.handle.lookup(&pid.to_ne_bytes(), MapFlags::ANY) {
-            Ok(Some(v)) => v
-                .get(..4)
-                .map(|b| u32::from_ne_bytes(b.try_into().unwrap_or_default())),
-            _ => None,
-        }
     }
 }
 
