@@ -7,7 +7,9 @@ Pinning: nginx (one worker) on CPU 0, wrk on CPU 1, the agent free to use
 both, as on a busy 2-core node. Reports saturated throughput and latency
 p50/p99 per round, agent CPU per traced request (user+system from
 /proc/<pid>/stat), BPF run time per request (kernel.bpf_stats_enabled),
-peak RSS, lost events and spans exported / requests sent.
+peak RSS, lost events and spans exported / requests sent. One more
+saturated run with the agent selecting nothing measures what processes it
+does not trace pay (BPF time per program run, throughput vs the off rounds).
 
 Then, in the same run (skip with --rates '' / --skip-python):
 
@@ -518,6 +520,28 @@ def python_compare(args, tmp, prom_port, collector):
     return {"rows": rows, "summary": summary}
 
 
+def untraced_cost(args, port, prom_port, tmp, rounds):
+    """What processes the agent does not trace pay: one saturated run with the
+    agent selecting a port nobody serves, so nginx and wrk both take the
+    programs' not-selected exit on every socket call."""
+    agent = start_agent(free_port(), prom_port, tmp)
+    try:
+        progs0 = bpf_prog_stats()
+        run = run_wrk(port, args.seconds, args.connections)
+        progs1 = bpf_prog_stats()
+    finally:
+        stop_agent(agent)
+    runs = sum(c1 - progs0.get(n, (0, 0))[0] for n, (c1, _) in progs1.items())
+    ns = sum(t1 - progs0.get(n, (0, 0))[1] for n, (_, t1) in progs1.items())
+    requests = max(run["requests"], 1)
+    out = {"rps": run["rps"], "ratio_vs_off": run["rps"] / mean([r["off"]["rps"] for r in rounds]),
+           "runs_per_req": runs / requests, "ns_per_run": ns / max(runs, 1),
+           "bpf_us_per_req": ns / 1e3 / requests}
+    print(f"untraced: {run['rps']:.0f} rps ({out['ratio_vs_off']:.3f} of off), BPF "
+          f"{out['ns_per_run']:.0f} ns/run x {out['runs_per_req']:.2f} runs/req", flush=True)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true",
@@ -553,7 +577,7 @@ def main():
     nginx = start_nginx(tmp, port)
     collector = None
     rounds = []
-    fixed = python = None
+    fixed = python = untraced = None
     try:
         run_wrk(port, 2, args.connections)  # warm-up
         for r in range(args.rounds):
@@ -581,6 +605,7 @@ def main():
             for name, c in sorted(rounds[-1]["bpf_programs"].items(), key=lambda kv: -kv[1]["us_per_req"]):
                 print(f"  {name}: {c['runs_per_req']:.2f} runs/req x {c['ns_per_run']:.0f} ns = "
                       f"{c['us_per_req']:.2f} us/req", flush=True)
+        untraced = untraced_cost(args, port, prom_port, tmp, rounds)
         if args.rates or not args.skip_python:
             collector = Collector(tmp)
         if args.rates and ensure_oha():
@@ -616,7 +641,7 @@ def main():
     os.makedirs(os.path.join(ROOT, "bench/results"), exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     with open(os.path.join(ROOT, f"bench/results/{stamp}.json"), "w") as f:
-        json.dump({"summary": summary, "rounds": rounds, "fixed_rate": fixed,
+        json.dump({"summary": summary, "rounds": rounds, "untraced": untraced, "fixed_rate": fixed,
                    "python_vs_otel": python, "env": env_info}, f, indent=2)
     lines = ["## nginx, saturated (wrk, %d connections)" % args.connections, "",
              "| round | off rps | on rps | off p50/p99 us | on p50/p99 us | agent us/req | bpf us/req | lost |",
@@ -627,6 +652,11 @@ def main():
                      f"{r['agent_cpu_us_per_req']:.2f} | {r['bpf_us_per_req']:.2f} | {r['lost']:.0f} |")
     table = "\n".join(lines)
     extra = []
+    if untraced:
+        extra += ["", "Untraced processes (the agent running but selecting nothing; same nginx and wrk): "
+                  f"{untraced['rps']:.0f} rps, {untraced['ratio_vs_off']:.3f} of the off rounds; "
+                  f"BPF {untraced['ns_per_run']:.0f} ns per program run x {untraced['runs_per_req']:.2f} runs "
+                  f"= {untraced['bpf_us_per_req']:.2f} us per request"]
     if fixed:
         extra += ["", f"## nginx, fixed rate (oha -q, {args.rate_connections} keep-alive connections, "
                   "latency corrected for coordinated omission; agent exports OTLP/gRPC to the span counter)", "",
