@@ -244,7 +244,8 @@ int BPF_PROG(at_tcp_send_pre, struct sock *sk, struct msghdr *msg, struct sk_buf
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
-	if (!is_selected(tgid) || AT_IS_COMPAT())
+	struct at_task_state *st = selected_task_state(tgid);
+	if (!st || AT_IS_COMPAT())
 		return 0;
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 	if (!regs)
@@ -260,9 +261,6 @@ int BPF_PROG(at_tcp_send_pre, struct sock *sk, struct msghdr *msg, struct sk_buf
 		return 0;
 	}
 	__s32 fd = (__s32)AT_ARG0(regs);
-	struct at_task_state *st = task_state_get(BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!st)
-		return 0;
 	struct at_conn_info *info = sock_conn(tgid, (__u32)id, fd, sk);
 	wire_client_write(st, info, tgid, fd);
 	return 0;

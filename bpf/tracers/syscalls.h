@@ -16,8 +16,6 @@
 #define AT_CAP_MASK (AT_MAX_CAPTURE - 1)
 #define AT_MSG_PEEK 2
 
-/* Entry side: the selected-pid check comes first, then files we already know
- * are not sockets are dropped with one more lookup. */
 /* The selected-pid check, then what we know of this fd (NULL: nothing yet).
  * *selected is 0 when the process is not traced. */
 static __always_inline struct at_conn_info *known_fd(__s32 fd, int *selected)
@@ -41,19 +39,22 @@ static __always_inline void ssl_learn_fd(struct at_task_state *st, __s32 fd)
 	}
 }
 
+/* Entry side: the selected-pid check comes first, then files we already know
+ * are not sockets are dropped with one more lookup. */
 static __always_inline int save_args(__s32 fd, __u64 buf, __u64 iovcnt, __u8 syscall)
 {
-	int selected;
-	struct at_conn_info *info = known_fd(fd, &selected);
-	if (!selected || (info && !info->is_socket))
-		return 0;
-	struct at_task_state *st = task_state_get(BPF_LOCAL_STORAGE_GET_F_CREATE);
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct at_task_state *st = selected_task_state(tgid);
 	if (!st)
+		return 0;
+	__u64 key = conn_key(tgid, fd);
+	struct at_conn_info *info = bpf_map_lookup_elem(&conns, &key);
+	if (info && !info->is_socket)
 		return 0;
 	ssl_learn_fd(st, fd);
 	if (syscall == AT_SYS_WRITE || syscall == AT_SYS_WRITEV || syscall == AT_SYS_SENDTO ||
 	    syscall == AT_SYS_SENDMSG || syscall == AT_SYS_SENDFILE)
-		wire_client_write(st, info, bpf_get_current_pid_tgid() >> 32, fd);
+		wire_client_write(st, info, tgid, fd);
 	st->args.enter_ns = bpf_ktime_get_ns();
 	st->args.buf = buf;
 	st->args.iovcnt = iovcnt;
@@ -338,10 +339,8 @@ static __always_inline int emit_data(long ret, __u8 direction)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
-	if (!is_selected(tgid))
-		return 0;
 	__u32 tid = (__u32)id;
-	struct at_task_state *st = task_state_get(0);
+	struct at_task_state *st = selected_task_state(tgid);
 	if (!st || !st->args_valid)
 		return 0;
 	struct at_syscall_args a = st->args;

@@ -11,10 +11,7 @@
 /* Entry of a TLS call: remember what the return needs. */
 static __always_inline int ssl_enter(__u64 ssl, __u64 buf, __u64 len_ptr, __u8 kind)
 {
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (!is_selected(tgid))
-		return 0;
-	struct at_task_state *st = task_state_get(BPF_LOCAL_STORAGE_GET_F_CREATE);
+	struct at_task_state *st = selected_task_state(bpf_get_current_pid_tgid() >> 32);
 	if (!st)
 		return 0;
 	__s32 *fd = bpf_map_lookup_elem(&ssl_fds, &ssl);
@@ -33,9 +30,7 @@ static __always_inline int ssl_exit(long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
-	if (!is_selected(tgid))
-		return 0;
-	struct at_task_state *st = task_state_get(0);
+	struct at_task_state *st = selected_task_state(tgid);
 	if (!st || !st->ssl.active)
 		return 0;
 	struct at_ssl_call c = st->ssl;
