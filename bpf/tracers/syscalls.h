@@ -16,13 +16,12 @@
 #define AT_CAP_MASK (AT_MAX_CAPTURE - 1)
 #define AT_MSG_PEEK 2
 
-/* The selected-pid check, then what we know of this fd (NULL: nothing yet).
- * *selected is 0 when the process is not traced. */
-static __always_inline struct at_conn_info *known_fd(__s32 fd, int *selected)
+/* What we know of this fd of a traced process (NULL: nothing yet, or the
+ * process is not traced). */
+static __always_inline struct at_conn_info *known_fd(__s32 fd)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	*selected = is_selected(tgid);
-	if (!*selected)
+	if (!is_selected(tgid))
 		return 0;
 	__u64 key = conn_key(tgid, fd);
 	return bpf_map_lookup_elem(&conns, &key);
@@ -447,8 +446,7 @@ static __always_inline int forget_fd(__s32 fd, int report)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
-	int selected;
-	struct at_conn_info *info = known_fd(fd, &selected);
+	struct at_conn_info *info = known_fd(fd);
 	if (!info)
 		return 0;
 	if (report && info->is_socket)

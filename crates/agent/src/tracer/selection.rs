@@ -8,7 +8,11 @@ use anyhow::{bail, Context, Result};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+
+/// Bit words of `selected_bits` (AT_SEL_BITS_WORDS in maps.h: PID_MAX_LIMIT
+/// bits); the map has one more word, the removal count.
+#[cfg(test)]
+const SEL_BITS_WORDS: u32 = 4_194_304 / 64;
 
 /// The bitmap, mmapped (BPF_F_MMAPABLE): the kernel side sets and clears
 /// bits with atomic instructions, so user space must too; a map update
@@ -105,14 +109,14 @@ impl Drop for Bits {
 
 pub struct SelectedPids {
     pids: MapHandle,
-    bits: Arc<Bits>,
+    bits: Bits,
 }
 
 impl SelectedPids {
     pub(super) fn new(pids: MapHandle, bits: &MapHandle) -> Result<Self> {
         Ok(Self {
             pids,
-            bits: Arc::new(Bits::map(bits)?),
+            bits: Bits::map(bits)?,
         })
     }
 
@@ -135,7 +139,7 @@ impl SelectedPids {
             "at_test_bits",
             4,
             8,
-            4194304 / 64 + 1,
+            SEL_BITS_WORDS + 1,
             libbpf_rs::libbpf_sys::BPF_F_MMAPABLE,
         )?;
         Self::new(pids, &bits)
