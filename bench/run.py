@@ -531,12 +531,12 @@ def untraced_cost(args, port, prom_port, tmp, rounds):
         progs1 = bpf_prog_stats()
     finally:
         stop_agent(agent)
-    runs = sum(c1 - progs0.get(n, (0, 0))[0] for n, (c1, _) in progs1.items())
-    ns = sum(t1 - progs0.get(n, (0, 0))[1] for n, (_, t1) in progs1.items())
-    requests = max(run["requests"], 1)
+    costs = per_request_program_cost(progs0, progs1, run["requests"]).values()
+    runs_per_req = sum(c["runs_per_req"] for c in costs)
+    us_per_req = sum(c["us_per_req"] for c in costs)
     out = {"rps": run["rps"], "ratio_vs_off": run["rps"] / mean([r["off"]["rps"] for r in rounds]),
-           "runs_per_req": runs / requests, "ns_per_run": ns / max(runs, 1),
-           "bpf_us_per_req": ns / 1e3 / requests}
+           "runs_per_req": runs_per_req, "ns_per_run": us_per_req * 1e3 / runs_per_req if runs_per_req else 0.0,
+           "bpf_us_per_req": us_per_req}
     print(f"untraced: {run['rps']:.0f} rps ({out['ratio_vs_off']:.3f} of off), BPF "
           f"{out['ns_per_run']:.0f} ns/run x {out['runs_per_req']:.2f} runs/req", flush=True)
     return out
