@@ -15,8 +15,10 @@ Then, in the same run (skip with --rates '' / --skip-python):
 
 1. Fixed-rate latency: oha (open loop, -q RATE, latency corrected for
    coordinated omission, 1000 keep-alive connections, on CPU 1) against the
-   same nginx at 5000 and 20000 req/s, agent off vs on in ABBA rounds; p50, p99,
-   p99.9 and added p99 (on - off), agent RSS, lost events, spans dropped, and
+   same nginx at 5000 and 20000 req/s, each round off, on, off; p50, p99,
+   p99.9 and added p99 (on - the mean of the two offs), the two offs'
+   difference (the noise floor an added p99 must clear), agent RSS, lost
+   events, spans dropped, and
    spans received by an OTLP collector (bench/apps/span_counter.py, built on
    tests/integration/otlp_sink.py) == requests sent. oha is installed lazily
    (`cargo install oha --locked`).
@@ -326,10 +328,11 @@ def fixed_rate(args, port, prom_port, tmp, collector):
     for r in range(args.rate_rounds):
         for rate in args.rates:
             row = {"round": r, "rate": rate, "connections": args.rate_connections}
-            # ABBA: even rounds off first, odd rounds on first.
-            for mode in (["off", "on"] if r % 2 == 0 else ["on", "off"]):
-                if mode == "off":
-                    row["off"] = run_oha(port, rate, args.rate_seconds, args.rate_connections)
+            # Off on both sides of on: drift over the round cancels, and two
+            # runs of the same setup show how far p99 moves with no change.
+            for mode in ("off", "on", "off2"):
+                if mode != "on":
+                    row[mode] = run_oha(port, rate, args.rate_seconds, args.rate_connections)
                     continue
                 agent = start_agent(port, prom_port, tmp, otlp=collector.endpoint)
                 try:
@@ -346,12 +349,16 @@ def fixed_rate(args, port, prom_port, tmp, collector):
                         dropped=prom(prom_port, "autotel_spans_dropped_total"))
                 finally:
                     stop_agent(agent)
-            row["added_p99_us"] = row["on"]["p99_us"] - row["off"]["p99_us"]
+            row["off_mean"] = {k: (row["off"][k] + row["off2"][k]) / 2 for k in ("rps", "p50_us", "p99_us", "p999_us")}
+            row["added_p99_us"] = row["on"]["p99_us"] - row["off_mean"]["p99_us"]
+            row["off_vs_off_p99_us"] = abs(row["off2"]["p99_us"] - row["off"]["p99_us"])
             rows.append(row)
             print(f"fixed {rate}/s c={args.rate_connections} round {r}: "
                   f"off p50/p99/p99.9 {row['off']['p50_us']:.0f}/{row['off']['p99_us']:.0f}/"
-                  f"{row['off']['p999_us']:.0f}us | on {row['on']['p50_us']:.0f}/{row['on']['p99_us']:.0f}/"
-                  f"{row['on']['p999_us']:.0f}us | added p99 {row['added_p99_us']:+.0f}us | "
+                  f"{row['off']['p999_us']:.0f}us then {row['off2']['p50_us']:.0f}/{row['off2']['p99_us']:.0f}/"
+                  f"{row['off2']['p999_us']:.0f}us | on {row['on']['p50_us']:.0f}/{row['on']['p99_us']:.0f}/"
+                  f"{row['on']['p999_us']:.0f}us | added p99 {row['added_p99_us']:+.0f}us "
+                  f"(off vs off {row['off_vs_off_p99_us']:.0f}us) | "
                   f"spans {row['spans']}/{row['requests']} rss {row['rss_mb']:.1f}MB lost {row['lost']:.0f} "
                   f"dropped {row['dropped']:.0f} agent {row['agent_cpu_us_per_req']:.2f}us/req", flush=True)
     summary = {}
@@ -359,14 +366,15 @@ def fixed_rate(args, port, prom_port, tmp, collector):
         rs = [x for x in rows if x["rate"] == rate]
         summary[str(rate)] = {
             "connections": args.rate_connections,
-            "achieved_rps_off": mean([x["off"]["rps"] for x in rs]),
+            "achieved_rps_off": mean([x["off_mean"]["rps"] for x in rs]),
             "achieved_rps_on": mean([x["on"]["rps"] for x in rs]),
-            **{f"{k}_{m}": mean([x[m][k] for x in rs])
-               for m in ("off", "on") for k in ("p50_us", "p99_us", "p999_us")},
-            "added_p50_us": mean([x["on"]["p50_us"] - x["off"]["p50_us"] for x in rs]),
+            **{f"{k}_{m}": mean([x[src][k] for x in rs])
+               for m, src in (("off", "off_mean"), ("on", "on")) for k in ("p50_us", "p99_us", "p999_us")},
+            "added_p50_us": mean([x["on"]["p50_us"] - x["off_mean"]["p50_us"] for x in rs]),
             "added_p99_us": mean([x["added_p99_us"] for x in rs]),
-            "added_p999_us": mean([x["on"]["p999_us"] - x["off"]["p999_us"] for x in rs]),
-            "errors": sum(x["on"]["errors"] + x["off"]["errors"] for x in rs),
+            "added_p999_us": mean([x["on"]["p999_us"] - x["off_mean"]["p999_us"] for x in rs]),
+            "off_vs_off_p99_us": mean([x["off_vs_off_p99_us"] for x in rs]),
+            "errors": sum(x["on"]["errors"] + x["off"]["errors"] + x["off2"]["errors"] for x in rs),
             "agent_cpu_us_per_req": mean([x["agent_cpu_us_per_req"] for x in rs]),
             "collector_cpu_us_per_req": mean([x["collector_cpu_us_per_req"] for x in rs]),
             "rss_mb": max(x["rss_mb"] for x in rs),
@@ -660,14 +668,15 @@ def main():
     if fixed:
         extra += ["", f"## nginx, fixed rate (oha -q, {args.rate_connections} keep-alive connections, "
                   "latency corrected for coordinated omission; agent exports OTLP/gRPC to the span counter)", "",
-                  "| rate req/s | off p50/p99/p99.9 us | on p50/p99/p99.9 us | added p99 us | added p99.9 us "
-                  "| agent us/req | collector us/req | agent RSS MB | lost | dropped | spans / requests |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| rate req/s | off p50/p99/p99.9 us | on p50/p99/p99.9 us | added p99 us | off vs off p99 us "
+                  "| added p99.9 us | agent us/req | collector us/req | agent RSS MB | lost | dropped "
+                  "| spans / requests |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for rate, x in fixed["summary"].items():
             extra.append(
                 f"| {rate} | {x['p50_us_off']:.0f}/{x['p99_us_off']:.0f}/{x['p999_us_off']:.0f} | "
                 f"{x['p50_us_on']:.0f}/{x['p99_us_on']:.0f}/{x['p999_us_on']:.0f} | {x['added_p99_us']:+.0f} | "
-                f"{x['added_p999_us']:+.0f} | {x['agent_cpu_us_per_req']:.2f} | {x['collector_cpu_us_per_req']:.2f} | "
+                f"{x['off_vs_off_p99_us']:.0f} | {x['added_p999_us']:+.0f} | {x['agent_cpu_us_per_req']:.2f} | {x['collector_cpu_us_per_req']:.2f} | "
                 f"{x['rss_mb']:.1f} | {x['lost']:.0f} | {x['dropped']:.0f} | {x['spans']}/{x['requests']} |")
     if python:
         x = python["summary"]
