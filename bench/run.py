@@ -330,25 +330,23 @@ def fixed_rate(args, port, prom_port, tmp, collector):
             row = {"round": r, "rate": rate, "connections": args.rate_connections}
             # Off on both sides of on: drift over the round cancels, and two
             # runs of the same setup show how far p99 moves with no change.
-            for mode in ("off", "on", "off2"):
-                if mode != "on":
-                    row[mode] = run_oha(port, rate, args.rate_seconds, args.rate_connections)
-                    continue
-                agent = start_agent(port, prom_port, tmp, otlp=collector.endpoint)
-                try:
-                    s0, cpu0, ccpu0 = collector.spans(), cpu_seconds(agent.pid), collector.cpu()
-                    row["on"] = on = run_oha(port, rate, args.rate_seconds, args.rate_connections)
-                    s1 = collector.settle(expect=s0 + on["requests"])
-                    cpu1, ccpu1 = cpu_seconds(agent.pid), collector.cpu()
-                    row.update(
-                        spans=s1 - s0, requests=on["requests"],
-                        agent_cpu_us_per_req=(cpu1 - cpu0) * 1e6 / max(on["requests"], 1),
-                        collector_cpu_us_per_req=(ccpu1 - ccpu0) * 1e6 / max(on["requests"], 1),
-                        rss_mb=rss_peak_mb(agent.pid),
-                        lost=prom(prom_port, "autotel_events_lost_total"),
-                        dropped=prom(prom_port, "autotel_spans_dropped_total"))
-                finally:
-                    stop_agent(agent)
+            row["off"] = run_oha(port, rate, args.rate_seconds, args.rate_connections)
+            agent = start_agent(port, prom_port, tmp, otlp=collector.endpoint)
+            try:
+                s0, cpu0, ccpu0 = collector.spans(), cpu_seconds(agent.pid), collector.cpu()
+                row["on"] = on = run_oha(port, rate, args.rate_seconds, args.rate_connections)
+                s1 = collector.settle(expect=s0 + on["requests"])
+                cpu1, ccpu1 = cpu_seconds(agent.pid), collector.cpu()
+                row.update(
+                    spans=s1 - s0, requests=on["requests"],
+                    agent_cpu_us_per_req=(cpu1 - cpu0) * 1e6 / max(on["requests"], 1),
+                    collector_cpu_us_per_req=(ccpu1 - ccpu0) * 1e6 / max(on["requests"], 1),
+                    rss_mb=rss_peak_mb(agent.pid),
+                    lost=prom(prom_port, "autotel_events_lost_total"),
+                    dropped=prom(prom_port, "autotel_spans_dropped_total"))
+            finally:
+                stop_agent(agent)
+            row["off2"] = run_oha(port, rate, args.rate_seconds, args.rate_connections)
             row["off_mean"] = {k: (row["off"][k] + row["off2"][k]) / 2 for k in ("rps", "p50_us", "p99_us", "p999_us")}
             row["added_p99_us"] = row["on"]["p99_us"] - row["off_mean"]["p99_us"]
             row["off_vs_off_p99_us"] = abs(row["off2"]["p99_us"] - row["off"]["p99_us"])

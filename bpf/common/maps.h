@@ -193,12 +193,18 @@ static __always_inline void sel_unmark(__u32 tgid)
 		__sync_fetch_and_and(w, ~(1ULL << (tgid & 63)));
 }
 
+/* The count of selected_pids removals (see selected_task_state). */
+static __always_inline __u64 *sel_gen_word(void)
+{
+	__u32 idx = AT_SEL_GEN_WORD;
+	return bpf_map_lookup_elem(&selected_bits, &idx);
+}
+
 /* After deleting a selected_pids entry: threads that cached "selected"
  * look again. */
 static __always_inline void sel_gen_bump(void)
 {
-	__u32 idx = AT_SEL_GEN_WORD;
-	__u64 *g = bpf_map_lookup_elem(&selected_bits, &idx);
+	__u64 *g = sel_gen_word();
 	if (g)
 		__sync_fetch_and_add(g, 1);
 }
@@ -225,8 +231,7 @@ static __always_inline struct at_task_state *selected_task_state(__u32 tgid)
 {
 	if (sel_bit_clear(tgid))
 		return 0;
-	__u32 idx = AT_SEL_GEN_WORD;
-	__u64 *g = bpf_map_lookup_elem(&selected_bits, &idx);
+	__u64 *g = sel_gen_word();
 	if (!g)
 		return 0;
 	__u64 gen = *(volatile __u64 *)g + 1;

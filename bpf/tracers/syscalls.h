@@ -16,17 +16,6 @@
 #define AT_CAP_MASK (AT_MAX_CAPTURE - 1)
 #define AT_MSG_PEEK 2
 
-/* What we know of this fd of a traced process (NULL: nothing yet, or the
- * process is not traced). */
-static __always_inline struct at_conn_info *known_fd(__s32 fd)
-{
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (!is_selected(tgid))
-		return 0;
-	__u64 key = conn_key(tgid, fd);
-	return bpf_map_lookup_elem(&conns, &key);
-}
-
 /* Inside SSL_read/SSL_write/SSL_do_handshake, a socket call names the
  * library's socket. */
 static __always_inline void ssl_learn_fd(struct at_task_state *st, __s32 fd)
@@ -446,7 +435,10 @@ static __always_inline int forget_fd(__s32 fd, int report)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tgid = id >> 32;
-	struct at_conn_info *info = known_fd(fd);
+	if (!is_selected(tgid))
+		return 0;
+	__u64 key = conn_key(tgid, fd);
+	struct at_conn_info *info = bpf_map_lookup_elem(&conns, &key);
 	if (!info)
 		return 0;
 	if (report && info->is_socket)

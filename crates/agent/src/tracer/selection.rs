@@ -81,16 +81,19 @@ impl Bits {
         }
     }
 
-    fn removed(&self) {
+    /// The removal count.
+    fn count(&self) -> &AtomicU64 {
         // SAFETY: the word after the `len` bit words, inside the mapping.
-        let count = unsafe { &*self.words.add(self.len) };
-        count.fetch_add(1, Ordering::SeqCst);
+        unsafe { &*self.words.add(self.len) }
+    }
+
+    fn removed(&self) {
+        self.count().fetch_add(1, Ordering::SeqCst);
     }
 
     #[cfg(test)]
     fn removals(&self) -> u64 {
-        // SAFETY: as in `removed`.
-        unsafe { &*self.words.add(self.len) }.load(Ordering::SeqCst)
+        self.count().load(Ordering::SeqCst)
     }
 
     #[cfg(test)]
