@@ -195,8 +195,11 @@ static __always_inline int sock_transfer(struct sock *sk, long ret, __u8 directi
 	__u16 family = sk->__sk_common.skc_family;
 	if (family != AT_AF_INET && family != AT_AF_INET6)
 		return 0;
-	__u64 id = bpf_get_current_pid_tgid();
-	__u32 tgid = id >> 32;
+	/* The ids from the task itself: plain loads, where the pid_tgid helper
+	 * is a call (and a return thunk) on every socket call of the host. */
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u32 tgid = task->tgid;
+	__u64 id = (__u64)tgid << 32 | (__u32)task->pid;
 	struct at_task_state *st = selected_task_state(tgid);
 	if (!st) {
 		if (network_whole_host)
