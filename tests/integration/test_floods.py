@@ -593,6 +593,59 @@ def test_ringbuf_overflow_burst(start_agent, nginx, sink):
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.timeout(120)
+def test_saturation_keeps_up(start_agent, nginx, sink):
+    """nginx saturated by wrk (1 thread, 50 keep-alive connections, 8 s; the two and
+    the agent share the machine's CPUs) with the default 16 MiB ring: the reader must
+    keep up. No record lost (`autotel_events_lost_total{ringbuf="data"}` stays 0) and
+    one span built per request (`autotel_spans_created_total` against wrk's count;
+    the export goes to a closed port, so it is not what is checked here). In the
+    bench, a reader that gave its CPU away every 256 records (sched_yield forfeits
+    the rest of an EEVDF slice) lost over half the records under this load."""
+    ngx = nginx(extra_locations="access_log off; keepalive_requests 10000000;")
+    # The bench's layout: the server on CPU 0, the load generator on CPU 1, the agent
+    # free to run on either (so it competes with both).
+    for pid in ngx.worker_pids():
+        subprocess.run(["taskset", "-pc", "0", str(pid)], capture_output=True, check=True)
+    # Spans go to a port nobody listens on: a collector taking ~100k spans/s would
+    # need a CPU of its own, and here it would take it from the reader under test.
+    agent = start_agent({"AUTOTEL_OPEN_PORTS": ngx.port,
+                         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}"})
+    # A few requests first: the connection and the process are known before the burst.
+    for _ in range(3):
+        curl(ngx.url("/small.txt"), "-o", "/dev/null")
+    time.sleep(1.5)
+    lost0 = prom(agent, "autotel_events_lost_total", {"ringbuf": "data"})
+    created0 = prom(agent, "autotel_spans_created_total")
+    wrk = subprocess.run(["taskset", "-c", "1", WRK, "-t1", "-c50", "-d8s",
+                          ngx.url("/small.txt")], capture_output=True, text=True, timeout=60)
+    sent = parse_wrk_requests(wrk.stdout)
+    # Counters are published about once a second; the last drain may still be going.
+    deadline = time.monotonic() + 15
+    created = prom(agent, "autotel_spans_created_total") - created0
+    while sent and created < sent and time.monotonic() < deadline:
+        time.sleep(0.5)
+        created = prom(agent, "autotel_spans_created_total") - created0
+    time.sleep(1.5)
+    lost = prom(agent, "autotel_events_lost_total", {"ringbuf": "data"}) - lost0
+    created = prom(agent, "autotel_spans_created_total") - created0
+    report("wrk requests in 8 s (saturated)", sent, "> 100000")
+    report("data ring buffer: records lost during the load", f"{lost:.0f}", 0)
+    report("spans built / requests sent", f"{created:.0f}/{sent}",
+           "equal, +50 at most (wrk does not count the answers in flight at its end)")
+    assert_no_panic(agent)
+    problems = []
+    if not sent or sent < 100_000:
+        problems.append(f"wrk made too few requests to saturate: {wrk.stdout} {wrk.stderr}")
+    if lost:
+        problems.append(f"{lost:.0f} records lost: the reader fell behind the ring")
+    if sent and not sent <= created <= sent + 50:
+        problems.append(f"{created:.0f} spans built for {sent} requests")
+    if not agent.alive():
+        problems.append("the agent died")
+    assert not problems, "\n".join(problems)
+
+
 # --------------------------------------------------------------------------------------
 # 4. soak (short)
 # --------------------------------------------------------------------------------------

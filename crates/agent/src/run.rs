@@ -26,27 +26,28 @@ use std::time::{Duration, Instant};
 /// How often the reader drains the rings when nothing woke it.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 
-/// Records the reader handles before it lets other runnable threads on its
-/// CPU go first (~0.3 ms of work). Under load a drain holds thousands of
-/// records, and processing them in one stretch kept the CPU from the traced
-/// application's own threads for milliseconds: saturated nginx p99 went from
-/// ~1 ms to 3.3 ms with the agent, 1.7 ms with this.
-const YIELD_EVERY_RECORDS: u32 = 256;
 /// After a drain smaller than LIGHT_DRAIN_RECORDS (light load, below ~25k
-/// records/s at the 20 ms interval), the next one yields this often. A drain
-/// at a modest rate is still ~0.6 ms of cold-cache work, and a server thread
-/// woken on the reader's CPU waited behind it: nginx at 5,000 req/s, p99
-/// +131..+349 us with the agent at 256, +86..+98 at 16. Under saturation the
-/// same pacing cost a tenth of the throughput (every yield hands the CPU to
-/// the server), so heavy drains keep the long stretch.
+/// records/s at the 20 ms interval), the next one yields its CPU this
+/// often. A drain at a modest rate is still ~0.6 ms of cold-cache work, and
+/// a server thread woken on the reader's CPU waited behind it: nginx at
+/// 5,000 req/s, p99 +131..+349 us with the agent yielding every 256 records,
+/// +86..+98 at 16.
+///
+/// Heavy drains never yield. On this kernel's EEVDF scheduler a yield costs
+/// the yielding thread the rest of its slice in virtual time, so a reader
+/// that yielded every 256 records under saturation fell behind the rings
+/// for good: nginx at ~140k req/s lost 1.35-1.62M of ~2.2M records per 8 s
+/// round, the reader waiting runnable inside sched_yield in 38% of samples.
+/// Without the yields: 0 lost. The scheduler's own wakeup preemption still
+/// lets a woken server thread in.
 const YIELD_EVERY_RECORDS_LIGHT: u32 = 16;
 const LIGHT_DRAIN_RECORDS: u32 = 1024;
 
 /// When the reader yields its CPU while it drains (see the constants above).
 struct DrainPacing {
     in_drain: Cell<u32>,
-    since_yield: Cell<u32>,
-    every: Cell<u32>,
+    /// The last drain was light: this one yields, until it turns heavy.
+    light: Cell<bool>,
 }
 
 impl DrainPacing {
@@ -54,31 +55,21 @@ impl DrainPacing {
     fn new() -> Self {
         Self {
             in_drain: Cell::new(0),
-            since_yield: Cell::new(0),
-            every: Cell::new(YIELD_EVERY_RECORDS_LIGHT),
+            light: Cell::new(true),
         }
     }
 
-    fn on_record(&self) {
-        self.in_drain.set(self.in_drain.get() + 1);
-        let n = self.since_yield.get() + 1;
-        if n >= self.every.get() {
-            self.since_yield.set(0);
-            // libbpf has already released the records before this one, so
-            // the kernel side keeps its room while we are off the CPU.
-            std::thread::yield_now();
-        } else {
-            self.since_yield.set(n);
-        }
+    /// True when the reader should yield after this record.
+    fn on_record(&self) -> bool {
+        let n = self.in_drain.get() + 1;
+        self.in_drain.set(n);
+        // A load that jumps mid-drain turns it heavy: no more yields.
+        self.light.get() && n < LIGHT_DRAIN_RECORDS && n.is_multiple_of(YIELD_EVERY_RECORDS_LIGHT)
     }
 
     fn drain_done(&self) {
-        let light = self.in_drain.replace(0) < LIGHT_DRAIN_RECORDS;
-        self.every.set(if light {
-            YIELD_EVERY_RECORDS_LIGHT
-        } else {
-            YIELD_EVERY_RECORDS
-        });
+        self.light
+            .set(self.in_drain.replace(0) < LIGHT_DRAIN_RECORDS);
     }
 }
 
@@ -310,7 +301,11 @@ fn read_loop(
     let pace = pacing.clone();
     builder.add(&tracer.skel.maps.data_events, move |bytes| {
         p.borrow_mut().on_record(bytes);
-        pace.on_record();
+        if pace.on_record() {
+            // libbpf has already released the records before this one, so
+            // the kernel side keeps its room while we are off the CPU.
+            std::thread::yield_now();
+        }
         0
     })?;
     let rings = builder.build().context("setting up ring buffers")?;
@@ -391,24 +386,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pacing_follows_the_size_of_the_last_drain() {
+    fn pacing_yields_only_in_light_drains() {
         let pacing = DrainPacing::new();
-        assert_eq!(pacing.every.get(), YIELD_EVERY_RECORDS_LIGHT);
-        for _ in 0..LIGHT_DRAIN_RECORDS {
-            pacing.on_record();
-        }
+        let yields = |records: u32| (0..records).filter(|_| pacing.on_record()).count() as u32;
+        // The first drain is paced, but only while it stays light.
         assert_eq!(
-            pacing.since_yield.get(),
-            LIGHT_DRAIN_RECORDS % YIELD_EVERY_RECORDS_LIGHT
+            yields(4 * LIGHT_DRAIN_RECORDS),
+            (LIGHT_DRAIN_RECORDS - 1) / YIELD_EVERY_RECORDS_LIGHT
         );
         pacing.drain_done();
-        assert_eq!(pacing.every.get(), YIELD_EVERY_RECORDS);
-        for _ in 0..LIGHT_DRAIN_RECORDS - 1 {
-            pacing.on_record();
-        }
+        // After a heavy drain: none at all.
+        assert_eq!(yields(LIGHT_DRAIN_RECORDS - 1), 0);
         pacing.drain_done();
-        assert_eq!(pacing.every.get(), YIELD_EVERY_RECORDS_LIGHT);
+        // Light again: every YIELD_EVERY_RECORDS_LIGHT records.
+        assert_eq!(yields(5 * YIELD_EVERY_RECORDS_LIGHT), 5);
         pacing.drain_done();
-        assert_eq!(pacing.every.get(), YIELD_EVERY_RECORDS_LIGHT, "idle");
+        pacing.drain_done();
+        assert!(pacing.light.get(), "idle counts as light");
     }
 }
