@@ -658,6 +658,11 @@ def main():
                      f"{r['agent_cpu_us_per_req']:.2f} | {r['bpf_us_per_req']:.2f} | {r['lost']:.0f} |")
     table = "\n".join(lines)
     extra = []
+    if any(r["lost"] for r in rounds):
+        # A reader that falls behind does less work per request: its CPU figure
+        # looks better exactly when the agent is failing.
+        extra += ["", "**Records were lost in saturated rounds: those rounds' agent us/req "
+                  "understate the cost of tracing every request.**"]
     if untraced:
         extra += ["", "Untraced processes (the agent running but selecting nothing; same nginx and wrk): "
                   f"{untraced['rps']:.0f} rps, {untraced['ratio_vs_off']:.3f} of the off rounds; "

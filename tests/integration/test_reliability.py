@@ -502,6 +502,49 @@ def test_slow_collector(start_agent, nginx, sink):
     assert_no_panic(ag)
 
 
+HANG_S = 20.0  # longer than the agent's export timeout (10 s) and flush bound (5 s)
+
+
+def test_shutdown_with_hanging_collector(start_agent, nginx, sink):
+    """3b. A collector that takes every export call and never answers in time (each
+    call sleeps 20 s). 300 nginx requests, then SIGTERM: the agent exits 0 within 8 s
+    (the 5 s shutdown flush bound plus teardown; unbounded, it waited the export
+    timeout once per queued batch: 326 s for 33 batches), its BPF programs are gone,
+    and what it gave up is said once, with the count, not once per batch."""
+    ngx = nginx()
+    sink.set_faults(delay_s=HANG_S, signals=("traces", "metrics"))
+    ag = start_agent({"AUTOTEL_OPEN_PORTS": ngx.port, "OTEL_METRIC_EXPORT_INTERVAL": "1000"},
+                     protocol="grpc")
+    codes = keepalive_gets(ngx.port, [f"/p{i % 10}.txt" for i in range(N_SLOW)])
+    assert codes == [200] * N_SLOW, Counter(codes)
+    wait_counters(ag, lambda c: c["created"] >= N_SLOW, 10)
+    time.sleep(1.5)  # the first export calls are now hanging in the collector
+    programs, links = bpf_fd_ids(ag.pid)
+    t0 = time.monotonic()
+    rc = ag.stop(signal.SIGTERM, timeout=30)
+    took = time.monotonic() - t0
+    err = ag.stderr_text()
+    summary = [l for l in err.splitlines() if "spans not exported at shutdown" in l]
+    per_batch = [l for l in err.splitlines() if "batch dropped" in l]
+    live_progs, live_links = live_bpf()
+    left = (programs & set(live_progs)) | (links & set(live_links))
+    report("exit code after SIGTERM", rc, 0)
+    report("seconds from SIGTERM to exit", f"{took:.1f}", "< 8")
+    report("BPF programs + links of the agent before / left after exit",
+           f"{len(programs) + len(links)}/{len(left)}", "n/0")
+    report("shutdown summary lines / per-batch error lines", f"{len(summary)}/{len(per_batch)}",
+           "1/0")
+    print("\n".join(summary), flush=True)
+    assert rc == 0, f"exit code {rc}\n{ag.logs_tail()}"
+    assert took < 8.0, f"shutdown took {took:.1f} s with a hanging collector"
+    assert programs and not left, (programs, left)
+    assert len(summary) == 1 and not per_batch, err[-3000:]
+    m = re.search(r"spans=(\d+)", summary[0])
+    assert m and int(m.group(1)) > 0, summary[0]
+    assert_no_panic(ag)
+
+
+FAIL_FIRST = 3
 FAIL_FIRST = 3
 
 

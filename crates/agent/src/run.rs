@@ -212,7 +212,7 @@ fn run(cfg: Config, mode: Mode, kube: Option<kube::Config>) -> Result<()> {
         }
     };
     let (metrics_stop_tx, metrics_stop_rx) = crossbeam_channel::bounded::<()>(1);
-    let metrics_exporter = MetricsExporter::new(cfg.metrics.clone(), red.clone());
+    let metrics_exporter = MetricsExporter::new(cfg.metrics.clone(), red.clone(), shutdown.clone());
     let metrics_thread = std::thread::Builder::new()
         .name("export-metrics".into())
         .spawn(move || metrics_exporter.run(metrics_stop_rx))?;

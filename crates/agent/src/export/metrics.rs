@@ -1,21 +1,29 @@
 //! Periodic OTLP metrics export (OTEL_METRIC_EXPORT_INTERVAL) of the RED store.
 
 use super::otlp::{ExportError, OtlpClient, Signal};
+use super::shutdown_flush::ShutdownFlush;
 use crate::config::MetricsExport;
 use crate::metrics::otlp::{to_request, DeltaState};
 use crate::metrics::SharedStore;
 use crate::pipeline::clock;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub struct MetricsExporter {
     cfg: MetricsExport,
     store: SharedStore,
+    flush: ShutdownFlush,
 }
 
 impl MetricsExporter {
-    pub fn new(cfg: MetricsExport, store: SharedStore) -> Self {
-        Self { cfg, store }
+    pub fn new(cfg: MetricsExport, store: SharedStore, shutdown: Arc<AtomicBool>) -> Self {
+        Self {
+            cfg,
+            store,
+            flush: ShutdownFlush::new(shutdown),
+        }
     }
 
     /// Exports every interval until `stop` is closed, then once more.
@@ -53,9 +61,14 @@ impl MetricsExporter {
             if !req.resource_metrics.is_empty() {
                 // One retry: the next interval carries cumulative data anyway.
                 for attempt in 0..2 {
-                    match rt.block_on(client.export_metrics(req.clone())) {
+                    // A call in flight at shutdown, and the last one, get
+                    // what is left of the shutdown flush.
+                    let result = rt.block_on(self.flush.bound(client.export_metrics(req.clone())));
+                    match result {
                         Ok(()) => break,
-                        Err(ExportError::Retryable(m)) if attempt == 0 && !last => {
+                        Err(ExportError::Retryable(m))
+                            if attempt == 0 && !last && !self.flush.requested() =>
+                        {
                             tracing::warn!("OTLP metrics export failed, retrying: {m}");
                             std::thread::sleep(Duration::from_millis(500));
                         }

@@ -6,6 +6,7 @@
 pub mod metrics;
 pub mod otlp;
 pub mod prometheus;
+pub mod shutdown_flush;
 pub mod span_encoding;
 pub mod stdout;
 
@@ -14,6 +15,7 @@ use crate::pipeline::SpanBatch;
 use crate::selfmetrics::SelfMetrics;
 use autotel_model::Span;
 use crossbeam_channel::{Receiver, TryRecvError};
+use shutdown_flush::{ShutdownFlush, SHUTDOWN_FLUSH};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -43,6 +45,9 @@ pub struct SpanExporter {
     print: bool,
     metrics: Arc<SelfMetrics>,
     shutdown: Arc<AtomicBool>,
+    flush: ShutdownFlush,
+    /// Spans given up at shutdown, reported once at the end.
+    unflushed: std::cell::Cell<u64>,
 }
 
 impl SpanExporter {
@@ -56,7 +61,9 @@ impl SpanExporter {
             cfg,
             print,
             metrics,
+            flush: ShutdownFlush::new(shutdown.clone()),
             shutdown,
+            unflushed: Default::default(),
         }
     }
 
@@ -131,6 +138,14 @@ impl SpanExporter {
             }
             deadline = Instant::now() + delay;
         }
+        let unflushed = self.unflushed.get();
+        if unflushed > 0 {
+            tracing::error!(
+                spans = unflushed,
+                "spans not exported at shutdown: the collector did not take them within {} s",
+                SHUTDOWN_FLUSH.as_secs()
+            );
+        }
     }
 
     /// Moves spans from `carry` into the batch being built, up to `max`.
@@ -153,9 +168,12 @@ impl SpanExporter {
         let mut backoff = BACKOFF_START;
         let body = span_encoding::encode_request(batch);
         loop {
+            if self.flush.time_left() == Some(Duration::ZERO) {
+                return self.give_up_at_shutdown(n);
+            }
             let t = Instant::now();
             let req = span_encoding::PreEncoded(body.clone());
-            let result = rt.block_on(client.export_traces(req));
+            let result = rt.block_on(self.flush.bound(client.export_traces(req)));
             self.metrics
                 .export_duration
                 .observe(t.elapsed().as_secs_f64());
@@ -176,6 +194,7 @@ impl SpanExporter {
                     self.sleep_unless_shutdown(backoff);
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
+                Err(_) if self.flush.requested() => return self.give_up_at_shutdown(n),
                 Err(e) => {
                     tracing::error!(spans = n, "OTLP export failed, batch dropped: {e}");
                     self.metrics.spans_failed.inc_by(n);
@@ -183,6 +202,12 @@ impl SpanExporter {
                 }
             }
         }
+    }
+
+    /// Counted now, said once with the total when the exporter ends.
+    fn give_up_at_shutdown(&self, spans: u64) {
+        self.metrics.spans_failed.inc_by(spans);
+        self.unflushed.set(self.unflushed.get() + spans);
     }
 
     /// Backoff that a SIGTERM cuts short: shutdown must not wait out a
