@@ -527,7 +527,7 @@ def test_systemd_unit_verifies(unit_for_check):
     assert r.returncode == 0 and not r.stderr.strip(), r.stderr
     text = UNIT.read_text()
     for line in ["Restart=on-failure", "LimitMEMLOCK=infinity", "KillSignal=SIGTERM",
-                 "TimeoutStopSec=5", "ProtectSystem=strict", "NoNewPrivileges=yes"]:
+                 "TimeoutStopSec=10", "ProtectSystem=strict", "NoNewPrivileges=yes"]:
         assert re.search(rf"^{re.escape(line)}$", text, re.M), line
     caps = re.search(r"^AmbientCapabilities=(.*)$", text, re.M).group(1).split()
     bound = re.search(r"^CapabilityBoundingSet=(.*)$", text, re.M).group(1).split()
