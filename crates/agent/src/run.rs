@@ -36,7 +36,7 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 /// Heavy drains never yield. On this kernel's EEVDF scheduler a yield costs
 /// the yielding thread the rest of its slice in virtual time, so a reader
 /// that yielded every 256 records under saturation fell behind the rings
-/// for good: nginx at ~140k req/s lost 1.35-1.62M of ~2.2M records per 8 s
+/// for good: nginx at ~140k req/s lost 0.55-1.62M of ~2.2M records per 8 s
 /// round, the reader waiting runnable inside sched_yield in 38% of samples.
 /// Without the yields: 0 lost. The scheduler's own wakeup preemption still
 /// lets a woken server thread in.
