@@ -17,7 +17,7 @@ use autotel_model::Span;
 use crossbeam_channel::{Receiver, TryRecvError};
 use shutdown_flush::{ShutdownFlush, SHUTDOWN_FLUSH};
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,7 +44,7 @@ pub struct SpanExporter {
     cfg: TracesExport,
     print: bool,
     metrics: Arc<SelfMetrics>,
-    shutdown: Arc<AtomicBool>,
+    /// The shutdown flag, and the bound on exporting after it.
     flush: ShutdownFlush,
     /// Spans given up at shutdown, reported once at the end.
     unflushed: std::cell::Cell<u64>,
@@ -61,8 +61,7 @@ impl SpanExporter {
             cfg,
             print,
             metrics,
-            flush: ShutdownFlush::new(shutdown.clone()),
-            shutdown,
+            flush: ShutdownFlush::new(shutdown),
             unflushed: Default::default(),
         }
     }
@@ -183,8 +182,7 @@ impl SpanExporter {
                     return;
                 }
                 Err(otlp::ExportError::Retryable(msg))
-                    if started.elapsed() < RETRY_MAX_ELAPSED
-                        && !self.shutdown.load(Ordering::Relaxed) =>
+                    if started.elapsed() < RETRY_MAX_ELAPSED && !self.flush.requested() =>
                 {
                     tracing::warn!(
                         spans = n,
@@ -214,7 +212,7 @@ impl SpanExporter {
     /// collector outage.
     fn sleep_unless_shutdown(&self, d: Duration) {
         let end = Instant::now() + d;
-        while !self.shutdown.load(Ordering::Relaxed) {
+        while !self.flush.requested() {
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return;
