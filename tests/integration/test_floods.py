@@ -646,6 +646,35 @@ def test_saturation_keeps_up(start_agent, nginx, sink):
     assert not problems, "\n".join(problems)
 
 
+def test_load_right_after_ready_is_traced(start_agent, nginx, sink):
+    """`autotel ready` means the hooks are live: wrk opens 100 new connections the
+    moment the line appears and keeps them busy for 2 s, and every request it makes
+    gets a span (`autotel_spans_created_total` against wrk's count). Session 15 blamed
+    the agent for 4-6k untraced requests in such a start; the cause was the shell
+    harness, which read the previous run's ready line before the new agent had
+    loaded anything. This test keeps the contract checked with a harness that waits
+    on the agent's own stderr."""
+    ngx = nginx(extra_locations="access_log off; keepalive_requests 10000000;")
+    agent = start_agent({"AUTOTEL_OPEN_PORTS": ngx.port,
+                         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}"})
+    wrk = subprocess.run([WRK, "-t1", "-c100", "-d2s", ngx.url("/small.txt")],
+                         capture_output=True, text=True, timeout=60)
+    sent = parse_wrk_requests(wrk.stdout)
+    deadline = time.monotonic() + 15
+    created = prom(agent, "autotel_spans_created_total")
+    while sent and created < sent and time.monotonic() < deadline:
+        time.sleep(0.5)
+        created = prom(agent, "autotel_spans_created_total")
+    time.sleep(1.5)
+    created = prom(agent, "autotel_spans_created_total")
+    report("wrk requests in 2 s, 100 connections opened at ready", sent, "> 5000")
+    report("spans built / requests sent", f"{created:.0f}/{sent}",
+           "equal, +100 at most (answers in flight when wrk stops)")
+    assert_no_panic(agent)
+    assert sent and sent > 5000, f"wrk made too few requests: {wrk.stdout} {wrk.stderr}"
+    assert sent <= created <= sent + 100, f"{created:.0f} spans built for {sent} requests"
+
+
 # --------------------------------------------------------------------------------------
 # 4. soak (short)
 # --------------------------------------------------------------------------------------

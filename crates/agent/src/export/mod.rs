@@ -46,8 +46,10 @@ pub struct SpanExporter {
     metrics: Arc<SelfMetrics>,
     /// The shutdown flag, and the bound on exporting after it.
     flush: ShutdownFlush,
-    /// Spans given up at shutdown, reported once at the end.
+    /// Spans given up at shutdown, reported once at the end with the
+    /// last reason (a hang and a refused connection call for different fixes).
     unflushed: std::cell::Cell<u64>,
+    unflushed_reason: std::cell::RefCell<String>,
 }
 
 impl SpanExporter {
@@ -63,6 +65,7 @@ impl SpanExporter {
             metrics,
             flush: ShutdownFlush::new(shutdown),
             unflushed: Default::default(),
+            unflushed_reason: Default::default(),
         }
     }
 
@@ -141,8 +144,9 @@ impl SpanExporter {
         if unflushed > 0 {
             tracing::error!(
                 spans = unflushed,
-                "spans not exported at shutdown: the collector did not take them within {} s",
-                SHUTDOWN_FLUSH.as_secs()
+                "spans not exported at shutdown (the collector gets {} s in all): {}",
+                SHUTDOWN_FLUSH.as_secs(),
+                self.unflushed_reason.borrow()
             );
         }
     }
@@ -168,7 +172,7 @@ impl SpanExporter {
         let body = span_encoding::encode_request(batch);
         loop {
             if self.flush.time_left() == Some(Duration::ZERO) {
-                return self.give_up_at_shutdown(n);
+                return self.give_up_at_shutdown(n, "no time left");
             }
             let t = Instant::now();
             let req = span_encoding::PreEncoded(body.clone());
@@ -192,7 +196,9 @@ impl SpanExporter {
                     self.sleep_unless_shutdown(backoff);
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
-                Err(_) if self.flush.requested() => return self.give_up_at_shutdown(n),
+                Err(e) if self.flush.requested() => {
+                    return self.give_up_at_shutdown(n, &e.to_string())
+                }
                 Err(e) => {
                     tracing::error!(spans = n, "OTLP export failed, batch dropped: {e}");
                     self.metrics.spans_failed.inc_by(n);
@@ -203,9 +209,10 @@ impl SpanExporter {
     }
 
     /// Counted now, said once with the total when the exporter ends.
-    fn give_up_at_shutdown(&self, spans: u64) {
+    fn give_up_at_shutdown(&self, spans: u64, reason: &str) {
         self.metrics.spans_failed.inc_by(spans);
         self.unflushed.set(self.unflushed.get() + spans);
+        reason.clone_into(&mut self.unflushed_reason.borrow_mut());
     }
 
     /// Backoff that a SIGTERM cuts short: shutdown must not wait out a

@@ -62,7 +62,7 @@ impl ShutdownFlush {
     }
 }
 
-const GAVE_UP: &str = "shutdown: no answer in time";
+const GAVE_UP: &str = "no answer before the shutdown budget ran out";
 
 #[cfg(test)]
 mod tests {
