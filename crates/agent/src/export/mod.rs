@@ -172,7 +172,7 @@ impl SpanExporter {
         let body = span_encoding::encode_request(batch);
         loop {
             if self.flush.time_left() == Some(Duration::ZERO) {
-                return self.give_up_at_shutdown(n, "no time left");
+                return self.give_up_at_shutdown(n, "the time was spent on earlier batches");
             }
             let t = Instant::now();
             let req = span_encoding::PreEncoded(body.clone());
