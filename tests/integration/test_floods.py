@@ -56,6 +56,18 @@ def prom(agent, name: str, labels: Optional[dict] = None) -> float:
     return 0.0 if v is None else v
 
 
+def spans_created_settled(agent, sent: Optional[int], base: float = 0.0) -> float:
+    """`autotel_spans_created_total` since `base`, once the agent has caught up with
+    `sent` requests (15 s at most): counters are published about once a second and
+    the last drain may still be going, so it is read again after that settles."""
+    deadline = time.monotonic() + 15
+    while sent and prom(agent, "autotel_spans_created_total") - base < sent \
+            and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(1.5)
+    return prom(agent, "autotel_spans_created_total") - base
+
+
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         m = re.search(r"^VmRSS:\s+(\d+) kB", f.read(), re.M)
@@ -620,15 +632,8 @@ def test_saturation_keeps_up(start_agent, nginx, sink):
     wrk = subprocess.run(["taskset", "-c", "1", WRK, "-t1", "-c50", "-d8s",
                           ngx.url("/small.txt")], capture_output=True, text=True, timeout=60)
     sent = parse_wrk_requests(wrk.stdout)
-    # Counters are published about once a second; the last drain may still be going.
-    deadline = time.monotonic() + 15
-    created = prom(agent, "autotel_spans_created_total") - created0
-    while sent and created < sent and time.monotonic() < deadline:
-        time.sleep(0.5)
-        created = prom(agent, "autotel_spans_created_total") - created0
-    time.sleep(1.5)
+    created = spans_created_settled(agent, sent, created0)
     lost = prom(agent, "autotel_events_lost_total", {"ringbuf": "data"}) - lost0
-    created = prom(agent, "autotel_spans_created_total") - created0
     report("wrk requests in 8 s (saturated)", sent, "> 100000")
     report("data ring buffer: records lost during the load", f"{lost:.0f}", 0)
     report("spans built / requests sent", f"{created:.0f}/{sent}",
@@ -660,13 +665,7 @@ def test_load_right_after_ready_is_traced(start_agent, nginx, sink):
     wrk = subprocess.run([WRK, "-t1", "-c100", "-d2s", ngx.url("/small.txt")],
                          capture_output=True, text=True, timeout=60)
     sent = parse_wrk_requests(wrk.stdout)
-    deadline = time.monotonic() + 15
-    created = prom(agent, "autotel_spans_created_total")
-    while sent and created < sent and time.monotonic() < deadline:
-        time.sleep(0.5)
-        created = prom(agent, "autotel_spans_created_total")
-    time.sleep(1.5)
-    created = prom(agent, "autotel_spans_created_total")
+    created = spans_created_settled(agent, sent)
     report("wrk requests in 2 s, 100 connections opened at ready", sent, "> 5000")
     report("spans built / requests sent", f"{created:.0f}/{sent}",
            "equal, +100 at most (answers in flight when wrk stops)")

@@ -545,7 +545,6 @@ def test_shutdown_with_hanging_collector(start_agent, nginx, sink):
 
 
 FAIL_FIRST = 3
-FAIL_FIRST = 3
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
