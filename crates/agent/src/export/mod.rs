@@ -169,7 +169,7 @@ impl SpanExporter {
         let n = batch.len() as u64;
         let started = Instant::now();
         let mut backoff = BACKOFF_START;
-        let body = span_encoding::encode_request(batch);
+        let body: prost::bytes::Bytes = span_encoding::encode_request(batch).into();
         loop {
             if self.flush.time_left() == Some(Duration::ZERO) {
                 return self.give_up_at_shutdown(n, "the time was spent on earlier batches");

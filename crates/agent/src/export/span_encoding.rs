@@ -13,8 +13,9 @@ use prost::encoding::{encoded_len_varint, key_len, WireType};
 
 /// An already encoded message: handed to tonic's prost codec and to the
 /// HTTP body unchanged.
+/// Bytes, so each attempt sends the body without copying it.
 #[derive(Debug, Default, Clone)]
-pub struct PreEncoded(pub Vec<u8>);
+pub struct PreEncoded(pub prost::bytes::Bytes);
 
 impl prost::Message for PreEncoded {
     fn encode_raw(&self, buf: &mut impl BufMut) {
@@ -343,7 +344,7 @@ mod tests {
         assert_eq!(decoded, super::super::otlp::reference::to_request(&spans));
         assert_eq!(decoded.resource_spans.len(), 2);
         assert_eq!(
-            PreEncoded(bytes.clone()).encode_to_vec(),
+            PreEncoded(bytes.clone().into()).encode_to_vec(),
             bytes,
             "handed on unchanged"
         );
