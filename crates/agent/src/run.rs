@@ -14,9 +14,12 @@ use crate::metrics::prom::RedCollector;
 use crate::metrics::{SharedStore, Store};
 use crate::pipeline::{clock, Pipeline, PipelineConfig};
 use crate::selfmetrics::SelfMetrics;
+use crate::tracer::ring::Rings;
 use crate::tracer::{Tracer, TracerOptions};
 use anyhow::{Context, Result};
+use libbpf_rs::MapCore;
 use std::cell::{Cell, RefCell};
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -290,25 +293,29 @@ fn read_loop(
 ) -> Result<()> {
     // The process ring goes first: a consume() pass then sees a process's
     // exec decision before any data that process produced after it.
-    let mut builder = libbpf_rs::RingBufferBuilder::new();
+    let mut rings = Rings::new()?;
     let p = pipeline.clone();
-    builder.add(&tracer.skel.maps.proc_events, move |bytes| {
-        p.borrow_mut().on_record(bytes);
-        0
-    })?;
+    let maps = &tracer.skel.maps;
+    rings.add(
+        maps.proc_events.as_fd(),
+        maps.proc_events.max_entries() as usize,
+        move |bytes| p.borrow_mut().on_record(bytes),
+    )?;
     let p = pipeline.clone();
     let pacing = Rc::new(DrainPacing::new());
     let pace = pacing.clone();
-    builder.add(&tracer.skel.maps.data_events, move |bytes| {
-        p.borrow_mut().on_record(bytes);
-        if pace.on_record() {
-            // libbpf has already released the records before this one, so
-            // the kernel side keeps its room while we are off the CPU.
-            std::thread::yield_now();
-        }
-        0
-    })?;
-    let rings = builder.build().context("setting up ring buffers")?;
+    rings.add(
+        maps.data_events.as_fd(),
+        maps.data_events.max_entries() as usize,
+        move |bytes| {
+            p.borrow_mut().on_record(bytes);
+            if pace.on_record() {
+                // The records before this one are released already, so
+                // the kernel side keeps its room while we are off the CPU.
+                std::thread::yield_now();
+            }
+        },
+    )?;
 
     if !QUIET_TERMINAL.load(Ordering::Relaxed) {
         eprintln!("autotel ready: {} BPF programs attached", tracer.attached());
@@ -319,7 +326,7 @@ fn read_loop(
         // poll() returns on wakeups; consume() also drains records submitted
         // without a wakeup (see DESIGN, performance notes).
         if let Err(e) = rings.poll(DRAIN_INTERVAL) {
-            if e.kind() != libbpf_rs::ErrorKind::Interrupted {
+            if e.kind() != std::io::ErrorKind::Interrupted {
                 tracing::warn!(error = %e, "ring buffer poll failed");
             }
         }

@@ -4,6 +4,7 @@
 
 pub mod abi;
 mod hooks;
+pub mod ring;
 mod selection;
 pub mod tls;
 pub mod tracefs;
