@@ -12,8 +12,7 @@ use prost::bytes::BufMut;
 use prost::encoding::{encoded_len_varint, key_len, WireType};
 
 /// An already encoded message: handed to tonic's prost codec and to the
-/// HTTP body unchanged.
-/// Bytes, so each attempt sends the body without copying it.
+/// HTTP body unchanged. Bytes, so a retry resends it without a copy.
 #[derive(Debug, Default, Clone)]
 pub struct PreEncoded(pub prost::bytes::Bytes);
 

@@ -141,7 +141,10 @@ fn consume_records(
             if len_word & BUSY_BIT != 0 {
                 return n; // not committed yet: the next pass reads it
             }
-            if len_word & DISCARD_BIT == 0 {
+            // The kernel never commits a record longer than the ring; a
+            // length that says otherwise is skipped, not read past the end.
+            let fits = len_word as usize <= data.len() - HEADER_BYTES as usize;
+            if len_word & DISCARD_BIT == 0 && fits {
                 let start = (at + HEADER_BYTES as usize) & mask;
                 with_record(data, start, len_word as usize, scratch, |r| callback(r));
                 n += 1;
@@ -331,6 +334,15 @@ mod tests {
         let (none, again) = drain(&words, cons, end);
         assert!(none.is_empty());
         assert_eq!(again, cons);
+    }
+
+    #[test]
+    fn a_length_longer_than_the_ring_is_not_read() {
+        let mut words = vec![0u64; 16];
+        words[0] = 1000; // length word 1000 in a 128-byte ring
+        let (got, cons) = drain(&words, 0, 16);
+        assert!(got.is_empty());
+        assert_eq!(cons, 1008);
     }
 
     #[test]
