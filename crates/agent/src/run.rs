@@ -323,11 +323,11 @@ fn read_loop(
     tracing::info!("autotel ready");
     let mut next_tick = Instant::now();
     while !shutdown.load(Ordering::Relaxed) {
-        // poll() returns on wakeups; consume() also drains records submitted
+        // wait() returns on wakeups; consume() also drains records submitted
         // without a wakeup (see DESIGN, performance notes).
-        if let Err(e) = rings.poll(DRAIN_INTERVAL) {
+        if let Err(e) = rings.wait(DRAIN_INTERVAL) {
             if e.kind() != std::io::ErrorKind::Interrupted {
-                tracing::warn!(error = %e, "ring buffer poll failed");
+                tracing::warn!(error = %e, "ring buffer wait failed");
             }
         }
         let _ = rings.consume();

@@ -117,16 +117,17 @@ fn put_any_value(v: &AttrValue, buf: &mut Vec<u8>) {
 
 // KeyValue: 1 key, 2 value.
 fn key_value_len(k: &str, v: &AttrValue) -> usize {
-    optional_bytes_len(1, k.as_bytes()) + delimited_len(2, any_value_len(v))
+    key_value_len_of(k, any_value_len(v))
+}
+
+/// The same, for a value whose encoded length is already known.
+fn key_value_len_of(k: &str, value_len: usize) -> usize {
+    optional_bytes_len(1, k.as_bytes()) + delimited_len(2, value_len)
 }
 
 fn put_key_value(tag: u32, k: &str, v: &AttrValue, buf: &mut Vec<u8>) {
     let value_len = any_value_len(v);
-    put_header(
-        tag,
-        optional_bytes_len(1, k.as_bytes()) + delimited_len(2, value_len),
-        buf,
-    );
+    put_header(tag, key_value_len_of(k, value_len), buf);
     put_optional_bytes(1, k.as_bytes(), buf);
     put_header(2, value_len, buf);
     put_any_value(v, buf);

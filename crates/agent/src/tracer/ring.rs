@@ -157,8 +157,8 @@ fn consume_records(
     }
 }
 
-/// The agent's rings, polled together. Rings are consumed in the order
-/// they were added.
+/// The agent's rings, waited on together. Rings are consumed in the
+/// order they were added.
 pub struct Rings<'a> {
     epoll: OwnedFd,
     rings: Vec<Ring<'a>>,
@@ -195,7 +195,7 @@ impl<'a> Rings<'a> {
         let producer = Mapping::new(fd, page + size, libc::PROT_READ, page)?;
         let mut ev = libc::epoll_event {
             events: libc::EPOLLIN as u32,
-            u64: self.rings.len() as u64,
+            u64: 0,
         };
         // SAFETY: valid epoll and map fds, and an event to copy.
         if unsafe {
@@ -220,9 +220,9 @@ impl<'a> Rings<'a> {
         Ok(())
     }
 
-    /// Waits up to `timeout` for a wakeup, then consumes the rings that
-    /// signalled. EINTR is returned as an error of kind Interrupted.
-    pub fn poll(&mut self, timeout: Duration) -> std::io::Result<usize> {
+    /// Waits up to `timeout` for a wakeup of any ring; `consume` then
+    /// reads them all, in order. EINTR comes back as kind Interrupted.
+    pub fn wait(&self, timeout: Duration) -> std::io::Result<()> {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
         // SAFETY: a valid epoll fd and an array of the stated length.
         let n = unsafe {
@@ -236,18 +236,7 @@ impl<'a> Rings<'a> {
         if n < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let mut ready: Vec<usize> = events[..n as usize]
-            .iter()
-            .map(|e| e.u64 as usize)
-            .collect();
-        ready.sort_unstable();
-        let mut consumed = 0;
-        for i in ready {
-            if let Some(ring) = self.rings.get_mut(i) {
-                consumed += ring.consume();
-            }
-        }
-        Ok(consumed)
+        Ok(())
     }
 
     /// Consumes every ring, in order, without waiting.
