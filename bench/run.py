@@ -7,7 +7,10 @@ Pinning: nginx (one worker) on CPU 0, wrk on CPU 1, the agent free to use
 both, as on a busy 2-core node. Reports saturated throughput and latency
 p50/p99 per round, agent CPU per traced request (user+system from
 /proc/<pid>/stat), BPF run time per request (kernel.bpf_stats_enabled),
-peak RSS, lost events and spans exported / requests sent. One more
+peak RSS, lost events and spans exported / requests sent. Each round also
+runs the agent capturing only (AUTOTEL_BENCH_CAPTURE_ONLY: records read from
+the ring and dropped unparsed): the throughput it keeps is the ceiling for
+any user-space work, the price of the kernel side alone. One more
 saturated run with the agent selecting nothing measures what processes it
 does not trace pay (BPF time per program run, throughput vs the off rounds).
 
@@ -33,7 +36,7 @@ Then, in the same run (skip with --rates '' / --skip-python):
 Writes bench/results/<timestamp>.json and .md and prints a last line:
 throughput_ratio=<on/off> cpu_us_per_req=<x> rss_mb=<y> lost=<n>
 Run as root: python3 bench/run.py [--quick] [--rounds 3] [--seconds 8] [--rates 5000,20000]
-Default run about 4-5 minutes, --quick about 2.
+Default run about 5 minutes, --quick about 2.
 """
 import argparse
 import json
@@ -166,13 +169,13 @@ def prom(port, name, labels=""):
     return total
 
 
-def start_agent(port, prom_port, tmp, otlp=None):
+def start_agent(port, prom_port, tmp, otlp=None, extra_env=None):
     """Start the agent on `port` (a port list string is fine). Without `otlp`,
     spans go to stdout of a file: the full pipeline runs (parse, spans,
     metrics, encoding) without a collector in the measurement. With `otlp`
     (an http://host:port gRPC endpoint) spans and metrics go there."""
     env = dict(os.environ, AUTOTEL_OPEN_PORTS=str(port), AUTOTEL_PROMETHEUS_PORT=str(prom_port),
-               AUTOTEL_LOG_LEVEL="warn", NO_COLOR="1")
+               AUTOTEL_LOG_LEVEL="warn", NO_COLOR="1", **(extra_env or {}))
     if otlp:
         env.update(OTEL_EXPORTER_OTLP_ENDPOINT=otlp, OTEL_EXPORTER_OTLP_PROTOCOL="grpc")
     out = open(os.path.join(tmp, "agent.out"), "w")
@@ -526,6 +529,33 @@ def python_compare(args, tmp, prom_port, collector):
     return {"rows": rows, "summary": summary}
 
 
+def saturated_agent_run(args, port, prom_port, tmp, capture_only=False):
+    """One saturated wrk run with a fresh agent. `capture_only`: the agent
+    reads the data records and drops them (AUTOTEL_BENCH_CAPTURE_ONLY), so
+    the run prices the kernel side and the ring reading alone."""
+    agent = start_agent(port, prom_port, tmp,
+                        extra_env={"AUTOTEL_BENCH_CAPTURE_ONLY": "1"} if capture_only else None)
+    try:
+        cpu0, bpf0, progs0 = cpu_seconds(agent.pid), bpf_run_ns(), bpf_prog_stats()
+        run = run_wrk(port, args.seconds, args.connections)
+        time.sleep(2.5)  # let the agent drain and publish
+        cpu1, bpf1, progs1 = cpu_seconds(agent.pid), bpf_run_ns(), bpf_prog_stats()
+        lost = prom(prom_port, "autotel_events_lost_total")
+        spans = prom(prom_port, "autotel_spans_created_total")
+        records = prom(prom_port, "autotel_events_received_total", 'ringbuf="data"')
+        rss = rss_peak_mb(agent.pid)
+    finally:
+        stop_agent(agent)
+    if capture_only and (spans or records < run["requests"]):
+        # The mode must read every request's records and build nothing.
+        print(f"bench: capture-only run read {records:.0f} records for {run['requests']} requests "
+              f"and made {spans:.0f} spans: not a capture-only measurement", flush=True)
+    return {"wrk": run, "agent_cpu_us_per_req": (cpu1 - cpu0) * 1e6 / max(run["requests"], 1),
+            "bpf_us_per_req": (bpf1 - bpf0) / 1e3 / max(run["requests"], 1),
+            "rss_mb": rss, "lost": lost, "spans": spans, "records": records,
+            "bpf_programs": per_request_program_cost(progs0, progs1, run["requests"])}
+
+
 def untraced_cost(args, port, prom_port, tmp, rounds):
     """What processes the agent does not trace pay: one saturated run with the
     agent selecting a port nobody serves, so nginx and wrk both take the
@@ -588,27 +618,25 @@ def main():
         run_wrk(port, 2, args.connections)  # warm-up
         for r in range(args.rounds):
             off = run_wrk(port, args.seconds, args.connections)
-            agent = start_agent(port, prom_port, tmp)
-            try:
-                cpu0, bpf0, progs0 = cpu_seconds(agent.pid), bpf_run_ns(), bpf_prog_stats()
-                on = run_wrk(port, args.seconds, args.connections)
-                time.sleep(2.5)  # let the agent drain and publish
-                cpu1, bpf1, progs1 = cpu_seconds(agent.pid), bpf_run_ns(), bpf_prog_stats()
-                lost = prom(prom_port, "autotel_events_lost_total")
-                spans = prom(prom_port, "autotel_spans_created_total")
-                rss = rss_peak_mb(agent.pid)
-            finally:
-                stop_agent(agent)
-            rounds.append({"round": r, "off": off, "on": on,
-                           "agent_cpu_us_per_req": (cpu1 - cpu0) * 1e6 / max(on["requests"], 1),
-                           "bpf_us_per_req": (bpf1 - bpf0) / 1e3 / max(on["requests"], 1),
-                           "rss_mb": rss, "lost": lost, "spans": spans, "requests": on["requests"],
-                           "bpf_programs": per_request_program_cost(progs0, progs1, on["requests"])})
-            print(f"round {r}: off {off['rps']:.0f} rps p99 {off['p99_us']}us | on {on['rps']:.0f} rps "
-                  f"p99 {on['p99_us']}us | agent {rounds[-1]['agent_cpu_us_per_req']:.2f} us/req "
-                  f"bpf {rounds[-1]['bpf_us_per_req']:.2f} us/req spans {spans:.0f}/{on['requests']} lost {lost:.0f}",
+            # Full tracing and capture only, in turns (first one, then the
+            # other) so that a drifting machine favours neither.
+            runs = {}
+            for mode in (("on", "capture") if r % 2 == 0 else ("capture", "on")):
+                runs[mode] = saturated_agent_run(args, port, prom_port, tmp, capture_only=mode == "capture")
+            on, capture = runs["on"], runs["capture"]
+            rounds.append({"round": r, "off": off, "on": on["wrk"],
+                           "agent_cpu_us_per_req": on["agent_cpu_us_per_req"],
+                           "bpf_us_per_req": on["bpf_us_per_req"],
+                           "rss_mb": on["rss_mb"], "lost": on["lost"], "spans": on["spans"],
+                           "requests": on["wrk"]["requests"], "bpf_programs": on["bpf_programs"],
+                           "capture_only": capture})
+            print(f"round {r}: off {off['rps']:.0f} rps p99 {off['p99_us']}us | on {on['wrk']['rps']:.0f} rps "
+                  f"p99 {on['wrk']['p99_us']}us | agent {on['agent_cpu_us_per_req']:.2f} us/req "
+                  f"bpf {on['bpf_us_per_req']:.2f} us/req spans {on['spans']:.0f}/{on['wrk']['requests']} "
+                  f"lost {on['lost']:.0f} | capture only {capture['wrk']['rps']:.0f} rps agent "
+                  f"{capture['agent_cpu_us_per_req']:.2f} bpf {capture['bpf_us_per_req']:.2f} us/req",
                   flush=True)
-            for name, c in sorted(rounds[-1]["bpf_programs"].items(), key=lambda kv: -kv[1]["us_per_req"]):
+            for name, c in sorted(on["bpf_programs"].items(), key=lambda kv: -kv[1]["us_per_req"]):
                 print(f"  {name}: {c['runs_per_req']:.2f} runs/req x {c['ns_per_run']:.0f} ns = "
                       f"{c['us_per_req']:.2f} us/req", flush=True)
         untraced = untraced_cost(args, port, prom_port, tmp, rounds)
@@ -636,6 +664,9 @@ def main():
     ratio = mean([r["on"]["rps"] for r in rounds]) / mean([r["off"]["rps"] for r in rounds])
     summary = {
         "throughput_ratio": ratio,
+        "capture_only_ratio": mean([r["capture_only"]["wrk"]["rps"] for r in rounds])
+        / mean([r["off"]["rps"] for r in rounds]),
+        "capture_only_cpu_us_per_req": mean([r["capture_only"]["agent_cpu_us_per_req"] for r in rounds]),
         "p99_off_us": mean([r["off"]["p99_us"] for r in rounds]),
         "p99_on_us": mean([r["on"]["p99_us"] for r in rounds]),
         "cpu_us_per_req": mean([r["agent_cpu_us_per_req"] for r in rounds]),
@@ -650,12 +681,17 @@ def main():
         json.dump({"summary": summary, "rounds": rounds, "untraced": untraced, "fixed_rate": fixed,
                    "python_vs_otel": python, "env": env_info}, f, indent=2)
     lines = ["## nginx, saturated (wrk, %d connections)" % args.connections, "",
-             "| round | off rps | on rps | off p50/p99 us | on p50/p99 us | agent us/req | bpf us/req | lost |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| round | off rps | on rps | off p50/p99 us | on p50/p99 us | agent us/req | bpf us/req | lost "
+             "| capture-only rps | capture-only agent + bpf us/req |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rounds:
         lines.append(f"| {r['round']} | {r['off']['rps']:.0f} | {r['on']['rps']:.0f} | "
                      f"{r['off']['p50_us']:.0f}/{r['off']['p99_us']:.0f} | {r['on']['p50_us']:.0f}/{r['on']['p99_us']:.0f} | "
-                     f"{r['agent_cpu_us_per_req']:.2f} | {r['bpf_us_per_req']:.2f} | {r['lost']:.0f} |")
+                     f"{r['agent_cpu_us_per_req']:.2f} | {r['bpf_us_per_req']:.2f} | {r['lost']:.0f} | "
+                     f"{r['capture_only']['wrk']['rps']:.0f} | {r['capture_only']['agent_cpu_us_per_req']:.2f} + "
+                     f"{r['capture_only']['bpf_us_per_req']:.2f} |")
+    lines += ["", f"Throughput with the agent: {ratio:.3f} of without; capturing only (the kernel side "
+              f"and the ring reading, records dropped unparsed): {summary['capture_only_ratio']:.3f}."]
     table = "\n".join(lines)
     extra = []
     if any(r["lost"] for r in rounds):

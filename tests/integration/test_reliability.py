@@ -782,6 +782,8 @@ BAD_CONFIGS = [
     ("open-ports-80-x", None, {"AUTOTEL_OPEN_PORTS": "80-x"}, ["80-x"]),
     ("queue-size-not-a-number", None, {"OTEL_BSP_MAX_QUEUE_SIZE": "lots"},
      ["OTEL_BSP_MAX_QUEUE_SIZE", "lots"]),
+    ("capture-only-not-a-bool", None, {"AUTOTEL_BENCH_CAPTURE_ONLY": "sometimes"},
+     ["AUTOTEL_BENCH_CAPTURE_ONLY", "sometimes"]),
 ]
 
 

@@ -327,6 +327,11 @@ pub struct Config {
     pub peers: crate::pipeline::network::PeerGrouping,
     pub network_whole_host: bool,
     pub print_traces: bool,
+    /// AUTOTEL_BENCH_CAPTURE_ONLY: data records are read from the ring and
+    /// dropped (no parsing, spans or RED metrics). A measuring aid: the
+    /// benchmark's capture-only rounds show what the kernel side and the
+    /// ring reading cost on their own.
+    pub capture_only: bool,
     pub log_level: String,
     /// Pod metadata from the API server (`kubernetes.enabled`).
     pub kubernetes: crate::discovery::kubernetes::Mode,
@@ -803,6 +808,10 @@ impl Config {
                 .unwrap_or(16 << 20)
                 .clamp(1 << 16, 1 << 30),
             print_traces,
+            capture_only: match env("AUTOTEL_BENCH_CAPTURE_ONLY") {
+                Some(v) => parse_bool("AUTOTEL_BENCH_CAPTURE_ONLY", &v)?,
+                None => false,
+            },
             log_level: env("AUTOTEL_LOG_LEVEL")
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".into()),

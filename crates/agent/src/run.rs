@@ -266,7 +266,19 @@ fn run(cfg: Config, mode: Mode, kube: Option<kube::Config>) -> Result<()> {
             .borrow_mut()
             .wake_exporter_at(export_thread.thread().clone(), cfg.traces.max_batch);
     }
-    read_loop(&tracer, &pipeline, &metrics, &shutdown, &tls_rx)?;
+    if cfg.capture_only {
+        tracing::warn!(
+            "AUTOTEL_BENCH_CAPTURE_ONLY: records are read and dropped; no spans, no RED metrics"
+        );
+    }
+    read_loop(
+        &tracer,
+        &pipeline,
+        &metrics,
+        &shutdown,
+        &tls_rx,
+        cfg.capture_only,
+    )?;
 
     // Detach first: after this nothing of ours runs in the kernel.
     let attached = tracer.attached();
@@ -290,6 +302,7 @@ fn read_loop(
     metrics: &SelfMetrics,
     shutdown: &AtomicBool,
     tls_files: &crossbeam_channel::Receiver<std::path::PathBuf>,
+    capture_only: bool,
 ) -> Result<()> {
     // The process ring goes first: a consume() pass then sees a process's
     // exec decision before any data that process produced after it.
@@ -308,6 +321,10 @@ fn read_loop(
         maps.data_events.as_fd(),
         maps.data_events.max_entries() as usize,
         move |bytes| {
+            if capture_only {
+                p.borrow_mut().skip_record(bytes);
+                return;
+            }
             p.borrow_mut().on_record(bytes);
             if pace.on_record() {
                 // The records before this one are released already, so
