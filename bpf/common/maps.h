@@ -252,11 +252,31 @@ static __always_inline __u64 conn_key(__u32 tgid, __s32 fd)
 	return ((__u64)tgid << 32) | (__u32)fd;
 }
 
-/* Wake the reader only when enough has piled up. */
-static __always_inline __u64 ringbuf_flags(void *rb)
+/* Wake the reader when a record takes the unread bytes past the threshold,
+ * not on every record after that: by then the reader is up (its epoll wait
+ * returns at once while anything is unread, and it times out every 20 ms
+ * anyway), and each forced wakeup is an IRQ-work interrupt on the traced
+ * process's CPU. `before`: the unread bytes without this record. */
+static __always_inline __u64 wakeup_flag(__u64 before, __u64 size)
 {
-	return bpf_ringbuf_query(rb, BPF_RB_AVAIL_DATA) >= wakeup_data_bytes ? BPF_RB_FORCE_WAKEUP
-									       : BPF_RB_NO_WAKEUP;
+	/* The ring's own accounting: an 8-byte header, 8-byte aligned. */
+	__u64 span = (size + 8 + 7) & ~7ULL;
+	return before < wakeup_data_bytes && before + span >= wakeup_data_bytes ? BPF_RB_FORCE_WAKEUP
+										 : BPF_RB_NO_WAKEUP;
+}
+
+/* For a record about to be written with bpf_ringbuf_output. */
+static __always_inline __u64 output_flags(void *rb, __u64 size)
+{
+	return wakeup_flag(bpf_ringbuf_query(rb, BPF_RB_AVAIL_DATA), size);
+}
+
+/* For a reserved record: the unread bytes count it already. */
+static __always_inline __u64 submit_flags(void *rb, __u64 size)
+{
+	__u64 avail = bpf_ringbuf_query(rb, BPF_RB_AVAIL_DATA);
+	__u64 span = (size + 8 + 7) & ~7ULL;
+	return wakeup_flag(avail > span ? avail - span : 0, size);
 }
 
 #endif

@@ -96,7 +96,7 @@ static __always_inline void emit_flow(const struct sock *sk, struct at_flow_stat
 		st->tuple = ev->tuple;
 		st->have_tuple = 1;
 	}
-	bpf_ringbuf_submit(ev, ringbuf_flags(&proc_events));
+	bpf_ringbuf_submit(ev, submit_flags(&proc_events, sizeof(*ev)));
 }
 
 /* The passive side's owner is known: at accept() (syscall hooks) or at the

@@ -230,7 +230,7 @@ static __always_inline void output_data(struct at_data_event *ev)
 	__u64 n = ev->captured_len;
 	asm volatile("%0 &= %1" : "+r"(n) : "i"(AT_CAP_MASK));
 	__u64 size = offsetof(struct at_data_event, data) + n;
-	if (bpf_ringbuf_output(&data_events, ev, size, ringbuf_flags(&data_events)))
+	if (bpf_ringbuf_output(&data_events, ev, size, output_flags(&data_events, size)))
 		count(AT_CNT_DATA_LOST);
 }
 
@@ -416,7 +416,7 @@ static __always_inline void emit_close(struct at_conn_info *info, __u32 tgid, __
 	ev->conn_start_ns = info->start_ns;
 	ev->ts_ns = bpf_ktime_get_ns();
 	ev->tuple = info->tuple;
-	bpf_ringbuf_submit(ev, ringbuf_flags(&data_events));
+	bpf_ringbuf_submit(ev, submit_flags(&data_events, sizeof(*ev)));
 }
 
 /* Forgets (tgid, fd) and the wire context kept for its connection. */

@@ -78,7 +78,7 @@ static __always_inline void emit_wire_event(__u8 kind, __u32 tgid, __s32 fd, str
 	}
 	__builtin_memcpy(ev->trace_id, ids->trace_id, 16);
 	__builtin_memcpy(ev->span_id, ids->span_id, 8);
-	bpf_ringbuf_submit(ev, ringbuf_flags(&data_events));
+	bpf_ringbuf_submit(ev, submit_flags(&data_events, sizeof(*ev)));
 }
 
 /* Syscall entry of a write on a client connection: a new request starts
