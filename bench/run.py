@@ -7,7 +7,10 @@ Pinning: nginx (one worker) on CPU 0, wrk on CPU 1, the agent free to use
 both, as on a busy 2-core node. Reports saturated throughput and latency
 p50/p99 per round, agent CPU per traced request (user+system from
 /proc/<pid>/stat), BPF run time per request (kernel.bpf_stats_enabled),
-peak RSS, lost events and spans exported / requests sent. Each round also
+peak RSS, lost events, spans exported / requests sent, and interrupts per
+request on both CPUs (IRQ work, reschedule and function-call IPIs: costs the
+agent can put on nginx's and wrk's CPUs that its own CPU time never shows).
+Each round also
 runs the agent capturing only (AUTOTEL_BENCH_CAPTURE_ONLY: records read from
 the ring and dropped unparsed): the throughput it keeps is the ceiling for
 any user-space work, the price of the kernel side alone. One more
@@ -100,15 +103,35 @@ def parse_latency(text, pct):
     return v * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)]
 
 
+# Interrupts the agent can cause on the CPUs it shares with nginx and wrk,
+# which no CPU clock of the agent shows: IRQ work (a BPF ring wakeup),
+# reschedule IPIs (waking a thread on another CPU), function calls (TLB
+# shootdowns, among others).
+IRQ_KINDS = ("IWI", "RES", "CAL")
+
+
+def irq_counts():
+    counts = dict.fromkeys(IRQ_KINDS, 0)
+    with open("/proc/interrupts") as f:
+        for line in f:
+            name, _, rest = line.strip().partition(":")
+            if name in counts:
+                counts[name] = sum(int(x) for x in rest.split() if x.isdigit())
+    return counts
+
+
 def run_wrk(port, seconds, conns, path="/index.html"):
+    irq0 = irq_counts()
     out = subprocess.run(
         ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency",
          f"http://127.0.0.1:{port}{path}"],
         capture_output=True, text=True, timeout=seconds + 30).stdout
+    irq1 = irq_counts()
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     return {"rps": rps, "requests": total,
-            "p50_us": parse_latency(out, 50), "p99_us": parse_latency(out, 99)}
+            "p50_us": parse_latency(out, 50), "p99_us": parse_latency(out, 99),
+            "irqs_per_1k_req": {k: (irq1[k] - irq0[k]) * 1000 / max(total, 1) for k in IRQ_KINDS}}
 
 
 def cpu_seconds(pid):
@@ -692,6 +715,12 @@ def main():
                      f"{r['capture_only']['bpf_us_per_req']:.2f} |")
     lines += ["", f"Throughput with the agent: {ratio:.3f} of without; capturing only (the kernel side "
               f"and the ring reading, records dropped unparsed): {summary['capture_only_ratio']:.3f}."]
+    lines += ["", "Interrupts on both CPUs per 1000 requests, IRQ work / reschedule IPI / function call:", "",
+              "| round | off | on | capture only |", "|---|---|---|---|"]
+    for r in rounds:
+        irqs = [r["off"], r["on"], r["capture_only"]["wrk"]]
+        lines.append(f"| {r['round']} | " + " | ".join(
+            " / ".join(f"{x['irqs_per_1k_req'][k]:.1f}" for k in IRQ_KINDS) for x in irqs) + " |")
     table = "\n".join(lines)
     extra = []
     if any(r["lost"] for r in rounds):
