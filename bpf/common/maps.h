@@ -252,6 +252,12 @@ static __always_inline __u64 conn_key(__u32 tgid, __s32 fd)
 	return ((__u64)tgid << 32) | (__u32)fd;
 }
 
+/* Bytes a record of `size` takes in a ring: an 8-byte header, 8-byte aligned. */
+static __always_inline __u64 ring_span(__u64 size)
+{
+	return (size + 8 + 7) & ~7ULL;
+}
+
 /* Wake the reader when a record takes the unread bytes past the threshold,
  * not on every record after that: by then the reader is up (its epoll wait
  * returns at once while anything is unread, and it times out every 20 ms
@@ -259,10 +265,9 @@ static __always_inline __u64 conn_key(__u32 tgid, __s32 fd)
  * process's CPU. `before`: the unread bytes without this record. */
 static __always_inline __u64 wakeup_flag(__u64 before, __u64 size)
 {
-	/* The ring's own accounting: an 8-byte header, 8-byte aligned. */
-	__u64 span = (size + 8 + 7) & ~7ULL;
-	return before < wakeup_data_bytes && before + span >= wakeup_data_bytes ? BPF_RB_FORCE_WAKEUP
-										 : BPF_RB_NO_WAKEUP;
+	return before < wakeup_data_bytes && before + ring_span(size) >= wakeup_data_bytes
+		       ? BPF_RB_FORCE_WAKEUP
+		       : BPF_RB_NO_WAKEUP;
 }
 
 /* For a record about to be written with bpf_ringbuf_output. */
@@ -275,7 +280,7 @@ static __always_inline __u64 output_flags(void *rb, __u64 size)
 static __always_inline __u64 submit_flags(void *rb, __u64 size)
 {
 	__u64 avail = bpf_ringbuf_query(rb, BPF_RB_AVAIL_DATA);
-	__u64 span = (size + 8 + 7) & ~7ULL;
+	__u64 span = ring_span(size);
 	return wakeup_flag(avail > span ? avail - span : 0, size);
 }
 
