@@ -316,12 +316,12 @@ impl Pipeline {
         }
     }
 
-    /// One ring-buffer record.
     /// A data ring record counted and dropped unread (capture-only mode).
     pub fn skip_record(&mut self, bytes: &[u8]) {
         self.counts.data_record(bytes.len());
     }
 
+    /// One ring-buffer record.
     pub fn on_record(&mut self, bytes: &[u8]) {
         match abi::decode(bytes) {
             Ok(Event::Data(d)) => {
