@@ -333,6 +333,10 @@ fn read_loop(
             }
         },
     )?;
+    if !capture_only {
+        let p = pipeline.clone();
+        rings.set_peek(move |bytes| p.borrow().prefetch_record(bytes));
+    }
 
     if !QUIET_TERMINAL.load(Ordering::Relaxed) {
         eprintln!("autotel ready: {} BPF programs attached", tracer.attached());

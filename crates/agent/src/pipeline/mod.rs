@@ -11,6 +11,7 @@ pub mod dns_span;
 pub mod h2_span;
 pub mod http_span;
 pub mod network;
+mod prefetch;
 pub mod routes;
 pub mod sampler;
 #[cfg(test)]
@@ -169,6 +170,10 @@ impl Conn {
     }
 }
 
+/// How much of a record the look-ahead loads: a request or response head
+/// is rarely longer; the rest of a long record streams in as it is parsed.
+const MAX_PREFETCH_RECORD_BYTES: usize = 1024;
+
 /// Counts gathered on the hot path and published once a second.
 #[derive(Default)]
 struct LocalCounts {
@@ -319,6 +324,29 @@ impl Pipeline {
     /// A data ring record counted and dropped unread (capture-only mode).
     pub fn skip_record(&mut self, bytes: &[u8]) {
         self.counts.data_record(bytes.len());
+    }
+
+    /// A data record a few records before its turn: start loading its
+    /// connection's state into the cache. With a thousand keep-alive
+    /// connections that state is cold at nearly every request, and these
+    /// loads overlap the work on the records before instead of stalling it.
+    pub fn prefetch_record(&self, bytes: &[u8]) {
+        let Some((pid, fd, start_ns)) = abi::data_conn(bytes) else {
+            return;
+        };
+        // The record itself: the kernel wrote it from another CPU. Its
+        // header line is loaded by now; the captured bytes follow.
+        prefetch::lines(bytes.as_ptr(), bytes.len().min(MAX_PREFETCH_RECORD_BYTES));
+        let key = ConnKey { pid, fd, start_ns };
+        let Some(conn) = self.conns.get(&key) else {
+            return;
+        };
+        let at: *const Conn = &**conn;
+        prefetch::lines(at.cast(), std::mem::size_of::<Conn>());
+        prefetch::line(conn.ctxs.as_slices().0.as_ptr().cast());
+        if let Some(Proto::Http1(h)) = &conn.proto {
+            prefetch::line(h.hot_memory());
+        }
     }
 
     /// One ring-buffer record.

@@ -251,6 +251,31 @@ fn read_pod<T: Copy>(bytes: &[u8]) -> Result<T, AbiError> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
+/// (pid, fd, conn_start_ns) of a data record, read in place: what the
+/// reader's look-ahead needs to find the connection, without decoding.
+pub fn data_conn(bytes: &[u8]) -> Option<(u32, i32, u64)> {
+    if bytes.first() != Some(&EV_DATA) || bytes.len() < std::mem::size_of::<DataHeader>() {
+        return None;
+    }
+    let at = |offset: usize, n: usize| &bytes[offset..offset + n];
+    let pid = u32::from_ne_bytes(
+        at(std::mem::offset_of!(DataHeader, pid), 4)
+            .try_into()
+            .ok()?,
+    );
+    let fd = i32::from_ne_bytes(
+        at(std::mem::offset_of!(DataHeader, fd), 4)
+            .try_into()
+            .ok()?,
+    );
+    let start = u64::from_ne_bytes(
+        at(std::mem::offset_of!(DataHeader, conn_start_ns), 8)
+            .try_into()
+            .ok()?,
+    );
+    Some((pid, fd, start))
+}
+
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8]) -> Result<Event<'_>, AbiError> {
     match bytes.first().copied() {
@@ -359,5 +384,24 @@ mod tests {
             Event::Data(d) => assert_eq!(d.data, b"hello"),
             _ => panic!("not data"),
         }
+    }
+
+    #[test]
+    fn data_conn_reads_what_decode_reads() {
+        let mut rec = vec![0u8; size_of::<DataHeader>()];
+        rec[0] = EV_DATA;
+        rec[offset_of!(DataHeader, pid)..][..4].copy_from_slice(&4242u32.to_ne_bytes());
+        rec[offset_of!(DataHeader, fd)..][..4].copy_from_slice(&(-7i32).to_ne_bytes());
+        rec[offset_of!(DataHeader, conn_start_ns)..][..8]
+            .copy_from_slice(&123_456_789u64.to_ne_bytes());
+        let Ok(Event::Data(d)) = decode(&rec) else {
+            panic!("not data")
+        };
+        let h = d.header;
+        assert_eq!(data_conn(&rec), Some((h.pid, h.fd, h.conn_start_ns)));
+        assert_eq!(data_conn(&rec), Some((4242, -7, 123_456_789)));
+        assert_eq!(data_conn(&rec[..rec.len() - 1]), None, "short");
+        rec[0] = EV_CLOSE;
+        assert_eq!(data_conn(&rec), None, "not a data record");
     }
 }

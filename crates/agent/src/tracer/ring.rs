@@ -76,7 +76,12 @@ impl Drop for Mapping {
     }
 }
 
-type Callback<'a> = Box<dyn FnMut(&[u8]) + 'a>;
+/// What is called with each record.
+type RecordFn<'a> = dyn FnMut(&[u8]) + 'a;
+type Callback<'a> = Box<RecordFn<'a>>;
+
+/// How many records ahead of the one being handled `peek` sees.
+const LOOKAHEAD: usize = 4;
 
 struct Ring<'a> {
     consumer: Mapping,
@@ -86,6 +91,8 @@ struct Ring<'a> {
     size: usize,
     scratch: Vec<u8>,
     callback: Callback<'a>,
+    /// Sees each record LOOKAHEAD records before `callback` does.
+    peek: Option<Callback<'a>>,
 }
 
 impl Ring<'_> {
@@ -105,7 +112,13 @@ impl Ring<'_> {
                 producer: &*(self.producer.ptr as *const AtomicU64),
             }
         };
-        consume_records(&positions, data, &mut self.scratch, &mut *self.callback)
+        consume_records(
+            &positions,
+            data,
+            &mut self.scratch,
+            &mut *self.callback,
+            self.peek.as_deref_mut(),
+        )
     }
 }
 
@@ -115,41 +128,74 @@ struct Positions<'p> {
     producer: &'p AtomicU64,
 }
 
+/// The length word of the record at ring position `pos`.
+fn len_word_at(data: &[u8], pos: u64) -> u32 {
+    let at = pos as usize & (data.len() - 1);
+    // SAFETY: record headers are 8-byte aligned in an 8-byte aligned data
+    // area (page-aligned in the mapping).
+    unsafe { (*(data.as_ptr().add(at) as *const AtomicU32)).load(Ordering::Acquire) }
+}
+
+/// The committed record at `pos` with length word `len_word`, if it is
+/// to be read: not discarded, and no longer than the ring (the kernel
+/// never commits such a length; it is skipped, not read past the end).
+fn readable(data: &[u8], pos: u64, len_word: u32) -> Option<(usize, usize)> {
+    let fits = len_word as usize <= data.len() - HEADER_BYTES as usize;
+    (len_word & DISCARD_BIT == 0 && fits).then(|| {
+        let start = (pos as usize + HEADER_BYTES as usize) & (data.len() - 1);
+        (start, len_word as usize)
+    })
+}
+
 /// The consumer side of the ring protocol over a data area of a power of
 /// two bytes: every committed record to `callback`, each released as soon
 /// as it was handled. Returns how many records were handed on.
+///
+/// `peek` sees records LOOKAHEAD ahead of `callback` (the reader starts
+/// loading their connection state from memory while it handles the ones
+/// before; a record that wraps past the end is not peeked).
 fn consume_records(
     pos: &Positions<'_>,
     data: &[u8],
     scratch: &mut Vec<u8>,
-    callback: &mut dyn FnMut(&[u8]),
+    callback: &mut RecordFn<'_>,
+    mut peek: Option<&mut RecordFn<'_>>,
 ) -> usize {
-    let mask = data.len() - 1;
     let mut cons = pos.consumer.load(Ordering::Acquire);
     let mut n = 0;
+    // Next record to peek at, and how many peeked records are unhandled.
+    let (mut ahead, mut peeked) = (cons, 0usize);
     loop {
         let prod = pos.producer.load(Ordering::Acquire);
         if cons >= prod {
             return n;
         }
         while cons < prod {
-            let at = cons as usize & mask;
-            // SAFETY: record headers are 8-byte aligned in an 8-byte
-            // aligned data area (page-aligned in the mapping).
-            let len_word =
-                unsafe { (*(data.as_ptr().add(at) as *const AtomicU32)).load(Ordering::Acquire) };
+            if let Some(peek) = peek.as_deref_mut() {
+                while peeked <= LOOKAHEAD && ahead < prod {
+                    let len_word = len_word_at(data, ahead);
+                    if len_word & BUSY_BIT != 0 {
+                        break;
+                    }
+                    if let Some((start, len)) = readable(data, ahead, len_word) {
+                        if start + len <= data.len() {
+                            peek(&data[start..start + len]);
+                        }
+                    }
+                    ahead += record_span(len_word);
+                    peeked += 1;
+                }
+            }
+            let len_word = len_word_at(data, cons);
             if len_word & BUSY_BIT != 0 {
                 return n; // not committed yet: the next pass reads it
             }
-            // The kernel never commits a record longer than the ring; a
-            // length that says otherwise is skipped, not read past the end.
-            let fits = len_word as usize <= data.len() - HEADER_BYTES as usize;
-            if len_word & DISCARD_BIT == 0 && fits {
-                let start = (at + HEADER_BYTES as usize) & mask;
-                with_record(data, start, len_word as usize, scratch, |r| callback(r));
+            if let Some((start, len)) = readable(data, cons, len_word) {
+                with_record(data, start, len, scratch, |r| callback(r));
                 n += 1;
             }
             cons += record_span(len_word);
+            peeked = peeked.saturating_sub(1);
             // Released record by record: the producer gets its room back
             // while a long drain is still going.
             pos.consumer.store(cons, Ordering::Release);
@@ -216,8 +262,16 @@ impl<'a> Rings<'a> {
             size,
             scratch: Vec::new(),
             callback: Box::new(callback),
+            peek: None,
         });
         Ok(())
+    }
+
+    /// Sets the look-ahead of the ring added last (see `consume_records`).
+    pub fn set_peek(&mut self, peek: impl FnMut(&[u8]) + 'a) {
+        if let Some(ring) = self.rings.last_mut() {
+            ring.peek = Some(Box::new(peek));
+        }
     }
 
     /// Waits up to `timeout` for a wakeup of any ring; `consume` then
@@ -277,6 +331,12 @@ mod tests {
     }
 
     fn drain(words: &[u64], cons: u64, prod: u64) -> (Vec<Vec<u8>>, u64) {
+        let (got, cons, _) = drain_peeked(words, cons, prod);
+        (got, cons)
+    }
+
+    /// Also returns the records `peek` saw.
+    fn drain_peeked(words: &[u64], cons: u64, prod: u64) -> (Vec<Vec<u8>>, u64, Vec<Vec<u8>>) {
         // SAFETY: as in ring_with.
         let data =
             unsafe { std::slice::from_raw_parts(words.as_ptr() as *const u8, words.len() * 8) };
@@ -286,10 +346,31 @@ mod tests {
             consumer: &consumer,
             producer: &producer,
         };
-        let mut got = Vec::new();
-        let n = consume_records(&pos, data, &mut Vec::new(), &mut |r| got.push(r.to_vec()));
+        let got = std::cell::RefCell::new(Vec::new());
+        // Each peeked record, with how many records were handed on by then.
+        let mut peeked = Vec::new();
+        let n = consume_records(
+            &pos,
+            data,
+            &mut Vec::new(),
+            &mut |r| got.borrow_mut().push(r.to_vec()),
+            Some(&mut |r: &[u8]| peeked.push((r.to_vec(), got.borrow().len()))),
+        );
+        let got = got.into_inner();
         assert_eq!(n, got.len());
-        (got, consumer.load(Ordering::Relaxed))
+        // A peeked record is handed on later, at most LOOKAHEAD records later.
+        for (p, handed) in &peeked {
+            let i = got
+                .iter()
+                .position(|r| r == p)
+                .expect("peeked, never handed on");
+            assert!(
+                i >= *handed && i - handed <= LOOKAHEAD,
+                "{p:?} at {i}, peeked at {handed}"
+            );
+        }
+        let peeked = peeked.into_iter().map(|(p, _)| p).collect();
+        (got, consumer.load(Ordering::Relaxed), peeked)
     }
 
     #[test]
@@ -300,8 +381,9 @@ mod tests {
         // in): `a`'s data wraps, `b` follows near the start.
         let start = 128 * 1000 + 112;
         let (words, end) = ring_with(128, start, &[(&a, 0), (&b, 0)]);
-        let (got, cons) = drain(&words, start, end);
-        assert_eq!(got, vec![a, b]);
+        let (got, cons, peeked) = drain_peeked(&words, start, end);
+        assert_eq!(got, vec![a, b.clone()]);
+        assert_eq!(peeked, vec![b], "the wrapped record is not peeked at");
         assert_eq!(cons, end, "everything released");
     }
 
@@ -323,6 +405,16 @@ mod tests {
         let (none, again) = drain(&words, cons, end);
         assert!(none.is_empty());
         assert_eq!(again, cons);
+    }
+
+    #[test]
+    fn records_are_peeked_at_ahead_of_their_turn() {
+        let recs: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 5]).collect();
+        let list: Vec<(&[u8], u32)> = recs.iter().map(|r| (&r[..], 0)).collect();
+        let (words, end) = ring_with(256, 0, &list);
+        let (got, _, peeked) = drain_peeked(&words, 0, end);
+        assert_eq!(got, recs);
+        assert_eq!(peeked, recs, "each once, in order");
     }
 
     #[test]

@@ -184,6 +184,12 @@ fn put_reader_events(mut events: Vec<ReaderEvent>) {
 }
 
 impl Http1Connection {
+    /// Where the next segment's work starts in memory (the queue of
+    /// requests awaiting their response), for a reader that loads it ahead.
+    pub fn hot_memory(&self) -> *const u8 {
+        self.pending.as_slices().0.as_ptr().cast()
+    }
+
     /// `requests_dir`: where requests flow if the role is known (server:
     /// ingress, client: egress); None lets the first bytes decide.
     pub fn new(requests_dir: Option<Dir>) -> Self {
