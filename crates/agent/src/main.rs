@@ -6,6 +6,7 @@ mod discovery;
 mod export;
 mod metrics;
 mod pipeline;
+mod prefetch;
 mod rate_limit;
 mod run;
 mod selfmetrics;

@@ -11,7 +11,6 @@ pub mod dns_span;
 pub mod h2_span;
 pub mod http_span;
 pub mod network;
-mod prefetch;
 pub mod routes;
 pub mod sampler;
 #[cfg(test)]
@@ -336,16 +335,16 @@ impl Pipeline {
         };
         // The record itself: the kernel wrote it from another CPU. Its
         // header line is loaded by now; the captured bytes follow.
-        prefetch::lines(bytes.as_ptr(), bytes.len().min(MAX_PREFETCH_RECORD_BYTES));
+        crate::prefetch::lines(bytes.as_ptr(), bytes.len().min(MAX_PREFETCH_RECORD_BYTES));
         let key = ConnKey { pid, fd, start_ns };
         let Some(conn) = self.conns.get(&key) else {
             return;
         };
         let at: *const Conn = &**conn;
-        prefetch::lines(at.cast(), std::mem::size_of::<Conn>());
-        prefetch::line(conn.ctxs.as_slices().0.as_ptr().cast());
+        crate::prefetch::lines(at.cast(), std::mem::size_of::<Conn>());
+        crate::prefetch::line(conn.ctxs.as_slices().0.as_ptr().cast());
         if let Some(Proto::Http1(h)) = &conn.proto {
-            prefetch::line(h.hot_memory());
+            crate::prefetch::line(h.hot_memory());
         }
     }
 

@@ -1,7 +1,8 @@
 //! User-space cost per traced HTTP/1 request, without the kernel or a load
 //! generator in the measurement: ring records shaped like wrk's requests and
 //! nginx's responses go through the whole pipeline (decode, parse, context,
-//! span, RED metrics), and the spans through the stdout line encoder.
+//! span, RED metrics), and the spans through the stdout line encoder (or,
+//! with AUTOTEL_BENCH_OTLP=1, the OTLP request encoder).
 //! Run: `cargo test --release -p autotel pipeline_ns_per_request -- --ignored --nocapture`.
 
 use super::*;
@@ -96,6 +97,10 @@ fn pipeline_ns_per_request() {
         records.push(record(10 + fd, true, 0, REQUEST));
         records.push(record(10 + fd, false, 0, &response));
     }
+    // AUTOTEL_BENCH_OTLP=1: spans go through the OTLP request encoder
+    // (what the exporter thread does per batch) instead of stdout lines.
+    let otlp = std::env::var("AUTOTEL_BENCH_OTLP").is_ok_and(|v| v == "1");
+    let mut encoded_bytes = 0usize;
     let mut lines = String::new();
     let mut spans = 0u64;
     let mut now = 2_000u64;
@@ -114,6 +119,11 @@ fn pipeline_ns_per_request() {
         pipeline.after_drain();
         while let Ok(batch) = span_rx.try_recv() {
             metrics.export_queue_length.dec_by(batch.len() as i64);
+            if otlp {
+                encoded_bytes += crate::export::span_encoding::encode_request(&batch).len();
+                spans += batch.len() as u64;
+                continue;
+            }
             for s in &batch {
                 lines.clear();
                 crate::export::stdout::write_line(&mut lines, s);
@@ -132,8 +142,16 @@ fn pipeline_ns_per_request() {
     );
     let requests = rounds * conns as u64;
     println!(
-        "pipeline: {requests} requests, {spans} spans, {:.0} ns per request",
-        elapsed.as_nanos() as f64 / requests as f64
+        "pipeline: {requests} requests, {spans} spans, {:.0} ns per request{}",
+        elapsed.as_nanos() as f64 / requests as f64,
+        if otlp {
+            format!(
+                ", OTLP {} bytes per span",
+                encoded_bytes / spans.max(1) as usize
+            )
+        } else {
+            String::new()
+        }
     );
     // The held first span of each connection may still wait.
     assert!(
