@@ -119,8 +119,11 @@ fn any_value_len(v: &AttrValue) -> usize {
 fn put_any_value(v: &AttrValue, buf: &mut Vec<u8>) {
     match v {
         AttrValue::Str(s) => {
-            put_header(1, s.len(), buf);
-            buf.extend_from_slice(s.as_bytes());
+            // Found once: the inline-or-heap string type works out where its
+            // bytes are on every len() and as_bytes().
+            let text = s.as_bytes();
+            put_header(1, text.len(), buf);
+            buf.extend_from_slice(text);
         }
         AttrValue::Bool(b) => {
             encode_key(2, WireType::Varint, buf);
@@ -148,27 +151,11 @@ fn key_value_len_of(k: &str, value_len: usize) -> usize {
 }
 
 fn put_key_value(tag: u32, k: &str, v: &AttrValue, buf: &mut Vec<u8>) {
-    // A string's bytes are found once: the inline-or-heap string type works
-    // out where they are on every len() and as_bytes(), and strings are
-    // most of a span's attributes.
-    let text = match v {
-        AttrValue::Str(s) => Some(s.as_bytes()),
-        _ => None,
-    };
-    let value_len = match text {
-        Some(t) => delimited_len(1, t.len()),
-        None => any_value_len(v),
-    };
+    let value_len = any_value_len(v);
     put_header(tag, key_value_len_of(k, value_len), buf);
     put_optional_bytes(1, k.as_bytes(), buf);
     put_header(2, value_len, buf);
-    match text {
-        Some(t) => {
-            put_header(1, t.len(), buf);
-            buf.extend_from_slice(t);
-        }
-        None => put_any_value(v, buf),
-    }
+    put_any_value(v, buf);
 }
 
 // Resource: 1 attributes.

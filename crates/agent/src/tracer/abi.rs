@@ -251,29 +251,15 @@ fn read_pod<T: Copy>(bytes: &[u8]) -> Result<T, AbiError> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-/// (pid, fd, conn_start_ns) of a data record, read in place: what the
-/// reader's look-ahead needs to find the connection, without decoding.
+/// (pid, fd, conn_start_ns) of a data record: what the reader's look-ahead
+/// needs to find the connection, without checking the payload as `decode` does.
 pub fn data_conn(bytes: &[u8]) -> Option<(u32, i32, u64)> {
-    if bytes.first() != Some(&EV_DATA) || bytes.len() < std::mem::size_of::<DataHeader>() {
+    if bytes.first() != Some(&EV_DATA) {
         return None;
     }
-    let at = |offset: usize, n: usize| &bytes[offset..offset + n];
-    let pid = u32::from_ne_bytes(
-        at(std::mem::offset_of!(DataHeader, pid), 4)
-            .try_into()
-            .ok()?,
-    );
-    let fd = i32::from_ne_bytes(
-        at(std::mem::offset_of!(DataHeader, fd), 4)
-            .try_into()
-            .ok()?,
-    );
-    let start = u64::from_ne_bytes(
-        at(std::mem::offset_of!(DataHeader, conn_start_ns), 8)
-            .try_into()
-            .ok()?,
-    );
-    Some((pid, fd, start))
+    // Only three fields are used: the compiler loads just those.
+    let h: DataHeader = read_pod(bytes).ok()?;
+    Some((h.pid, h.fd, h.conn_start_ns))
 }
 
 /// Decodes one ring-buffer record.
