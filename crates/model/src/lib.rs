@@ -16,8 +16,12 @@ thread_local! {
 }
 
 fn random_id<const N: usize>() -> [u8; N] {
-    use rand::Rng;
-    ID_RNG.with(|r| r.borrow_mut().random())
+    use rand::RngCore;
+    // fill_bytes takes 8 bytes per generator step; `random::<[u8; N]>()`
+    // draws every byte on its own (16 steps for a trace id).
+    let mut id = [0u8; N];
+    ID_RNG.with(|r| r.borrow_mut().fill_bytes(&mut id));
+    id
 }
 
 /// Random W3C ids: 128-bit trace ids, 64-bit span ids, never all zero.
@@ -159,5 +163,24 @@ mod tests {
         let b = new_trace_id();
         assert_ne!(a, b);
         assert_ne!(new_span_id(), [0; 8]);
+    }
+
+    #[test]
+    fn every_byte_of_an_id_is_drawn() {
+        // A byte left out of the draw would keep one value across ids.
+        let traces: Vec<TraceId> = (0..64).map(|_| new_trace_id()).collect();
+        let spans: Vec<SpanId> = (0..64).map(|_| new_span_id()).collect();
+        for i in 0..16 {
+            assert!(
+                traces.iter().any(|t| t[i] != traces[0][i]),
+                "trace id byte {i}"
+            );
+        }
+        for i in 0..8 {
+            assert!(
+                spans.iter().any(|s| s[i] != spans[0][i]),
+                "span id byte {i}"
+            );
+        }
     }
 }
