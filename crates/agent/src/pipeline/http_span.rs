@@ -75,6 +75,9 @@ pub struct SpanInput<'a> {
     pub resource: Arc<Resource>,
     pub route: Option<String>,
     pub ctx: SpanCtx,
+    /// The span will not be exported (not sampled, or an ignored route):
+    /// only what the RED metrics read is built (see `build`).
+    pub metrics_only: bool,
 }
 
 pub fn build(input: SpanInput<'_>, clock: &Clock) -> Span {
@@ -101,6 +104,8 @@ pub fn build(input: SpanInput<'_>, clock: &Clock) -> Span {
     let method: &str = if method_known { &req.method } else { "_OTHER" };
     let path = path_of(&req.target);
     let name = match (&input.route, method_known) {
+        // Nobody reads the name of a span that is not exported.
+        _ if input.metrics_only => AttrStr::const_new("HTTP"),
         (Some(route), true) => {
             // Not format!: its machinery is a visible share of a span's cost.
             let mut name = AttrStr::with_capacity(method.len() + 1 + route.len());
@@ -118,41 +123,55 @@ pub fn build(input: SpanInput<'_>, clock: &Clock) -> Span {
         "http.request.method",
         method_value.unwrap_or(const { fixed("_OTHER") }),
     ));
-    if !method_known {
+    // Every attribute a RED metric reads (the key lists and body sizes of
+    // `Store::record_http_span`) is pushed whether or not the span is
+    // exported; the rest only when it is. A test compares the two.
+    let full = !input.metrics_only;
+    if full && !method_known {
         attributes.push(("http.request.method_original", req.method.as_str().into()));
     }
     attributes.push(("http.response.status_code", AttrValue::Int(status as i64)));
-    attributes.push(("network.protocol.name", const { fixed("http") }));
+    if full {
+        attributes.push(("network.protocol.name", const { fixed("http") }));
+    }
     attributes.push(("network.protocol.version", version_value(req.version)));
     attributes.push(("url.scheme", const { fixed("http") }));
     if let Some(route) = &input.route {
         attributes.push(("http.route", route.as_str().into()));
     }
     let peer = input.peer_addr;
-    attributes.push(("network.peer.address", peer.into()));
-    attributes.push((
-        "network.peer.port",
-        AttrValue::Int(input.tuple.dport as i64),
-    ));
+    if full {
+        attributes.push(("network.peer.address", peer.into()));
+        attributes.push((
+            "network.peer.port",
+            AttrValue::Int(input.tuple.dport as i64),
+        ));
+    }
     let host = req.host.as_deref().map(host_only);
     if x.server_side {
-        attributes.push(("url.path", path.into()));
-        attributes.push(("server.address", host.unwrap_or(input.local_addr).into()));
+        if full {
+            attributes.push(("url.path", path.into()));
+            attributes.push(("server.address", host.unwrap_or(input.local_addr).into()));
+        }
         attributes.push(("server.port", AttrValue::Int(input.tuple.sport as i64)));
-        attributes.push(("client.address", peer.into()));
+        if full {
+            attributes.push(("client.address", peer.into()));
+        }
     } else {
         let server = host.unwrap_or(peer);
-        // Query strings can carry secrets: url.full keeps the path only.
-        let authority = if input.tuple.dport == 80 {
-            server.to_owned()
-        } else {
-            format!("{server}:{}", input.tuple.dport)
-        };
-        attributes.push(("url.full", format!("http://{authority}{path}").into()));
+        if full {
+            // Query strings can carry secrets: url.full keeps the path only.
+            let authority = if input.tuple.dport == 80 {
+                server.to_owned()
+            } else {
+                format!("{server}:{}", input.tuple.dport)
+            };
+            attributes.push(("url.full", format!("http://{authority}{path}").into()));
+        }
         attributes.push(("server.address", server.into()));
         attributes.push(("server.port", AttrValue::Int(input.tuple.dport as i64)));
     }
-    if let Some(ua) = &req.user_agent {
+    if let (true, Some(ua)) = (full, &req.user_agent) {
         attributes.push(("user_agent.original", ua.as_str().into()));
     }
     if x.request_body_bytes > 0 {

@@ -1243,7 +1243,7 @@ impl Pipeline {
         let mode = self.router.ignore_mode;
         let route = x.server_side.then(|| self.router.route(path));
         let resource = self.resource(pid);
-        let sampled = ctx.sampled;
+        let export = ctx.sampled && !(ignored && mode.skips_traces());
         let span = http_span::build(
             http_span::SpanInput {
                 exchange: x,
@@ -1253,16 +1253,14 @@ impl Pipeline {
                 resource,
                 route,
                 ctx,
+                metrics_only: !export,
             },
             &self.clock,
         );
         let skip_metrics = ignored && mode.skips_metrics();
-        self.deliver(
-            conn,
-            span,
-            sampled && !(ignored && mode.skips_traces()),
-            |store, span| store.record_http_span(span, skip_metrics),
-        );
+        self.deliver(conn, span, export, |store, span| {
+            store.record_http_span(span, skip_metrics)
+        });
     }
 
     fn resource(&self, pid: u32) -> Arc<Resource> {
