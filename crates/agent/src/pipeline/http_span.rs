@@ -123,43 +123,44 @@ pub fn build(input: SpanInput<'_>, clock: &Clock) -> Span {
         "http.request.method",
         method_value.unwrap_or(const { fixed("_OTHER") }),
     ));
-    // Every attribute a RED metric reads (the key lists and body sizes of
-    // `Store::record_http_span`) is pushed whether or not the span is
-    // exported; the rest only when it is. A test compares the two.
-    let full = !input.metrics_only;
-    if full && !method_known {
-        attributes.push(("http.request.method_original", req.method.as_str().into()));
-    }
+    // The attributes a RED metric reads (the key lists and body sizes of
+    // `Store::record_http_span`) come first, whether or not the span is
+    // exported (the metrics find them sooner there); the rest only when it
+    // is. A test compares the metrics of the two.
     attributes.push(("http.response.status_code", AttrValue::Int(status as i64)));
-    if full {
-        attributes.push(("network.protocol.name", const { fixed("http") }));
-    }
     attributes.push(("network.protocol.version", version_value(req.version)));
     attributes.push(("url.scheme", const { fixed("http") }));
     if let Some(route) = &input.route {
         attributes.push(("http.route", route.as_str().into()));
     }
     let peer = input.peer_addr;
-    if full {
+    let host = req.host.as_deref().map(host_only);
+    let server = if x.server_side {
+        host.unwrap_or(input.local_addr)
+    } else {
+        host.unwrap_or(peer)
+    };
+    let server_port = if x.server_side {
+        input.tuple.sport
+    } else {
+        input.tuple.dport
+    };
+    attributes.push(("server.port", AttrValue::Int(server_port as i64)));
+    attributes.push(("server.address", server.into()));
+    if !input.metrics_only {
+        if !method_known {
+            attributes.push(("http.request.method_original", req.method.as_str().into()));
+        }
+        attributes.push(("network.protocol.name", const { fixed("http") }));
         attributes.push(("network.peer.address", peer.into()));
         attributes.push((
             "network.peer.port",
             AttrValue::Int(input.tuple.dport as i64),
         ));
-    }
-    let host = req.host.as_deref().map(host_only);
-    if x.server_side {
-        if full {
+        if x.server_side {
             attributes.push(("url.path", path.into()));
-            attributes.push(("server.address", host.unwrap_or(input.local_addr).into()));
-        }
-        attributes.push(("server.port", AttrValue::Int(input.tuple.sport as i64)));
-        if full {
             attributes.push(("client.address", peer.into()));
-        }
-    } else {
-        let server = host.unwrap_or(peer);
-        if full {
+        } else {
             // Query strings can carry secrets: url.full keeps the path only.
             let authority = if input.tuple.dport == 80 {
                 server.to_owned()
@@ -168,11 +169,9 @@ pub fn build(input: SpanInput<'_>, clock: &Clock) -> Span {
             };
             attributes.push(("url.full", format!("http://{authority}{path}").into()));
         }
-        attributes.push(("server.address", server.into()));
-        attributes.push(("server.port", AttrValue::Int(input.tuple.dport as i64)));
-    }
-    if let (true, Some(ua)) = (full, &req.user_agent) {
-        attributes.push(("user_agent.original", ua.as_str().into()));
+        if let Some(ua) = &req.user_agent {
+            attributes.push(("user_agent.original", ua.as_str().into()));
+        }
     }
     if x.request_body_bytes > 0 {
         attributes.push((
