@@ -69,6 +69,8 @@ pub const HTTP2_VERSION: u8 = 2;
 
 pub struct SpanInput<'a> {
     pub exchange: &'a Exchange,
+    /// `path_of` the request target: the caller has it already (routing).
+    pub path: &'a str,
     pub tuple: &'a ConnTuple,
     pub local_addr: &'a str,
     pub peer_addr: &'a str,
@@ -102,7 +104,7 @@ pub fn build(input: SpanInput<'_>, clock: &Clock) -> Span {
     let method_value = known_method(&req.method);
     let method_known = method_value.is_some();
     let method: &str = if method_known { &req.method } else { "_OTHER" };
-    let path = path_of(&req.target);
+    let path = input.path;
     let name = match (&input.route, method_known) {
         // Nobody reads the name of a span that is not exported.
         _ if input.metrics_only => AttrStr::const_new("HTTP"),
@@ -135,15 +137,10 @@ pub fn build(input: SpanInput<'_>, clock: &Clock) -> Span {
     }
     let peer = input.peer_addr;
     let host = req.host.as_deref().map(host_only);
-    let server = if x.server_side {
-        host.unwrap_or(input.local_addr)
+    let (server, server_port) = if x.server_side {
+        (host.unwrap_or(input.local_addr), input.tuple.sport)
     } else {
-        host.unwrap_or(peer)
-    };
-    let server_port = if x.server_side {
-        input.tuple.sport
-    } else {
-        input.tuple.dport
+        (host.unwrap_or(peer), input.tuple.dport)
     };
     attributes.push(("server.port", AttrValue::Int(server_port as i64)));
     attributes.push(("server.address", server.into()));

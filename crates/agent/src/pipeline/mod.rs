@@ -1247,6 +1247,7 @@ impl Pipeline {
         let span = http_span::build(
             http_span::SpanInput {
                 exchange: x,
+                path,
                 tuple: &conn.tuple,
                 local_addr: &conn.local_addr,
                 peer_addr: &conn.peer_addr,

@@ -4,6 +4,8 @@
 //! span, RED metrics), and the spans through the stdout line encoder (or,
 //! with AUTOTEL_BENCH_OTLP=1, the OTLP request encoder).
 //! Run: `cargo test --release -p autotel pipeline_ns_per_request -- --ignored --nocapture`.
+//! The same records also check that spans not exported (built with the
+//! metric attributes only) record the same RED metrics as full spans.
 
 use super::*;
 use std::sync::Mutex;
