@@ -260,7 +260,7 @@ static __always_inline __u64 ring_span(__u64 size)
 
 /* Wake the reader when a record takes the unread bytes past the threshold,
  * not on every record after that: by then the reader is up (its epoll wait
- * returns at once while anything is unread, and it times out every 20 ms
+ * returns at once while anything is unread, and it times out every 50 ms
  * anyway), and each forced wakeup is an IRQ-work interrupt on the traced
  * process's CPU. `before`: the unread bytes without this record. */
 static __always_inline __u64 wakeup_flag(__u64 before, __u64 size)
