@@ -17,8 +17,23 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-/// Full /proc rescan period.
+/// Full /proc rescan period, at least. The rescan is a safety net (exec
+/// and listen events select processes as they happen): it finds sockets a
+/// process inherited and events the ring lost.
 const RESCAN: Duration = Duration::from_secs(5);
+/// How much longer than a scan took the next one waits: a scan reads every
+/// open file of the processes in a namespace with a listener of interest
+/// (~3 us each), and a node with 100k sockets must not pay that every 5 s.
+/// 500x keeps the rescan under 0.2% of a CPU.
+const RESCAN_PER_SCAN_TIME: u32 = 500;
+const MAX_RESCAN: Duration = Duration::from_secs(120);
+
+/// When the next rescan runs, given how long this one took.
+fn next_rescan(scan_took: Duration) -> Duration {
+    scan_took
+        .saturating_mul(RESCAN_PER_SCAN_TIME)
+        .clamp(RESCAN, MAX_RESCAN)
+}
 
 /// Process events forwarded from the ring-buffer reader.
 #[derive(Debug, Clone)]
@@ -86,6 +101,15 @@ pub fn matches(d: &Discovery, p: &Candidate<'_>) -> bool {
     criteria(&d.open_ports, d.executable_name.as_ref(), &d.pids, p) || service_rule(d, p).is_some()
 }
 
+/// Can a listener on `port` decide a selection? Only these ports are kept
+/// from a namespace's listener table, so a namespace without one (a pod
+/// serving other ports) costs no read of its processes' open files.
+pub fn port_of_interest(d: &Discovery, port: u16) -> bool {
+    !d.has_selector()
+        || d.open_ports.contains(port)
+        || d.services.iter().any(|r| r.open_ports.contains(port))
+}
+
 /// Service naming from configuration for a selected process.
 pub fn naming_for(d: &Discovery, p: &Candidate<'_>) -> resource::Naming {
     let rule = service_rule(d, p);
@@ -126,6 +150,8 @@ pub struct Discoverer {
     /// Files handed to the TLS attacher (it runs on the reader thread).
     tls_files: Option<crossbeam_channel::Sender<std::path::PathBuf>>,
     tls_offered: std::collections::HashSet<std::path::PathBuf>,
+    /// Kept from one full scan to the next (what each process listens on).
+    listen_scan: procfs::ListenScan,
 }
 
 impl Discoverer {
@@ -146,6 +172,7 @@ impl Discoverer {
             sdk_noted: Default::default(),
             tls_files: None,
             tls_offered: Default::default(),
+            listen_scan: Default::default(),
         }
     }
 
@@ -190,7 +217,7 @@ impl Discoverer {
             || !self.cfg.open_ports.is_empty()
             || self.cfg.services.iter().any(|r| !r.open_ports.is_empty());
         let ports = match scan {
-            Some(scan) if needs_ports => scan.ports(pid),
+            Some(scan) if needs_ports => scan.ports(pid, &|port| port_of_interest(&self.cfg, port)),
             _ => Vec::new(),
         };
         let cand = Candidate {
@@ -332,11 +359,13 @@ impl Discoverer {
     }
 
     pub fn full_scan(&mut self) {
-        let mut scan = procfs::ListenScan::default();
         let pids = procfs::all_pids();
+        let mut scan = std::mem::take(&mut self.listen_scan);
+        scan.next_scan(&pids);
         for pid in &pids {
             self.evaluate(*pid, Some(&mut scan));
         }
+        self.listen_scan = scan;
         // Forget processes that died without us seeing the exit event.
         let gone: Vec<u32> = self
             .selected
@@ -397,18 +426,28 @@ impl Discoverer {
         }
     }
 
+    /// A full scan; returns when the next one is due.
+    fn timed_full_scan(&mut self) -> Instant {
+        let started = Instant::now();
+        self.full_scan();
+        let took = started.elapsed();
+        let wait = next_rescan(took);
+        tracing::debug!(
+            took_ms = took.as_millis() as u64,
+            next_s = wait.as_secs(),
+            "discovery rescan"
+        );
+        Instant::now() + wait
+    }
+
     /// Runs until the channel closes (agent shutdown).
     pub fn run(mut self, events: Receiver<ProcEvent>) {
-        self.full_scan();
-        let mut next_scan = Instant::now() + RESCAN;
+        let mut next_scan = self.timed_full_scan();
         loop {
             let wait = next_scan.saturating_duration_since(Instant::now());
             match events.recv_timeout(wait) {
                 Ok(ev) => self.handle(ev),
-                Err(RecvTimeoutError::Timeout) => {
-                    self.full_scan();
-                    next_scan = Instant::now() + RESCAN;
-                }
+                Err(RecvTimeoutError::Timeout) => next_scan = self.timed_full_scan(),
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
@@ -520,5 +559,50 @@ mod tests {
             (Some("checkout"), Some("shop"))
         );
         assert!(!m(&d, 1, "python3", &[9090]));
+    }
+
+    #[test]
+    fn only_ports_a_selector_names_are_of_interest() {
+        // No selector: any listener selects its process.
+        let any = disc("", None, vec![]);
+        assert!(port_of_interest(&any, 22) && port_of_interest(&any, 8080));
+        let some = disc("8080-8081", None, vec![]);
+        assert!(port_of_interest(&some, 8081));
+        assert!(!port_of_interest(&some, 22));
+        // A port named only by a services entry counts too; the selection
+        // must agree (a port left out never changes whether a process matches).
+        let mut svc = disc("", Some("^nginx$"), vec![]);
+        svc.services.push(ServiceRule {
+            name: None,
+            namespace: None,
+            open_ports: PortSet::parse("9090").unwrap(),
+            executable_name: None,
+            pids: vec![],
+        });
+        assert!(port_of_interest(&svc, 9090));
+        assert!(!port_of_interest(&svc, 8080));
+        for ports in [&[9090u16][..], &[8080], &[8080, 9090], &[]] {
+            let kept: Vec<u16> = ports
+                .iter()
+                .copied()
+                .filter(|p| port_of_interest(&svc, *p))
+                .collect();
+            assert_eq!(
+                m(&svc, 1, "python3", ports),
+                m(&svc, 1, "python3", &kept),
+                "{ports:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_slow_rescan_waits_longer_within_bounds() {
+        assert_eq!(next_rescan(Duration::from_millis(2)), RESCAN);
+        assert_eq!(
+            next_rescan(Duration::from_millis(40)),
+            Duration::from_secs(20)
+        );
+        assert_eq!(next_rescan(Duration::from_secs(3)), MAX_RESCAN);
+        assert_eq!(next_rescan(Duration::MAX), MAX_RESCAN);
     }
 }

@@ -109,36 +109,101 @@ fn socket_inodes(pid: u32) -> HashSet<u64> {
     .collect()
 }
 
-/// Caches the listening table per network namespace during one scan.
+/// The listeners of interest in one network namespace, by socket inode.
+struct Listeners {
+    by_inode: HashMap<u64, u16>,
+    /// Tells one scan's table from another's: equal, nothing to re-read.
+    fingerprint: u64,
+}
+
+impl Listeners {
+    fn new(mut by_inode: HashMap<u64, u16>, wanted: &dyn Fn(u16) -> bool) -> Self {
+        use std::hash::{Hash, Hasher};
+        by_inode.retain(|_, port| wanted(*port));
+        let mut entries: Vec<(u64, u16)> = by_inode.iter().map(|(i, p)| (*i, *p)).collect();
+        entries.sort_unstable();
+        // Fixed keys: the same table hashes the same in every scan.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        entries.hash(&mut h);
+        Self {
+            by_inode,
+            fingerprint: h.finish(),
+        }
+    }
+}
+
+/// What a process's open files said in an earlier scan, and against which
+/// listeners.
+struct KnownPorts {
+    start_time: u64,
+    listeners: u64,
+    ports: Vec<u16>,
+}
+
+/// Listening ports of processes: each namespace's listener table read once
+/// per scan, and each process's open files read only when it is new or its
+/// namespace's listeners changed. Reading the open files is the cost that
+/// grows with a node (~3 us per file); a process that takes a listener of an
+/// unchanged table from another (fd passing) shows when that table changes.
 #[derive(Default)]
 pub struct ListenScan {
-    by_netns: HashMap<PathBuf, HashMap<u64, u16>>,
+    by_netns: HashMap<PathBuf, Listeners>,
+    known: HashMap<u32, KnownPorts>,
+    /// Processes whose open files were read (tests: the reuse happens).
+    files_read: usize,
 }
 
 impl ListenScan {
-    /// TCP ports the process holds a listening socket for.
-    pub fn ports(&mut self, pid: u32) -> Vec<u16> {
+    /// Starts another scan over `alive`: listener tables are read afresh,
+    /// what is known of live processes is kept.
+    pub fn next_scan(&mut self, alive: &[u32]) {
+        self.by_netns.clear();
+        let alive: HashSet<u32> = alive.iter().copied().collect();
+        self.known.retain(|pid, _| alive.contains(pid));
+    }
+
+    /// TCP ports the process holds a listening socket for, among those
+    /// `wanted` keeps (the same filter for the whole scan: the table of a
+    /// namespace is read once). No listener wanted in the process's
+    /// namespace: its open files are not read.
+    pub fn ports(&mut self, pid: u32, wanted: &dyn Fn(u16) -> bool) -> Vec<u16> {
         let table = match netns(pid) {
-            Some(ns) => self
-                .by_netns
-                .entry(ns)
-                .or_insert_with(|| {
-                    super::listeners::of_netns_of(pid).unwrap_or_else(|e| {
-                        tracing::debug!(pid, error = %e, "sock_diag failed: reading /proc/<pid>/net/tcp");
-                        listening_inodes(pid)
-                    })
-                }),
+            Some(ns) => self.by_netns.entry(ns).or_insert_with(|| {
+                let table = super::listeners::of_netns_of(pid).unwrap_or_else(|e| {
+                    tracing::debug!(pid, error = %e, "sock_diag failed: reading /proc/<pid>/net/tcp");
+                    listening_inodes(pid)
+                });
+                Listeners::new(table, wanted)
+            }),
             None => return Vec::new(),
         };
-        if table.is_empty() {
+        if table.by_inode.is_empty() {
+            self.known.remove(&pid);
             return Vec::new();
         }
+        let Some(start_time) = start_time(pid) else {
+            return Vec::new();
+        };
+        if let Some(k) = self.known.get(&pid) {
+            if k.start_time == start_time && k.listeners == table.fingerprint {
+                return k.ports.clone();
+            }
+        }
+        self.files_read += 1;
         let mut ports: Vec<u16> = socket_inodes(pid)
             .iter()
-            .filter_map(|i| table.get(i).copied())
+            .filter_map(|i| table.by_inode.get(i).copied())
             .collect();
         ports.sort_unstable();
         ports.dedup();
+        self.known.insert(
+            pid,
+            KnownPorts {
+                start_time,
+                listeners: table.fingerprint,
+                ports: ports.clone(),
+            },
+        );
         ports
     }
 }
@@ -188,7 +253,47 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         assert!(ListenScan::default()
-            .ports(std::process::id())
+            .ports(std::process::id(), &|_| true)
             .contains(&port));
+        // A port no selector wants is left out of the namespace's table.
+        assert!(!ListenScan::default()
+            .ports(std::process::id(), &|p| p != port)
+            .contains(&port));
+    }
+
+    #[test]
+    fn open_files_are_read_again_only_when_the_listeners_change() {
+        let me = std::process::id();
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (pa, pb) = (
+            a.local_addr().unwrap().port(),
+            b.local_addr().unwrap().port(),
+        );
+        drop(b);
+        // Only our ports: listeners other tests open meanwhile do not count.
+        let ours = |p: u16| p == pa || p == pb;
+        let mut scan = ListenScan::default();
+        scan.next_scan(&[me]);
+        assert_eq!(scan.ports(me, &ours), vec![pa]);
+        assert_eq!(scan.files_read, 1);
+        scan.next_scan(&[me]);
+        assert_eq!(scan.ports(me, &ours), vec![pa]);
+        assert_eq!(
+            scan.files_read, 1,
+            "unchanged listeners: the known answer stands"
+        );
+        let b = std::net::TcpListener::bind(("127.0.0.1", pb)).unwrap();
+        scan.next_scan(&[me]);
+        let mut both = vec![pa, pb];
+        both.sort_unstable();
+        assert_eq!(scan.ports(me, &ours), both);
+        assert_eq!(scan.files_read, 2);
+        drop(b);
+        scan.next_scan(&[me]);
+        assert_eq!(scan.ports(me, &ours), vec![pa]);
+        // A process gone from the scan is forgotten.
+        scan.next_scan(&[]);
+        assert!(scan.known.is_empty());
     }
 }
