@@ -10,6 +10,7 @@ mod prefetch;
 mod rate_limit;
 mod run;
 mod selfmetrics;
+mod slice;
 mod top;
 mod tracer;
 

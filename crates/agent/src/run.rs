@@ -42,46 +42,110 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 /// cold-cache work, and a server thread woken on the reader's CPU waited
 /// behind it: nginx at 5,000 req/s, p99 +131..+349 us with the agent yielding
 /// every 256 records, +86..+98 at 16.
-///
-/// Heavy drains never yield. On this kernel's EEVDF scheduler a yield costs
-/// the yielding thread the rest of its slice in virtual time, so a reader
-/// that yielded every 256 records under saturation fell behind the rings
-/// for good: nginx at ~140k req/s lost 0.55-1.62M of ~2.2M records per 8 s
-/// round, the reader waiting runnable inside sched_yield in 38% of samples.
-/// Without the yields: 0 lost. The scheduler's own wakeup preemption still
-/// lets a woken server thread in.
 const YIELD_EVERY_RECORDS_LIGHT: u32 = 16;
 const LIGHT_RECORDS_PER_SEC: u64 = 51_200;
 const LIGHT_DRAIN_RECORDS: u32 =
     (LIGHT_RECORDS_PER_SEC * DRAIN_INTERVAL.as_millis() as u64 / 1000) as u32;
 
-/// When the reader yields its CPU while it drains (see the constants above).
+/// Heavy drains step off the CPU for HEAVY_PAUSE after every HEAVY_STRETCH
+/// of work. A saturated server never sleeps, so nothing wakes on its CPU to
+/// preempt a reader that landed there: the reader kept the CPU until the
+/// next tick (4 ms at HZ=250). nginx saturated by wrk waited up to 3.4 ms
+/// for it (`perf sched`) and wrk's p99 went from 0.4 ms to 2.9-3.3 ms. With
+/// these pauses and READER_SLICE (3 alternating rounds, 50 connections):
+/// p99 0.89-1.43 ms, 126-140k req/s against 113-127k; over 1000
+/// connections 133k / 142k against 121k / 127k; 0 lost in all.
+///
+/// A pause is a short sleep, not sched_yield: under EEVDF a yield pushes the
+/// yielding thread's deadline a whole slice back, and a reader that yielded
+/// every 256 records under saturation fell behind the rings for good (nginx
+/// at ~140k req/s lost 0.55-1.62M of ~2.2M records per 8 s round). A sleep
+/// can still come back late (the CPU's other task may run to its tick), so
+/// there is no pause once HEAVY_PAUSE_MAX_UNREAD of the ring waits: a reader
+/// behind catches up at full speed, as before.
+const HEAVY_STRETCH: Duration = Duration::from_micros(200);
+/// The reader's scheduler slice (Linux 6.12+): with the default one (~3 ms
+/// here) a reader back from a pause often waited for the running thread's
+/// whole turn, fell behind, and stopped pausing (p99 2.0-2.3 ms).
+const READER_SLICE: Duration = Duration::from_micros(100);
+const HEAVY_PAUSE: Duration = Duration::from_micros(30);
+/// Records between two looks at the clock (~20 us of work).
+const HEAVY_CHECK_EVERY: u32 = 16;
+/// A fraction of the data ring: twice the backlog that wakes the reader.
+const HEAVY_PAUSE_MAX_UNREAD_DIV: u64 = 8;
+
+/// What the reader does after a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    Go,
+    Yield,
+    Pause,
+}
+
+/// When the reader gives its CPU away while it drains (see the constants
+/// above).
 struct DrainPacing {
     in_drain: Cell<u32>,
     /// The last drain was light: this one yields, until it turns heavy.
     light: Cell<bool>,
+    /// Heavy drains: when the current stretch of work began (None: at the
+    /// next look at the clock).
+    stretch_from: Cell<Option<Instant>>,
+    /// This drain saw the backlog past `max_unread`: no more pauses in it.
+    behind: Cell<bool>,
+    max_unread: u64,
 }
 
 impl DrainPacing {
     /// The agent starts with nothing to drain: light load.
-    fn new() -> Self {
+    fn new(ring_bytes: u64) -> Self {
         Self {
             in_drain: Cell::new(0),
             light: Cell::new(true),
+            stretch_from: Cell::new(None),
+            behind: Cell::new(false),
+            max_unread: ring_bytes / HEAVY_PAUSE_MAX_UNREAD_DIV,
         }
     }
 
-    /// True when the reader should yield after this record.
-    fn on_record(&self) -> bool {
+    /// What to do after a record with `unread` bytes behind it; `now` is
+    /// called only when the clock matters.
+    fn on_record(&self, unread: u64, now: impl FnOnce() -> Instant) -> Pace {
         let n = self.in_drain.get() + 1;
         self.in_drain.set(n);
         // A load that jumps mid-drain turns it heavy: no more yields.
-        self.light.get() && n < LIGHT_DRAIN_RECORDS && n.is_multiple_of(YIELD_EVERY_RECORDS_LIGHT)
+        if self.light.get() && n < LIGHT_DRAIN_RECORDS {
+            return if n.is_multiple_of(YIELD_EVERY_RECORDS_LIGHT) {
+                Pace::Yield
+            } else {
+                Pace::Go
+            };
+        }
+        if unread >= self.max_unread {
+            self.behind.set(true);
+        }
+        if self.behind.get() || !n.is_multiple_of(HEAVY_CHECK_EVERY) {
+            return Pace::Go;
+        }
+        let now = now();
+        match self.stretch_from.get() {
+            Some(from) if now.saturating_duration_since(from) >= HEAVY_STRETCH => {
+                self.stretch_from.set(None);
+                Pace::Pause
+            }
+            Some(_) => Pace::Go,
+            None => {
+                self.stretch_from.set(Some(now));
+                Pace::Go
+            }
+        }
     }
 
     fn drain_done(&self) {
         self.light
             .set(self.in_drain.replace(0) < LIGHT_DRAIN_RECORDS);
+        self.stretch_from.set(None);
+        self.behind.set(false);
     }
 }
 
@@ -313,6 +377,9 @@ fn read_loop(
     tls_files: &crossbeam_channel::Receiver<std::path::PathBuf>,
     capture_only: bool,
 ) -> Result<()> {
+    if let Err(e) = crate::slice::request(READER_SLICE) {
+        tracing::debug!(error = %e, "could not shorten the reader's scheduler slice");
+    }
     // The process ring goes first: a consume() pass then sees a process's
     // exec decision before any data that process produced after it.
     let mut rings = Rings::new()?;
@@ -321,24 +388,26 @@ fn read_loop(
     rings.add(
         maps.proc_events.as_fd(),
         maps.proc_events.max_entries() as usize,
-        move |bytes| p.borrow_mut().on_record(bytes),
+        move |bytes, _| p.borrow_mut().on_record(bytes),
     )?;
     let p = pipeline.clone();
-    let pacing = Rc::new(DrainPacing::new());
+    let pacing = Rc::new(DrainPacing::new(maps.data_events.max_entries() as u64));
     let pace = pacing.clone();
     rings.add(
         maps.data_events.as_fd(),
         maps.data_events.max_entries() as usize,
-        move |bytes| {
+        move |bytes, unread| {
             if capture_only {
                 p.borrow_mut().skip_record(bytes);
                 return;
             }
             p.borrow_mut().on_record(bytes);
-            if pace.on_record() {
-                // The records before this one are released already, so
-                // the kernel side keeps its room while we are off the CPU.
-                std::thread::yield_now();
+            // The records before this one are released already, so the
+            // kernel side keeps its room while we are off the CPU.
+            match pace.on_record(unread, Instant::now) {
+                Pace::Go => {}
+                Pace::Yield => std::thread::yield_now(),
+                Pace::Pause => std::thread::sleep(HEAVY_PAUSE),
             }
         },
     )?;
@@ -424,8 +493,14 @@ mod tests {
 
     #[test]
     fn pacing_yields_only_in_light_drains() {
-        let pacing = DrainPacing::new();
-        let yields = |records: u32| (0..records).filter(|_| pacing.on_record()).count() as u32;
+        let pacing = DrainPacing::new(1 << 24);
+        let start = Instant::now();
+        // A clock that never moves: heavy drains never reach a pause.
+        let yields = |records: u32| {
+            (0..records)
+                .filter(|_| pacing.on_record(0, || start) == Pace::Yield)
+                .count() as u32
+        };
         // The first drain is paced, but only while it stays light.
         assert_eq!(
             yields(4 * LIGHT_DRAIN_RECORDS),
@@ -440,5 +515,47 @@ mod tests {
         pacing.drain_done();
         pacing.drain_done();
         assert!(pacing.light.get(), "idle counts as light");
+    }
+
+    /// Runs one heavy drain of `records` with `unread` bytes behind each,
+    /// the clock advancing 1.25 us per record; returns the pauses.
+    fn heavy_drain(pacing: &DrainPacing, records: u32, unread: impl Fn(u32) -> u64) -> Vec<u32> {
+        let start = Instant::now();
+        let mut pauses = Vec::new();
+        for i in 0..records {
+            let at = start + Duration::from_nanos(1250 * u64::from(i));
+            match pacing.on_record(unread(i), || at) {
+                Pace::Pause => pauses.push(i),
+                Pace::Yield => panic!("a heavy drain yielded at record {i}"),
+                Pace::Go => {}
+            }
+        }
+        pacing.drain_done();
+        pauses
+    }
+
+    #[test]
+    fn heavy_drains_pause_after_each_stretch_of_work_unless_behind() {
+        let ring = 1u64 << 24;
+        let pacing = DrainPacing::new(ring);
+        // A drain of LIGHT_DRAIN_RECORDS: the one after it is heavy.
+        for _ in 0..LIGHT_DRAIN_RECORDS {
+            pacing.on_record(0, Instant::now);
+        }
+        pacing.drain_done();
+        let pauses = heavy_drain(&pacing, 4000, |_| 0);
+        // 200 us of work at 1.25 us a record is 160 records, counted from
+        // the first look at the clock (record 16) and looked at every 16.
+        assert_eq!(pauses.first(), Some(&(15 + 160)));
+        let gaps: Vec<u32> = pauses.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.iter().all(|g| *g == 176), "{gaps:?}");
+        assert!(!pacing.light.get());
+        // A backlog past 1/8 of the ring stops the pauses for the rest of
+        // the drain, even once it shrinks again.
+        let behind = heavy_drain(&pacing, 4000, |i| if i == 500 { ring / 8 } else { 0 });
+        assert!(behind.iter().all(|i| *i < 500), "{behind:?}");
+        assert!(!behind.is_empty());
+        // The next drain starts afresh.
+        assert_eq!(heavy_drain(&pacing, 4000, |_| 0), pauses);
     }
 }

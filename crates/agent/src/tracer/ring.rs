@@ -76,9 +76,12 @@ impl Drop for Mapping {
     }
 }
 
-/// What is called with each record.
-type RecordFn<'a> = dyn FnMut(&[u8]) + 'a;
+/// What is called with each record, and the bytes still unread behind it
+/// (as of the last look at the producer position: the reader's backlog).
+type RecordFn<'a> = dyn FnMut(&[u8], u64) + 'a;
 type Callback<'a> = Box<RecordFn<'a>>;
+/// What sees records ahead of their turn.
+type PeekFn<'a> = dyn FnMut(&[u8]) + 'a;
 
 /// How many records ahead of the one being handled `peek` sees.
 const LOOKAHEAD: usize = 4;
@@ -92,7 +95,7 @@ struct Ring<'a> {
     scratch: Vec<u8>,
     callback: Callback<'a>,
     /// Sees each record LOOKAHEAD records before `callback` does.
-    peek: Option<Callback<'a>>,
+    peek: Option<Box<PeekFn<'a>>>,
 }
 
 impl Ring<'_> {
@@ -159,7 +162,7 @@ fn consume_records(
     data: &[u8],
     scratch: &mut Vec<u8>,
     callback: &mut RecordFn<'_>,
-    mut peek: Option<&mut RecordFn<'_>>,
+    mut peek: Option<&mut PeekFn<'_>>,
 ) -> usize {
     let mut cons = pos.consumer.load(Ordering::Acquire);
     let mut n = 0;
@@ -190,11 +193,14 @@ fn consume_records(
             if len_word & BUSY_BIT != 0 {
                 return n; // not committed yet: the next pass reads it
             }
+            let next = cons + record_span(len_word);
             if let Some((start, len)) = readable(data, cons, len_word) {
-                with_record(data, start, len, scratch, |r| callback(r));
+                with_record(data, start, len, scratch, |r| {
+                    callback(r, prod.saturating_sub(next))
+                });
                 n += 1;
             }
-            cons += record_span(len_word);
+            cons = next;
             peeked = peeked.saturating_sub(1);
             // Released record by record: the producer gets its room back
             // while a long drain is still going.
@@ -229,7 +235,7 @@ impl<'a> Rings<'a> {
         &mut self,
         fd: BorrowedFd<'_>,
         size: usize,
-        callback: impl FnMut(&[u8]) + 'a,
+        callback: impl FnMut(&[u8], u64) + 'a,
     ) -> Result<()> {
         anyhow::ensure!(
             size.is_power_of_two(),
@@ -353,7 +359,7 @@ mod tests {
             &pos,
             data,
             &mut Vec::new(),
-            &mut |r| got.borrow_mut().push(r.to_vec()),
+            &mut |r, _| got.borrow_mut().push(r.to_vec()),
             Some(&mut |r: &[u8]| peeked.push((r.to_vec(), got.borrow().len()))),
         );
         let got = got.into_inner();
@@ -436,5 +442,29 @@ mod tests {
         assert_eq!(wrapped, vec![28, 29, 30, 31, 0, 1, 2, 3]);
         let to_end = with_record(&data, 24, 8, &mut scratch, |r| r.to_vec());
         assert_eq!(to_end, (24..32).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn each_record_comes_with_the_bytes_still_unread_behind_it() {
+        let recs: [&[u8]; 3] = [b"first", b"second record", b"3"];
+        let list: Vec<(&[u8], u32)> = recs.iter().map(|r| (*r, 0)).collect();
+        let (words, end) = ring_with(256, 64, &list);
+        // SAFETY: as in ring_with.
+        let data = unsafe { std::slice::from_raw_parts(words.as_ptr() as *const u8, 256) };
+        let (consumer, producer) = (AtomicU64::new(64), AtomicU64::new(end));
+        let pos = Positions {
+            consumer: &consumer,
+            producer: &producer,
+        };
+        let mut unread = Vec::new();
+        consume_records(
+            &pos,
+            data,
+            &mut Vec::new(),
+            &mut |_, u| unread.push(u),
+            None,
+        );
+        let spans: Vec<u64> = recs.iter().map(|r| record_span(r.len() as u32)).collect();
+        assert_eq!(unread, vec![spans[1] + spans[2], spans[2], 0]);
     }
 }
