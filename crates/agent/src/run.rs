@@ -61,18 +61,18 @@ const LIGHT_DRAIN_RECORDS: u32 =
 /// every 256 records under saturation fell behind the rings for good (nginx
 /// at ~140k req/s lost 0.55-1.62M of ~2.2M records per 8 s round). A sleep
 /// can still come back late (the CPU's other task may run to its tick), so
-/// there is no pause once HEAVY_PAUSE_MAX_UNREAD of the ring waits: a reader
-/// behind catches up at full speed, as before.
+/// there is no pause once 1/HEAVY_PAUSE_MAX_UNREAD_DIV of the ring waits: a
+/// reader behind catches up at full speed, as before.
 const HEAVY_STRETCH: Duration = Duration::from_micros(200);
+const HEAVY_PAUSE: Duration = Duration::from_micros(30);
+/// Records between two looks at the clock (~20 us of work).
+const HEAVY_CHECK_EVERY: u32 = 16;
+/// The ring's size over this: twice the backlog that wakes the reader.
+const HEAVY_PAUSE_MAX_UNREAD_DIV: u64 = 8;
 /// The reader's scheduler slice (Linux 6.12+): with the default one (~3 ms
 /// here) a reader back from a pause often waited for the running thread's
 /// whole turn, fell behind, and stopped pausing (p99 2.0-2.3 ms).
 const READER_SLICE: Duration = Duration::from_micros(100);
-const HEAVY_PAUSE: Duration = Duration::from_micros(30);
-/// Records between two looks at the clock (~20 us of work).
-const HEAVY_CHECK_EVERY: u32 = 16;
-/// A fraction of the data ring: twice the backlog that wakes the reader.
-const HEAVY_PAUSE_MAX_UNREAD_DIV: u64 = 8;
 
 /// What the reader does after a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
