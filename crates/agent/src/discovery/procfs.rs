@@ -143,8 +143,9 @@ struct KnownPorts {
 /// Listening ports of processes: each namespace's listener table read once
 /// per scan, and each process's open files read only when it is new or its
 /// namespace's listeners changed. Reading the open files is the cost that
-/// grows with a node (~3 us per file); a process that takes a listener of an
-/// unchanged table from another (fd passing) shows when that table changes.
+/// grows with a node (~3 us per file). Seen only when its namespace's table
+/// changes: a process that takes a listener another holds (fd passing), or
+/// drops one another still holds (close-on-exec; an exec keeps the pid).
 #[derive(Default)]
 pub struct ListenScan {
     by_netns: HashMap<PathBuf, Listeners>,
