@@ -36,9 +36,13 @@ use std::time::{Duration, Instant};
 /// req/s a drain holds ~0.5 MiB of the 16 MiB ring.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 
-/// After a drain smaller than LIGHT_DRAIN_RECORDS (light load: below ~51k
-/// records/s, ~25k HTTP requests/s, at the drain interval), the next one
-/// yields its CPU this often. A drain at a modest rate is still ~0.6 ms of
+/// After a drain at light load (records read since the previous drain
+/// below LIGHT_RECORDS_PER_SEC, ~25k HTTP requests/s), the next one yields
+/// its CPU this often, until it has read LIGHT_DRAIN_RECORDS (a load that
+/// jumped). A rate, not a drain's size: a drain woken by the backlog
+/// threshold (1/16 of the ring, ~1,800 nginx records) is small however
+/// high the load, and counting records made every drain of a saturated
+/// reader that kept up a light one. A drain at a modest rate is still ~0.6 ms of
 /// cold-cache work, and a server thread woken on the reader's CPU waited
 /// behind it: nginx at 5,000 req/s, p99 +131..+349 us with the agent yielding
 /// every 256 records, +86..+98 at 16.
@@ -94,12 +98,15 @@ struct DrainPacing {
     /// This drain saw the backlog past `max_unread`: no more pauses in it.
     behind: Cell<bool>,
     max_unread: u64,
+    /// When the previous drain ended: the load is the records read since.
+    last_done: Cell<Instant>,
 }
 
 impl DrainPacing {
     /// The agent starts with nothing to drain: light load.
-    fn new(ring_bytes: u64) -> Self {
+    fn new(ring_bytes: u64, now: Instant) -> Self {
         Self {
+            last_done: Cell::new(now),
             in_drain: Cell::new(0),
             light: Cell::new(true),
             stretch_from: Cell::new(None),
@@ -141,9 +148,11 @@ impl DrainPacing {
         }
     }
 
-    fn drain_done(&self) {
+    fn drain_done(&self, now: Instant) {
+        let records = u128::from(self.in_drain.replace(0));
+        let since = now.saturating_duration_since(self.last_done.replace(now));
         self.light
-            .set(self.in_drain.replace(0) < LIGHT_DRAIN_RECORDS);
+            .set(records * 1_000_000_000 < u128::from(LIGHT_RECORDS_PER_SEC) * since.as_nanos());
         self.stretch_from.set(None);
         self.behind.set(false);
     }
@@ -391,7 +400,10 @@ fn read_loop(
         move |bytes, _| p.borrow_mut().on_record(bytes),
     )?;
     let p = pipeline.clone();
-    let pacing = Rc::new(DrainPacing::new(maps.data_events.max_entries() as u64));
+    let pacing = Rc::new(DrainPacing::new(
+        maps.data_events.max_entries() as u64,
+        Instant::now(),
+    ));
     let pace = pacing.clone();
     rings.add(
         maps.data_events.as_fd(),
@@ -431,7 +443,7 @@ fn read_loop(
         }
         let _ = rings.consume();
         pipeline.borrow_mut().after_drain();
-        pacing.drain_done();
+        pacing.drain_done(Instant::now());
         while let Ok(file) = tls_files.try_recv() {
             let r = tracer.attach_tls(&file);
             metrics.tls_attach(r.label());
@@ -493,8 +505,9 @@ mod tests {
 
     #[test]
     fn pacing_yields_only_in_light_drains() {
-        let pacing = DrainPacing::new(1 << 24);
         let start = Instant::now();
+        let at_ms = |ms: u64| start + Duration::from_millis(ms);
+        let pacing = DrainPacing::new(1 << 24, start);
         // A clock that never moves: heavy drains never reach a pause.
         let yields = |records: u32| {
             (0..records)
@@ -506,14 +519,26 @@ mod tests {
             yields(4 * LIGHT_DRAIN_RECORDS),
             (LIGHT_DRAIN_RECORDS - 1) / YIELD_EVERY_RECORDS_LIGHT
         );
-        pacing.drain_done();
+        pacing.drain_done(at_ms(50));
         // After a heavy drain: none at all.
         assert_eq!(yields(LIGHT_DRAIN_RECORDS - 1), 0);
-        pacing.drain_done();
+        // Just under LIGHT_RECORDS_PER_SEC over the 50 ms since.
+        pacing.drain_done(at_ms(100));
         // Light again: every YIELD_EVERY_RECORDS_LIGHT records.
         assert_eq!(yields(5 * YIELD_EVERY_RECORDS_LIGHT), 5);
-        pacing.drain_done();
-        pacing.drain_done();
+        pacing.drain_done(at_ms(150));
+        assert!(pacing.light.get());
+        // A drain the backlog woke early is small, but the load is high:
+        // 1,800 records 15 ms after the last drain (120k records/s).
+        yields(1800);
+        pacing.drain_done(at_ms(165));
+        assert!(!pacing.light.get());
+        assert_eq!(yields(1800), 0);
+        pacing.drain_done(at_ms(215));
+        assert!(pacing.light.get(), "1,800 records in 50 ms is light");
+        yields(5);
+        pacing.drain_done(at_ms(265));
+        pacing.drain_done(at_ms(315));
         assert!(pacing.light.get(), "idle counts as light");
     }
 
@@ -521,28 +546,29 @@ mod tests {
     /// the clock advancing 1.25 us per record; returns the pauses.
     fn heavy_drain(pacing: &DrainPacing, records: u32, unread: impl Fn(u32) -> u64) -> Vec<u32> {
         let start = Instant::now();
+        let at = |i: u32| start + Duration::from_nanos(1250 * u64::from(i));
         let mut pauses = Vec::new();
         for i in 0..records {
-            let at = start + Duration::from_nanos(1250 * u64::from(i));
-            match pacing.on_record(unread(i), || at) {
+            match pacing.on_record(unread(i), || at(i)) {
                 Pace::Pause => pauses.push(i),
                 Pace::Yield => panic!("a heavy drain yielded at record {i}"),
                 Pace::Go => {}
             }
         }
-        pacing.drain_done();
+        pacing.drain_done(at(records));
         pauses
     }
 
     #[test]
     fn heavy_drains_pause_after_each_stretch_of_work_unless_behind() {
         let ring = 1u64 << 24;
-        let pacing = DrainPacing::new(ring);
-        // A drain of LIGHT_DRAIN_RECORDS: the one after it is heavy.
-        for _ in 0..LIGHT_DRAIN_RECORDS {
+        let start = Instant::now();
+        let pacing = DrainPacing::new(ring, start);
+        // A drain woken by the backlog soon after the last: the next is heavy.
+        for _ in 0..1800 {
             pacing.on_record(0, Instant::now);
         }
-        pacing.drain_done();
+        pacing.drain_done(start + Duration::from_millis(15));
         let pauses = heavy_drain(&pacing, 4000, |_| 0);
         // 200 us of work at 1.25 us a record is 160 records, counted from
         // the first look at the clock (record 16) and looked at every 16.
