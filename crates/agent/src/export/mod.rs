@@ -169,14 +169,13 @@ impl SpanExporter {
         let n = batch.len() as u64;
         let started = Instant::now();
         let mut backoff = BACKOFF_START;
-        let body: prost::bytes::Bytes = span_encoding::encode_request(batch).into();
+        let body: prost::bytes::Bytes = span_encoding::encode_request_framed(batch).into();
         loop {
             if self.flush.time_left() == Some(Duration::ZERO) {
                 return self.give_up_at_shutdown(n, "the time was spent on earlier batches");
             }
             let t = Instant::now();
-            let req = span_encoding::PreEncoded(body.clone());
-            let result = rt.block_on(self.flush.bound(client.export_traces(req)));
+            let result = rt.block_on(self.flush.bound(client.export_traces(body.clone())));
             self.metrics
                 .export_duration
                 .observe(t.elapsed().as_secs_f64());

@@ -11,35 +11,12 @@ use autotel_model::{AttrValue, Resource, Span, SpanKind, StatusCode};
 use prost::bytes::BufMut;
 use prost::encoding::{encoded_len_varint, WireType};
 
-/// An already encoded message: handed to tonic's prost codec and to the
-/// HTTP body unchanged. Bytes, so a retry resends it without a copy.
-#[derive(Debug, Default, Clone)]
-pub struct PreEncoded(pub prost::bytes::Bytes);
-
-impl prost::Message for PreEncoded {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&self.0);
-    }
-
-    /// Never decoded: fields are skipped.
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl prost::bytes::Buf,
-        ctx: prost::encoding::DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        prost::encoding::skip_field(wire_type, tag, buf, ctx)
-    }
-
-    fn encoded_len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn clear(&mut self) {
-        self.0.clear();
-    }
-}
+/// gRPC's message prefix: a compression flag (0) and the message's length
+/// (big-endian u32). Written in front of the request as it is encoded, so
+/// the exporter hands the gRPC transport the framed bytes without a copy
+/// (tonic's codec copied every batch into a buffer of its own) and the
+/// HTTP transport the message after it.
+pub const GRPC_PREFIX: usize = 5;
 
 /// prost's `encode_varint` is generic over `BufMut` and was not inlined
 /// here: with ~6 varints per attribute it was most of a span's encoding
@@ -263,10 +240,25 @@ fn put_span(s: &Span, buf: &mut Vec<u8>) {
 /// How far ahead of the span being sized its attributes are prefetched.
 const PREFETCH_SPANS_AHEAD: usize = 4;
 
+/// ExportTraceServiceRequest in gRPC's framing (GRPC_PREFIX bytes, then the
+/// message): see `encode_request`.
+pub fn encode_request_framed(spans: &[Span]) -> Vec<u8> {
+    let mut buf = encode_after(spans, GRPC_PREFIX);
+    let len = u32::try_from(buf.len() - GRPC_PREFIX).unwrap_or(u32::MAX);
+    buf[1..GRPC_PREFIX].copy_from_slice(&len.to_be_bytes());
+    buf
+}
+
 /// ExportTraceServiceRequest (1 resource_spans) with one ResourceSpans
 /// (1 resource, 2 scope_spans) per process, in order of first appearance,
 /// and one ScopeSpans (1 scope, 2 spans) each.
+#[cfg(test)]
 pub fn encode_request(spans: &[Span]) -> Vec<u8> {
+    encode_after(spans, 0)
+}
+
+/// The request after `prefix` zero bytes, in one allocation.
+fn encode_after(spans: &[Span], prefix: usize) -> Vec<u8> {
     let mut groups: Vec<(u32, Vec<usize>)> = Vec::new();
     for (i, s) in spans.iter().enumerate() {
         match groups.iter_mut().find(|(pid, _)| *pid == s.resource.pid) {
@@ -302,7 +294,8 @@ pub fn encode_request(spans: &[Span]) -> Vec<u8> {
         })
         .collect();
     let total: usize = sized.iter().map(|(rs, _, _)| delimited_len(1, *rs)).sum();
-    let mut buf = Vec::with_capacity(total);
+    let mut buf = Vec::with_capacity(prefix + total);
+    buf.resize(prefix, 0);
     for ((_, idx), (rs, res, scope_spans)) in groups.iter().zip(sized) {
         put_header(1, rs, &mut buf);
         put_header(1, res, &mut buf);
@@ -317,7 +310,7 @@ pub fn encode_request(spans: &[Span]) -> Vec<u8> {
             put_span(&spans[i], &mut buf);
         }
     }
-    debug_assert_eq!(buf.len(), total);
+    debug_assert_eq!(buf.len(), prefix + total);
     buf
 }
 
@@ -388,11 +381,12 @@ mod tests {
         let decoded = ExportTraceServiceRequest::decode(&bytes[..]).unwrap();
         assert_eq!(decoded, super::super::otlp::reference::to_request(&spans));
         assert_eq!(decoded.resource_spans.len(), 2);
-        assert_eq!(
-            PreEncoded(bytes.clone().into()).encode_to_vec(),
-            bytes,
-            "handed on unchanged"
-        );
+        let framed = encode_request_framed(&spans);
+        assert_eq!(framed[0], 0, "not compressed");
+        let len = u32::from_be_bytes(framed[1..GRPC_PREFIX].try_into().unwrap());
+        assert_eq!(len as usize, bytes.len());
+        assert_eq!(&framed[GRPC_PREFIX..], &bytes[..]);
         assert!(encode_request(&[]).is_empty());
+        assert_eq!(encode_request_framed(&[]), [0; GRPC_PREFIX]);
     }
 }
