@@ -38,7 +38,9 @@ Then, in the same run (skip with --rates '' / --skip-python):
    flask has no 0.66b2 release: if missing it is installed --no-deps into
    ~/.cache/autotel-bench/pydeps (PYTHONPATH of the instrumented app only).
 
-Writes bench/results/<timestamp>.json and .md and prints a last line:
+Writes bench/results/<timestamp>.json and .md (with the host's CPU model and
+the mitigations it runs: figures from different host types do not compare)
+and prints a last line:
 throughput_ratio=<on/off> cpu_us_per_req=<x> rss_mb=<y> lost=<n>
 Run as root: python3 bench/run.py [--quick] [--rounds 3] [--seconds 8] [--rates 5000,20000]
 Default run about 5 minutes, --quick about 2.
@@ -236,6 +238,29 @@ PYDEPS = os.path.expanduser("~/.cache/autotel-bench/pydeps")
 def loadavg():
     with open("/proc/loadavg") as f:
         return f.read().strip()
+
+
+def host_cpu():
+    """The CPU model and the speculative-execution mitigations that are on:
+    the same VM can land on another host type between runs, and kernel
+    paths (syscalls, the BPF programs and their helpers) cost several times
+    more under some mitigations (AMD's "Safe RET" for SRSO: nginx alone at
+    half the rate, the programs at 3x their time). Figures from different
+    hosts do not compare."""
+    model = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mitigations = {}
+    vdir = "/sys/devices/system/cpu/vulnerabilities"
+    for name in sorted(os.listdir(vdir)) if os.path.isdir(vdir) else []:
+        with open(os.path.join(vdir, name)) as f:
+            state = f.read().strip()
+        if state != "Not affected":
+            mitigations[name] = state
+    return {"cpu_model": model, "cpu_vulnerabilities": mitigations}
 
 
 def foreign_bpf_progs():
@@ -650,9 +675,10 @@ def main():
         sys.exit("bench: run as root (BPF)")
     t_start = time.time()
     env_info = {"loadavg_before": loadavg(), "nproc": os.cpu_count(),
-                "foreign_at_bpf_progs_before": foreign_bpf_progs()}
+                "foreign_at_bpf_progs_before": foreign_bpf_progs(), **host_cpu()}
     print(f"bench: loadavg {env_info['loadavg_before']}; at_* BPF programs of other agents "
-          f"already loaded: {env_info['foreign_at_bpf_progs_before']}", flush=True)
+          f"already loaded: {env_info['foreign_at_bpf_progs_before']}; CPU {env_info['cpu_model']}",
+          flush=True)
     tmp = tempfile.mkdtemp(prefix="autotel-bench-")
     port, prom_port = free_port(), free_port()
     with open("/proc/sys/kernel/bpf_stats_enabled", "w") as f:
@@ -800,6 +826,8 @@ def main():
               f"other agents' at_* BPF programs {env_info['foreign_at_bpf_progs_before']}/"
               f"{env_info['foreign_at_bpf_progs_after']} (bpf us/req counts them too); "
               f"{env_info['duration_s']} s"]
+    extra += ["", f"host: {env_info['nproc']} x {env_info['cpu_model']}; mitigations: " + (", ".join(
+        f"{k}: {v}" for k, v in env_info["cpu_vulnerabilities"].items()) or "none reported")]
     with open(os.path.join(ROOT, f"bench/results/{stamp}.md"), "w") as f:
         f.write(table + "\n" + "\n".join(extra) + "\n\n" + json.dumps(
             {"summary": summary,
