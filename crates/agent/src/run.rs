@@ -42,10 +42,11 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 /// jumped). A rate, not a drain's size: a drain woken by the backlog
 /// threshold (1/16 of the ring, ~1,800 nginx records) is small however
 /// high the load, and counting records made every drain of a saturated
-/// reader that kept up a light one. A drain at a modest rate is still ~0.6 ms of
-/// cold-cache work, and a server thread woken on the reader's CPU waited
-/// behind it: nginx at 5,000 req/s, p99 +131..+349 us with the agent yielding
-/// every 256 records, +86..+98 at 16.
+/// reader that kept up a light one (it yielded every 16 records instead of
+/// pausing). A drain at a modest rate is still ~0.6 ms of cold-cache work,
+/// and a server thread woken on the reader's CPU waited behind it: nginx at
+/// 5,000 req/s, p99 +131..+349 us with the agent yielding every 256
+/// records, +86..+98 at 16.
 const YIELD_EVERY_RECORDS_LIGHT: u32 = 16;
 const LIGHT_RECORDS_PER_SEC: u64 = 51_200;
 const LIGHT_DRAIN_RECORDS: u32 =
