@@ -110,6 +110,14 @@ pub fn port_of_interest(d: &Discovery, port: u16) -> bool {
         || d.services.iter().any(|r| r.open_ports.contains(port))
 }
 
+/// Can any listener decide a selection? When none can, no process's ports
+/// are looked up at all.
+pub fn any_port_of_interest(d: &Discovery) -> bool {
+    !d.has_selector()
+        || !d.open_ports.is_empty()
+        || d.services.iter().any(|r| !r.open_ports.is_empty())
+}
+
 /// Service naming from configuration for a selected process.
 pub fn naming_for(d: &Discovery, p: &Candidate<'_>) -> resource::Naming {
     let rule = service_rule(d, p);
@@ -213,11 +221,10 @@ impl Discoverer {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let cmd = procfs::cmdline(pid);
-        let needs_ports = !self.cfg.has_selector()
-            || !self.cfg.open_ports.is_empty()
-            || self.cfg.services.iter().any(|r| !r.open_ports.is_empty());
         let ports = match scan {
-            Some(scan) if needs_ports => scan.ports(pid, &|port| port_of_interest(&self.cfg, port)),
+            Some(scan) if any_port_of_interest(&self.cfg) => {
+                scan.ports(pid, &|port| port_of_interest(&self.cfg, port))
+            }
             _ => Vec::new(),
         };
         let cand = Candidate {
@@ -581,6 +588,12 @@ mod tests {
         });
         assert!(port_of_interest(&svc, 9090));
         assert!(!port_of_interest(&svc, 8080));
+        assert!(any_port_of_interest(&any) && any_port_of_interest(&some));
+        assert!(any_port_of_interest(&svc));
+        // Selected by name only: no port is of interest, none is looked up.
+        let by_name = disc("", Some("^nginx$"), vec![]);
+        assert!(!any_port_of_interest(&by_name));
+        assert!(!(0..=u16::MAX).any(|p| port_of_interest(&by_name, p)));
         for ports in [&[9090u16][..], &[8080], &[8080, 9090], &[]] {
             let kept: Vec<u16> = ports
                 .iter()

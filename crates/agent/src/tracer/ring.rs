@@ -337,12 +337,20 @@ mod tests {
     }
 
     fn drain(words: &[u64], cons: u64, prod: u64) -> (Vec<Vec<u8>>, u64) {
-        let (got, cons, _) = drain_peeked(words, cons, prod);
-        (got, cons)
+        let d = drain_peeked(words, cons, prod);
+        (d.records, d.consumer)
     }
 
-    /// Also returns the records `peek` saw.
-    fn drain_peeked(words: &[u64], cons: u64, prod: u64) -> (Vec<Vec<u8>>, u64, Vec<Vec<u8>>) {
+    /// What a drain handed on and released, and what `peek` saw.
+    struct Drained {
+        records: Vec<Vec<u8>>,
+        /// The bytes still unread behind each record handed on.
+        unread: Vec<u64>,
+        consumer: u64,
+        peeked: Vec<Vec<u8>>,
+    }
+
+    fn drain_peeked(words: &[u64], cons: u64, prod: u64) -> Drained {
         // SAFETY: as in ring_with.
         let data =
             unsafe { std::slice::from_raw_parts(words.as_ptr() as *const u8, words.len() * 8) };
@@ -353,13 +361,17 @@ mod tests {
             producer: &producer,
         };
         let got = std::cell::RefCell::new(Vec::new());
+        let mut unread = Vec::new();
         // Each peeked record, with how many records were handed on by then.
         let mut peeked = Vec::new();
         let n = consume_records(
             &pos,
             data,
             &mut Vec::new(),
-            &mut |r, _| got.borrow_mut().push(r.to_vec()),
+            &mut |r, u| {
+                got.borrow_mut().push(r.to_vec());
+                unread.push(u);
+            },
             Some(&mut |r: &[u8]| peeked.push((r.to_vec(), got.borrow().len()))),
         );
         let got = got.into_inner();
@@ -375,8 +387,12 @@ mod tests {
                 "{p:?} at {i}, peeked at {handed}"
             );
         }
-        let peeked = peeked.into_iter().map(|(p, _)| p).collect();
-        (got, consumer.load(Ordering::Relaxed), peeked)
+        Drained {
+            records: got,
+            unread,
+            consumer: consumer.load(Ordering::Relaxed),
+            peeked: peeked.into_iter().map(|(p, _)| p).collect(),
+        }
     }
 
     #[test]
@@ -387,10 +403,10 @@ mod tests {
         // in): `a`'s data wraps, `b` follows near the start.
         let start = 128 * 1000 + 112;
         let (words, end) = ring_with(128, start, &[(&a, 0), (&b, 0)]);
-        let (got, cons, peeked) = drain_peeked(&words, start, end);
-        assert_eq!(got, vec![a, b.clone()]);
-        assert_eq!(peeked, vec![b], "the wrapped record is not peeked at");
-        assert_eq!(cons, end, "everything released");
+        let d = drain_peeked(&words, start, end);
+        assert_eq!(d.records, vec![a, b.clone()]);
+        assert_eq!(d.peeked, vec![b], "the wrapped record is not peeked at");
+        assert_eq!(d.consumer, end, "everything released");
     }
 
     #[test]
@@ -418,9 +434,9 @@ mod tests {
         let recs: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 5]).collect();
         let list: Vec<(&[u8], u32)> = recs.iter().map(|r| (&r[..], 0)).collect();
         let (words, end) = ring_with(256, 0, &list);
-        let (got, _, peeked) = drain_peeked(&words, 0, end);
-        assert_eq!(got, recs);
-        assert_eq!(peeked, recs, "each once, in order");
+        let d = drain_peeked(&words, 0, end);
+        assert_eq!(d.records, recs);
+        assert_eq!(d.peeked, recs, "each once, in order");
     }
 
     #[test]
@@ -449,21 +465,7 @@ mod tests {
         let recs: [&[u8]; 3] = [b"first", b"second record", b"3"];
         let list: Vec<(&[u8], u32)> = recs.iter().map(|r| (*r, 0)).collect();
         let (words, end) = ring_with(256, 64, &list);
-        // SAFETY: as in ring_with.
-        let data = unsafe { std::slice::from_raw_parts(words.as_ptr() as *const u8, 256) };
-        let (consumer, producer) = (AtomicU64::new(64), AtomicU64::new(end));
-        let pos = Positions {
-            consumer: &consumer,
-            producer: &producer,
-        };
-        let mut unread = Vec::new();
-        consume_records(
-            &pos,
-            data,
-            &mut Vec::new(),
-            &mut |_, u| unread.push(u),
-            None,
-        );
+        let unread = drain_peeked(&words, 64, end).unread;
         let spans: Vec<u64> = recs.iter().map(|r| record_span(r.len() as u32)).collect();
         assert_eq!(unread, vec![spans[1] + spans[2], spans[2], 0]);
     }
