@@ -164,6 +164,22 @@ fn status_of_http(status: http::StatusCode) -> tonic::Status {
     }
 }
 
+/// A call's HTTP/2 headers: its metadata (timeout, configured headers)
+/// without gRPC's own headers, which tonic drops from metadata too, and the
+/// protocol's fixed ones.
+fn grpc_headers(metadata: tonic::metadata::MetadataMap) -> http::HeaderMap {
+    let mut headers = metadata.into_headers();
+    for reserved in ["grpc-status", "grpc-message", "grpc-message-type"] {
+        headers.remove(reserved);
+    }
+    headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    headers
+}
+
 /// The message of a unary reply's body (one gRPC frame); empty when there
 /// is none or it is compressed (we never ask for compression).
 fn reply_message(mut body: Bytes) -> Bytes {
@@ -334,13 +350,7 @@ impl OtlpClient {
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = http::Uri::from_static(path);
         *request.version_mut() = http::Version::HTTP_2;
-        *request.headers_mut() = metadata.into_headers();
-        let headers = request.headers_mut();
-        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/grpc"),
-        );
+        *request.headers_mut() = grpc_headers(metadata);
         std::future::poll_fn(|cx| Service::poll_ready(&mut channel, cx))
             .await
             .map_err(|e| tonic::Status::from_error(e.into()))?;
@@ -411,6 +421,27 @@ mod tests {
         assert!(reply_message(framed(1, &msg)).is_empty());
         let cut = framed(0, &msg).slice(..GRPC_PREFIX + 2);
         assert_eq!(reply_message(cut), msg[..2]);
+    }
+
+    #[test]
+    fn configured_headers_go_out_but_not_over_grpcs_own() {
+        let mut request = tonic::Request::new(());
+        request.set_timeout(Duration::from_secs(10));
+        for (k, v) in [
+            ("x-tenant", "a"),
+            ("grpc-status", "3"),
+            ("content-type", "text/plain"),
+            ("te", "gzip"),
+        ] {
+            request.metadata_mut().insert(k, v.parse().unwrap());
+        }
+        let headers = grpc_headers(request.into_parts().0);
+        assert_eq!(headers["x-tenant"], "a");
+        assert_eq!(headers["grpc-timeout"], "10000000u");
+        assert_eq!(headers["te"], "trailers");
+        assert_eq!(headers["content-type"], "application/grpc");
+        assert!(!headers.contains_key("grpc-status"));
+        assert_eq!(headers.len(), 4, "{headers:?}");
     }
 
     #[test]
