@@ -2,38 +2,23 @@
 //! thread may ask for a shorter slice than the default through
 //! `sched_attr.sched_runtime`; a shorter slice gives it earlier deadlines, so
 //! it gets the CPU back sooner after a sleep, in shorter turns. Older kernels
-//! ignore the field. libc has the syscall numbers but not the struct.
+//! ignore the field. libc has the struct and the syscall numbers, but no
+//! wrappers.
 
+use libc::sched_attr;
 use std::time::Duration;
 
-const SCHED_OTHER: u32 = 0;
-const SCHED_BATCH: u32 = 3;
-const SCHED_FLAG_RESET_ON_FORK: u64 = 1;
-
-/// `struct sched_attr` up to `sched_period` (SCHED_ATTR_SIZE_VER0, 48 bytes).
-#[repr(C)]
-#[derive(Default, Debug)]
-struct SchedAttr {
-    size: u32,
-    sched_policy: u32,
-    sched_flags: u64,
-    sched_nice: i32,
-    sched_priority: u32,
-    sched_runtime: u64,
-    sched_deadline: u64,
-    sched_period: u64,
-}
-
-fn get_attr() -> std::io::Result<SchedAttr> {
-    let mut attr = SchedAttr::default();
+fn get_attr() -> std::io::Result<sched_attr> {
+    // SAFETY: a struct of integers, all zero is valid.
+    let mut attr: sched_attr = unsafe { std::mem::zeroed() };
     // SAFETY: pid 0 is the calling thread; the kernel writes at most `size`
     // bytes into `attr`.
     let r = unsafe {
         libc::syscall(
             libc::SYS_sched_getattr,
             0,
-            &mut attr as *mut SchedAttr,
-            std::mem::size_of::<SchedAttr>() as u32,
+            &mut attr as *mut sched_attr,
+            std::mem::size_of::<sched_attr>() as u32,
             0,
         )
     };
@@ -47,14 +32,15 @@ fn get_attr() -> std::io::Result<SchedAttr> {
 /// value. A thread under a real-time or idle policy is left alone.
 pub fn request(slice: Duration) -> std::io::Result<()> {
     let mut attr = get_attr()?;
-    if attr.sched_policy != SCHED_OTHER && attr.sched_policy != SCHED_BATCH {
+    let policy = attr.sched_policy as i32;
+    if policy != libc::SCHED_OTHER && policy != libc::SCHED_BATCH {
         return Ok(());
     }
-    attr.size = std::mem::size_of::<SchedAttr>() as u32;
-    attr.sched_flags &= SCHED_FLAG_RESET_ON_FORK;
+    attr.size = std::mem::size_of::<sched_attr>() as u32;
+    attr.sched_flags &= libc::SCHED_FLAG_RESET_ON_FORK as u64;
     attr.sched_runtime = slice.as_nanos().min(u64::MAX as u128) as u64;
     // SAFETY: pid 0 is the calling thread; `attr` is a complete VER0 struct.
-    let r = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
+    let r = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const sched_attr, 0) };
     if r != 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -84,9 +70,9 @@ mod tests {
             request(Duration::from_micros(100)).expect("sched_setattr");
             let attr = get_attr().unwrap();
             assert_eq!(attr.sched_nice, 5, "nice value kept");
-            assert_eq!(attr.sched_policy, SCHED_OTHER);
+            assert_eq!(attr.sched_policy as i32, libc::SCHED_OTHER);
             if kernel_version() >= (6, 12) {
-                assert_eq!(attr.sched_runtime, 100_000, "{attr:?}");
+                assert_eq!(attr.sched_runtime, 100_000);
             }
         })
         .join()
