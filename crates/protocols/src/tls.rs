@@ -127,4 +127,82 @@ mod tests {
         assert_eq!(server_hello(&rec[..20]), None);
         assert_eq!(server_hello(b"garbage"), None);
     }
+
+    /// What the agent reads of the server's side of a captured handshake
+    /// (testdata/capture_tls.py), as it reads it: the bytes so far, after
+    /// every call, until the hello parses. `header_apart`: each recv split
+    /// after 5 bytes, as OpenSSL reads a record's header and its body.
+    fn hello_of(name: &str, header_apart: bool) -> (Option<ServerHelloInfo>, usize) {
+        let mut seen = Vec::new();
+        let mut calls = 0;
+        for (from_client, bytes) in crate::testkit::capture("tls", name) {
+            if from_client {
+                continue;
+            }
+            let cut = if header_apart {
+                bytes.len().min(5)
+            } else {
+                bytes.len()
+            };
+            for part in [&bytes[..cut], &bytes[cut..]] {
+                if part.is_empty() {
+                    continue;
+                }
+                calls += 1;
+                seen.extend_from_slice(part);
+                if let Some(info) = server_hello(&seen) {
+                    return (Some(info), calls);
+                }
+            }
+        }
+        (None, calls)
+    }
+
+    #[test]
+    fn captured_handshakes() {
+        let cases = [
+            ("tls12_alpn_h2.cap", "1.2", Some("h2")),
+            ("tls12_alpn_http11.cap", "1.2", Some("http/1.1")),
+            ("tls12_no_alpn.cap", "1.2", None),
+            ("tls12_alpn_h2_grpcio.cap", "1.2", Some("h2")),
+            // TLS 1.3 sends ALPN in EncryptedExtensions, after the hello.
+            ("tls13_alpn_hidden.cap", "1.3", None),
+            ("tls13_curl.cap", "1.3", None),
+        ];
+        for (name, version, alpn) in cases {
+            let records = crate::testkit::capture("tls", name);
+            let (first_client, hello) = (&records[0].1, &records[1].1);
+            assert!(records[0].0 && !records[1].0, "{name}: client speaks first");
+            assert!(is_client_hello(first_client), "{name}");
+            assert!(is_record_start(hello) && !is_client_hello(hello), "{name}");
+            for header_apart in [false, true] {
+                let (info, calls) = hello_of(name, header_apart);
+                let info = info.unwrap_or_else(|| panic!("{name}: no hello read"));
+                assert_eq!(info.version, version, "{name}");
+                assert_eq!(info.alpn.as_deref(), alpn, "{name}");
+                // The hello is the server's first record: read from its first call.
+                assert_eq!(calls, 1 + header_apart as usize, "{name}");
+            }
+            // After the handshake, application data records still look like TLS.
+            let data = records
+                .iter()
+                .skip(2)
+                .find(|(_, b)| b[0] == APPLICATION_DATA)
+                .unwrap_or_else(|| panic!("{name}: no application data"));
+            assert!(is_record_start(&data.1), "{name}");
+            assert!(!is_client_hello(&data.1), "{name}");
+        }
+    }
+
+    /// Every cut of a captured hello is incomplete, never misread.
+    #[test]
+    fn captured_hello_cut_anywhere() {
+        let records = crate::testkit::capture("tls", "tls12_alpn_h2.cap");
+        let hello = &records[1].1;
+        let record_len = 5 + u16::from_be_bytes([hello[3], hello[4]]) as usize;
+        for cut in 0..record_len {
+            assert_eq!(server_hello(&hello[..cut]), None, "cut at {cut}");
+        }
+        assert!(server_hello(&hello[..record_len]).is_some());
+    }
 }
