@@ -15,17 +15,9 @@ Run as: python3 testdata/capture_tls.py
 import os, socket, ssl, subprocess, tempfile, time
 from concurrent import futures
 
-from recording_proxy import Proxy
+from recording_proxy import Proxy, free_port
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tls")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def wait_port(port, timeout=10.0):

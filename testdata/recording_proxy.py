@@ -8,6 +8,15 @@ big-endian length, then the bytes.
 import os, socket, struct, threading
 
 
+def free_port():
+    """A port nothing listens on now (for the real server a script starts)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 class Proxy:
     """Forwards every accepted connection to the server, recording each one."""
 
