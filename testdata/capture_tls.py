@@ -39,7 +39,11 @@ def s_client(port, *args, send=b""):
 
 def main():
     os.makedirs(OUT, exist_ok=True)
-    tmp = tempfile.mkdtemp()
+    with tempfile.TemporaryDirectory() as tmp:
+        record_all(tmp)
+
+
+def record_all(tmp):
     key, cert = os.path.join(tmp, "key.pem"), os.path.join(tmp, "cert.pem")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
                     "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost"],
