@@ -134,12 +134,21 @@ static __always_inline struct at_task_state *task_state_get(__u64 flags)
 	return bpf_task_storage_get(&task_state, bpf_get_current_task_btf(), 0, flags);
 }
 
-/* SSL* -> socket fd, learned from the syscalls a TLS call makes: a later
- * SSL_read served from the library's buffer makes none. */
+/* (process, SSL*) -> socket fd, learned from the syscalls a TLS call makes:
+ * a later SSL_read served from the library's buffer makes none. The process
+ * is part of the key: forked workers (nginx, gunicorn) allocate their SSL
+ * objects at the same addresses, and one worker's fd must not name another
+ * worker's connection. */
+struct at_ssl_key {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 ssl;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
-	__type(key, __u64);
+	__type(key, struct at_ssl_key);
 	__type(value, __s32);
 } ssl_fds SEC(".maps");
 

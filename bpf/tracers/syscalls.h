@@ -22,8 +22,8 @@ static __always_inline void ssl_learn_fd(struct at_task_state *st, __s32 fd)
 {
 	if (st->ssl.active && st->ssl.fd != fd) {
 		st->ssl.fd = fd;
-		__u64 ssl = st->ssl.ssl;
-		bpf_map_update_elem(&ssl_fds, &ssl, &fd, BPF_ANY);
+		struct at_ssl_key key = { .tgid = bpf_get_current_pid_tgid() >> 32, .ssl = st->ssl.ssl };
+		bpf_map_update_elem(&ssl_fds, &key, &fd, BPF_ANY);
 	}
 }
 

@@ -11,10 +11,12 @@
 /* Entry of a TLS call: remember what the return needs. */
 static __always_inline int ssl_enter(__u64 ssl, __u64 buf, __u64 len_ptr, __u8 kind)
 {
-	struct at_task_state *st = selected_task_state(bpf_get_current_pid_tgid() >> 32);
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct at_task_state *st = selected_task_state(tgid);
 	if (!st)
 		return 0;
-	__s32 *fd = bpf_map_lookup_elem(&ssl_fds, &ssl);
+	struct at_ssl_key key = { .tgid = tgid, .ssl = ssl };
+	__s32 *fd = bpf_map_lookup_elem(&ssl_fds, &key);
 	st->ssl.ssl = ssl;
 	st->ssl.buf = buf;
 	st->ssl.len_ptr = len_ptr;
@@ -25,12 +27,35 @@ static __always_inline int ssl_enter(__u64 ssl, __u64 buf, __u64 len_ptr, __u8 k
 	return 0;
 }
 
+/* Plaintext of one TLS call, as a data event of its socket. */
+static __always_inline int emit_plaintext(struct at_task_state *st, __u64 id, __s32 fd, __u8 kind,
+					  __u64 enter_ns, __u64 buf, long len)
+{
+	__u32 tgid = id >> 32;
+	if (len <= 0)
+		return 0;
+	if (fd < 0) {
+		count(AT_CNT_TLS_NO_FD);
+		return 0;
+	}
+	struct at_conn_info *info = lookup_conn(tgid, fd, AT_ROLE_UNKNOWN, 0);
+	if (!info || !info->is_socket)
+		return 0;
+	__u8 dir = kind == AT_SYS_SSL_WRITE ? AT_DIR_EGRESS : AT_DIR_INGRESS;
+	struct at_data_event *ev = begin_event(st, info, (__u32)id, tgid, fd, dir, kind, enter_ns, len);
+	if (!ev)
+		return 0;
+	capture_plain(ev, buf, (__u32)len, capture_cap(info));
+	note_http2(info, ev);
+	output_data(ev);
+	return 0;
+}
+
 /* Return of a TLS call: emit the plaintext as a data event of the socket. */
 static __always_inline int ssl_exit(long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	__u32 tgid = id >> 32;
-	struct at_task_state *st = selected_task_state(tgid);
+	struct at_task_state *st = selected_task_state(id >> 32);
 	if (!st || !st->ssl.active)
 		return 0;
 	struct at_ssl_call c = st->ssl;
@@ -44,23 +69,7 @@ static __always_inline int ssl_exit(long ret)
 			return 0;
 		len = (long)n;
 	}
-	if (len <= 0)
-		return 0;
-	if (c.fd < 0) {
-		count(AT_CNT_TLS_NO_FD);
-		return 0;
-	}
-	struct at_conn_info *info = lookup_conn(tgid, c.fd, AT_ROLE_UNKNOWN, 0);
-	if (!info || !info->is_socket)
-		return 0;
-	__u8 dir = c.kind == AT_SYS_SSL_WRITE ? AT_DIR_EGRESS : AT_DIR_INGRESS;
-	struct at_data_event *ev = begin_event(st, info, (__u32)id, tgid, c.fd, dir, c.kind, c.enter_ns, len);
-	if (!ev)
-		return 0;
-	capture_plain(ev, c.buf, (__u32)len, capture_cap(info));
-	note_http2(info, ev);
-	output_data(ev);
-	return 0;
+	return emit_plaintext(st, id, c.fd, c.kind, c.enter_ns, c.buf, len);
 }
 
 SEC("uprobe")
@@ -94,9 +103,10 @@ int BPF_UPROBE(at_ssl_read_ex, void *ssl, void *buf, __u64 num, __u64 *readbytes
 SEC("uprobe")
 int BPF_UPROBE(at_ssl_set_fd, void *ssl, int fd)
 {
-	if (!is_selected(bpf_get_current_pid_tgid() >> 32) || fd < 0)
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!is_selected(tgid) || fd < 0)
 		return 0;
-	__u64 key = (__u64)ssl;
+	struct at_ssl_key key = { .tgid = tgid, .ssl = (__u64)ssl };
 	__s32 v = fd;
 	bpf_map_update_elem(&ssl_fds, &key, &v, BPF_ANY);
 	return 0;
@@ -108,6 +118,103 @@ SEC("uretprobe")
 int BPF_URETPROBE(at_ssl_ret, long ret)
 {
 	return ssl_exit(ret);
+}
+
+/* Go's crypto/tls (Go 1.18+, x86-64 register ABI: receiver in RAX, the
+ * slice's pointer and length in RBX and RCX, the result n in RAX, the
+ * goroutine's g in R14).
+ *
+ * (*Conn).Write is emitted at entry, where its plaintext is whole: net/http
+ * writes a request on one goroutine and reads the response on another, so
+ * a write reported at its return could reach the ring after the response.
+ *
+ * (*Conn).Read is probed at entry and at each of its RET instructions, which
+ * user space finds by disassembly: a uretprobe rewrites the return address
+ * on the goroutine's stack, and Go moves stacks when they grow, which crashes
+ * the program. The call is keyed by goroutine, not thread: a goroutine
+ * parked in Read resumes on whichever thread the scheduler picks. */
+struct at_go_call_key {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 g;
+};
+
+struct at_go_call {
+	__u64 buf;
+	__u64 enter_ns;
+	__s32 fd;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct at_go_call_key);
+	__type(value, struct at_go_call);
+} go_tls_calls SEC(".maps");
+
+/* The socket behind a *tls.Conn. Its first field, `conn net.Conn`, is an
+ * interface whose data word points to a *net.TCPConn; that starts with its
+ * *netFD, which starts with a poll.FD: a 16-byte mutex, then Sysfd. These
+ * layouts have held since Go 1.9. Read on every call, not cached: Go reuses
+ * a freed Conn's memory for the next one. Another net.Conn underneath gives
+ * a number lookup_conn does not find as a socket of this process. */
+static __always_inline __s32 go_conn_fd(__u64 conn)
+{
+	__u64 tcp = 0, netfd = 0;
+	__s64 sysfd = -1;
+	if (bpf_probe_read_user(&tcp, sizeof(tcp), (void *)(conn + 8)) || !tcp)
+		return -1;
+	if (bpf_probe_read_user(&netfd, sizeof(netfd), (void *)tcp) || !netfd)
+		return -1;
+	if (bpf_probe_read_user(&sysfd, sizeof(sysfd), (void *)(netfd + 16)))
+		return -1;
+	return sysfd >= 0 && sysfd < (1 << 30) ? (__s32)sysfd : -1;
+}
+
+SEC("uprobe")
+int at_go_tls_read(struct pt_regs *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!is_selected(tgid))
+		return 0;
+	struct at_go_call_key key = { .tgid = tgid, .g = ctx->r14 };
+	struct at_go_call c = {
+		.buf = ctx->bx,
+		.enter_ns = bpf_ktime_get_ns(),
+		.fd = go_conn_fd(ctx->ax),
+	};
+	/* A call that grows its stack starts over from the entry: the second
+	 * visit replaces the first. */
+	bpf_map_update_elem(&go_tls_calls, &key, &c, BPF_ANY);
+	return 0;
+}
+
+SEC("uprobe")
+int at_go_tls_write(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct at_task_state *st = selected_task_state(id >> 32);
+	if (!st)
+		return 0;
+	return emit_plaintext(st, id, go_conn_fd(ctx->ax), AT_SYS_SSL_WRITE, 0, ctx->bx, (long)ctx->cx);
+}
+
+/* On every RET of (*Conn).Read. */
+SEC("uprobe")
+int at_go_tls_ret(struct pt_regs *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct at_task_state *st = selected_task_state(id >> 32);
+	if (!st)
+		return 0;
+	struct at_go_call_key key = { .tgid = id >> 32, .g = ctx->r14 };
+	struct at_go_call *p = bpf_map_lookup_elem(&go_tls_calls, &key);
+	if (!p)
+		return 0;
+	struct at_go_call c = *p;
+	bpf_map_delete_elem(&go_tls_calls, &key);
+	return emit_plaintext(st, id, c.fd, AT_SYS_SSL_READ, c.enter_ns, c.buf, (long)ctx->ax);
 }
 
 #endif

@@ -883,3 +883,122 @@ def test_libssl_loaded_later_from_a_private_copy(require_root, sink, start_agent
     finally:
         log.close()
         stop_process(cli)
+
+
+# --------------------------------------------------------------------------------------
+# 7. Go: crypto/tls, no OpenSSL anywhere (probes at entry and at each RET)
+# --------------------------------------------------------------------------------------
+
+GO = shutil.which("go") or "/usr/bin/go"
+
+
+def build_go_peer(tmp_path: Path) -> Path:
+    """peers/go_tls/main.go built by the system's Go, under a unique name (the
+    executable-name selector then matches nothing else on the host)."""
+    assert os.path.exists(GO), "go not installed (scripts/setup.sh installs golang-go)"
+    exe = tmp_path / f"gotls-{uuid.uuid4().hex[:8]}"
+    env = dict(peer_env(), GO111MODULE="off", GOCACHE=str(tmp_path / "gocache"),
+               HOME=str(tmp_path))
+    cp = subprocess.run([GO, "build", "-o", str(exe), str(PEERS / "go_tls" / "main.go")],
+                        env=env, capture_output=True, text=True, timeout=300)
+    assert cp.returncode == 0, cp.stderr
+    return exe
+
+
+def test_go_crypto_tls_server_and_clients(require_root, sink, start_agent, spawn, tmp_path):
+    """A Go net/http server over crypto/tls (started before the agent) and two Go
+    clients started after it (one on HTTP/2, which Go negotiates by ALPN, one on
+    HTTP/1.1), all one executable selected by name. Go links no OpenSSL: the agent
+    reads the plaintext at crypto/tls.(*Conn).Read/Write, with its "return" probes
+    on the RET instructions (a uretprobe would crash a Go program whose stack
+    moves). Each client sends 4 GETs on one connection; the HTTP/1.1 one also gets
+    a 300,000-byte body (many Write calls and records). Exactly one SERVER and one
+    CLIENT span per request, https, with the right status and protocol version, no
+    span linked to another request's, no parse errors, process.runtime.name ``go``
+    with the version `go env GOVERSION` gives; the server keeps serving after the
+    agent has detached its probes."""
+    exe = build_go_peer(tmp_path)
+    cert, key = make_cert(tmp_path)
+    port = free_port()
+    srv = spawn([exe, "server", port, cert, key], port=port, name="go-server")
+    agent = start_agent({"AUTOTEL_EXECUTABLE_NAME": f"^{exe.name}$"})
+    errs0 = metric_sum(agent, PARSE_ERRORS)
+    base = f"https://127.0.0.1:{port}"
+    plans = {"2": ["/h2-a", "/h2-b", "/h2-c", "/missing-h2"],
+             "1.1": ["/h1-a", "/h1-b", "/big-h1", "/missing-h1"]}
+    clients = {}
+    for version, paths in plans.items():
+        extra = ["--http1"] if version == "1.1" else []
+        cli = spawn([exe, "client", *extra, "--wait-stdin", *[base + p for p in paths]],
+                    name=f"go-client-{version}", stdin=True)
+        time.sleep(DISCOVERY_GRACE)
+        out = go_and_wait(cli)
+        want_proto = "HTTP/2.0" if version == "2" else "HTTP/1.1"
+        assert out == {"statuses": [200, 200, 200, 404], "proto": want_proto}, out
+        clients[version] = cli
+    k = sum(len(p) for p in plans.values())
+    pids = {srv.pid} | {c.pid for c in clients.values()}
+    sink.wait_for_spans(lambda s: pid_of(s) in pids, 2 * k, SPAN_TIMEOUT, SETTLE)
+    spans = [s for s in sink.spans() if pid_of(s) in pids]
+    srv_spans = {span_path(s): s for s in spans if pid_of(s) == srv.pid}
+    cli_spans = {span_path(s): s for s in spans if pid_of(s) != srv.pid}
+    report("Go server SERVER spans", len([s for s in spans if pid_of(s) == srv.pid]), k)
+    report("Go clients CLIENT spans", len([s for s in spans if pid_of(s) != srv.pid]), k)
+    problems = []
+    if len(spans) != 2 * k:
+        problems.append(f"{len(spans)} spans, want {2 * k}")
+    linked = 0
+    for version, paths in plans.items():
+        for p in paths:
+            status = 404 if p.startswith("/missing") else 200
+            s, c = srv_spans.get(p), cli_spans.get(p)
+            if s is None or c is None:
+                problems.append(f"{p}: server span {s is not None}, client span {c is not None}")
+                continue
+            problems += [f"server {p}: {b}" for b in check_https_server_span(s, p, status, port)]
+            problems += [f"client {p}: {b}" for b in check_https_client_span(c, p, status, port)]
+            for side, x in (("server", s), ("client", c)):
+                if x["attrs"].get("network.protocol.version") != version:
+                    problems.append(f"{side} {p}: network.protocol.version "
+                                    f"{x['attrs'].get('network.protocol.version')!r}, want {version}")
+            if pid_of(c) != clients[version].pid:
+                problems.append(f"client {p}: pid {pid_of(c)} != {clients[version].pid}")
+            if s["parent_span_id"]:
+                if s["parent_span_id"] != c["span_id"]:
+                    problems.append(f"server {p}: parent {s['parent_span_id']} is not its "
+                                    f"client span {c['span_id']}")
+                else:
+                    linked += 1
+    go_version = subprocess.run([GO, "env", "GOVERSION"], capture_output=True,
+                                text=True).stdout.strip()
+    runtimes = {(x["resource"].get("process.runtime.name"),
+                 x["resource"].get("process.runtime.version")) for x in spans}
+    report("process.runtime of the Go processes", runtimes, {("go", go_version)})
+    if runtimes != {("go", go_version)}:
+        problems.append(f"process.runtime {runtimes}, want go {go_version}")
+    big = srv_spans.get("/big-h1")
+    if big is not None and big["attrs"].get("http.response.body.size") != 300000:
+        problems.append(f"/big-h1 body size {big['attrs'].get('http.response.body.size')!r}")
+    report("server spans child of their client span (informative)", linked, k)
+    errs = metric_sum(agent, PARSE_ERRORS) - errs0
+    report("parse errors, all protocols (increase)", int(errs), 0)
+    if errs:
+        problems.append(f"{errs} parse errors")
+    assert not problems, "\n".join(problems) + "\n" + show(spans)
+    assert_no_panic(agent)
+    # The probes are gone with the agent, and the program they sat in still works.
+    progs, links = bpf_fd_ids(agent.pid)
+    names = {p["id"]: str(p.get("name", "")) for p in bpftool_json("prog", "show")}
+    go_progs = {i for i in progs if names.get(i, "").startswith("at_go_tls")}
+    report("at_go_tls_* programs held by the agent (read, write, ret)", len(go_progs), 3)
+    assert len(go_progs) == 3, sorted(names.get(i) for i in progs)
+    assert agent.stop() == 0, agent.logs_tail(40)
+    time.sleep(0.5)
+    left = {p["id"] for p in bpftool_json("prog", "show")} & go_progs
+    left_links = {l["id"] for l in bpftool_json("link", "show")} & links
+    report("its programs and links still loaded after the stop", (left, left_links),
+           (set(), set()))
+    assert not left and not left_links, (left, left_links)
+    after = spawn([exe, "client", base + "/after"], name="go-client-after")
+    assert after.wait(timeout=30) == 0, after.log_path.read_text()
+    assert srv.poll() is None, srv.log_path.read_text()

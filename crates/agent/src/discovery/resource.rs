@@ -264,6 +264,11 @@ pub fn build(pid: u32, host: &str, exec_path: Option<&str>, naming: &Naming) -> 
     let args = procfs::cmdline(pid);
     let env = procfs::environ(pid);
     let runtime = runtime_of(&exe_name);
+    // A native executable built by Go says so in its build info.
+    let go_version = (runtime == "native")
+        .then(|| crate::tracer::go_tls::go_version_of(Path::new(&format!("/proc/{pid}/exe"))))
+        .flatten();
+    let runtime = if go_version.is_some() { "go" } else { runtime };
 
     let env_attrs = env
         .get("OTEL_RESOURCE_ATTRIBUTES")
@@ -316,6 +321,9 @@ pub fn build(pid: u32, host: &str, exec_path: Option<&str>, naming: &Naming) -> 
         ),
         ("telemetry.sdk.language".into(), "rust".into()),
     ];
+    if let Some(v) = go_version {
+        attributes.push(("process.runtime.version".into(), v.into()));
+    }
     if let Some(ns) = namespace {
         attributes.push(("service.namespace".into(), ns.into()));
     }

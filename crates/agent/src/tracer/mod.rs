@@ -3,6 +3,7 @@
 //! kernel-side counters. Dropping the Tracer detaches every program.
 
 pub mod abi;
+pub mod go_tls;
 mod hooks;
 pub mod ring;
 mod selection;
@@ -173,6 +174,9 @@ impl Tracer {
                 &mut p.at_ssl_read_ex,
                 &mut p.at_ssl_set_fd,
                 &mut p.at_ssl_ret,
+                &mut p.at_go_tls_read,
+                &mut p.at_go_tls_write,
+                &mut p.at_go_tls_ret,
             ] {
                 prog.set_attach_type(libbpf_rs::ProgramAttachType::TraceUprobeMulti);
             }

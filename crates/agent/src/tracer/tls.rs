@@ -8,7 +8,7 @@ use libbpf_rs::{Link, ProgramMut, UprobeMultiOpts, UprobeOpts};
 use std::path::{Path, PathBuf};
 
 pub fn is_tls_program(name: &str) -> bool {
-    name.starts_with("at_ssl_")
+    name.starts_with("at_ssl_") || name.starts_with("at_go_tls_")
 }
 
 /// Whether the kernel has uprobe_multi links (Linux 6.6+). A perf-event
@@ -99,8 +99,8 @@ impl Tracer {
             && attached_funcs.iter().any(|f| f.starts_with("SSL_write"));
         if !has_io {
             // Dropping the links detaches any partial set.
-            tracing::debug!(path = %key.display(), "no OpenSSL read/write symbols: TLS capture skipped for this file");
-            return TlsAttach::NoSymbols;
+            drop(links);
+            return self.attach_go_tls(&key);
         }
         match self.place_probes(&p.at_ssl_ret, &key, &attached_funcs, true) {
             Ok(l) => links.extend(l),
@@ -120,6 +120,71 @@ impl Tracer {
         tracing::info!(path = %key.display(), functions = n, "TLS capture attached");
         self.tls_links.borrow_mut().extend(links);
         TlsAttach::Attached(n)
+    }
+
+    /// Places the Go crypto/tls probes on `path` if it is a Go program
+    /// with TLS linked in (see go_tls.rs).
+    fn attach_go_tls(&self, path: &Path) -> TlsAttach {
+        // Read on demand: most executables offered here are not Go, and
+        // some are hundreds of megabytes.
+        let sites = match std::fs::File::open(path)
+            .map_err(|e| e.to_string())
+            .and_then(|f| {
+                let cache = object::ReadCache::new(f);
+                super::go_tls::find_sites(&cache).map_err(|e| e.to_string())
+            }) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(path = %path.display(), "no TLS capture for this file: no OpenSSL read/write symbols, and as Go: {e}");
+                return TlsAttach::NoSymbols;
+            }
+        };
+        let p = &self.skel.progs;
+        let placed = [
+            (&p.at_go_tls_read, vec![sites.read]),
+            (&p.at_go_tls_write, vec![sites.write]),
+            (&p.at_go_tls_ret, sites.read_rets.clone()),
+        ]
+        .into_iter()
+        .map(|(prog, offsets)| self.place_at_offsets(prog, path, &offsets))
+        .collect::<libbpf_rs::Result<Vec<Vec<Link>>>>();
+        match placed {
+            Ok(links) => {
+                tracing::info!(path = %path.display(), go = %sites.version, returns = sites.read_rets.len(), "Go TLS capture attached");
+                self.tls_links
+                    .borrow_mut()
+                    .extend(links.into_iter().flatten());
+                TlsAttach::Attached(2)
+            }
+            Err(e) => {
+                // The links placed so far are dropped, so detached: half a
+                // set would record calls that never end.
+                tracing::warn!(path = %path.display(), error = %e, "Go TLS probes not placed");
+                TlsAttach::NoSymbols
+            }
+        }
+    }
+
+    /// Attaches `prog` at the file offsets `offsets` of `file`: one
+    /// uprobe_multi link where the kernel has those, else one perf-event
+    /// link per offset.
+    fn place_at_offsets(
+        &self,
+        prog: &ProgramMut<'_>,
+        file: &Path,
+        offsets: &[u64],
+    ) -> libbpf_rs::Result<Vec<Link>> {
+        if self.uprobe_multi {
+            let opts = UprobeMultiOpts {
+                offsets: offsets.iter().map(|&o| o as usize).collect(),
+                ..Default::default()
+            };
+            return Ok(vec![prog.attach_uprobe_multi_with_opts(-1, file, "", opts)?]);
+        }
+        offsets
+            .iter()
+            .map(|&o| prog.attach_uprobe(false, -1, file, o as usize))
+            .collect()
     }
 
     /// Attaches `prog` to the functions `funcs` of `file`, one link per

@@ -1,0 +1,244 @@
+//! Where the Go crypto/tls probes (bpf/tracers/tls.h) go in one executable:
+//! the file offsets of `(*Conn).Read` and `(*Conn).Write`, and of every RET
+//! instruction of Read (Write is read whole at its entry). Go programs link no OpenSSL; their plaintext is
+//! read at these two methods. Return probes would be uretprobes, which
+//! rewrite the return address on a goroutine stack that Go moves when it
+//! grows (the program then crashes), so the "return" probes go on the RET
+//! instructions themselves. Pure functions over the file's bytes.
+
+use iced_x86::{Code, Decoder, DecoderOptions, Mnemonic};
+use object::{Object, ObjectSection, ObjectSymbol};
+
+pub const READ: &str = "crypto/tls.(*Conn).Read";
+pub const WRITE: &str = "crypto/tls.(*Conn).Write";
+
+/// The probe sites of one Go executable, as file offsets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoTlsSites {
+    /// The Go release that built it, e.g. "go1.19.8".
+    pub version: String,
+    pub read: u64,
+    pub write: u64,
+    /// Every RET of Read.
+    pub read_rets: Vec<u64>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GoTlsError {
+    #[error("not an x86-64 ELF executable")]
+    NotX86Elf,
+    #[error("not a Go program (no .go.buildinfo)")]
+    NotGo,
+    #[error("Go build info in the pre-1.18 layout: the register ABI the probes read needs 1.18 or later")]
+    OldGo,
+    #[error("no crypto/tls.(*Conn).Read/Write symbols (stripped, or TLS not linked in)")]
+    NoSymbols,
+    #[error("{0}: {1}")]
+    Code(&'static str, &'static str),
+}
+
+/// Finds the probe sites in the ELF file `data` (a byte slice, or a
+/// `ReadCache` over the file, which reads only the parts looked at).
+pub fn find_sites<'a, R: object::ReadRef<'a>>(data: R) -> Result<GoTlsSites, GoTlsError> {
+    let file = object::File::parse(data).map_err(|_| GoTlsError::NotX86Elf)?;
+    if file.architecture() != object::Architecture::X86_64
+        || file.format() != object::BinaryFormat::Elf
+    {
+        return Err(GoTlsError::NotX86Elf);
+    }
+    let info = file
+        .section_by_name(".go.buildinfo")
+        .and_then(|s| s.data().ok())
+        .ok_or(GoTlsError::NotGo)?;
+    let version = build_version(info)?;
+    let (mut read, mut write) = (None, None);
+    for sym in file.symbols() {
+        match sym.name() {
+            Ok(READ) => read = Some((sym.address(), sym.size())),
+            Ok(WRITE) => write = Some((sym.address(), sym.size())),
+            _ => continue,
+        }
+        if read.is_some() && write.is_some() {
+            break;
+        }
+    }
+    let (Some(read), Some(write)) = (read, write) else {
+        return Err(GoTlsError::NoSymbols);
+    };
+    let sites = [(READ, read), (WRITE, write)].map(|(name, (addr, size))| {
+        function_bytes(&file, addr, size).ok_or(GoTlsError::Code(
+            name,
+            "symbol outside the file's code sections",
+        ))
+    });
+    let [read, write] = sites;
+    let ((read_code, read_at), (write_code, write_at)) = (read?, write?);
+    let read_rets = ret_offsets(read_code).map_err(|e| GoTlsError::Code(READ, e))?;
+    Ok(GoTlsSites {
+        version,
+        read: read_at + body_start(read_code),
+        write: write_at + body_start(write_code),
+        read_rets: read_rets.into_iter().map(|o| read_at + o).collect(),
+    })
+}
+
+/// The Go release that built the executable at `path` (None: not Go, or
+/// unreadable). Reads only the headers and the build info.
+pub fn go_version_of(path: &std::path::Path) -> Option<String> {
+    let cache = object::ReadCache::new(std::fs::File::open(path).ok()?);
+    let file = object::File::parse(&cache).ok()?;
+    build_version(file.section_by_name(".go.buildinfo")?.data().ok()?).ok()
+}
+
+/// The bytes of the function at `addr` and their offset in the file.
+fn function_bytes<'a, R: object::ReadRef<'a>>(
+    file: &object::File<'a, R>,
+    addr: u64,
+    size: u64,
+) -> Option<(&'a [u8], u64)> {
+    // Checked arithmetic throughout: the symbol table is the file's word.
+    let end = addr.checked_add(size).filter(|_| size > 0)?;
+    let sec = file.sections().find(|s| {
+        s.address() <= addr && s.address().checked_add(s.size()).is_some_and(|e| end <= e)
+    })?;
+    let (sec_off, _) = sec.file_range()?;
+    let data = sec.data().ok()?;
+    let start = usize::try_from(addr - sec.address()).ok()?;
+    let code = data.get(start..start.checked_add(usize::try_from(size).ok()?)?)?;
+    Some((code, sec_off.checked_add(start as u64)?))
+}
+
+/// The Go version in a `.go.buildinfo` section (Go 1.18+: a 16-byte header
+/// with the "inline strings" flag, then the version as a varint-prefixed
+/// string at offset 32). Earlier releases store pointers instead.
+pub fn build_version(info: &[u8]) -> Result<String, GoTlsError> {
+    const MAGIC: &[u8] = b"\xff Go buildinf:";
+    if !info.starts_with(MAGIC) || info.len() < 32 {
+        return Err(GoTlsError::NotGo);
+    }
+    const INLINE_STRINGS: u8 = 0x2;
+    if info[15] & INLINE_STRINGS == 0 {
+        return Err(GoTlsError::OldGo);
+    }
+    let mut len = 0usize;
+    let mut at = 32;
+    for shift in (0..35).step_by(7) {
+        let b = *info.get(at).ok_or(GoTlsError::NotGo)?;
+        at += 1;
+        len |= ((b & 0x7f) as usize) << shift;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    let v = info.get(at..at + len).ok_or(GoTlsError::NotGo)?;
+    String::from_utf8(v.to_vec()).map_err(|_| GoTlsError::NotGo)
+}
+
+/// Where a Go function's body starts: after the stack check of its
+/// prologue (`cmp rsp, [r14+0x10]; jbe morestack`, with a `lea` first for
+/// larger frames). A call that must grow its stack runs the prologue twice,
+/// and a probe on the first byte would see one Write as two. The check only
+/// reads, so the arguments are still in their registers after it. A
+/// function without the check (nosplit) starts at 0.
+pub fn body_start(code: &[u8]) -> u64 {
+    Decoder::with_ip(64, code, 0, DecoderOptions::NONE)
+        .into_iter()
+        .take(3)
+        .find(|ins| ins.mnemonic() == Mnemonic::Jbe)
+        .map_or(0, |ins| ins.next_ip())
+}
+
+/// Offsets of the RET instructions in one function's machine code, found by
+/// decoding it from its first byte (Go puts no data in its text). A probe
+/// placed inside an instruction would corrupt the program, so any byte that
+/// does not decode refuses the whole function.
+pub fn ret_offsets(code: &[u8]) -> Result<Vec<u64>, &'static str> {
+    let mut out = Vec::new();
+    let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+    for ins in &mut decoder {
+        if ins.code() == Code::INVALID {
+            return Err("machine code that does not decode");
+        }
+        if ins.mnemonic() == Mnemonic::Ret {
+            out.push(ins.ip());
+        }
+    }
+    if out.is_empty() {
+        return Err("no RET instruction");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Build info of a real go1.19.8 binary (the first 48 bytes of its
+    /// .go.buildinfo section).
+    const BUILDINFO_GO119: &[u8] = b"\xff Go buildinf:\x08\x02\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\x08go1.19.8\xe5\x010w\xaf\x0c\x92t\x08\x02A\xe1\xc1\x07\xe6\xd6\x18\xe6p";
+
+    #[test]
+    fn version_from_build_info() {
+        assert_eq!(build_version(BUILDINFO_GO119).unwrap(), "go1.19.8");
+        let mut old = BUILDINFO_GO119.to_vec();
+        old[15] = 0;
+        assert_eq!(build_version(&old), Err(GoTlsError::OldGo));
+        assert_eq!(build_version(b"\x7fELF"), Err(GoTlsError::NotGo));
+        // A length past the end is no version, not a panic.
+        let mut cut = BUILDINFO_GO119[..36].to_vec();
+        cut.push(0);
+        assert_eq!(build_version(&cut[..34]), Err(GoTlsError::NotGo));
+    }
+
+    /// The prologue and epilogue shape of Go functions (go1.19's
+    /// (*Conn).Read): a RET byte inside another instruction's immediate is
+    /// not a RET.
+    #[test]
+    fn rets_are_instructions_not_bytes() {
+        let code = [
+            0x49, 0x3b, 0x66, 0x10, // cmp rsp, [r14+0x10]
+            0x48, 0x83, 0xec, 0x68, // sub rsp, 0x68
+            0x48, 0xc7, 0xc0, 0xc3, 0x00, 0x00, 0x00, // mov rax, 0xc3
+            0x48, 0x8b, 0x6c, 0x24, 0x60, // mov rbp, [rsp+0x60]
+            0x48, 0x83, 0xc4, 0x68, // add rsp, 0x68
+            0xc3, // ret
+            0x48, 0x89, 0xc3, // mov rbx, rax
+            0xc3, // ret
+        ];
+        assert_eq!(ret_offsets(&code).unwrap(), vec![24, 28]);
+        assert!(ret_offsets(&code[..24]).is_err(), "no RET");
+        // A cut instruction does not decode: nothing is placed.
+        assert!(ret_offsets(&code[..14]).is_err());
+    }
+
+    /// crypto/tls.(*Conn).Read and Write of a real go1.19.8 build of
+    /// tests/integration/peers/go_tls (cut out with `go tool nm -size` and
+    /// dd); the RET offsets are GNU objdump's reading of the same bytes.
+    #[test]
+    fn rets_of_real_go_functions() {
+        let read = include_bytes!("../../../../testdata/go/tls_conn_read_go1.19.8.bin");
+        let write = include_bytes!("../../../../testdata/go/tls_conn_write_go1.19.8.bin");
+        assert_eq!(
+            ret_offsets(read).unwrap(),
+            vec![260, 305, 434, 765, 816, 941, 971]
+        );
+        assert_eq!(
+            ret_offsets(write).unwrap(),
+            vec![978, 1402, 1514, 1626, 1724, 1804, 1864, 1906]
+        );
+        // After `cmp rsp, [r14+0x10]; jbe` (Read), and after `lea r12,
+        // [rsp-0x68]; cmp r12, [r14+0x10]; jbe` (Write).
+        assert_eq!(body_start(read), 10);
+        assert_eq!(body_start(write), 15);
+        // No stack check: the first byte.
+        assert_eq!(body_start(&[0x48, 0x89, 0xc3, 0xc3]), 0);
+    }
+
+    #[test]
+    fn not_go() {
+        assert_eq!(go_version_of(std::path::Path::new("/proc/self/exe")), None);
+        let me = std::fs::read("/proc/self/exe").unwrap();
+        assert_eq!(find_sites(&me[..]), Err(GoTlsError::NotGo));
+        assert_eq!(find_sites(&b"not an elf"[..]), Err(GoTlsError::NotX86Elf));
+    }
+}
