@@ -892,20 +892,28 @@ def test_libssl_loaded_later_from_a_private_copy(require_root, sink, start_agent
 GO = shutil.which("go") or "/usr/bin/go"
 
 
-def build_go_peer(tmp_path: Path) -> Path:
+def build_go_peer(tmp_path: Path, stripped: bool) -> Path:
     """peers/go_tls/main.go built by the system's Go, under a unique name (the
-    executable-name selector then matches nothing else on the host)."""
+    executable-name selector then matches nothing else on the host); stripped:
+    without symbol table and DWARF (``-ldflags=-s -w``), as many images ship."""
     assert os.path.exists(GO), "go not installed (scripts/setup.sh installs golang-go)"
     exe = tmp_path / f"gotls-{uuid.uuid4().hex[:8]}"
     env = dict(peer_env(), GO111MODULE="off", GOCACHE=str(tmp_path / "gocache"),
                HOME=str(tmp_path))
-    cp = subprocess.run([GO, "build", "-o", str(exe), str(PEERS / "go_tls" / "main.go")],
+    flags = ["-ldflags=-s -w"] if stripped else []
+    cp = subprocess.run([GO, "build", *flags, "-o", str(exe),
+                         str(PEERS / "go_tls" / "main.go")],
                         env=env, capture_output=True, text=True, timeout=300)
     assert cp.returncode == 0, cp.stderr
+    symtab = subprocess.run(["readelf", "-S", str(exe)], capture_output=True,
+                            text=True).stdout
+    assert (".symtab" in symtab) != stripped, symtab
     return exe
 
 
-def test_go_crypto_tls_server_and_clients(require_root, sink, start_agent, spawn, tmp_path):
+@pytest.mark.parametrize("stripped", [False, True], ids=["symbols", "stripped"])
+def test_go_crypto_tls_server_and_clients(require_root, sink, start_agent, spawn, tmp_path,
+                                          stripped):
     """A Go net/http server over crypto/tls (started before the agent) and two Go
     clients started after it (one on HTTP/2, which Go negotiates by ALPN, one on
     HTTP/1.1), all one executable selected by name. Go links no OpenSSL: the agent
@@ -916,8 +924,9 @@ def test_go_crypto_tls_server_and_clients(require_root, sink, start_agent, spawn
     CLIENT span per request, https, with the right status and protocol version, no
     span linked to another request's, no parse errors, process.runtime.name ``go``
     with the version `go env GOVERSION` gives; the server keeps serving after the
-    agent has detached its probes."""
-    exe = build_go_peer(tmp_path)
+    agent has detached its probes. Stripped: the functions are found in the
+    runtime's own table (.gopclntab) instead of the symbol table."""
+    exe = build_go_peer(tmp_path, stripped)
     cert, key = make_cert(tmp_path)
     port = free_port()
     srv = spawn([exe, "server", port, cert, key], port=port, name="go-server")

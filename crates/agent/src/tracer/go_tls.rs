@@ -62,6 +62,16 @@ pub fn find_sites<'a, R: object::ReadRef<'a>>(data: R) -> Result<GoTlsSites, GoT
             break;
         }
     }
+    if read.is_none() || write.is_none() {
+        // Stripped (`-ldflags=-s`): the runtime's own function table is
+        // still there, with every name.
+        let table = file
+            .section_by_name(".gopclntab")
+            .and_then(|s| s.data().ok())
+            .unwrap_or_default();
+        let text = file.section_by_name(".text").map_or(0, |s| s.address());
+        [read, write] = pclntab_lookup(table, text, [READ, WRITE]);
+    }
     let (Some(read), Some(write)) = (read, write) else {
         return Err(GoTlsError::NoSymbols);
     };
@@ -80,6 +90,75 @@ pub fn find_sites<'a, R: object::ReadRef<'a>>(data: R) -> Result<GoTlsSites, GoT
         write: write_at + body_start(write_code),
         read_rets: read_rets.into_iter().map(|o| read_at + o).collect(),
     })
+}
+
+/// Address and size of the functions `names` in a `.gopclntab` section
+/// (Go 1.18+ layout, runtime/symtab.go `pcHeader`): the header's
+/// `textStart`, `funcnameOffset` and `pclnOffset`; at `pclnOffset`, nfunc+1
+/// (entry offset, func offset) pairs sorted by entry, and in each func its
+/// name's offset in the name table. A function's size runs to the next
+/// entry. `text` (the .text address) stands in for a `textStart` a
+/// position-independent build leaves to its relocations.
+pub fn pclntab_lookup<const N: usize>(
+    table: &[u8],
+    text: u64,
+    names: [&str; N],
+) -> [Option<(u64, u64)>; N] {
+    let mut out = [None; N];
+    let u32_at = |at: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(
+            table.get(at..at.checked_add(4)?)?.try_into().ok()?,
+        ))
+    };
+    let u64_at = |at: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(
+            table.get(at..at.checked_add(8)?)?.try_into().ok()?,
+        ))
+    };
+    const MAGIC_GO118: u32 = 0xffff_fff0;
+    const MAGIC_GO120: u32 = 0xffff_fff1;
+    let header_ok =
+        matches!(u32_at(0), Some(MAGIC_GO118 | MAGIC_GO120)) && table.get(7) == Some(&8);
+    let (Some(nfunc), Some(text_start), Some(names_at), Some(pcln_at)) =
+        (u64_at(8), u64_at(24), u64_at(32), u64_at(64))
+    else {
+        return out;
+    };
+    if !header_ok {
+        return out;
+    }
+    let text_start = if text_start == 0 { text } else { text_start };
+    let (Ok(names_at), Ok(pcln_at)) = (usize::try_from(names_at), usize::try_from(pcln_at)) else {
+        return out;
+    };
+    let name_at = |func_off: u32| -> Option<&[u8]> {
+        let func = pcln_at.checked_add(func_off as usize)?;
+        let name_off = usize::try_from(u32_at(func.checked_add(4)?)? as i32).ok()?;
+        let start = names_at.checked_add(name_off)?;
+        let rest = table.get(start..)?;
+        Some(&rest[..rest.iter().position(|&b| b == 0)?])
+    };
+    for i in 0..nfunc as usize {
+        let Some(at) = i.checked_mul(8).and_then(|o| o.checked_add(pcln_at)) else {
+            break;
+        };
+        let (Some(entry), Some(func_off), Some(next)) =
+            (u32_at(at), u32_at(at + 4), u32_at(at + 8))
+        else {
+            break;
+        };
+        let Some(name) = name_at(func_off) else {
+            continue;
+        };
+        if let Some(k) = names.iter().position(|n| n.as_bytes() == name) {
+            let size = u64::from(next.saturating_sub(entry));
+            out[k] = text_start.checked_add(u64::from(entry)).map(|a| (a, size));
+            if out.iter().all(Option::is_some) {
+                break;
+            }
+        }
+    }
+    out
 }
 
 /// The Go release that built the executable at `path` (None: not Go, or
@@ -232,6 +311,82 @@ mod tests {
         assert_eq!(body_start(write), 15);
         // No stack check: the first byte.
         assert_eq!(body_start(&[0x48, 0x89, 0xc3, 0xc3]), 0);
+    }
+
+    /// A .gopclntab in the Go 1.18+ layout with the functions `funcs`
+    /// (name, entry offset), ending at `end`.
+    fn pclntab(funcs: &[(&str, u32)], end: u32, text_start: u64) -> Vec<u8> {
+        let mut names = Vec::new();
+        let mut name_offs = Vec::new();
+        for (n, _) in funcs {
+            name_offs.push(names.len() as u32);
+            names.extend_from_slice(n.as_bytes());
+            names.push(0);
+        }
+        let names_at = 72u64;
+        let pcln_at = names_at + names.len() as u64;
+        let functab_len = 8 * (funcs.len() + 1);
+        let mut pcln = Vec::new();
+        for (i, (_, entry)) in funcs.iter().enumerate() {
+            pcln.extend(entry.to_le_bytes());
+            pcln.extend(((functab_len + 8 * i) as u32).to_le_bytes());
+        }
+        pcln.extend(end.to_le_bytes());
+        pcln.extend(0u32.to_le_bytes());
+        for (i, (_, entry)) in funcs.iter().enumerate() {
+            pcln.extend(entry.to_le_bytes());
+            pcln.extend(name_offs[i].to_le_bytes());
+        }
+        let mut t = vec![0xf0, 0xff, 0xff, 0xff, 0, 0, 1, 8];
+        for v in [
+            funcs.len() as u64,
+            0,
+            text_start,
+            names_at,
+            0,
+            0,
+            0,
+            pcln_at,
+        ] {
+            t.extend(v.to_le_bytes());
+        }
+        t.extend(names);
+        t.extend(pcln);
+        t
+    }
+
+    #[test]
+    fn functions_from_the_runtime_table() {
+        let funcs = [
+            ("main.main", 0x0),
+            (READ, 0x40),
+            ("x.y", 0x100),
+            (WRITE, 0x180),
+        ];
+        let t = pclntab(&funcs, 0x200, 0x401000);
+        assert_eq!(
+            pclntab_lookup(&t, 0x999, [READ, WRITE]),
+            [Some((0x401040, 0xc0)), Some((0x401180, 0x80))]
+        );
+        assert_eq!(pclntab_lookup(&t, 0, ["nope"]), [None]);
+        // A position-independent build leaves textStart to a relocation.
+        let pie = pclntab(&funcs, 0x200, 0);
+        assert_eq!(
+            pclntab_lookup(&pie, 0x1000, [WRITE]),
+            [Some((0x1180, 0x80))]
+        );
+        // Another magic (a pre-1.18 table) is not read.
+        let mut old = t.clone();
+        old[0] = 0xfb;
+        assert_eq!(pclntab_lookup(&old, 0, [READ]), [None]);
+        // Every cut of the table: no panic, and never a wrong answer.
+        for n in 0..t.len() {
+            let [r] = pclntab_lookup(&t[..n], 0, [READ]);
+            assert!(
+                r.is_none() || r == Some((0x401040, 0xc0)),
+                "cut at {n}: {r:?}"
+            );
+        }
     }
 
     #[test]
