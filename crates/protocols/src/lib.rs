@@ -3,6 +3,7 @@
 
 pub mod db;
 pub mod dns;
+pub mod go_binary;
 pub mod http1;
 pub mod http2;
 pub mod memcached;

@@ -266,7 +266,7 @@ pub fn build(pid: u32, host: &str, exec_path: Option<&str>, naming: &Naming) -> 
     let runtime = runtime_of(&exe_name);
     // A native executable built by Go says so in its build info.
     let go_version = (runtime == "native")
-        .then(|| crate::tracer::go_tls::go_version_of(Path::new(&format!("/proc/{pid}/exe"))))
+        .then(|| crate::tracer::tls::go_version_of(Path::new(&format!("/proc/{pid}/exe"))))
         .flatten();
     let runtime = if go_version.is_some() { "go" } else { runtime };
 

@@ -3,7 +3,6 @@
 //! kernel-side counters. Dropping the Tracer detaches every program.
 
 pub mod abi;
-pub mod go_tls;
 mod hooks;
 pub mod ring;
 mod selection;

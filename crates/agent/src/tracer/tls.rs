@@ -4,6 +4,7 @@
 //! OpenSSL, another version) is a logged, counted skip, never an error.
 
 use super::Tracer;
+use autotel_protocols::go_binary;
 use libbpf_rs::{Link, ProgramMut, UprobeMultiOpts, UprobeOpts};
 use std::path::{Path, PathBuf};
 
@@ -37,6 +38,13 @@ impl TlsAttach {
             TlsAttach::AlreadyDone => "already_done",
         }
     }
+}
+
+/// The Go release that built the executable at `path` (None: not Go, or
+/// unreadable). Reads only the headers and the build info.
+pub fn go_version_of(path: &Path) -> Option<String> {
+    let file = std::fs::File::open(path).ok()?;
+    go_binary::go_version(&object::ReadCache::new(file))
 }
 
 /// libssl files of the usual library directories, attached at start so a
@@ -123,7 +131,7 @@ impl Tracer {
     }
 
     /// Places the Go crypto/tls probes on `path` if it is a Go program
-    /// with TLS linked in (see go_tls.rs).
+    /// with TLS linked in (see protocols::go_binary).
     fn attach_go_tls(&self, path: &Path) -> TlsAttach {
         // Read on demand: most executables offered here are not Go, and
         // some are hundreds of megabytes.
@@ -131,7 +139,7 @@ impl Tracer {
             .map_err(|e| e.to_string())
             .and_then(|f| {
                 let cache = object::ReadCache::new(f);
-                super::go_tls::find_sites(&cache).map_err(|e| e.to_string())
+                go_binary::find_sites(&cache).map_err(|e| e.to_string())
             }) {
             Ok(s) => s,
             Err(e) => {

@@ -1,10 +1,11 @@
 //! Where the Go crypto/tls probes (bpf/tracers/tls.h) go in one executable:
 //! the file offsets of `(*Conn).Read` and `(*Conn).Write`, and of every RET
-//! instruction of Read (Write is read whole at its entry). Go programs link no OpenSSL; their plaintext is
-//! read at these two methods. Return probes would be uretprobes, which
-//! rewrite the return address on a goroutine stack that Go moves when it
-//! grows (the program then crashes), so the "return" probes go on the RET
-//! instructions themselves. Pure functions over the file's bytes.
+//! instruction of Read (Write is read whole at its entry). Go programs link
+//! no OpenSSL; their plaintext is read at these two methods. Return probes
+//! would be uretprobes, which rewrite the return address on a goroutine
+//! stack that Go moves when it grows (the program then crashes), so the
+//! "return" probes go on the RET instructions themselves. Pure functions
+//! over the file's bytes (a slice, or an `object::ReadCache` over the file).
 
 use iced_x86::{Code, Decoder, DecoderOptions, Mnemonic};
 use object::{Object, ObjectSection, ObjectSymbol};
@@ -161,11 +162,9 @@ pub fn pclntab_lookup<const N: usize>(
     out
 }
 
-/// The Go release that built the executable at `path` (None: not Go, or
-/// unreadable). Reads only the headers and the build info.
-pub fn go_version_of(path: &std::path::Path) -> Option<String> {
-    let cache = object::ReadCache::new(std::fs::File::open(path).ok()?);
-    let file = object::File::parse(&cache).ok()?;
+/// The Go release that built the ELF file `data` (None: not Go).
+pub fn go_version<'a, R: object::ReadRef<'a>>(data: R) -> Option<String> {
+    let file = object::File::parse(data).ok()?;
     build_version(file.section_by_name(".go.buildinfo")?.data().ok()?).ok()
 }
 
@@ -295,8 +294,8 @@ mod tests {
     /// dd); the RET offsets are GNU objdump's reading of the same bytes.
     #[test]
     fn rets_of_real_go_functions() {
-        let read = include_bytes!("../../../../testdata/go/tls_conn_read_go1.19.8.bin");
-        let write = include_bytes!("../../../../testdata/go/tls_conn_write_go1.19.8.bin");
+        let read = include_bytes!("../../../testdata/go_binary/tls_conn_read_go1.19.8.bin");
+        let write = include_bytes!("../../../testdata/go_binary/tls_conn_write_go1.19.8.bin");
         assert_eq!(
             ret_offsets(read).unwrap(),
             vec![260, 305, 434, 765, 816, 941, 971]
@@ -391,8 +390,9 @@ mod tests {
 
     #[test]
     fn not_go() {
-        assert_eq!(go_version_of(std::path::Path::new("/proc/self/exe")), None);
+        // This test binary: an x86-64 ELF file, not built by Go.
         let me = std::fs::read("/proc/self/exe").unwrap();
+        assert_eq!(go_version(&me[..]), None);
         assert_eq!(find_sites(&me[..]), Err(GoTlsError::NotGo));
         assert_eq!(find_sites(&b"not an elf"[..]), Err(GoTlsError::NotX86Elf));
     }
