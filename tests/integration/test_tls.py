@@ -892,23 +892,38 @@ def test_libssl_loaded_later_from_a_private_copy(require_root, sink, start_agent
 GO = shutil.which("go") or "/usr/bin/go"
 
 
-def build_go_peer(tmp_path: Path, stripped: bool) -> Path:
+def build_go_peer(tmp_path: Path, stripped: bool, peer: str = "go_tls") -> Path:
     """peers/go_tls/main.go built by the system's Go, under a unique name (the
     executable-name selector then matches nothing else on the host); stripped:
     without symbol table and DWARF (``-ldflags=-s -w``), as many images ship."""
     assert os.path.exists(GO), "go not installed (scripts/setup.sh installs golang-go)"
     exe = tmp_path / f"gotls-{uuid.uuid4().hex[:8]}"
+    # GOPATH: Debian's Go packages (golang-google-grpc-dev and its dependencies).
     env = dict(peer_env(), GO111MODULE="off", GOCACHE=str(tmp_path / "gocache"),
-               HOME=str(tmp_path))
+               GOPATH="/usr/share/gocode", HOME=str(tmp_path))
     flags = ["-ldflags=-s -w"] if stripped else []
     cp = subprocess.run([GO, "build", *flags, "-o", str(exe),
-                         str(PEERS / "go_tls" / "main.go")],
+                         str(PEERS / peer / "main.go")],
                         env=env, capture_output=True, text=True, timeout=300)
     assert cp.returncode == 0, cp.stderr
     symtab = subprocess.run(["readelf", "-S", str(exe)], capture_output=True,
                             text=True).stdout
     assert (".symtab" in symtab) != stripped, symtab
     return exe
+
+
+def go_resource_problems(spans: List[dict], exe_name: str) -> List[str]:
+    """A Go process's resource: process.runtime.name ``go`` with the version `go env
+    GOVERSION` gives, and the executable as service name (not its first argument,
+    as for an interpreter's script)."""
+    go_version = subprocess.run([GO, "env", "GOVERSION"], capture_output=True,
+                                text=True).stdout.strip()
+    got = {(x["resource"].get("process.runtime.name"),
+            x["resource"].get("process.runtime.version"),
+            x["resource"].get("service.name")) for x in spans}
+    want = {("go", go_version, exe_name)}
+    report("Go processes' (process.runtime.name, .version, service.name)", got, want)
+    return [] if got == want else [f"resource {got}, want {want}"]
 
 
 @pytest.mark.parametrize("stripped", [False, True], ids=["symbols", "stripped"])
@@ -978,13 +993,7 @@ def test_go_crypto_tls_server_and_clients(require_root, sink, start_agent, spawn
                                     f"client span {c['span_id']}")
                 else:
                     linked += 1
-    go_version = subprocess.run([GO, "env", "GOVERSION"], capture_output=True,
-                                text=True).stdout.strip()
-    runtimes = {(x["resource"].get("process.runtime.name"),
-                 x["resource"].get("process.runtime.version")) for x in spans}
-    report("process.runtime of the Go processes", runtimes, {("go", go_version)})
-    if runtimes != {("go", go_version)}:
-        problems.append(f"process.runtime {runtimes}, want go {go_version}")
+    problems += go_resource_problems(spans, exe.name)
     big = srv_spans.get("/big-h1")
     if big is not None and big["attrs"].get("http.response.body.size") != 300000:
         problems.append(f"/big-h1 body size {big['attrs'].get('http.response.body.size')!r}")
@@ -1011,3 +1020,60 @@ def test_go_crypto_tls_server_and_clients(require_root, sink, start_agent, spawn
     after = spawn([exe, "client", base + "/after"], name="go-client-after")
     assert after.wait(timeout=30) == 0, after.log_path.read_text()
     assert srv.poll() is None, srv.log_path.read_text()
+
+
+def test_go_grpc_over_tls(require_root, sink, start_agent, spawn, tmp_path):
+    """gRPC-Go (Debian's golang-google-grpc-dev) over crypto/tls: its own HTTP/2,
+    not net/http's. A health-service server started before the agent, a client
+    started after it, one executable selected by name; the client calls
+    grpc.health.v1.Health/Check for a known service, an unknown one (NOT_FOUND) and
+    the known one again on one connection. Exactly 3 SERVER and 3 CLIENT spans with
+    rpc.system grpc, the method, and the status code the client saw; each server
+    span a child of its client span or a root, never another call's; no parse
+    errors."""
+    exe = build_go_peer(tmp_path, False, peer="go_grpc_tls")
+    cert, key = make_cert(tmp_path)
+    port = free_port()
+    srv = spawn([exe, "server", port, cert, key], port=port, name="go-grpc-server")
+    agent = start_agent({"AUTOTEL_EXECUTABLE_NAME": f"^{exe.name}$"})
+    errs0 = metric_sum(agent, PARSE_ERRORS)
+    cli = spawn([exe, "client", "--wait-stdin", f"127.0.0.1:{port}", "known", "unknown",
+                 "known"], name="go-grpc-client", stdin=True)
+    time.sleep(DISCOVERY_GRACE)
+    out = go_and_wait(cli)
+    assert out == {"codes": [0, 5, 0]}, out
+    pids = {srv.pid, cli.pid}
+    sink.wait_for_spans(lambda s: pid_of(s) in pids, 6, SPAN_TIMEOUT, SETTLE)
+    spans = sorted((s for s in sink.spans() if pid_of(s) in pids), key=lambda s: s["start_ns"])
+    srv_spans = [s for s in spans if pid_of(s) == srv.pid]
+    cli_spans = [s for s in spans if pid_of(s) == cli.pid]
+    report("gRPC-Go server SERVER spans", len(srv_spans), 3)
+    report("gRPC-Go client CLIENT spans", len(cli_spans), 3)
+    problems = []
+    for label, side, kind in (("server", srv_spans, "SERVER"), ("client", cli_spans, "CLIENT")):
+        codes = [x["attrs"].get("rpc.grpc.status_code") for x in side]
+        report(f"{label} rpc.grpc.status_code in time order", codes, [0, 5, 0])
+        if codes != [0, 5, 0]:
+            problems.append(f"{label} status codes {codes}")
+        for x in side:
+            a = x["attrs"]
+            want = {"rpc.system": "grpc", "rpc.service": "grpc.health.v1.Health",
+                    "rpc.method": "Check", "server.port": port}
+            bad = {k: a.get(k) for k, v in want.items() if a.get(k) != v}
+            if bad or x["kind"] != kind:
+                problems.append(f"{label} span {x['span_id']}: {bad} kind {x['kind']}")
+    client_of = {c["span_id"] for c in cli_spans}
+    for s_, c in zip(srv_spans, cli_spans):
+        if s_["parent_span_id"] and s_["parent_span_id"] != c["span_id"]:
+            where = "another call's client span" if s_["parent_span_id"] in client_of \
+                else "an unknown span"
+            problems.append(f"server span {s_['span_id']}: parent is {where}")
+    problems += go_resource_problems(spans, exe.name)
+    errs = metric_sum(agent, PARSE_ERRORS) - errs0
+    report("parse errors, all protocols (increase)", int(errs), 0)
+    if errs:
+        problems.append(f"{errs} parse errors")
+    assert len(srv_spans) == 3 and len(cli_spans) == 3 and not problems, \
+        "\n".join(problems) + "\n" + show(spans)
+    assert_no_panic(agent)
+

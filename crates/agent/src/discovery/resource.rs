@@ -263,12 +263,16 @@ pub fn build(pid: u32, host: &str, exec_path: Option<&str>, naming: &Naming) -> 
         .unwrap_or_else(|| "unknown".into());
     let args = procfs::cmdline(pid);
     let env = procfs::environ(pid);
-    let runtime = runtime_of(&exe_name);
+    let interpreter = runtime_of(&exe_name);
     // A native executable built by Go says so in its build info.
-    let go_version = (runtime == "native")
+    let go_version = (interpreter == "native")
         .then(|| crate::tracer::tls::go_version_of(Path::new(&format!("/proc/{pid}/exe"))))
         .flatten();
-    let runtime = if go_version.is_some() { "go" } else { runtime };
+    let runtime = if go_version.is_some() {
+        "go"
+    } else {
+        interpreter
+    };
 
     let env_attrs = env
         .get("OTEL_RESOURCE_ATTRIBUTES")
@@ -288,7 +292,10 @@ pub fn build(pid: u32, host: &str, exec_path: Option<&str>, naming: &Naming) -> 
         (n.clone(), "env")
     } else if let Some(n) = from_attrs("service.name") {
         (n, "env")
-    } else if let Some(n) = (runtime != "native").then(|| script_name(&args)).flatten() {
+    } else if let Some(n) = (interpreter != "native")
+        .then(|| script_name(&args))
+        .flatten()
+    {
         (n, "script")
     } else {
         (exe_name.clone(), "executable")
