@@ -159,6 +159,16 @@ struct {
  * layouts have held since Go 1.9. Read on every call, not cached: Go reuses
  * a freed Conn's memory for the next one. Another net.Conn underneath gives
  * a number lookup_conn does not find as a socket of this process. */
+/* An entry probe placed on the prologue's stack check (cookie 1) sees the
+ * comparison's flags: `jbe` branches to morestack when CF or ZF is set, and
+ * the call then starts over, so that visit is not the call's. */
+#define AT_X86_EFLAGS_CF 0x1
+#define AT_X86_EFLAGS_ZF 0x40
+static __always_inline int go_growing_stack(struct pt_regs *ctx)
+{
+	return bpf_get_attach_cookie(ctx) && (ctx->flags & (AT_X86_EFLAGS_CF | AT_X86_EFLAGS_ZF));
+}
+
 static __always_inline __s32 go_conn_fd(__u64 conn)
 {
 	__u64 tcp = 0, netfd = 0;
@@ -176,7 +186,7 @@ SEC("uprobe")
 int at_go_tls_read(struct pt_regs *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (!is_selected(tgid))
+	if (!is_selected(tgid) || go_growing_stack(ctx))
 		return 0;
 	struct at_go_call_key key = { .tgid = tgid, .g = ctx->r14 };
 	struct at_go_call c = {
@@ -184,8 +194,6 @@ int at_go_tls_read(struct pt_regs *ctx)
 		.enter_ns = bpf_ktime_get_ns(),
 		.fd = go_conn_fd(ctx->ax),
 	};
-	/* A call that grows its stack starts over from the entry: the second
-	 * visit replaces the first. */
 	bpf_map_update_elem(&go_tls_calls, &key, &c, BPF_ANY);
 	return 0;
 }
@@ -195,14 +203,14 @@ int at_go_tls_write(struct pt_regs *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct at_task_state *st = selected_task_state(id >> 32);
-	if (!st)
+	if (!st || go_growing_stack(ctx))
 		return 0;
 	return emit_plaintext(st, id, go_conn_fd(ctx->ax), AT_SYS_SSL_WRITE, 0, ctx->bx, (long)ctx->cx);
 }
 
-/* On every RET of (*Conn).Read. */
-SEC("uprobe")
-int at_go_tls_ret(struct pt_regs *ctx)
+/* The end of a Read of this goroutine: `n` plaintext bytes at `buf` (0: the
+ * buffer Read was given). */
+static __always_inline int go_read_done(struct pt_regs *ctx, __u64 buf, long n)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct at_task_state *st = selected_task_state(id >> 32);
@@ -214,7 +222,22 @@ int at_go_tls_ret(struct pt_regs *ctx)
 		return 0;
 	struct at_go_call c = *p;
 	bpf_map_delete_elem(&go_tls_calls, &key);
-	return emit_plaintext(st, id, c.fd, AT_SYS_SSL_READ, c.enter_ns, c.buf, (long)ctx->ax);
+	return emit_plaintext(st, id, c.fd, AT_SYS_SSL_READ, c.enter_ns, buf ? buf : c.buf, n);
+}
+
+/* On Read's call of runtime.memmove(to, from, n), which copies the plaintext
+ * out of the record buffer: read from `from`, just before the copy. */
+SEC("uprobe")
+int at_go_tls_copy(struct pt_regs *ctx)
+{
+	return go_read_done(ctx, ctx->bx, (long)ctx->cx);
+}
+
+/* On every RET of Read, where its copy could not be found: n in RAX. */
+SEC("uprobe")
+int at_go_tls_ret(struct pt_regs *ctx)
+{
+	return go_read_done(ctx, 0, (long)ctx->ax);
 }
 
 #endif

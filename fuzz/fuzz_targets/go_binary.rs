@@ -6,14 +6,15 @@
 #![no_main]
 
 use autotel_protocols::go_binary::{
-    body_start, build_version, find_sites, pclntab_lookup, ret_offsets, READ, WRITE,
+    build_version, entry_site, find_sites, only_call_to, pclntab_lookup, ret_offsets, READ, WRITE,
 };
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let len = data.len() as u64;
     if let Ok(sites) = find_sites(data) {
-        assert!(sites.read < len && sites.write < len);
+        assert!(sites.read.offset < len && sites.write.offset < len);
+        assert!(sites.read_copy.is_none_or(|c| c < len));
         assert!(sites.read_rets.iter().all(|&r| r < len));
     }
     let _ = build_version(data);
@@ -27,5 +28,8 @@ fuzz_target!(|data: &[u8]| {
         assert!(rets.windows(2).all(|w| w[0] < w[1]));
         assert!(rets.iter().all(|&r| r < len));
     }
-    assert!(body_start(data) <= len);
+    assert!(entry_site(data).offset < len.max(1));
+    if let Some(at) = only_call_to(data, 0x40_0000, 0x40_0000) {
+        assert!(at < len);
+    }
 });

@@ -926,9 +926,11 @@ def go_resource_problems(spans: List[dict], exe_name: str) -> List[str]:
     return [] if got == want else [f"resource {got}, want {want}"]
 
 
-@pytest.mark.parametrize("stripped", [False, True], ids=["symbols", "stripped"])
+@pytest.mark.parametrize("stripped,read_probe", [(False, "copy"), (True, "copy"),
+                                                 (False, "returns")],
+                         ids=["symbols", "stripped", "read-at-returns"])
 def test_go_crypto_tls_server_and_clients(require_root, sink, start_agent, spawn, tmp_path,
-                                          stripped):
+                                          stripped, read_probe):
     """A Go net/http server over crypto/tls (started before the agent) and two Go
     clients started after it (one on HTTP/2, which Go negotiates by ALPN, one on
     HTTP/1.1), all one executable selected by name. Go links no OpenSSL: the agent
@@ -940,12 +942,16 @@ def test_go_crypto_tls_server_and_clients(require_root, sink, start_agent, spawn
     span linked to another request's, no parse errors, process.runtime.name ``go``
     with the version `go env GOVERSION` gives; the server keeps serving after the
     agent has detached its probes. Stripped: the functions are found in the
-    runtime's own table (.gopclntab) instead of the symbol table."""
+    runtime's own table (.gopclntab) instead of the symbol table. Read's plaintext
+    is taken at its one call of runtime.memmove (a call the kernel emulates), or
+    with ``AUTOTEL_GO_TLS_READ_PROBE=returns`` at its RET instructions (stepped out
+    of line), the way used when the copy is not found."""
     exe = build_go_peer(tmp_path, stripped)
     cert, key = make_cert(tmp_path)
     port = free_port()
     srv = spawn([exe, "server", port, cert, key], port=port, name="go-server")
-    agent = start_agent({"AUTOTEL_EXECUTABLE_NAME": f"^{exe.name}$"})
+    agent = start_agent({"AUTOTEL_EXECUTABLE_NAME": f"^{exe.name}$",
+                         "AUTOTEL_GO_TLS_READ_PROBE": read_probe})
     errs0 = metric_sum(agent, PARSE_ERRORS)
     base = f"https://127.0.0.1:{port}"
     plans = {"2": ["/h2-a", "/h2-b", "/h2-c", "/missing-h2"],
@@ -994,6 +1000,10 @@ def test_go_crypto_tls_server_and_clients(require_root, sink, start_agent, spawn
                 else:
                     linked += 1
     problems += go_resource_problems(spans, exe.name)
+    attached = re.findall(r'Go TLS capture attached.*read_at="?(\w+)', agent.stderr_text())
+    report("where Go's Read is probed", attached, [read_probe])
+    if attached != [read_probe]:
+        problems.append(f"Go TLS attached with Read at {attached}, want [{read_probe}]")
     big = srv_spans.get("/big-h1")
     if big is not None and big["attrs"].get("http.response.body.size") != 300000:
         problems.append(f"/big-h1 body size {big['attrs'].get('http.response.body.size')!r}")
@@ -1008,8 +1018,9 @@ def test_go_crypto_tls_server_and_clients(require_root, sink, start_agent, spawn
     progs, links = bpf_fd_ids(agent.pid)
     names = {p["id"]: str(p.get("name", "")) for p in bpftool_json("prog", "show")}
     go_progs = {i for i in progs if names.get(i, "").startswith("at_go_tls")}
-    report("at_go_tls_* programs held by the agent (read, write, ret)", len(go_progs), 3)
-    assert len(go_progs) == 3, sorted(names.get(i) for i in progs)
+    report("at_go_tls_* programs held by the agent (read, write, copy, ret)",
+           len(go_progs), 4)
+    assert len(go_progs) == 4, sorted(names.get(i) for i in progs)
     assert agent.stop() == 0, agent.logs_tail(40)
     time.sleep(0.5)
     left = {p["id"] for p in bpftool_json("prog", "show")} & go_progs

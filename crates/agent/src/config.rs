@@ -322,6 +322,9 @@ pub struct Config {
     pub capture_max_bytes: u32,
     pub capture_http2_max_bytes: u32,
     pub capture_hooks: crate::tracer::CaptureHooks,
+    /// AUTOTEL_GO_TLS_READ_PROBE=returns: Go's TLS Read is read at its RET
+    /// instructions even where its copy call was found (tracer/tls.rs).
+    pub go_tls_read_at_returns: bool,
     pub ringbuf_bytes: u32,
     pub db_query_text: crate::pipeline::db_span::QueryTextMode,
     pub peers: crate::pipeline::network::PeerGrouping,
@@ -748,6 +751,11 @@ impl Config {
                 None => Default::default(),
             },
         };
+        let go_tls_read_at_returns = match env("AUTOTEL_GO_TLS_READ_PROBE").as_deref() {
+            None | Some("copy") => false,
+            Some("returns") => true,
+            Some(v) => anyhow::bail!("AUTOTEL_GO_TLS_READ_PROBE: {v:?} is not copy or returns"),
+        };
         let db_query_text = match env("AUTOTEL_DB_QUERY_TEXT") {
             Some(v) => crate::pipeline::db_span::QueryTextMode::parse(&v)
                 .context("AUTOTEL_DB_QUERY_TEXT")?,
@@ -800,6 +808,7 @@ impl Config {
             capture_max_bytes,
             capture_http2_max_bytes,
             capture_hooks,
+            go_tls_read_at_returns,
             db_query_text,
             peers,
             network_whole_host,

@@ -257,6 +257,7 @@ fn run(cfg: Config, mode: Mode, kube: Option<kube::Config>) -> Result<()> {
         tcp_option_cgroup: cfg.tcp_option_cgroup.clone(),
         network_whole_host: cfg.network_whole_host,
         capture_hooks: cfg.capture_hooks,
+        go_tls_read_at_returns: cfg.go_tls_read_at_returns,
     })?;
 
     // Stages and the channels between them.

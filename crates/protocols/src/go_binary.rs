@@ -12,14 +12,22 @@ use object::{Object, ObjectSection, ObjectSymbol};
 
 pub const READ: &str = "crypto/tls.(*Conn).Read";
 pub const WRITE: &str = "crypto/tls.(*Conn).Write";
+/// What Read copies the plaintext out with: `copy` from its record buffer
+/// (bytes.Reader.Read, inlined) compiles to one call of this.
+pub const MEMMOVE: &str = "runtime.memmove";
 
 /// The probe sites of one Go executable, as file offsets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GoTlsSites {
     /// The Go release that built it, e.g. "go1.19.8".
     pub version: String,
-    pub read: u64,
-    pub write: u64,
+    /// Entry probe sites, as file offsets.
+    pub read: EntrySite,
+    pub write: EntrySite,
+    /// Read's one call of runtime.memmove, which copies the plaintext out
+    /// (`to`, `from`, `n` in RAX, RBX, RCX): a call is emulated, not
+    /// stepped. None: not found exactly once; the RETs serve instead.
+    pub read_copy: Option<u64>,
     /// Every RET of Read.
     pub read_rets: Vec<u64>,
 }
@@ -52,27 +60,7 @@ pub fn find_sites<'a, R: object::ReadRef<'a>>(data: R) -> Result<GoTlsSites, GoT
         .and_then(|s| s.data().ok())
         .ok_or(GoTlsError::NotGo)?;
     let version = build_version(info)?;
-    let (mut read, mut write) = (None, None);
-    for sym in file.symbols() {
-        match sym.name() {
-            Ok(READ) => read = Some((sym.address(), sym.size())),
-            Ok(WRITE) => write = Some((sym.address(), sym.size())),
-            _ => continue,
-        }
-        if read.is_some() && write.is_some() {
-            break;
-        }
-    }
-    if read.is_none() || write.is_none() {
-        // Stripped (`-ldflags=-s`): the runtime's own function table is
-        // still there, with every name.
-        let table = file
-            .section_by_name(".gopclntab")
-            .and_then(|s| s.data().ok())
-            .unwrap_or_default();
-        let text = file.section_by_name(".text").map_or(0, |s| s.address());
-        [read, write] = pclntab_lookup(table, text, [READ, WRITE]);
-    }
+    let [read, write, memmove] = find_functions(&file, [READ, WRITE, MEMMOVE]);
     let (Some(read), Some(write)) = (read, write) else {
         return Err(GoTlsError::NoSymbols);
     };
@@ -82,15 +70,60 @@ pub fn find_sites<'a, R: object::ReadRef<'a>>(data: R) -> Result<GoTlsSites, GoT
             "symbol outside the file's code sections",
         ))
     });
-    let [read, write] = sites;
-    let ((read_code, read_at), (write_code, write_at)) = (read?, write?);
+    let [read_fn, write_fn] = sites;
+    let ((read_code, read_at), (write_code, write_at)) = (read_fn?, write_fn?);
     let read_rets = ret_offsets(read_code).map_err(|e| GoTlsError::Code(READ, e))?;
+    let copy = memmove.and_then(|(target, _)| only_call_to(read_code, read.0, target));
     Ok(GoTlsSites {
         version,
-        read: read_at + body_start(read_code),
-        write: write_at + body_start(write_code),
+        read: offset_by(entry_site(read_code), read_at),
+        write: offset_by(entry_site(write_code), write_at),
+        read_copy: copy.map(|o| read_at + o),
         read_rets: read_rets.into_iter().map(|o| read_at + o).collect(),
     })
+}
+
+/// Address and size of the functions `names`: from the symbol table, or
+/// when the binary was stripped (`-ldflags=-s`) from the runtime's own
+/// function table, which is still there with every name.
+fn find_functions<'a, R: object::ReadRef<'a>, const N: usize>(
+    file: &object::File<'a, R>,
+    names: [&str; N],
+) -> [Option<(u64, u64)>; N] {
+    let mut out = [None; N];
+    for sym in file.symbols() {
+        if let Some(k) = sym
+            .name()
+            .ok()
+            .and_then(|n| names.iter().position(|&w| w == n))
+        {
+            out[k] = Some((sym.address(), sym.size()));
+        }
+    }
+    if out.iter().any(Option::is_none) {
+        let table = file
+            .section_by_name(".gopclntab")
+            .and_then(|s| s.data().ok())
+            .unwrap_or_default();
+        let text = file.section_by_name(".text").map_or(0, |s| s.address());
+        out = pclntab_lookup(table, text, names);
+    }
+    out
+}
+
+/// The offset in `code` (a function at address `at`) of its one direct
+/// call to `target`; None when there is none or more than one.
+pub fn only_call_to(code: &[u8], at: u64, target: u64) -> Option<u64> {
+    let mut found = None;
+    for ins in Decoder::with_ip(64, code, at, DecoderOptions::NONE) {
+        if ins.mnemonic() == Mnemonic::Call && ins.near_branch_target() == target {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(ins.ip() - at);
+        }
+    }
+    found
 }
 
 /// Address and size of the functions `names` in a `.gopclntab` section
@@ -168,6 +201,13 @@ pub fn go_version<'a, R: object::ReadRef<'a>>(data: R) -> Option<String> {
     build_version(file.section_by_name(".go.buildinfo")?.data().ok()?).ok()
 }
 
+fn offset_by(site: EntrySite, by: u64) -> EntrySite {
+    EntrySite {
+        offset: site.offset + by,
+        ..site
+    }
+}
+
 /// The bytes of the function at `addr` and their offset in the file.
 fn function_bytes<'a, R: object::ReadRef<'a>>(
     file: &object::File<'a, R>,
@@ -212,18 +252,37 @@ pub fn build_version(info: &[u8]) -> Result<String, GoTlsError> {
     String::from_utf8(v.to_vec()).map_err(|_| GoTlsError::NotGo)
 }
 
-/// Where a Go function's body starts: after the stack check of its
-/// prologue (`cmp rsp, [r14+0x10]; jbe morestack`, with a `lea` first for
-/// larger frames). A call that must grow its stack runs the prologue twice,
-/// and a probe on the first byte would see one Write as two. The check only
-/// reads, so the arguments are still in their registers after it. A
-/// function without the check (nosplit) starts at 0.
-pub fn body_start(code: &[u8]) -> u64 {
+/// Where a Go function's entry probe goes: on the conditional jump of its
+/// prologue's stack check (`cmp rsp, [r14+0x10]; jbe morestack`, with a
+/// `lea` first for larger frames), `on_check` true. The kernel emulates a
+/// jump where most instructions are stepped out of line, and a single step
+/// is a debug exception that KVM intercepts: every step is a VM exit in a
+/// virtual machine. The check only compares, so the arguments are still in
+/// their registers; when it will branch (CF or ZF set), the call grows its
+/// stack and starts over, and the probe must ignore that visit. A function
+/// without the check (nosplit): its first byte, `on_check` false.
+pub fn entry_site(code: &[u8]) -> EntrySite {
     Decoder::with_ip(64, code, 0, DecoderOptions::NONE)
         .into_iter()
         .take(3)
         .find(|ins| ins.mnemonic() == Mnemonic::Jbe)
-        .map_or(0, |ins| ins.next_ip())
+        .map_or(
+            EntrySite {
+                offset: 0,
+                on_check: false,
+            },
+            |ins| EntrySite {
+                offset: ins.ip(),
+                on_check: true,
+            },
+        )
+}
+
+/// See `entry_site`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntrySite {
+    pub offset: u64,
+    pub on_check: bool,
 }
 
 /// Offsets of the RET instructions in one function's machine code, found by
@@ -291,7 +350,7 @@ mod tests {
 
     /// crypto/tls.(*Conn).Read and Write of a real go1.19.8 build of
     /// tests/integration/peers/go_tls (cut out with `go tool nm -size` and
-    /// dd); the RET offsets are GNU objdump's reading of the same bytes.
+    /// dd); the offsets are GNU objdump's reading of the same bytes.
     #[test]
     fn rets_of_real_go_functions() {
         let read = include_bytes!("../../../testdata/go_binary/tls_conn_read_go1.19.8.bin");
@@ -304,12 +363,28 @@ mod tests {
             ret_offsets(write).unwrap(),
             vec![978, 1402, 1514, 1626, 1724, 1804, 1864, 1906]
         );
-        // After `cmp rsp, [r14+0x10]; jbe` (Read), and after `lea r12,
+        // The binary had Read at 0x5ab620 and runtime.memmove at 0x466820
+        // (`go tool nm`); objdump shows the one call of it at 0x5ab836, and
+        // two of readRecordOrCCS (0x5a5700): no single site for that one.
+        assert_eq!(only_call_to(read, 0x5ab620, 0x466820), Some(0x216));
+        assert_eq!(only_call_to(read, 0x5ab620, 0x5a5700), None);
+        assert_eq!(only_call_to(read, 0x5ab620, 0x123456), None);
+        // The jbe of `cmp rsp, [r14+0x10]; jbe` (Read) and of `lea r12,
         // [rsp-0x68]; cmp r12, [r14+0x10]; jbe` (Write).
-        assert_eq!(body_start(read), 10);
-        assert_eq!(body_start(write), 15);
+        let on = |offset| EntrySite {
+            offset,
+            on_check: true,
+        };
+        assert_eq!(entry_site(read), on(4));
+        assert_eq!(entry_site(write), on(9));
         // No stack check: the first byte.
-        assert_eq!(body_start(&[0x48, 0x89, 0xc3, 0xc3]), 0);
+        assert_eq!(
+            entry_site(&[0x48, 0x89, 0xc3, 0xc3]),
+            EntrySite {
+                offset: 0,
+                on_check: false
+            }
+        );
     }
 
     /// A .gopclntab in the Go 1.18+ layout with the functions `funcs`

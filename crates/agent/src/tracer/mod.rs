@@ -37,6 +37,8 @@ pub struct TracerOptions {
     /// Follow the TCP flows of every process on the host.
     pub network_whole_host: bool,
     pub capture_hooks: CaptureHooks,
+    /// Go TLS: Read at its RETs even where its copy call was found.
+    pub go_tls_read_at_returns: bool,
 }
 
 pub struct Tracer {
@@ -48,6 +50,7 @@ pub struct Tracer {
     tls_seen: std::cell::RefCell<std::collections::HashSet<std::path::PathBuf>>,
     /// TLS probes go on as uprobe_multi links (see tls.rs).
     uprobe_multi: bool,
+    go_tls_read_at_returns: bool,
     pub skel: AutotelSkel<'static>,
 }
 
@@ -176,6 +179,7 @@ impl Tracer {
                 &mut p.at_go_tls_read,
                 &mut p.at_go_tls_write,
                 &mut p.at_go_tls_ret,
+                &mut p.at_go_tls_copy,
             ] {
                 prog.set_attach_type(libbpf_rs::ProgramAttachType::TraceUprobeMulti);
             }
@@ -199,6 +203,7 @@ impl Tracer {
             tls_links: Default::default(),
             tls_seen: Default::default(),
             uprobe_multi,
+            go_tls_read_at_returns: opts.go_tls_read_at_returns,
             skel,
         };
         tracer.attach_all()?;

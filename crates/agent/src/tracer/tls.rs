@@ -148,17 +148,28 @@ impl Tracer {
             }
         };
         let p = &self.skel.progs;
+        // The cookie tells an entry probe it sits on the stack check (see
+        // go_binary::entry_site).
+        let entry = |e: go_binary::EntrySite| (vec![e.offset], vec![u64::from(e.on_check)]);
+        // Read's plaintext at its copy when there is one call site for it,
+        // else at its RETs (each stepped out of line: slower).
+        let copy = sites.read_copy.filter(|_| !self.go_tls_read_at_returns);
+        let (read_out, offsets) = match copy {
+            Some(at) => (&p.at_go_tls_copy, vec![at]),
+            None => (&p.at_go_tls_ret, sites.read_rets.clone()),
+        };
+        let cookies = vec![0; offsets.len()];
         let placed = [
-            (&p.at_go_tls_read, vec![sites.read]),
-            (&p.at_go_tls_write, vec![sites.write]),
-            (&p.at_go_tls_ret, sites.read_rets.clone()),
+            (&p.at_go_tls_read, entry(sites.read)),
+            (&p.at_go_tls_write, entry(sites.write)),
+            (read_out, (offsets, cookies)),
         ]
         .into_iter()
-        .map(|(prog, offsets)| self.place_at_offsets(prog, path, &offsets))
+        .map(|(prog, (offsets, cookies))| self.place_at_offsets(prog, path, &offsets, &cookies))
         .collect::<libbpf_rs::Result<Vec<Vec<Link>>>>();
         match placed {
             Ok(links) => {
-                tracing::info!(path = %path.display(), go = %sites.version, returns = sites.read_rets.len(), "Go TLS capture attached");
+                tracing::info!(path = %path.display(), go = %sites.version, read_at = if copy.is_some() { "copy" } else { "returns" }, "Go TLS capture attached");
                 self.tls_links
                     .borrow_mut()
                     .extend(links.into_iter().flatten());
@@ -173,25 +184,34 @@ impl Tracer {
         }
     }
 
-    /// Attaches `prog` at the file offsets `offsets` of `file`: one
-    /// uprobe_multi link where the kernel has those, else one perf-event
-    /// link per offset.
+    /// Attaches `prog` at the file offsets `offsets` of `file`, each with
+    /// its cookie: one uprobe_multi link where the kernel has those, else one
+    /// perf-event link per offset.
     fn place_at_offsets(
         &self,
         prog: &ProgramMut<'_>,
         file: &Path,
         offsets: &[u64],
+        cookies: &[u64],
     ) -> libbpf_rs::Result<Vec<Link>> {
         if self.uprobe_multi {
             let opts = UprobeMultiOpts {
                 offsets: offsets.iter().map(|&o| o as usize).collect(),
+                cookies: cookies.to_vec(),
                 ..Default::default()
             };
             return Ok(vec![prog.attach_uprobe_multi_with_opts(-1, file, "", opts)?]);
         }
         offsets
             .iter()
-            .map(|&o| prog.attach_uprobe(false, -1, file, o as usize))
+            .zip(cookies)
+            .map(|(&o, &cookie)| {
+                let opts = UprobeOpts {
+                    cookie,
+                    ..Default::default()
+                };
+                prog.attach_uprobe_with_opts(-1, file, o as usize, opts)
+            })
             .collect()
     }
 
