@@ -306,6 +306,19 @@ def check_https_client_span(s: dict, path: str, status: int, port: int,
     return bad
 
 
+def exchange_problems(p: str, s: Optional[dict], c: Optional[dict], status: int, port: int,
+                      client_pid: int) -> List[str]:
+    """Problems of the SERVER span ``s`` and CLIENT span ``c`` of one HTTPS request
+    for path ``p`` (either may be missing)."""
+    if s is None or c is None:
+        return [f"{p}: server span {s is not None}, client span {c is not None}"]
+    out = [f"server {p}: {b}" for b in check_https_server_span(s, p, status, port)]
+    out += [f"client {p}: {b}" for b in check_https_client_span(c, p, status, port)]
+    if pid_of(c) != client_pid:
+        out.append(f"client {p}: pid {pid_of(c)} != {client_pid}")
+    return out
+
+
 def kernel_counters(agent) -> dict:
     """autotel_kernel_total by kind, and parse errors (for failure messages)."""
     from prometheus_client.parser import text_string_to_metric_families as parse
@@ -531,13 +544,9 @@ def test_python_https_server_and_urllib_clients(require_root, sink, start_agent,
     linked = 0
     for p, (status, cpid) in plan.items():
         s, c = by_s.get(p), by_c.get(p)
+        problems += exchange_problems(p, s, c, status, port, cpid)
         if s is None or c is None:
-            problems.append(f"{p}: server span {s is not None}, client span {c is not None}")
             continue
-        problems += [f"server {p}: {b}" for b in check_https_server_span(s, p, status, port)]
-        problems += [f"client {p}: {b}" for b in check_https_client_span(c, p, status, port)]
-        if pid_of(c) != cpid:
-            problems.append(f"client {p}: pid {pid_of(c)} != {cpid}")
         if s["parent_span_id"] == c["span_id"] and s["trace_id"] == c["trace_id"]:
             linked += 1
         if not valid_handshake(s["attrs"].get(HS_ATTR)) or not valid_handshake(
@@ -982,17 +991,13 @@ def test_go_crypto_tls_server_and_clients(require_root, sink, start_agent, spawn
         for p in paths:
             status = 404 if p.startswith("/missing") else 200
             s, c = srv_spans.get(p), cli_spans.get(p)
+            problems += exchange_problems(p, s, c, status, port, clients[version].pid)
             if s is None or c is None:
-                problems.append(f"{p}: server span {s is not None}, client span {c is not None}")
                 continue
-            problems += [f"server {p}: {b}" for b in check_https_server_span(s, p, status, port)]
-            problems += [f"client {p}: {b}" for b in check_https_client_span(c, p, status, port)]
             for side, x in (("server", s), ("client", c)):
                 if x["attrs"].get("network.protocol.version") != version:
                     problems.append(f"{side} {p}: network.protocol.version "
                                     f"{x['attrs'].get('network.protocol.version')!r}, want {version}")
-            if pid_of(c) != clients[version].pid:
-                problems.append(f"client {p}: pid {pid_of(c)} != {clients[version].pid}")
             if s["parent_span_id"]:
                 if s["parent_span_id"] != c["span_id"]:
                     problems.append(f"server {p}: parent {s['parent_span_id']} is not its "
