@@ -121,18 +121,19 @@ int BPF_URETPROBE(at_ssl_ret, long ret)
 }
 
 /* Go's crypto/tls (Go 1.18+, x86-64 register ABI: receiver in RAX, the
- * slice's pointer and length in RBX and RCX, the result n in RAX, the
- * goroutine's g in R14).
+ * slice's pointer and length in RBX and RCX, the goroutine's g in R14).
+ * Where user space places the probes, and why, is in
+ * crates/protocols/src/go_binary.rs: every site is an instruction the kernel
+ * emulates where it can be.
  *
  * (*Conn).Write is emitted at entry, where its plaintext is whole: net/http
  * writes a request on one goroutine and reads the response on another, so
  * a write reported at its return could reach the ring after the response.
  *
- * (*Conn).Read is probed at entry and at each of its RET instructions, which
- * user space finds by disassembly: a uretprobe rewrites the return address
- * on the goroutine's stack, and Go moves stacks when they grow, which crashes
- * the program. The call is keyed by goroutine, not thread: a goroutine
- * parked in Read resumes on whichever thread the scheduler picks. */
+ * (*Conn).Read: its entry saves the socket and the buffer; its copy of the
+ * plaintext (runtime.memmove(to, from, n)) or, failing that, its RETs (n in
+ * RAX) emit the bytes. The two are paired by goroutine, not thread: a
+ * goroutine parked in Read resumes on whichever thread the scheduler picks. */
 struct at_go_call_key {
 	__u32 tgid;
 	__u32 _pad;
@@ -153,12 +154,6 @@ struct {
 	__type(value, struct at_go_call);
 } go_tls_calls SEC(".maps");
 
-/* The socket behind a *tls.Conn. Its first field, `conn net.Conn`, is an
- * interface whose data word points to a *net.TCPConn; that starts with its
- * *netFD, which starts with a poll.FD: a 16-byte mutex, then Sysfd. These
- * layouts have held since Go 1.9. Read on every call, not cached: Go reuses
- * a freed Conn's memory for the next one. Another net.Conn underneath gives
- * a number lookup_conn does not find as a socket of this process. */
 /* An entry probe placed on the prologue's stack check (cookie 1) sees the
  * comparison's flags: `jbe` branches to morestack when CF or ZF is set, and
  * the call then starts over, so that visit is not the call's. */
@@ -169,6 +164,12 @@ static __always_inline int go_growing_stack(struct pt_regs *ctx)
 	return bpf_get_attach_cookie(ctx) && (ctx->flags & (AT_X86_EFLAGS_CF | AT_X86_EFLAGS_ZF));
 }
 
+/* The socket behind a *tls.Conn. Its first field, `conn net.Conn`, is an
+ * interface whose data word points to a *net.TCPConn; that starts with its
+ * *netFD, which starts with a poll.FD: a 16-byte mutex, then Sysfd. These
+ * layouts have held since Go 1.9. Read on every call, not cached: Go reuses
+ * a freed Conn's memory for the next one. Another net.Conn underneath gives
+ * a number lookup_conn does not find as a socket of this process. */
 static __always_inline __s32 go_conn_fd(__u64 conn)
 {
 	__u64 tcp = 0, netfd = 0;

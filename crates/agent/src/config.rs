@@ -349,6 +349,15 @@ pub struct Config {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
+/// AUTOTEL_GO_TLS_READ_PROBE: `copy` (the default) or `returns`.
+fn go_tls_read_at_returns(v: Option<&str>) -> Result<bool> {
+    match v {
+        None | Some("copy") => Ok(false),
+        Some("returns") => Ok(true),
+        Some(v) => anyhow::bail!("AUTOTEL_GO_TLS_READ_PROBE: {v:?} is not copy or returns"),
+    }
+}
+
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
@@ -751,11 +760,8 @@ impl Config {
                 None => Default::default(),
             },
         };
-        let go_tls_read_at_returns = match env("AUTOTEL_GO_TLS_READ_PROBE").as_deref() {
-            None | Some("copy") => false,
-            Some("returns") => true,
-            Some(v) => anyhow::bail!("AUTOTEL_GO_TLS_READ_PROBE: {v:?} is not copy or returns"),
-        };
+        let go_tls_read_at_returns =
+            go_tls_read_at_returns(env("AUTOTEL_GO_TLS_READ_PROBE").as_deref())?;
         let db_query_text = match env("AUTOTEL_DB_QUERY_TEXT") {
             Some(v) => crate::pipeline::db_span::QueryTextMode::parse(&v)
                 .context("AUTOTEL_DB_QUERY_TEXT")?,
@@ -967,6 +973,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("enable") && err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn go_tls_read_probe() {
+        assert!(!go_tls_read_at_returns(None).unwrap());
+        assert!(!go_tls_read_at_returns(Some("copy")).unwrap());
+        assert!(go_tls_read_at_returns(Some("returns")).unwrap());
+        let err = go_tls_read_at_returns(Some("ret")).unwrap_err();
+        assert!(err.to_string().contains("not copy or returns"), "{err}");
     }
 
     #[test]

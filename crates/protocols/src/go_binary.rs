@@ -1,11 +1,16 @@
-//! Where the Go crypto/tls probes (bpf/tracers/tls.h) go in one executable:
-//! the file offsets of `(*Conn).Read` and `(*Conn).Write`, and of every RET
-//! instruction of Read (Write is read whole at its entry). Go programs link
-//! no OpenSSL; their plaintext is read at these two methods. Return probes
-//! would be uretprobes, which rewrite the return address on a goroutine
-//! stack that Go moves when it grows (the program then crashes), so the
-//! "return" probes go on the RET instructions themselves. Pure functions
-//! over the file's bytes (a slice, or an `object::ReadCache` over the file).
+//! Where the Go crypto/tls probes (bpf/tracers/tls.h) go in one executable.
+//! Go programs link no OpenSSL; their plaintext is read at
+//! `crypto/tls.(*Conn).Read` and `Write`. Every probe should sit on an
+//! instruction the kernel emulates (a jump or a call): any other is stepped
+//! out of line, a debug exception that costs a VM exit under KVM. So:
+//! - entries on the `jbe` of the prologue's stack check (`entry_site`);
+//! - Read's plaintext at its one call of runtime.memmove (`only_call_to`),
+//!   or where that is not found, at its RET instructions (`ret_offsets`).
+//!
+//! A uretprobe is never used: it rewrites the return address on a goroutine
+//! stack that Go moves when it grows, and the program then crashes. Pure
+//! functions over the file's bytes (a slice, or an `object::ReadCache` over
+//! the file).
 
 use iced_x86::{Code, Decoder, DecoderOptions, Mnemonic};
 use object::{Object, ObjectSection, ObjectSymbol};
@@ -21,7 +26,7 @@ pub const MEMMOVE: &str = "runtime.memmove";
 pub struct GoTlsSites {
     /// The Go release that built it, e.g. "go1.19.8".
     pub version: String,
-    /// Entry probe sites, as file offsets.
+    /// Where the entry probes go.
     pub read: EntrySite,
     pub write: EntrySite,
     /// Read's one call of runtime.memmove, which copies the plaintext out
