@@ -319,6 +319,18 @@ def exchange_problems(p: str, s: Optional[dict], c: Optional[dict], status: int,
     return out
 
 
+def elf_header_in_memory(pid: int, exe: str) -> bytes:
+    """The first 4 bytes of ``exe``'s first mapping in ``pid`` (b"\\x7fELF" when
+    nothing wrote over them)."""
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        f = line.split()
+        if len(f) >= 6 and f[5] == exe and int(f[2], 16) == 0:
+            with open(f"/proc/{pid}/mem", "rb") as mem:
+                mem.seek(int(f[0].split("-")[0], 16))
+                return mem.read(4)
+    return b""
+
+
 def kernel_counters(agent) -> dict:
     """autotel_kernel_total by kind, and parse errors (for failure messages)."""
     from prometheus_client.parser import text_string_to_metric_families as parse
@@ -435,6 +447,15 @@ def test_nginx_https_curl(require_root, sink, start_agent, tls_nginx, tmp_path):
         problems.append("handshake attribute missing (see above)")
     if errs:
         problems.append(f"{errs} http1 parse errors")
+    # nginx only imports SSL_read/SSL_write (from libssl): no probe may go on
+    # its own file, where libbpf would resolve them to offset 0, an int3 over
+    # the ELF header of every nginx process.
+    headers = {pid: elf_header_in_memory(pid, NGINX)
+               for pid in [ngx.proc.pid, *ngx.worker_pids()]}
+    report("nginx processes whose in-memory ELF header is intact", sorted(
+        pid for pid, h in headers.items() if h == b"\x7fELF"), sorted(headers))
+    if any(h != b"\x7fELF" for h in headers.values()):
+        problems.append(f"nginx ELF headers in memory {headers}")
     assert not problems, ("\n".join(problems) + "\n" + show(srv + cli)
                           + f"\ncounters {kernel_counters(agent)}")
     assert_no_panic(agent)

@@ -47,6 +47,39 @@ pub fn go_version_of(path: &Path) -> Option<String> {
     go_binary::go_version(&object::ReadCache::new(file))
 }
 
+/// The names among `names` that the ELF file at `path` defines (in its
+/// dynamic or its full symbol table), leaving out the ones it only imports.
+/// libbpf resolves an imported function to address 0: a probe there was an
+/// int3 over the first byte of the file's ELF header in every process that
+/// maps it (nginx, which calls SSL_read from libssl, ran with its in-memory
+/// header reading cc 45 4c 46).
+pub fn defined_functions<'n>(path: &Path, names: &[&'n str]) -> Vec<&'n str> {
+    use object::{Object, ObjectSymbol};
+    let Ok(f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let cache = object::ReadCache::new(f);
+    let Ok(file) = object::File::parse(&cache) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for sym in file.dynamic_symbols().chain(file.symbols()) {
+        if !sym.is_definition() || sym.address() == 0 {
+            continue;
+        }
+        if let Some(&n) = sym
+            .name()
+            .ok()
+            .and_then(|n| names.iter().find(|&&w| w == n))
+        {
+            if !out.contains(&n) {
+                out.push(n);
+            }
+        }
+    }
+    out
+}
+
 /// libssl files of the usual library directories, attached at start so a
 /// process started later is covered from its first call.
 pub fn system_libssl() -> Vec<PathBuf> {
@@ -90,9 +123,19 @@ impl Tracer {
             (&p.at_ssl_read, "SSL_read"),
             (&p.at_ssl_read_ex, "SSL_read_ex"),
         ];
+        let defined = defined_functions(
+            &key,
+            &[
+                "SSL_write",
+                "SSL_write_ex",
+                "SSL_read",
+                "SSL_read_ex",
+                "SSL_set_fd",
+            ],
+        );
         let mut attached_funcs = Vec::new();
         let mut links = Vec::new();
-        for (prog, func) in entries {
+        for (prog, func) in entries.into_iter().filter(|(_, f)| defined.contains(f)) {
             match self.place_probes(prog, &key, &[func], false) {
                 Ok(l) => {
                     links.extend(l);
@@ -118,10 +161,12 @@ impl Tracer {
         }
         // Optional: libraries without it (or apps that hand OpenSSL a BIO)
         // still learn the fd from the syscalls inside SSL_read/SSL_write.
-        match self.place_probes(&p.at_ssl_set_fd, &key, &["SSL_set_fd"], false) {
-            Ok(l) => links.extend(l),
-            Err(e) => {
-                tracing::debug!(path = %key.display(), error = %e, "SSL_set_fd probe not placed")
+        if defined.contains(&"SSL_set_fd") {
+            match self.place_probes(&p.at_ssl_set_fd, &key, &["SSL_set_fd"], false) {
+                Ok(l) => links.extend(l),
+                Err(e) => {
+                    tracing::debug!(path = %key.display(), error = %e, "SSL_set_fd probe not placed")
+                }
             }
         }
         let n = attached_funcs.len();
@@ -248,5 +293,18 @@ impl Tracer {
                 prog.attach_uprobe_with_opts(-1, file, 0, opts)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This test binary defines `main` and imports `malloc` from libc.
+    #[test]
+    fn imported_functions_are_not_defined() {
+        let me = Path::new("/proc/self/exe");
+        assert_eq!(defined_functions(me, &["malloc", "main"]), vec!["main"]);
+        assert!(defined_functions(Path::new("/nonexistent"), &["main"]).is_empty());
     }
 }
