@@ -1,8 +1,10 @@
-"""TLS integration tests: the agent reading the plaintext of real OpenSSL programs.
+"""TLS integration tests: the agent reading the plaintext of real OpenSSL and Go
+programs.
 
-The agent places uprobes on OpenSSL's SSL_read/SSL_write(_ex)/SSL_do_handshake, per
-library file (the system libssl.so.3 at start, files mapped by selected processes,
-and selected executables with OpenSSL linked in). The plaintext feeds the ordinary
+The agent places uprobes on OpenSSL's SSL_read/SSL_write(_ex), per library file (the
+system libssl.so.3 at start, files mapped by selected processes, and selected
+executables with OpenSSL linked in), and on Go's crypto/tls.(*Conn).Read/Write in
+selected Go executables (see crates/protocols/src/go_binary.rs). The plaintext feeds the ordinary
 HTTP parser; spans say ``https`` and carry ``tls.protocol.*``; the first span of a
 connection carries ``autotel.tls.handshake.duration`` and each handshake is an
 observation of the ``autotel.tls.handshake.duration`` histogram. Ciphertext is never
@@ -10,7 +12,8 @@ parsed.
 
 Peers are programs we did not write: nginx (``listen ... ssl``), curl, python's
 ``ssl``/``http.server``/``urllib``/``http.client`` (peers/tls_https_*.py are thin
-wrappers) and Node.js ``https`` (peers/tls_node_client.js). The certificate is a
+wrappers), Node.js ``https`` (peers/tls_node_client.js), Go's net/http and gRPC-Go
+(peers/go_*/main.go, built by the test with Debian's Go). The certificate is a
 self-signed one made by ``openssl req -x509`` for each test. Counts are exact; each
 test prints the figures it checks.
 """
