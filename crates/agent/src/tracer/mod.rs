@@ -168,20 +168,12 @@ impl Tracer {
         );
         let uprobe_multi = tls::kernel_has_uprobe_multi();
         if uprobe_multi {
-            let p = &mut open.progs;
-            for prog in [
-                &mut p.at_ssl_write,
-                &mut p.at_ssl_write_ex,
-                &mut p.at_ssl_read,
-                &mut p.at_ssl_read_ex,
-                &mut p.at_ssl_set_fd,
-                &mut p.at_ssl_ret,
-                &mut p.at_go_tls_read,
-                &mut p.at_go_tls_write,
-                &mut p.at_go_tls_ret,
-                &mut p.at_go_tls_copy,
-            ] {
-                prog.set_attach_type(libbpf_rs::ProgramAttachType::TraceUprobeMulti);
+            // The TLS programs are the ones attached per file (tls.rs); the
+            // same test picks them here, so a new one cannot be left out.
+            for mut prog in open.open_object_mut().progs_mut() {
+                if tls::is_tls_program(&prog.name().to_string_lossy()) {
+                    prog.set_attach_type(libbpf_rs::ProgramAttachType::TraceUprobeMulti);
+                }
             }
         }
         open.maps
