@@ -249,6 +249,13 @@ def metric_sum(agent, name: str, labels: Optional[Dict[str, str]] = None) -> flo
     return v or 0.0
 
 
+def parse_error_problems(agent, errs0: float) -> List[str]:
+    """Parse errors of every protocol since ``errs0`` (reported; a problem if any)."""
+    errs = metric_sum(agent, PARSE_ERRORS) - errs0
+    report("parse errors, all protocols (increase)", int(errs), 0)
+    return [f"{errs} parse errors"] if errs else []
+
+
 def hs_series(agent) -> List[Tuple[dict, float]]:
     """Every handshake-histogram ``_count`` series: (labels, value)."""
     from prometheus_client.parser import text_string_to_metric_families as parse
@@ -587,10 +594,7 @@ def test_python_https_server_and_urllib_clients(require_root, sink, start_agent,
     if mislinked:
         problems.append(f"{len(mislinked)} server spans with a wrong parent "
                         f"(known client span ids {client_ids}):\n{show(mislinked)}")
-    errs = metric_sum(agent, PARSE_ERRORS) - errs0
-    report("parse errors, all protocols (increase)", int(errs), 0)
-    if errs:
-        problems.append(f"{errs} parse errors")
+    problems += parse_error_problems(agent, errs0)
     assert not problems, "\n".join(problems) + "\n" + show(spans)
     assert_no_panic(agent)
 
@@ -1037,10 +1041,7 @@ def test_go_crypto_tls_server_and_clients(require_root, sink, start_agent, spawn
     if big is not None and big["attrs"].get("http.response.body.size") != 300000:
         problems.append(f"/big-h1 body size {big['attrs'].get('http.response.body.size')!r}")
     report("server spans child of their client span (informative)", linked, k)
-    errs = metric_sum(agent, PARSE_ERRORS) - errs0
-    report("parse errors, all protocols (increase)", int(errs), 0)
-    if errs:
-        problems.append(f"{errs} parse errors")
+    problems += parse_error_problems(agent, errs0)
     assert not problems, "\n".join(problems) + "\n" + show(spans)
     assert_no_panic(agent)
     # The probes are gone with the agent, and the program they sat in still works.
@@ -1109,10 +1110,7 @@ def test_go_grpc_over_tls(require_root, sink, start_agent, spawn, tmp_path):
                 else "an unknown span"
             problems.append(f"server span {s_['span_id']}: parent is {where}")
     problems += go_resource_problems(spans, exe.name)
-    errs = metric_sum(agent, PARSE_ERRORS) - errs0
-    report("parse errors, all protocols (increase)", int(errs), 0)
-    if errs:
-        problems.append(f"{errs} parse errors")
+    problems += parse_error_problems(agent, errs0)
     assert len(srv_spans) == 3 and len(cli_spans) == 3 and not problems, \
         "\n".join(problems) + "\n" + show(spans)
     assert_no_panic(agent)
