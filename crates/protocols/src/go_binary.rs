@@ -261,8 +261,8 @@ pub fn build_version(info: &[u8]) -> Result<String, GoTlsError> {
 /// prologue's stack check (`cmp rsp, [r14+0x10]; jbe morestack`, with a
 /// `lea` first for larger frames), `on_check` true. The kernel emulates a
 /// jump where most instructions are stepped out of line, and a single step
-/// is a debug exception that KVM intercepts: every step is a VM exit in a
-/// virtual machine. The check only compares, so the arguments are still in
+/// is a debug exception that KVM intercepts: in a virtual machine, most
+/// likely a VM exit per step. The check only compares, so the arguments are still in
 /// their registers; when it will branch (CF or ZF set), the call grows its
 /// stack and starts over, and the probe must ignore that visit. A function
 /// without the check (nosplit): its first byte, `on_check` false.
