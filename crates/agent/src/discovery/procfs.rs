@@ -23,6 +23,20 @@ pub fn comm(pid: u32) -> Option<String> {
         .map(|s| s.trim_end().to_owned())
 }
 
+/// The argv of the exec that named the process `comm`; empty once it has
+/// exec'ed another program. The kernel renames a process at exec before its
+/// new argv becomes readable, so a name read after the argv that still
+/// matches proves the argv is not a later exec's (`env prog` execs prog
+/// microseconds after its own exec, before that exec's event is read).
+pub fn cmdline_of_exec(pid: u32, comm_at_exec: &str) -> Vec<String> {
+    let argv = cmdline(pid);
+    if comm(pid).as_deref() == Some(comm_at_exec.trim_end()) {
+        argv
+    } else {
+        Vec::new()
+    }
+}
+
 pub fn cmdline(pid: u32) -> Vec<String> {
     fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| {
@@ -247,6 +261,15 @@ mod tests {
         assert!(!cmdline(me).is_empty());
         assert!(ppid(me).is_some());
         assert!(start_time(me).is_some());
+    }
+
+    #[test]
+    fn argv_of_an_exec_is_withheld_once_the_process_is_renamed() {
+        let me = std::process::id();
+        let name = comm(me).unwrap();
+        assert_eq!(cmdline_of_exec(me, &name), cmdline(me));
+        assert!(cmdline_of_exec(me, "env").is_empty());
+        assert!(cmdline_of_exec(u32::MAX, &name).is_empty());
     }
 
     #[test]

@@ -431,10 +431,11 @@ impl Pipeline {
             crate::discovery::matches(sel, &by_path) || crate::discovery::matches(sel, &by_comm);
         if !selected {
             // argv[0] may name the program differently (symlinks, exec -a):
-            // the rescan matches on it, so the exec decision must too. Read
-            // before the check: once the process exec'ed again, /proc shows
-            // the next program's argv, which says nothing about this exec.
-            let argv = crate::discovery::procfs::cmdline(p.pid);
+            // the rescan matches on it, so the exec decision must too. Once
+            // the process exec'ed again, /proc shows the next program's argv,
+            // which says nothing about this exec: the name read after it and
+            // the kernel's selection tag (checked after the read) tell.
+            let argv = crate::discovery::procfs::cmdline_of_exec(p.pid, &comm);
             let argv = if self.exec_superseded(p.pid, p.exec_sel) {
                 Vec::new()
             } else {
