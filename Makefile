@@ -31,7 +31,7 @@ integration: build
 # in testdata/. cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the
 # stable toolchain (the only one here) accept them.
 FUZZ_SECONDS ?= 15
-FUZZ_TARGETS := http1 http2 postgres mysql redis memcached sql dns tls go_binary
+FUZZ_TARGETS := http1 http2 postgres mysql redis memcached sql dns tls go_binary openssl_binary
 fuzz-smoke:
 	cd fuzz && for t in $(FUZZ_TARGETS); do \
 	  mkdir -p corpus/$$t && \

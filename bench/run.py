@@ -202,7 +202,8 @@ def start_agent(port, prom_port, tmp, otlp=None, extra_env=None):
     metrics, encoding) without a collector in the measurement. With `otlp`
     (an http://host:port gRPC endpoint) spans and metrics go there."""
     env = dict(os.environ, AUTOTEL_OPEN_PORTS=str(port), AUTOTEL_PROMETHEUS_PORT=str(prom_port),
-               AUTOTEL_LOG_LEVEL="warn", NO_COLOR="1", **(extra_env or {}))
+               AUTOTEL_LOG_LEVEL="warn", NO_COLOR="1")
+    env.update(extra_env or {})
     if otlp:
         env.update(OTEL_EXPORTER_OTLP_ENDPOINT=otlp, OTEL_EXPORTER_OTLP_PROTOCOL="grpc")
     out = open(os.path.join(tmp, "agent.out"), "w")

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
 /* Plaintext at the TLS library boundary: uprobes on OpenSSL's SSL_read,
- * SSL_write and their _ex forms. The socket behind an
+ * SSL_write and their _ex forms, or on the internal functions all four wrap
+ * (see crates/protocols/src/openssl_binary.rs). The socket behind an
  * SSL* is learned from the syscalls the library makes while inside a call
  * (recorded by the sys_enter hook) and remembered per SSL* for calls served
  * from the library's buffer. Attached by user space per library file, for
@@ -63,9 +64,11 @@ static __always_inline int ssl_exit(long ret)
 	long len = (int)ret;
 	st->ssl.active = 0;
 	if (c.len_ptr) {
-		/* SSL_read_ex/SSL_write_ex return 1 and write the count. */
+		/* SSL_read_ex/SSL_write_ex (and the internal functions they
+		 * wrap, which user space may probe instead) return 1, or more,
+		 * when they wrote the count. */
 		__u64 n = 0;
-		if (len != 1 || bpf_probe_read_user(&n, sizeof(n), (void *)c.len_ptr))
+		if (len <= 0 || bpf_probe_read_user(&n, sizeof(n), (void *)c.len_ptr))
 			return 0;
 		len = (long)n;
 	}

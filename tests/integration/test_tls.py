@@ -366,22 +366,34 @@ def assert_no_panic(agent) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def test_nginx_https_curl(require_root, sink, start_agent, tls_nginx, tmp_path):
+@pytest.mark.parametrize("probe_at", ["internal", "exported"])
+def test_nginx_https_curl(require_root, sink, start_agent, tls_nginx, tmp_path, probe_at):
     """8 curl processes (4 default = TLS 1.3, 4 ``--tls-max 1.2``) to nginx over TLS,
     6 existing files + 2 missing paths. nginx selected by pid, curl by executable
     name. Exactly 8 SERVER + 8 CLIENT spans, https, right path/status/TLS version;
     TLS 1.2 spans carry tls.next_protocol=http/1.1 (ALPN is in the clear only in 1.2);
     each (one-request) connection's span carries the handshake duration; the handshake
-    histogram gets 8 client and 8 server observations; no http1 parse error."""
+    histogram gets 8 client and 8 server observations; no http1 parse error.
+    Twice: with the probes on the internal functions SSL_read/SSL_write wrap (the
+    default where found, as in Debian's libssl), and on the exported ones
+    (``AUTOTEL_OPENSSL_PROBE=exported``)."""
     cert, key = make_cert(tmp_path)
     names = [f"/t{i}.txt" for i in range(6)]
     ngx = tls_nginx(cert, key, names)
     worker = ngx.worker_pids()[0]
     agent = start_agent({"AUTOTEL_PIDS": f"{ngx.proc.pid},{worker}",
-                         "AUTOTEL_EXECUTABLE_NAME": "^curl$"})
+                         "AUTOTEL_EXECUTABLE_NAME": "^curl$",
+                         "AUTOTEL_OPENSSL_PROBE": probe_at})
     attached = metric_sum(agent, TLS_FILES, {"reason": "attached"})
     report("TLS files attached at start (>= 1: the system libssl)", int(attached), ">=1")
     assert attached >= 1, agent.metrics_text()
+    libssl = next(os.path.realpath(line.split()[-1])
+                  for line in open(f"/proc/{worker}/maps") if "libssl" in line)
+    placed = re.findall(rf'TLS capture attached path={re.escape(libssl)} functions=(\d) at="?(\w+)',
+                        agent.stderr_text())
+    want_placed = [("2", "internal")] if probe_at == "internal" else [("4", "exported")]
+    report("libssl probes placed (functions, where)", placed, want_placed)
+    assert placed == want_placed, agent.stderr_text()[-3000:]
     errs0 = metric_sum(agent, PARSE_ERRORS, {"protocol": "http1"})
     hs0 = hs_counts(agent)
 

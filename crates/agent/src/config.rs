@@ -325,6 +325,9 @@ pub struct Config {
     /// AUTOTEL_GO_TLS_READ_PROBE=returns: Go's TLS Read is read at its RET
     /// instructions even where its copy call was found (tracer/tls.rs).
     pub go_tls_read_at_returns: bool,
+    /// AUTOTEL_OPENSSL_PROBE=exported: OpenSSL probes on SSL_read/SSL_write
+    /// even where the internal functions they wrap were found (tracer/tls.rs).
+    pub openssl_at_exported: bool,
     pub ringbuf_bytes: u32,
     pub db_query_text: crate::pipeline::db_span::QueryTextMode,
     pub peers: crate::pipeline::network::PeerGrouping,
@@ -349,13 +352,25 @@ pub struct Config {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
+/// A variable naming one of two probe sites: false for `default` (or
+/// unset), true for `other`.
+fn probe_site_choice(var: &str, v: Option<&str>, default: &str, other: &str) -> Result<bool> {
+    match v {
+        None => Ok(false),
+        Some(v) if v == default => Ok(false),
+        Some(v) if v == other => Ok(true),
+        Some(v) => anyhow::bail!("{var}: {v:?} is not {default} or {other}"),
+    }
+}
+
 /// AUTOTEL_GO_TLS_READ_PROBE: `copy` (the default) or `returns`.
 fn go_tls_read_at_returns(v: Option<&str>) -> Result<bool> {
-    match v {
-        None | Some("copy") => Ok(false),
-        Some("returns") => Ok(true),
-        Some(v) => anyhow::bail!("AUTOTEL_GO_TLS_READ_PROBE: {v:?} is not copy or returns"),
-    }
+    probe_site_choice("AUTOTEL_GO_TLS_READ_PROBE", v, "copy", "returns")
+}
+
+/// AUTOTEL_OPENSSL_PROBE: `internal` (the default) or `exported`.
+fn openssl_at_exported(v: Option<&str>) -> Result<bool> {
+    probe_site_choice("AUTOTEL_OPENSSL_PROBE", v, "internal", "exported")
 }
 
 fn env(name: &str) -> Option<String> {
@@ -762,6 +777,7 @@ impl Config {
         };
         let go_tls_read_at_returns =
             go_tls_read_at_returns(env("AUTOTEL_GO_TLS_READ_PROBE").as_deref())?;
+        let openssl_at_exported = openssl_at_exported(env("AUTOTEL_OPENSSL_PROBE").as_deref())?;
         let db_query_text = match env("AUTOTEL_DB_QUERY_TEXT") {
             Some(v) => crate::pipeline::db_span::QueryTextMode::parse(&v)
                 .context("AUTOTEL_DB_QUERY_TEXT")?,
@@ -815,6 +831,7 @@ impl Config {
             capture_http2_max_bytes,
             capture_hooks,
             go_tls_read_at_returns,
+            openssl_at_exported,
             db_query_text,
             peers,
             network_whole_host,
@@ -976,12 +993,21 @@ mod tests {
     }
 
     #[test]
-    fn go_tls_read_probe() {
+    fn tls_probe_sites() {
         assert!(!go_tls_read_at_returns(None).unwrap());
         assert!(!go_tls_read_at_returns(Some("copy")).unwrap());
         assert!(go_tls_read_at_returns(Some("returns")).unwrap());
         let err = go_tls_read_at_returns(Some("ret")).unwrap_err();
         assert!(err.to_string().contains("not copy or returns"), "{err}");
+        assert!(!openssl_at_exported(None).unwrap());
+        assert!(!openssl_at_exported(Some("internal")).unwrap());
+        assert!(openssl_at_exported(Some("exported")).unwrap());
+        let err = openssl_at_exported(Some("SSL_read")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("AUTOTEL_OPENSSL_PROBE: \"SSL_read\" is not internal or exported"),
+            "{err}"
+        );
     }
 
     #[test]

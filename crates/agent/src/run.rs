@@ -258,6 +258,7 @@ fn run(cfg: Config, mode: Mode, kube: Option<kube::Config>) -> Result<()> {
         network_whole_host: cfg.network_whole_host,
         capture_hooks: cfg.capture_hooks,
         go_tls_read_at_returns: cfg.go_tls_read_at_returns,
+        openssl_at_exported: cfg.openssl_at_exported,
     })?;
 
     // Stages and the channels between them.

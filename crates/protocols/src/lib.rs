@@ -8,6 +8,7 @@ pub mod http1;
 pub mod http2;
 pub mod memcached;
 pub mod mysql;
+pub mod openssl_binary;
 pub mod postgres;
 pub mod redis;
 pub mod sql;

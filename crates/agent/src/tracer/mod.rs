@@ -39,6 +39,9 @@ pub struct TracerOptions {
     pub capture_hooks: CaptureHooks,
     /// Go TLS: Read at its RETs even where its copy call was found.
     pub go_tls_read_at_returns: bool,
+    /// OpenSSL: probes on SSL_read/SSL_write even where the internal
+    /// functions were found.
+    pub openssl_at_exported: bool,
 }
 
 pub struct Tracer {
@@ -51,6 +54,7 @@ pub struct Tracer {
     /// TLS probes go on as uprobe_multi links (see tls.rs).
     uprobe_multi: bool,
     go_tls_read_at_returns: bool,
+    openssl_at_exported: bool,
     pub skel: AutotelSkel<'static>,
 }
 
@@ -196,6 +200,7 @@ impl Tracer {
             tls_seen: Default::default(),
             uprobe_multi,
             go_tls_read_at_returns: opts.go_tls_read_at_returns,
+            openssl_at_exported: opts.openssl_at_exported,
             skel,
         };
         tracer.attach_all()?;

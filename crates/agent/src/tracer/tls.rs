@@ -4,7 +4,7 @@
 //! OpenSSL, another version) is a logged, counted skip, never an error.
 
 use super::Tracer;
-use autotel_protocols::go_binary;
+use autotel_protocols::{go_binary, openssl_binary};
 use libbpf_rs::{Link, ProgramMut, UprobeMultiOpts, UprobeOpts};
 use std::path::{Path, PathBuf};
 
@@ -133,6 +133,23 @@ impl Tracer {
                 "SSL_set_fd",
             ],
         );
+        // Only a library with all four can wrap the internal functions.
+        let all_four = entries.iter().all(|(_, f)| defined.contains(f));
+        if all_four && !self.openssl_at_exported {
+            match self.attach_openssl_internal(&key) {
+                Ok(mut links) => {
+                    if defined.contains(&"SSL_set_fd") {
+                        links.extend(self.place_set_fd_probe(&key));
+                    }
+                    tracing::info!(path = %key.display(), functions = 2, at = "internal", "TLS capture attached");
+                    self.tls_links.borrow_mut().extend(links);
+                    return TlsAttach::Attached(2);
+                }
+                Err(e) => {
+                    tracing::debug!(path = %key.display(), "OpenSSL probes on the exported functions: {e}")
+                }
+            }
+        }
         let mut attached_funcs = Vec::new();
         let mut links = Vec::new();
         for (prog, func) in entries.into_iter().filter(|(_, f)| defined.contains(f)) {
@@ -162,17 +179,48 @@ impl Tracer {
         // Optional: libraries without it (or apps that hand OpenSSL a BIO)
         // still learn the fd from the syscalls inside SSL_read/SSL_write.
         if defined.contains(&"SSL_set_fd") {
-            match self.place_probes(&p.at_ssl_set_fd, &key, &["SSL_set_fd"], false) {
-                Ok(l) => links.extend(l),
-                Err(e) => {
-                    tracing::debug!(path = %key.display(), error = %e, "SSL_set_fd probe not placed")
-                }
-            }
+            links.extend(self.place_set_fd_probe(&key));
         }
         let n = attached_funcs.len();
-        tracing::info!(path = %key.display(), functions = n, "TLS capture attached");
+        tracing::info!(path = %key.display(), functions = n, at = "exported", "TLS capture attached");
         self.tls_links.borrow_mut().extend(links);
         TlsAttach::Attached(n)
+    }
+
+    /// SSL_set_fd's probe (entry only, once per connection).
+    fn place_set_fd_probe(&self, path: &Path) -> Vec<Link> {
+        self.place_probes(&self.skel.progs.at_ssl_set_fd, path, &["SSL_set_fd"], false)
+            .unwrap_or_else(|e| {
+                tracing::debug!(path = %path.display(), error = %e, "SSL_set_fd probe not placed");
+                Vec::new()
+            })
+    }
+
+    /// Places the OpenSSL probes on the internal read and write functions
+    /// that SSL_read/SSL_write and their _ex forms wrap, where their first
+    /// instruction is one the kernel emulates (see protocols::openssl_binary).
+    fn attach_openssl_internal(&self, path: &Path) -> Result<Vec<Link>, String> {
+        let sites = std::fs::File::open(path)
+            .map_err(|e| e.to_string())
+            .and_then(|f| {
+                openssl_binary::find_internal_sites(&object::ReadCache::new(f))
+                    .map_err(|e| e.to_string())
+            })?;
+        let p = &self.skel.progs;
+        // The _ex programs: the internal functions take the _ex arguments.
+        let placed = [
+            (&p.at_ssl_read_ex, vec![sites.read], false),
+            (&p.at_ssl_write_ex, vec![sites.write], false),
+            (&p.at_ssl_ret, vec![sites.read, sites.write], true),
+        ]
+        .into_iter()
+        .map(|(prog, offsets, ret)| {
+            let cookies = vec![0; offsets.len()];
+            self.place_at_offsets(prog, path, &offsets, &cookies, ret)
+        })
+        .collect::<libbpf_rs::Result<Vec<Vec<Link>>>>()
+        .map_err(|e| format!("probes not placed: {e}"))?;
+        Ok(placed.into_iter().flatten().collect())
     }
 
     /// Places the Go crypto/tls probes on `path` if it is a Go program
@@ -210,7 +258,9 @@ impl Tracer {
             (read_out, (offsets, cookies)),
         ]
         .into_iter()
-        .map(|(prog, (offsets, cookies))| self.place_at_offsets(prog, path, &offsets, &cookies))
+        .map(|(prog, (offsets, cookies))| {
+            self.place_at_offsets(prog, path, &offsets, &cookies, false)
+        })
         .collect::<libbpf_rs::Result<Vec<Vec<Link>>>>();
         match placed {
             Ok(links) => {
@@ -231,18 +281,21 @@ impl Tracer {
 
     /// Attaches `prog` at the file offsets `offsets` of `file`, each with
     /// its cookie: one uprobe_multi link where the kernel has those, else one
-    /// perf-event link per offset.
+    /// perf-event link per offset. `retprobe`: at the returns of the
+    /// functions starting there.
     fn place_at_offsets(
         &self,
         prog: &ProgramMut<'_>,
         file: &Path,
         offsets: &[u64],
         cookies: &[u64],
+        retprobe: bool,
     ) -> libbpf_rs::Result<Vec<Link>> {
         if self.uprobe_multi {
             let opts = UprobeMultiOpts {
                 offsets: offsets.iter().map(|&o| o as usize).collect(),
                 cookies: cookies.to_vec(),
+                retprobe,
                 ..Default::default()
             };
             return Ok(vec![prog.attach_uprobe_multi_with_opts(-1, file, "", opts)?]);
@@ -253,6 +306,7 @@ impl Tracer {
             .map(|(&o, &cookie)| {
                 let opts = UprobeOpts {
                     cookie,
+                    retprobe,
                     ..Default::default()
                 };
                 prog.attach_uprobe_with_opts(-1, file, o as usize, opts)
