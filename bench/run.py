@@ -80,7 +80,11 @@ def wait_port(port, timeout=10):
     raise RuntimeError(f"port {port} never opened")
 
 
-def start_nginx(tmp, port):
+def start_nginx(tmp, port, tls=None):
+    """One worker on CPU 0; `tls`: (certificate, key) files to serve HTTPS."""
+    listen = f"127.0.0.1:{port}"
+    if tls:
+        listen += f" ssl; ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]}"
     www = os.path.join(tmp, "www")
     os.makedirs(www, exist_ok=True)
     with open(os.path.join(www, "index.html"), "w") as f:
@@ -91,7 +95,7 @@ def start_nginx(tmp, port):
 events {{ worker_connections 4096; }}
 http {{ access_log off; keepalive_requests 10000000; client_body_temp_path {tmp};
   proxy_temp_path {tmp}; fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
-  server {{ listen 127.0.0.1:{port}; root {www}; }} }}
+  server {{ listen {listen}; root {www}; }} }}
 """)
     p = subprocess.Popen(["taskset", "-c", "0", "nginx", "-c", conf],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -32,27 +32,11 @@ MODES = ("off", "internal", "exported")
 
 
 def start_tls_nginx(tmp, port):
-    www = os.path.join(tmp, "www")
-    os.makedirs(www, exist_ok=True)
-    with open(os.path.join(www, "index.html"), "w") as f:
-        f.write("<html>" + "x" * 600 + "</html>\n")
     cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-subj", "/CN=localhost", "-keyout", key, "-out", cert],
                    check=True, capture_output=True)
-    conf = os.path.join(tmp, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(f"""daemon off; worker_processes 1; pid {tmp}/nginx.pid; error_log {tmp}/error.log;
-events {{ worker_connections 4096; }}
-http {{ access_log off; keepalive_requests 10000000; client_body_temp_path {tmp};
-  proxy_temp_path {tmp}; fastcgi_temp_path {tmp}; uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
-  server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {cert}; ssl_certificate_key {key};
-    root {www}; }} }}
-""")
-    p = subprocess.Popen(["taskset", "-c", "0", "nginx", "-c", conf],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    bench.wait_port(port)
-    return p
+    return bench.start_nginx(tmp, port, tls=(cert, key))
 
 
 def worker_pid(master):
