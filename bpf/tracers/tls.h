@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: (GPL-2.0 OR Apache-2.0) */
 /* Plaintext at the TLS library boundary: uprobes on OpenSSL's SSL_read,
  * SSL_write and their _ex forms, or on the internal functions all four wrap
- * (see crates/protocols/src/openssl_binary.rs). The socket behind an
+ * (see crates/protocols/src/openssl_binary.rs), and on GnuTLS's record
+ * calls. The socket behind an
  * SSL* is learned from the syscalls the library makes while inside a call
  * (recorded by the sys_enter hook) and remembered per SSL* for calls served
  * from the library's buffer. Attached by user space per library file, for
@@ -99,6 +100,18 @@ int BPF_UPROBE(at_ssl_read_ex, void *ssl, void *buf, __u64 num, __u64 *readbytes
 	return ssl_enter((__u64)ssl, (__u64)buf, (__u64)readbytes, AT_SYS_SSL_READ);
 }
 
+/* The socket of a TLS object, told by the application. */
+static __always_inline int remember_ssl_fd(__u64 ssl, int fd)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!is_selected(tgid) || fd < 0)
+		return 0;
+	struct at_ssl_key key = { .tgid = tgid, .ssl = ssl };
+	__s32 v = fd;
+	bpf_map_update_elem(&ssl_fds, &key, &v, BPF_ANY);
+	return 0;
+}
+
 /* SSL_set_fd(ssl, fd): the socket is known before the first call. Without
  * it, a request that arrived with the client's Finished is read into the
  * library's buffer during the handshake and the first SSL_read makes no
@@ -106,13 +119,43 @@ int BPF_UPROBE(at_ssl_read_ex, void *ssl, void *buf, __u64 num, __u64 *readbytes
 SEC("uprobe")
 int BPF_UPROBE(at_ssl_set_fd, void *ssl, int fd)
 {
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (!is_selected(tgid) || fd < 0)
+	return remember_ssl_fd((__u64)ssl, fd);
+}
+
+/* GnuTLS: gnutls_record_recv(session, data, size) and
+ * gnutls_record_send2(session, data, size, pad, flags), which
+ * gnutls_record_send tail-calls; both return the byte count (ssize_t). The
+ * session stands where OpenSSL's SSL* does. */
+SEC("uprobe")
+int BPF_UPROBE(at_gnutls_recv, void *session, void *data, __u64 size)
+{
+	return ssl_enter((__u64)session, (__u64)data, 0, AT_SYS_SSL_READ);
+}
+
+SEC("uprobe")
+int BPF_UPROBE(at_gnutls_send, void *session, const void *data, __u64 size)
+{
+	return ssl_enter((__u64)session, (__u64)data, 0, AT_SYS_SSL_WRITE);
+}
+
+/* gnutls_transport_set_int2(session, recv_fd, send_fd): the socket, known
+ * before the first call, as SSL_set_fd tells it. */
+SEC("uprobe")
+int BPF_UPROBE(at_gnutls_set_int2, void *session, int recv_fd)
+{
+	return remember_ssl_fd((__u64)session, recv_fd);
+}
+
+/* gnutls_transport_set_ptr(session, ptr): with the library's own socket
+ * calls (no push/pull functions set) the pointer is the fd, cast. Anything
+ * larger than an fd can be is an application's own object: left alone. A
+ * wrong fd is replaced at the first socket call inside a record call. */
+SEC("uprobe")
+int BPF_UPROBE(at_gnutls_set_ptr, void *session, void *ptr)
+{
+	if ((__u64)ptr > 0xfffff)
 		return 0;
-	struct at_ssl_key key = { .tgid = tgid, .ssl = (__u64)ssl };
-	__s32 v = fd;
-	bpf_map_update_elem(&ssl_fds, &key, &v, BPF_ANY);
-	return 0;
+	return remember_ssl_fd((__u64)session, (int)(__u64)ptr);
 }
 
 /* One return probe serves every function above: the thread's saved call

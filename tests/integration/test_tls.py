@@ -896,6 +896,8 @@ def test_libssl_loaded_later_from_a_private_copy(require_root, sink, start_agent
                            stdout=subprocess.PIPE, stderr=log, start_new_session=True)
     try:
         agent = start_agent({"AUTOTEL_PIDS": f"{srv.pid},{cli.pid}"})
+        # The system's libssl and libgnutls, probed at start.
+        at_start = agent.prom_value(TLS_FILES, {"reason": "attached"}) or 0
         maps = Path(f"/proc/{cli.pid}/maps").read_text()
         report("client maps libssl before `import ssl` (0)", int("libssl" in maps), 0)
         assert "libssl" not in maps, "the client loaded libssl too early: nothing tested"
@@ -909,11 +911,12 @@ def test_libssl_loaded_later_from_a_private_copy(require_root, sink, start_agent
         attached = 0
         while time.monotonic() < deadline:
             attached = agent.prom_value(TLS_FILES, {"reason": "attached"}) or 0
-            if attached >= 2:
+            if attached > at_start:
                 break
             time.sleep(0.5)
-        report("TLS files attached (system libssl + the private copy)", int(attached), 2)
-        assert attached >= 2, agent.logs_tail(40)
+        report("TLS files attached (the system's + the private copy)", int(attached),
+               int(at_start) + 1)
+        assert attached == at_start + 1, agent.logs_tail(40)
         cli.stdin.write(b"go\n")
         cli.stdin.close()
         out = json.loads(cli.stdout.readline())
@@ -932,6 +935,67 @@ def test_libssl_loaded_later_from_a_private_copy(require_root, sink, start_agent
     finally:
         log.close()
         stop_process(cli)
+
+
+# --------------------------------------------------------------------------------------
+# 6b. GnuTLS: gnutls-serv and wget, neither of which links OpenSSL
+# --------------------------------------------------------------------------------------
+
+
+def test_gnutls_server_and_wget_clients(require_root, sink, start_agent, spawn, tmp_path):
+    """``gnutls-serv --http`` (GnuTLS's own test server, started before the agent, selected
+    by pid) and 4 ``wget`` runs (Debian's wget links GnuTLS; selected by executable
+    name, started after the agent). The system's libgnutls is probed at start
+    (``at="gnutls"`` in the log). Exactly 4 SERVER spans with each request's path and
+    the 200 the server sent, and 4 CLIENT spans, one per wget pid, with url.full; TLS
+    version on all; no http1 parse error. gnutls-serv answers HTTP/1.0 with no length
+    and closes: the response ends at the close."""
+    cert, key = make_cert(tmp_path)
+    port = free_port()
+    srv = spawn(["gnutls-serv", "--http", f"--x509certfile={cert}", f"--x509keyfile={key}",
+                 f"--port={port}"], port=port, name="gnutls-serv")
+    agent = start_agent({"AUTOTEL_PIDS": str(srv.pid), "AUTOTEL_EXECUTABLE_NAME": "^wget$"})
+    gnutls = os.path.realpath(next(line.split()[-1] for line in open(f"/proc/{srv.pid}/maps")
+                                   if "libgnutls.so" in line))
+    placed = re.findall(rf'TLS capture attached path={re.escape(gnutls)} functions=(\d) '
+                        r'at="?(\w+)', agent.stderr_text())
+    report("libgnutls probes placed (functions, where)", placed, [("2", "gnutls")])
+    assert placed == [("2", "gnutls")], agent.stderr_text()[-3000:]
+    errs0 = metric_sum(agent, PARSE_ERRORS, {"protocol": "http1"})
+    paths = [f"/g{i}/page.html" for i in range(4)]
+    wget_pids = {}
+    for p in paths:
+        w = subprocess.Popen(["wget", "--no-check-certificate", "--no-hsts", "--tries=1", "-q",
+                              "-O", "-", f"https://127.0.0.1:{port}{p}"],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=peer_env())
+        out, err = w.communicate(timeout=30)
+        assert w.returncode == 0 and b"GnuTLS" in out, (w.returncode, err)  # precondition
+        wget_pids[p] = w.pid
+    k = len(paths)
+
+    def ours(s):
+        return pid_of(s) == srv.pid or (s["kind"] == "CLIENT"
+                                        and s["attrs"].get("server.port") == port)
+    sink.wait_for_spans(ours, 2 * k, SPAN_TIMEOUT, SETTLE)
+    srv_spans = {span_path(s): s for s in sink.spans() if pid_of(s) == srv.pid}
+    cli_spans = [s for s in sink.spans()
+                 if s["kind"] == "CLIENT" and s["attrs"].get("server.port") == port]
+    report("gnutls-serv SERVER spans", len(srv_spans), k)
+    report("wget CLIENT spans", len(cli_spans), k)
+    problems = []
+    if len(srv_spans) != k or len(cli_spans) != k:
+        problems.append(f"{len(srv_spans)} server / {len(cli_spans)} client spans (want {k})")
+    cli_by_pid = {pid_of(s): s for s in cli_spans}
+    for p in paths:
+        problems += exchange_problems(p, srv_spans.get(p), cli_by_pid.get(wget_pids[p]), 200,
+                                      port, wget_pids[p])
+    errs = metric_sum(agent, PARSE_ERRORS, {"protocol": "http1"}) - errs0
+    report("http1 parse errors (increase)", int(errs), 0)
+    if errs:
+        problems.append(f"{errs} http1 parse errors")
+    assert not problems, ("\n".join(problems) + "\n" + show(list(srv_spans.values()) + cli_spans)
+                          + f"\ncounters {kernel_counters(agent)}")
 
 
 # --------------------------------------------------------------------------------------

@@ -223,9 +223,10 @@ impl ListenScan {
     }
 }
 
-/// Files of a process where TLS probes may go: every mapped libssl, and the
-/// executable itself (OpenSSL linked in statically). Paths are seen through
-/// the process's root, so containers' own libraries are found.
+/// Files of a process where TLS probes may go: every mapped libssl and
+/// libgnutls, and the executable itself (OpenSSL linked in statically, or
+/// Go). Paths are seen through the process's root, so containers' own
+/// libraries are found.
 pub fn tls_candidates(pid: u32) -> Vec<std::path::PathBuf> {
     let root = format!("/proc/{pid}/root");
     let mut out: Vec<std::path::PathBuf> = Vec::new();
@@ -235,7 +236,7 @@ pub fn tls_candidates(pid: u32) -> Vec<std::path::PathBuf> {
                 continue;
             };
             let file = path.rsplit('/').next().unwrap_or(path);
-            if file.starts_with("libssl.so") {
+            if file.starts_with("libssl.so") || file.starts_with("libgnutls.so") {
                 let p = std::path::PathBuf::from(format!("{root}{path}"));
                 if !out.contains(&p) {
                     out.push(p);

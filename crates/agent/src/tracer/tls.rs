@@ -9,8 +9,26 @@ use libbpf_rs::{Link, ProgramMut, UprobeMultiOpts, UprobeOpts};
 use std::path::{Path, PathBuf};
 
 pub fn is_tls_program(name: &str) -> bool {
-    name.starts_with("at_ssl_") || name.starts_with("at_go_tls_")
+    ["at_ssl_", "at_gnutls_", "at_go_tls_"]
+        .iter()
+        .any(|p| name.starts_with(p))
 }
+
+/// The OpenSSL and GnuTLS functions looked for in a file.
+const OPENSSL_IO: [&str; 5] = [
+    "SSL_write",
+    "SSL_write_ex",
+    "SSL_read",
+    "SSL_read_ex",
+    "SSL_set_fd",
+];
+const GNUTLS_IO: [&str; 5] = [
+    "gnutls_record_recv",
+    "gnutls_record_send2",
+    "gnutls_record_send",
+    "gnutls_transport_set_int2",
+    "gnutls_transport_set_ptr",
+];
 
 /// Whether the kernel has uprobe_multi links (Linux 6.6+). A perf-event
 /// uprobe's release waits for a grace period under a global mutex, so nine
@@ -80,9 +98,9 @@ pub fn defined_functions<'n>(path: &Path, names: &[&'n str]) -> Vec<&'n str> {
     out
 }
 
-/// libssl files of the usual library directories, attached at start so a
-/// process started later is covered from its first call.
-pub fn system_libssl() -> Vec<PathBuf> {
+/// libssl and libgnutls files of the usual library directories, attached at
+/// start so a process started later is covered from its first call.
+pub fn system_tls_libraries() -> Vec<PathBuf> {
     let dirs = [
         "/usr/lib/x86_64-linux-gnu",
         "/lib/x86_64-linux-gnu",
@@ -92,7 +110,7 @@ pub fn system_libssl() -> Vec<PathBuf> {
     ];
     let mut out = Vec::new();
     for d in dirs {
-        for name in ["libssl.so.3", "libssl.so.1.1"] {
+        for name in ["libssl.so.3", "libssl.so.1.1", "libgnutls.so.30"] {
             let p = Path::new(d).join(name);
             if let Ok(c) = std::fs::canonicalize(&p) {
                 if !out.contains(&c) {
@@ -105,14 +123,27 @@ pub fn system_libssl() -> Vec<PathBuf> {
 }
 
 impl Tracer {
-    /// Places the TLS probes on `path` (a libssl, or a binary with OpenSSL
-    /// linked in statically).
+    /// Places the TLS probes on `path` (a libssl or libgnutls, a binary
+    /// with OpenSSL linked in statically, or a Go program).
     /// Takes `&self`: the ring buffers borrow the skeleton while this runs.
     pub fn attach_tls(&self, path: &Path) -> TlsAttach {
         let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         if !self.tls_seen.borrow_mut().insert(key.clone()) {
             return TlsAttach::AlreadyDone;
         }
+        let defined = defined_functions(&key, &[&OPENSSL_IO[..], &GNUTLS_IO[..]].concat());
+        if let Some(n) = self.attach_openssl(&key, &defined) {
+            return TlsAttach::Attached(n);
+        }
+        if let Some(n) = self.attach_gnutls(&key, &defined) {
+            return TlsAttach::Attached(n);
+        }
+        self.attach_go_tls(&key)
+    }
+
+    /// OpenSSL: on the internal functions where found, else on the exported
+    /// ones. None: the file has no OpenSSL read and write.
+    fn attach_openssl(&self, key: &Path, defined: &[&str]) -> Option<usize> {
         let p = &self.skel.progs;
         // SSL_do_handshake is not probed: its duration comes from the
         // handshake records instead, and every probe is one more link to
@@ -123,27 +154,17 @@ impl Tracer {
             (&p.at_ssl_read, "SSL_read"),
             (&p.at_ssl_read_ex, "SSL_read_ex"),
         ];
-        let defined = defined_functions(
-            &key,
-            &[
-                "SSL_write",
-                "SSL_write_ex",
-                "SSL_read",
-                "SSL_read_ex",
-                "SSL_set_fd",
-            ],
-        );
         // Only a library with all four can wrap the internal functions.
         let all_four = entries.iter().all(|(_, f)| defined.contains(f));
         if all_four && !self.openssl_at_exported {
-            match self.attach_openssl_internal(&key) {
+            match self.attach_openssl_internal(key) {
                 Ok(mut links) => {
                     if defined.contains(&"SSL_set_fd") {
-                        links.extend(self.place_set_fd_probe(&key));
+                        links.extend(self.place_fd_probe(&p.at_ssl_set_fd, key, "SSL_set_fd"));
                     }
                     tracing::info!(path = %key.display(), functions = 2, at = "internal", "TLS capture attached");
                     self.tls_links.borrow_mut().extend(links);
-                    return TlsAttach::Attached(2);
+                    return Some(2);
                 }
                 Err(e) => {
                     tracing::debug!(path = %key.display(), "OpenSSL probes on the exported functions: {e}")
@@ -153,7 +174,7 @@ impl Tracer {
         let mut attached_funcs = Vec::new();
         let mut links = Vec::new();
         for (prog, func) in entries.into_iter().filter(|(_, f)| defined.contains(f)) {
-            match self.place_probes(prog, &key, &[func], false) {
+            match self.place_probes(prog, key, &[func], false) {
                 Ok(l) => {
                     links.extend(l);
                     attached_funcs.push(func);
@@ -167,10 +188,9 @@ impl Tracer {
             && attached_funcs.iter().any(|f| f.starts_with("SSL_write"));
         if !has_io {
             // Dropping the links detaches any partial set.
-            drop(links);
-            return self.attach_go_tls(&key);
+            return None;
         }
-        match self.place_probes(&p.at_ssl_ret, &key, &attached_funcs, true) {
+        match self.place_probes(&p.at_ssl_ret, key, &attached_funcs, true) {
             Ok(l) => links.extend(l),
             Err(e) => {
                 tracing::warn!(path = %key.display(), error = %e, "TLS return probes not placed")
@@ -179,19 +199,62 @@ impl Tracer {
         // Optional: libraries without it (or apps that hand OpenSSL a BIO)
         // still learn the fd from the syscalls inside SSL_read/SSL_write.
         if defined.contains(&"SSL_set_fd") {
-            links.extend(self.place_set_fd_probe(&key));
+            links.extend(self.place_fd_probe(&p.at_ssl_set_fd, key, "SSL_set_fd"));
         }
         let n = attached_funcs.len();
         tracing::info!(path = %key.display(), functions = n, at = "exported", "TLS capture attached");
         self.tls_links.borrow_mut().extend(links);
-        TlsAttach::Attached(n)
+        Some(n)
     }
 
-    /// SSL_set_fd's probe (entry only, once per connection).
-    fn place_set_fd_probe(&self, path: &Path) -> Vec<Link> {
-        self.place_probes(&self.skel.progs.at_ssl_set_fd, path, &["SSL_set_fd"], false)
+    /// GnuTLS: gnutls_record_recv and gnutls_record_send2 (which
+    /// gnutls_record_send tail-calls since 3.6.3, so probing both would count
+    /// a send twice; before it, gnutls_record_send), and the calls that tell
+    /// the socket. None: not GnuTLS.
+    fn attach_gnutls(&self, key: &Path, defined: &[&str]) -> Option<usize> {
+        let send = ["gnutls_record_send2", "gnutls_record_send"]
+            .into_iter()
+            .find(|f| defined.contains(f))?;
+        if !defined.contains(&"gnutls_record_recv") {
+            return None;
+        }
+        let p = &self.skel.progs;
+        let io = ["gnutls_record_recv", send];
+        let placed = [
+            (&p.at_gnutls_recv, &io[..1], false),
+            (&p.at_gnutls_send, &io[1..], false),
+            (&p.at_ssl_ret, &io[..], true),
+        ]
+        .into_iter()
+        .map(|(prog, funcs, ret)| self.place_probes(prog, key, funcs, ret))
+        .collect::<libbpf_rs::Result<Vec<Vec<Link>>>>();
+        let mut links: Vec<Link> = match placed {
+            Ok(l) => l.into_iter().flatten().collect(),
+            Err(e) => {
+                tracing::warn!(path = %key.display(), error = %e, "GnuTLS probes not placed");
+                return None;
+            }
+        };
+        for (prog, func) in [
+            (&p.at_gnutls_set_int2, "gnutls_transport_set_int2"),
+            (&p.at_gnutls_set_ptr, "gnutls_transport_set_ptr"),
+        ] {
+            if defined.contains(&func) {
+                links.extend(self.place_fd_probe(prog, key, func));
+            }
+        }
+        tracing::info!(path = %key.display(), functions = 2, at = "gnutls", "TLS capture attached");
+        self.tls_links.borrow_mut().extend(links);
+        Some(2)
+    }
+
+    /// A probe on a call that tells a TLS object's socket (entry only, once
+    /// per connection; optional: the socket calls inside the record calls
+    /// tell it too).
+    fn place_fd_probe(&self, prog: &ProgramMut<'_>, path: &Path, func: &str) -> Vec<Link> {
+        self.place_probes(prog, path, &[func], false)
             .unwrap_or_else(|e| {
-                tracing::debug!(path = %path.display(), error = %e, "SSL_set_fd probe not placed");
+                tracing::debug!(path = %path.display(), func, error = %e, "TLS socket probe not placed");
                 Vec::new()
             })
     }
