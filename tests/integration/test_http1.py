@@ -568,6 +568,11 @@ def test_m_check_and_version(require_root, agent_bin):
     missing = [k for k, rx in needed.items() if not re.search(rx, out, re.I)]
     report("check items mentioned", len(needed) - len(missing), len(needed))
     assert not missing, f"autotel check does not mention {missing}"
+    # Where the TLS probes would go in the system's libssl: Debian's wraps the
+    # internal functions, whose entries the kernel emulates.
+    tls = re.search(r"TLS libraries\s+(.*)", out)
+    report("check's TLS libraries line", tls.group(1)[:120] if tls else None, "libssl: internal")
+    assert tls and re.search(r"libssl\.so\.3: OpenSSL, probes on the internal", tls.group(1)), out
 
     cp = subprocess.run([agent_bin, "version"], capture_output=True, text=True, timeout=30)
     print(cp.stdout.strip())

@@ -192,6 +192,21 @@ pub fn run_checks() -> Vec<Finding> {
         },
         fix: "needed for TLS plaintext capture: use a kernel with CONFIG_UPROBE_EVENTS=y",
     });
+    let libs = crate::tracer::tls::system_tls_libraries();
+    out.push(Finding {
+        name: "TLS libraries",
+        ok: !libs.is_empty(),
+        need: Need::Optional,
+        detail: if libs.is_empty() {
+            "no system libssl or libgnutls (Go programs and libraries of their own are still found per process)".into()
+        } else {
+            libs.iter()
+                .map(|l| format!("{}: {}", l.display(), crate::tracer::tls::probe_plan(l)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        },
+        fix: "TLS plaintext of programs using the system's OpenSSL or GnuTLS is captured from the files listed here",
+    });
     let lockdown = std::fs::read_to_string("/sys/kernel/security/lockdown")
         .ok()
         .and_then(|s| {

@@ -122,6 +122,29 @@ pub fn system_tls_libraries() -> Vec<PathBuf> {
     out
 }
 
+/// Where the probes would go in one TLS library file, for `autotel check`
+/// (reads the file only; attaches nothing).
+pub fn probe_plan(path: &Path) -> &'static str {
+    let defined = defined_functions(path, &[&OPENSSL_IO[..], &GNUTLS_IO[..]].concat());
+    let openssl = ["SSL_read", "SSL_write"]
+        .iter()
+        .all(|f| defined.iter().any(|d| d.starts_with(f)));
+    if openssl {
+        let internal = std::fs::File::open(path).ok().is_some_and(|f| {
+            openssl_binary::find_internal_sites(&object::ReadCache::new(f)).is_ok()
+        });
+        return if internal {
+            "OpenSSL, probes on the internal read/write functions (entries the kernel emulates)"
+        } else {
+            "OpenSSL, probes on SSL_read/SSL_write (entries stepped out of line: slower)"
+        };
+    }
+    if defined.contains(&"gnutls_record_recv") {
+        return "GnuTLS, probes on the record calls";
+    }
+    "no TLS read/write symbols: not probed"
+}
+
 impl Tracer {
     /// Places the TLS probes on `path` (a libssl or libgnutls, a binary
     /// with OpenSSL linked in statically, or a Go program).
