@@ -4,7 +4,7 @@
 #![no_main]
 
 use autotel_protocols::openssl_binary::{
-    find_internal_sites, passed_through_to, starts_with_emulated,
+    exported_entries_emulated, find_internal_sites, passed_through_to, starts_with_emulated,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -14,6 +14,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(sites.read < len && sites.write < len);
     }
     let _ = passed_through_to(data, 0x1000);
+    let _ = exported_entries_emulated(data);
     if starts_with_emulated(data) {
         assert!(matches!(data.first(), Some(0x50..=0x57) | Some(0x41)));
     }

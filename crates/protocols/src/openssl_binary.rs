@@ -60,6 +60,21 @@ pub fn find_internal_sites<'a, R: object::ReadRef<'a>>(
     Ok(InternalSites { read, write })
 }
 
+/// Do `SSL_read` and `SSL_write` themselves start with an instruction the
+/// kernel emulates? (Builds with frame pointers start with `push rbp`, and
+/// some inline the internal functions: there the exported entries are the
+/// cheap sites.) False when either is missing.
+pub fn exported_entries_emulated<'a, R: object::ReadRef<'a>>(data: R) -> bool {
+    let Ok(file) = object::File::parse(data) else {
+        return false;
+    };
+    ["SSL_read", "SSL_write"].iter().all(|name| {
+        defined_function(&file, name)
+            .and_then(|(addr, _)| code_at(&file, addr, 15))
+            .is_some_and(|(code, _)| starts_with_emulated(code))
+    })
+}
+
 /// The file offset of the function the wrapper `ex` passes its arguments
 /// to, checked against `plain`, the other wrapper of it.
 fn internal_of<'a, R: object::ReadRef<'a>>(
@@ -256,5 +271,6 @@ mod tests {
             find_internal_sites(&b"\x7fELF\x02\x01\x01"[..]),
             Err(SitesError::NotX86Elf)
         );
+        assert!(!exported_entries_emulated(&b"\x7fELF\x02\x01\x01"[..]));
     }
 }

@@ -133,8 +133,15 @@ pub fn probe_plan(path: &Path) -> &'static str {
         let internal = std::fs::File::open(path).ok().is_some_and(|f| {
             openssl_binary::find_internal_sites(&object::ReadCache::new(f)).is_ok()
         });
+        let emulated = || {
+            std::fs::File::open(path).ok().is_some_and(|f| {
+                openssl_binary::exported_entries_emulated(&object::ReadCache::new(f))
+            })
+        };
         return if internal {
             "OpenSSL, probes on the internal read/write functions (entries the kernel emulates)"
+        } else if emulated() {
+            "OpenSSL, probes on SSL_read/SSL_write (entries the kernel emulates)"
         } else {
             "OpenSSL, probes on SSL_read/SSL_write (entries stepped out of line: slower)"
         };
