@@ -1,10 +1,12 @@
-"""TLS integration tests: the agent reading the plaintext of real OpenSSL and Go
-programs.
+"""TLS integration tests: the agent reading the plaintext of real OpenSSL, GnuTLS and
+Go programs.
 
-The agent places uprobes on OpenSSL's SSL_read/SSL_write(_ex), per library file (the
-system libssl.so.3 at start, files mapped by selected processes, and selected
-executables with OpenSSL linked in), and on Go's crypto/tls.(*Conn).Read/Write in
-selected Go executables (see crates/protocols/src/go_binary.rs). The plaintext feeds the ordinary
+The agent places uprobes on OpenSSL's SSL_read/SSL_write(_ex) or the internal functions
+they wrap (see crates/protocols/src/openssl_binary.rs), per library file (the system
+libssl.so.3 at start, files mapped by selected processes, and selected executables with
+OpenSSL linked in); on GnuTLS's record calls (libgnutls.so.30); and on Go's
+crypto/tls.(*Conn).Read/Write in selected Go executables (see
+crates/protocols/src/go_binary.rs). The plaintext feeds the ordinary
 HTTP parser; spans say ``https`` and carry ``tls.protocol.*``; the first span of a
 connection carries ``autotel.tls.handshake.duration`` and each handshake is an
 observation of the ``autotel.tls.handshake.duration`` histogram. Ciphertext is never
@@ -13,9 +15,9 @@ parsed.
 Peers are programs we did not write: nginx (``listen ... ssl``), curl, python's
 ``ssl``/``http.server``/``urllib``/``http.client`` (peers/tls_https_*.py are thin
 wrappers), Node.js ``https`` (peers/tls_node_client.js), Go's net/http and gRPC-Go
-(peers/go_*/main.go, built by the test with Debian's Go). The certificate is a
-self-signed one made by ``openssl req -x509`` for each test. Counts are exact; each
-test prints the figures it checks.
+(peers/go_*/main.go, built by the test with Debian's Go), gnutls-serv and wget. The
+certificate is a self-signed one made by ``openssl req -x509`` for each test. Counts
+are exact; each test prints the figures it checks.
 """
 
 from __future__ import annotations

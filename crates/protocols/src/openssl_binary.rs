@@ -1,5 +1,6 @@
 //! Where the OpenSSL probes (bpf/tracers/tls.h) can go in one libssl, or a
-//! program with OpenSSL linked in, so that no probe is stepped out of line.
+//! program with OpenSSL linked in, so that their entries are not stepped out
+//! of line.
 //!
 //! A uprobe on an instruction the kernel does not emulate is single-stepped
 //! out of line: a debug exception, which KVM intercepts, so most likely a
@@ -12,8 +13,9 @@
 //! internal functions with the `_ex` signature, `ssl_read_internal(s, buf,
 //! num, &readbytes)` and `ssl_write_internal(s, buf, num, &written)`, which
 //! save callee-saved registers first: `push` is emulated (since about Linux
-//! 6.9; an older kernel steps it, as it steps `sub rsp`, so nothing is lost). With
-//! the probes there, a call costs one emulated hit and the return. The
+//! 6.9; an older kernel steps it, as it steps `sub rsp`, so nothing is
+//! lost). With the probes there, a call costs one emulated hit and the
+//! return. The
 //! internal functions are not exported, so they are found from the wrappers'
 //! code: `SSL_read_ex` passes its arguments straight through to one call,
 //! and `SSL_read` calls the same function. Anything else leaves the probes
