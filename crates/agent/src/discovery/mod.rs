@@ -47,6 +47,8 @@ pub enum ProcEvent {
         /// The kernel's provisional selection value for this exec (its
         /// tag tells it from a later exec's), 0 when it made none.
         exec_sel: u32,
+        /// The process's name right after this exec.
+        comm: String,
     },
     Fork(u32),
     Listen(u32),
@@ -142,6 +144,16 @@ pub fn naming_for_exec(d: &Discovery, pid: u32, path: &str) -> resource::Naming 
             ports: &[],
         },
     )
+}
+
+/// Whether `pid` has exec'ed again since the exec of `path` that named it
+/// `comm`: its name and its executable both differ (a rename alone changes
+/// the name; a path through a symlink alone, the executable's name).
+fn exec_since(pid: u32, path: &str, comm: &str) -> bool {
+    let renamed = procfs::comm(pid).is_some_and(|c| c != comm.trim_end());
+    let other_exe = procfs::exe_path(pid)
+        .is_some_and(|e| e.file_name() != std::path::Path::new(path).file_name());
+    renamed && other_exe
 }
 
 pub struct Discoverer {
@@ -337,6 +349,32 @@ impl Discoverer {
         self.offer_tls_files(pid);
     }
 
+    /// Removes a rejected exec's provisional selection, and only that one.
+    /// A wrapper (`ip netns exec`, `sh -c`, `env`) execs its target within
+    /// milliseconds, and the target's exec writes its own selection, which
+    /// its own event decides on, at any moment between a check here and the
+    /// removal. The kernel renames the process and switches its executable
+    /// well before it writes that selection, so: already switched, leave the
+    /// map alone; switched by just after the removal, the new selection may
+    /// have gone with ours, and it is put back untagged (any rejection may
+    /// remove an untagged one).
+    fn withdraw_rejected_exec(&mut self, pid: u32, exec_sel: u32, path: &str, comm: &str) {
+        let ours = exec_sel == 0
+            || self
+                .kernel
+                .flags(pid)
+                .is_some_and(|f| f == exec_sel || f == abi::SEL_PROVISIONAL);
+        if !ours || exec_since(pid, path, comm) {
+            return;
+        }
+        self.kernel.remove(pid);
+        if exec_since(pid, path, comm) {
+            if let Err(e) = self.kernel.insert(pid, abi::SEL_PROVISIONAL) {
+                tracing::warn!(pid, error = %e, "could not restore an exec's selection");
+            }
+        }
+    }
+
     fn deselect(&mut self, pid: u32) {
         if self.selected.remove(&pid).is_some() {
             self.kernel.remove(pid);
@@ -404,14 +442,10 @@ impl Discoverer {
                 pid,
                 selected: Some(false),
                 exec_sel,
-                ..
+                path,
+                comm,
             } => {
-                // Only this exec's own selection: when the process has
-                // exec'ed again since (`ip netns exec`, `sh -c`, `env`),
-                // the newer selection stands until its own event decides.
-                if exec_sel == 0 || self.kernel.flags(pid) == Some(exec_sel) {
-                    self.kernel.remove(pid);
-                }
+                self.withdraw_rejected_exec(pid, exec_sel, &path, &comm);
                 self.forget(pid);
             }
             ProcEvent::Exec {
@@ -510,6 +544,7 @@ mod tests {
             selected: Some(false),
             path: "/usr/sbin/ip".into(),
             exec_sel,
+            comm: "ip".into(),
         };
         d.handle(exec(wrapper));
         assert_eq!(
@@ -523,6 +558,27 @@ mod tests {
             None,
             "a rejected exec kept its own selection"
         );
+        // A selection put back untagged (an exec raced a removal) goes with
+        // the next rejection, whatever its tag.
+        d.kernel.insert(pid, abi::SEL_PROVISIONAL).unwrap();
+        d.handle(exec(wrapper));
+        assert_eq!(d.kernel.flags(pid), None, "an untagged selection stayed");
+    }
+
+    /// The agent's own process has not exec'ed since it started as itself,
+    /// and has since any other program.
+    #[test]
+    fn exec_since_needs_both_name_and_executable_changed() {
+        let me = std::process::id();
+        let comm = procfs::comm(me).unwrap();
+        let exe = procfs::exe_path(me).unwrap();
+        let exe = exe.to_str().unwrap();
+        assert!(!exec_since(me, exe, &comm));
+        assert!(exec_since(me, "/usr/sbin/ip", "ip"));
+        // Renamed (prctl) only, or reached through a symlink only: no exec.
+        assert!(!exec_since(me, exe, "ip"));
+        assert!(!exec_since(me, "/usr/bin/python3", &comm));
+        assert!(!exec_since(u32::MAX, "/usr/sbin/ip", "ip"));
     }
 
     #[test]

@@ -411,6 +411,7 @@ impl Pipeline {
                 selected: None,
                 path,
                 exec_sel: p.exec_sel,
+                comm: p.comm(),
             };
         };
         let base = path.rsplit('/').next().unwrap_or(&path).to_owned();
@@ -474,6 +475,7 @@ impl Pipeline {
             selected: Some(selected),
             path,
             exec_sel: p.exec_sel,
+            comm,
         }
     }
 
