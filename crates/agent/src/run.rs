@@ -305,8 +305,9 @@ fn run(cfg: Config, mode: Mode, kube: Option<kube::Config>) -> Result<()> {
         .name("export-metrics".into())
         .spawn(move || metrics_exporter.run(metrics_stop_rx))?;
 
-    // TLS probes: the system's libssl and libgnutls now (processes started later are
-    // covered from their first call), other files as discovery finds them.
+    // TLS probes: the system's libssl and libgnutls now (processes started
+    // later are covered from their first call), other files as discovery
+    // finds them.
     let (tls_tx, tls_rx) = crossbeam_channel::bounded::<std::path::PathBuf>(4096);
     for lib in crate::tracer::tls::system_tls_libraries() {
         let r = tracer.attach_tls(&lib);

@@ -58,11 +58,22 @@ impl TlsAttach {
     }
 }
 
+/// Runs `read` over the file at `path` through an `object::ReadCache`, which
+/// reads only the parts looked at: executables offered here can be hundreds
+/// of megabytes.
+fn read_elf<T>(
+    path: &Path,
+    read: impl FnOnce(&object::ReadCache<std::fs::File>) -> T,
+) -> std::io::Result<T> {
+    Ok(read(&object::ReadCache::new(std::fs::File::open(path)?)))
+}
+
 /// The Go release that built the executable at `path` (None: not Go, or
 /// unreadable). Reads only the headers and the build info.
 pub fn go_version_of(path: &Path) -> Option<String> {
-    let file = std::fs::File::open(path).ok()?;
-    go_binary::go_version(&object::ReadCache::new(file))
+    read_elf(path, |elf| go_binary::go_version(elf))
+        .ok()
+        .flatten()
 }
 
 /// The names among `names` that the ELF file at `path` defines (in its
@@ -73,29 +84,28 @@ pub fn go_version_of(path: &Path) -> Option<String> {
 /// header reading cc 45 4c 46).
 pub fn defined_functions<'n>(path: &Path, names: &[&'n str]) -> Vec<&'n str> {
     use object::{Object, ObjectSymbol};
-    let Ok(f) = std::fs::File::open(path) else {
-        return Vec::new();
-    };
-    let cache = object::ReadCache::new(f);
-    let Ok(file) = object::File::parse(&cache) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for sym in file.dynamic_symbols().chain(file.symbols()) {
-        if !sym.is_definition() || sym.address() == 0 {
-            continue;
-        }
-        if let Some(&n) = sym
-            .name()
-            .ok()
-            .and_then(|n| names.iter().find(|&&w| w == n))
-        {
-            if !out.contains(&n) {
-                out.push(n);
+    read_elf(path, |elf| {
+        let Ok(file) = object::File::parse(elf) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for sym in file.dynamic_symbols().chain(file.symbols()) {
+            if !sym.is_definition() || sym.address() == 0 {
+                continue;
+            }
+            if let Some(&n) = sym
+                .name()
+                .ok()
+                .and_then(|n| names.iter().find(|&&w| w == n))
+            {
+                if !out.contains(&n) {
+                    out.push(n);
+                }
             }
         }
-    }
-    out
+        out
+    })
+    .unwrap_or_default()
 }
 
 /// libssl and libgnutls files of the usual library directories, attached at
@@ -130,21 +140,16 @@ pub fn probe_plan(path: &Path) -> &'static str {
         .iter()
         .all(|f| defined.iter().any(|d| d.starts_with(f)));
     if openssl {
-        let internal = std::fs::File::open(path).ok().is_some_and(|f| {
-            openssl_binary::find_internal_sites(&object::ReadCache::new(f)).is_ok()
+        let plan = read_elf(path, |elf| {
+            if openssl_binary::find_internal_sites(elf).is_ok() {
+                "OpenSSL, probes on the internal read/write functions (entries the kernel emulates)"
+            } else if openssl_binary::exported_entries_emulated(elf) {
+                "OpenSSL, probes on SSL_read/SSL_write (entries the kernel emulates)"
+            } else {
+                "OpenSSL, probes on SSL_read/SSL_write (entries stepped out of line: slower)"
+            }
         });
-        let emulated = || {
-            std::fs::File::open(path).ok().is_some_and(|f| {
-                openssl_binary::exported_entries_emulated(&object::ReadCache::new(f))
-            })
-        };
-        return if internal {
-            "OpenSSL, probes on the internal read/write functions (entries the kernel emulates)"
-        } else if emulated() {
-            "OpenSSL, probes on SSL_read/SSL_write (entries the kernel emulates)"
-        } else {
-            "OpenSSL, probes on SSL_read/SSL_write (entries stepped out of line: slower)"
-        };
+        return plan.unwrap_or("OpenSSL, but the file could not be read again");
     }
     if defined.contains(&"gnutls_record_recv") {
         return "GnuTLS, probes on the record calls";
@@ -293,12 +298,9 @@ impl Tracer {
     /// that SSL_read/SSL_write and their _ex forms wrap, where their first
     /// instruction is one the kernel emulates (see protocols::openssl_binary).
     fn attach_openssl_internal(&self, path: &Path) -> Result<Vec<Link>, String> {
-        let sites = std::fs::File::open(path)
-            .map_err(|e| e.to_string())
-            .and_then(|f| {
-                openssl_binary::find_internal_sites(&object::ReadCache::new(f))
-                    .map_err(|e| e.to_string())
-            })?;
+        let sites = read_elf(path, |elf| openssl_binary::find_internal_sites(elf))
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
         let p = &self.skel.progs;
         // The _ex programs: the internal functions take the _ex arguments.
         let placed = [
@@ -319,14 +321,10 @@ impl Tracer {
     /// Places the Go crypto/tls probes on `path` if it is a Go program
     /// with TLS linked in (see protocols::go_binary).
     fn attach_go_tls(&self, path: &Path) -> TlsAttach {
-        // Read on demand: most executables offered here are not Go, and
-        // some are hundreds of megabytes.
-        let sites = match std::fs::File::open(path)
+        let sites = match read_elf(path, |elf| go_binary::find_sites(elf))
             .map_err(|e| e.to_string())
-            .and_then(|f| {
-                let cache = object::ReadCache::new(f);
-                go_binary::find_sites(&cache).map_err(|e| e.to_string())
-            }) {
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(path = %path.display(), "no TLS capture for this file: no OpenSSL read/write symbols, and as Go: {e}");
