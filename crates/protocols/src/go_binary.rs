@@ -213,8 +213,9 @@ fn offset_by(site: EntrySite, by: u64) -> EntrySite {
     }
 }
 
-/// The bytes of the function at `addr` and their offset in the file.
-fn function_bytes<'a, R: object::ReadRef<'a>>(
+/// The bytes of the function at `addr` (its first `size`, all in one code
+/// section) and their offset in the file.
+pub(crate) fn function_bytes<'a, R: object::ReadRef<'a>>(
     file: &object::File<'a, R>,
     addr: u64,
     size: u64,
@@ -222,7 +223,9 @@ fn function_bytes<'a, R: object::ReadRef<'a>>(
     // Checked arithmetic throughout: the symbol table is the file's word.
     let end = addr.checked_add(size).filter(|_| size > 0)?;
     let sec = file.sections().find(|s| {
-        s.address() <= addr && s.address().checked_add(s.size()).is_some_and(|e| end <= e)
+        s.kind() == object::SectionKind::Text
+            && s.address() <= addr
+            && s.address().checked_add(s.size()).is_some_and(|e| end <= e)
     })?;
     let (sec_off, _) = sec.file_range()?;
     let data = sec.data().ok()?;

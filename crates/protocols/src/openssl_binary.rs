@@ -21,8 +21,9 @@
 //! and `SSL_read` calls the same function. Anything else leaves the probes
 //! on the exported functions. Pure functions over the file's bytes.
 
+use crate::go_binary::function_bytes;
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Register};
-use object::{Object, ObjectSection, ObjectSymbol};
+use object::{Object, ObjectSymbol};
 
 /// File offsets of the two internal functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +73,7 @@ pub fn exported_entries_emulated<'a, R: object::ReadRef<'a>>(data: R) -> bool {
     };
     ["SSL_read", "SSL_write"].iter().all(|name| {
         defined_function(&file, name)
-            .and_then(|(addr, _)| code_at(&file, addr, 15))
+            .and_then(|(addr, _)| function_bytes(&file, addr, 15))
             .is_some_and(|(code, _)| starts_with_emulated(code))
     })
 }
@@ -86,7 +87,7 @@ fn internal_of<'a, R: object::ReadRef<'a>>(
 ) -> Result<u64, SitesError> {
     let code_of = |name: &'static str| {
         defined_function(file, name)
-            .and_then(|(addr, size)| Some((code_at(file, addr, size)?.0, addr)))
+            .and_then(|(addr, size)| Some((function_bytes(file, addr, size)?.0, addr)))
             .ok_or(SitesError::Missing(name))
     };
     let (ex_code, ex_at) = code_of(ex)?;
@@ -95,7 +96,7 @@ fn internal_of<'a, R: object::ReadRef<'a>>(
     if !direct_targets(plain_code, plain_at).any(|t| t == target) {
         return Err(SitesError::Differ(ex, plain));
     }
-    let (first, offset) = code_at(file, target, 15).ok_or(SitesError::NotEmulated(ex))?;
+    let (first, offset) = function_bytes(file, target, 15).ok_or(SitesError::NotEmulated(ex))?;
     if !starts_with_emulated(first) {
         return Err(SitesError::NotEmulated(ex));
     }
@@ -115,26 +116,6 @@ fn defined_function<'a, R: object::ReadRef<'a>>(
         .find(matches)
         .or_else(|| file.dynamic_symbols().find(matches))
         .map(|s| (s.address(), s.size()))
-}
-
-/// Up to `size` bytes of code at `addr` and their offset in the file.
-fn code_at<'a, R: object::ReadRef<'a>>(
-    file: &object::File<'a, R>,
-    addr: u64,
-    size: u64,
-) -> Option<(&'a [u8], u64)> {
-    let sec = file.sections().find(|s| {
-        s.kind() == object::SectionKind::Text
-            && s.address() <= addr
-            && addr < s.address().saturating_add(s.size())
-    })?;
-    let (sec_off, _) = sec.file_range()?;
-    let data = sec.data().ok()?;
-    let start = usize::try_from(addr - sec.address()).ok()?;
-    let end = start
-        .saturating_add(usize::try_from(size).ok()?)
-        .min(data.len());
-    Some((data.get(start..end)?, sec_off.checked_add(start as u64)?))
 }
 
 /// The target of a function's first call (or tail jump) when nothing before
