@@ -415,9 +415,11 @@ fn read_loop(
         move |bytes, unread| {
             if capture_only {
                 p.borrow_mut().skip_record(bytes);
-                return;
+                return true;
             }
-            p.borrow_mut().on_record(bytes);
+            if !p.borrow_mut().on_record(bytes) {
+                return false; // the process ring first (see Rings::consume)
+            }
             // The records before this one are released already, so the
             // kernel side keeps its room while we are off the CPU.
             match pace.on_record(unread, Instant::now) {
@@ -425,6 +427,7 @@ fn read_loop(
                 Pace::Yield => std::thread::yield_now(),
                 Pace::Pause => std::thread::sleep(HEAVY_PAUSE),
             }
+            true
         },
     )?;
     if !capture_only {

@@ -8,6 +8,8 @@ pub mod context;
 pub mod db_span;
 pub mod detect;
 pub mod dns_span;
+#[cfg(test)]
+mod exec_order_test;
 pub mod h2_span;
 pub mod http_span;
 pub mod network;
@@ -237,6 +239,11 @@ pub struct Pipeline {
     kernel_selection: Option<SelectedPids>,
     /// Exec'ed path per pid, for resources of processes gone from /proc.
     exec_paths: HashMap<u32, String>,
+    /// Selection tag (shifted down) of the last exec decided per pid.
+    decided_execs: HashMap<u32, u32>,
+    /// The first record of a connection left in the data ring until the
+    /// process ring was read once more (see `exec_undecided`).
+    left_for_exec: Option<ConnKey>,
     /// Processes that exited, to forget once the data ring is drained.
     pending_exits: Vec<u32>,
     /// TCP lifecycle events, handled once the data ring is drained.
@@ -291,6 +298,8 @@ impl Pipeline {
             rejected: HashMap::new(),
             kernel_selection: None,
             exec_paths: HashMap::new(),
+            decided_execs: HashMap::new(),
+            left_for_exec: None,
             pending_exits: Vec::new(),
             pending_flows: Vec::new(),
             recently_closed: FxHashMap::default(),
@@ -348,12 +357,15 @@ impl Pipeline {
         }
     }
 
-    /// One ring-buffer record.
-    pub fn on_record(&mut self, bytes: &[u8]) {
+    /// One ring-buffer record. False: the record must wait for the events
+    /// still in the process ring (left in its ring, it comes again after).
+    pub fn on_record(&mut self, bytes: &[u8]) -> bool {
         match abi::decode(bytes) {
             Ok(Event::Data(d)) => {
+                if !self.on_data(&d) {
+                    return false;
+                }
                 self.counts.data_record(bytes.len());
-                self.on_data(&d);
             }
             Ok(Event::Close(c)) => {
                 self.counts.data_record(bytes.len());
@@ -388,9 +400,9 @@ impl Pipeline {
                         // The process ring is read before the data ring: its
                         // last data is still queued. Finish it after the drain.
                         self.pending_exits.push(p.pid);
-                        return;
+                        return true;
                     }
-                    _ => return,
+                    _ => return true,
                 };
                 let _ = self.proc_events.try_send(ev);
             }
@@ -399,6 +411,7 @@ impl Pipeline {
                 tracing::debug!(error = %e, "undecodable ring-buffer record");
             }
         }
+        true
     }
 
     /// With executable-name selection the kernel traces every exec until we
@@ -457,6 +470,8 @@ impl Pipeline {
             tracing::info!(pid = p.pid, "process is instrumented by an OpenTelemetry SDK: skipping it (discovery.skip_sdk_instrumented)");
             selected = false;
         }
+        self.decided_execs
+            .insert(p.pid, p.exec_sel >> abi::SEL_TAG_SHIFT);
         if selected {
             self.rejected.remove(&p.pid);
             self.exec_paths.insert(p.pid, path.clone());
@@ -479,10 +494,11 @@ impl Pipeline {
         }
     }
 
-    fn on_data(&mut self, d: &DataEvent<'_>) {
+    /// False: `d` waits for its process's exec event (see `exec_undecided`).
+    fn on_data(&mut self, d: &DataEvent<'_>) -> bool {
         let h = &d.header;
         if self.is_rejected(h.pid) {
-            return;
+            return true;
         }
         let key = ConnKey {
             pid: h.pid,
@@ -503,6 +519,9 @@ impl Pipeline {
         let mut conn = match self.conns.remove(&key) {
             Some(c) => c,
             None => {
+                if self.exec_undecided(key) {
+                    return false;
+                }
                 if self.conns.len() >= MAX_CONNS {
                     self.evict_oldest();
                 }
@@ -539,7 +558,7 @@ impl Pipeline {
         conn.last_ns = h.exit_ns;
         if !self.tls_gate(&mut conn, d) {
             self.conns.insert(key, conn);
-            return;
+            return true;
         }
         if !conn.is_opaque() {
             if parent.is_some() {
@@ -572,7 +591,7 @@ impl Pipeline {
                 match self.decide(&mut conn, dir, &seg) {
                     Decision::Wait => {
                         self.conns.insert(key, conn);
-                        return;
+                        return true;
                     }
                     Decision::Decided(Some(held)) => {
                         // The bytes held back go first, as the segment they were.
@@ -590,6 +609,7 @@ impl Pipeline {
             self.feed(key.pid, &mut conn, dir, &seg);
         }
         self.conns.insert(key, conn);
+        true
     }
 
     /// Trace-context ids from a TCP option: kept on the connection for the
@@ -1118,10 +1138,55 @@ impl Pipeline {
             })
     }
 
+    /// Whether the first record of connection `key` may come from an exec
+    /// whose event is not read yet: the process ring was drained just
+    /// before the exec, the data ring just after it. Its spans would then
+    /// be built before the exec decides selection and naming (named after
+    /// the program, not its `services` rule; or kept for a program not
+    /// selected). Such a record waits for one more pass over the process
+    /// ring, once: the kernel wrote the exec event before the process ran
+    /// any code, so it is there by then, and the record comes again.
+    fn exec_undecided(&mut self, key: ConnKey) -> bool {
+        if self.exec_selector.is_none() {
+            return false;
+        }
+        if self.left_for_exec == Some(key) {
+            self.left_for_exec = None;
+            return false;
+        }
+        let pid = key.pid;
+        // The kernel's tag of a provisionally selected exec (0: untagged).
+        let kernel_tag = self
+            .kernel_selection
+            .as_ref()
+            .and_then(|k| k.flags(pid))
+            .filter(|f| f & abi::SEL_PROVISIONAL != 0)
+            .map(|f| f >> abi::SEL_TAG_SHIFT)
+            .filter(|&tag| tag != 0);
+        let undecided = match (kernel_tag, self.decided_execs.get(&pid)) {
+            (Some(tag), decided) => decided != Some(&tag),
+            (None, Some(_)) => false,
+            // Gone from the kernel map (exited), or selected otherwise:
+            // undecided unless something already describes the process.
+            (None, None) => {
+                !self.exited.contains_key(&pid)
+                    && !self
+                        .resources
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains_key(&pid)
+            }
+        };
+        if undecided {
+            self.left_for_exec = Some(key);
+        }
+        undecided
+    }
+
     /// Whether data of `pid` belongs to a rejected exec. Data of a newer
     /// exec can reach the data ring before that exec's event is read (the
-    /// process ring was drained just before it): it is kept, and the newer
-    /// event decides.
+    /// process ring was drained just before it): it is not dropped, and
+    /// waits for the newer event to decide (`exec_undecided`).
     fn is_rejected(&mut self, pid: u32) -> bool {
         let Some(&exec_sel) = self.rejected.get(&pid) else {
             return false;
@@ -1357,6 +1422,7 @@ impl Pipeline {
             }
             self.rejected.remove(&pid);
             self.exec_paths.remove(&pid);
+            self.decided_execs.remove(&pid);
             let _ = self.proc_events.try_send(ProcEvent::Exit(pid));
         }
     }

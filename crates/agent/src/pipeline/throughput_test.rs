@@ -17,7 +17,7 @@ Content-Type: text/html\r\nContent-Length: 614\r\nLast-Modified: Fri, 04 Dec 202
 Connection: keep-alive\r\nETag: \"6931a7ac-266\"\r\nAccept-Ranges: bytes\r\n\r\n";
 
 /// One ring record: the kernel's header followed by the captured bytes.
-fn record(fd: i32, ingress: bool, at_ns: u64, payload: &[u8]) -> Vec<u8> {
+pub(super) fn record(fd: i32, ingress: bool, at_ns: u64, payload: &[u8]) -> Vec<u8> {
     let mut tuple = abi::ConnTuple {
         family: 2,
         proto: 6,
@@ -70,6 +70,19 @@ fn pipeline_with(
     Arc<SelfMetrics>,
 ) {
     let cfg = crate::config::Config::load(None).expect("default config");
+    pipeline_of(cfg, sampler)
+}
+
+/// A pipeline with configuration `cfg` (and `sampler` instead of its own).
+pub(super) fn pipeline_of(
+    cfg: crate::config::Config,
+    sampler: Option<sampler::Sampler>,
+) -> (
+    Pipeline,
+    crossbeam_channel::Receiver<SpanBatch>,
+    SharedStore,
+    Arc<SelfMetrics>,
+) {
     let (span_tx, span_rx) = crossbeam_channel::bounded(cfg.traces.queue_size);
     let (proc_tx, _proc_rx) = crossbeam_channel::bounded(1024);
     let metrics = Arc::new(SelfMetrics::new());

@@ -78,13 +78,29 @@ impl Drop for Mapping {
 
 /// What is called with each record, and the bytes still unread behind it
 /// (as of the last look at the producer position: the reader's backlog).
-type RecordFn<'a> = dyn FnMut(&[u8], u64) + 'a;
+/// It returns false to leave the record in the ring: the pass stops there,
+/// and the next pass starts with that record.
+type RecordFn<'a> = dyn FnMut(&[u8], u64) -> bool + 'a;
 type Callback<'a> = Box<RecordFn<'a>>;
 /// What sees records ahead of their turn.
 type PeekFn<'a> = dyn FnMut(&[u8]) + 'a;
 
 /// How many records ahead of the one being handled `peek` sees.
 const LOOKAHEAD: usize = 4;
+
+/// How often one `Rings::consume` goes back to the first ring for a record
+/// left in a later one. Each return lets that record through (see
+/// `Rings::consume`), so this only bounds a call in a burst of them.
+const MAX_RETURNS_PER_CONSUME: usize = 256;
+
+/// What one pass over a ring did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pass {
+    /// Records handed on and released.
+    handled: usize,
+    /// The callback left a record in the ring.
+    left_one: bool,
+}
 
 struct Ring<'a> {
     consumer: Mapping,
@@ -99,8 +115,8 @@ struct Ring<'a> {
 }
 
 impl Ring<'_> {
-    /// Hands every committed record to the callback; returns how many.
-    fn consume(&mut self) -> usize {
+    /// Hands every committed record to the callback.
+    fn consume(&mut self) -> Pass {
         // SAFETY: `size` bytes follow the producer page in the mapping. The
         // kernel writes only into room the consumer position has released
         // (and behind the busy bit), never into records not yet consumed.
@@ -152,7 +168,7 @@ fn readable(data: &[u8], pos: u64, len_word: u32) -> Option<(usize, usize)> {
 
 /// The consumer side of the ring protocol over a data area of a power of
 /// two bytes: every committed record to `callback`, each released as soon
-/// as it was handled. Returns how many records were handed on.
+/// as it was handled, up to one the callback leaves in the ring.
 ///
 /// `peek` sees records LOOKAHEAD ahead of `callback` (the reader starts
 /// loading their connection state from memory while it handles the ones
@@ -163,15 +179,16 @@ fn consume_records(
     scratch: &mut Vec<u8>,
     callback: &mut RecordFn<'_>,
     mut peek: Option<&mut PeekFn<'_>>,
-) -> usize {
+) -> Pass {
     let mut cons = pos.consumer.load(Ordering::Acquire);
     let mut n = 0;
+    let pass = |handled, left_one| Pass { handled, left_one };
     // Next record to peek at, and how many peeked records are unhandled.
     let (mut ahead, mut peeked) = (cons, 0usize);
     loop {
         let prod = pos.producer.load(Ordering::Acquire);
         if cons >= prod {
-            return n;
+            return pass(n, false);
         }
         while cons < prod {
             if let Some(peek) = peek.as_deref_mut() {
@@ -191,13 +208,16 @@ fn consume_records(
             }
             let len_word = len_word_at(data, cons);
             if len_word & BUSY_BIT != 0 {
-                return n; // not committed yet: the next pass reads it
+                return pass(n, false); // not committed yet: the next pass reads it
             }
             let next = cons + record_span(len_word);
             if let Some((start, len)) = readable(data, cons, len_word) {
-                with_record(data, start, len, scratch, |r| {
+                let handled = with_record(data, start, len, scratch, |r| {
                     callback(r, prod.saturating_sub(next))
                 });
+                if !handled {
+                    return pass(n, true);
+                }
                 n += 1;
             }
             cons = next;
@@ -210,7 +230,8 @@ fn consume_records(
 }
 
 /// The agent's rings, waited on together. Rings are consumed in the
-/// order they were added.
+/// order they were added; a record left in a ring sends the pass back to
+/// the first one.
 pub struct Rings<'a> {
     epoll: OwnedFd,
     rings: Vec<Ring<'a>>,
@@ -235,7 +256,7 @@ impl<'a> Rings<'a> {
         &mut self,
         fd: BorrowedFd<'_>,
         size: usize,
-        callback: impl FnMut(&[u8], u64) + 'a,
+        callback: impl FnMut(&[u8], u64) -> bool + 'a,
     ) -> Result<()> {
         anyhow::ensure!(
             size.is_power_of_two(),
@@ -299,9 +320,24 @@ impl<'a> Rings<'a> {
         Ok(())
     }
 
-    /// Consumes every ring, in order, without waiting.
+    /// Consumes every ring, in order, without waiting. A callback leaves a
+    /// record when it needs what an earlier ring holds first (a process's
+    /// exec event before the data it sent after): the pass then goes back
+    /// to the first ring, and on to the record left. The callback lets the
+    /// same record through when it comes again.
     pub fn consume(&mut self) -> usize {
-        self.rings.iter_mut().map(Ring::consume).sum()
+        let (mut handled, mut returns, mut i) = (0, 0, 0);
+        while i < self.rings.len() {
+            let pass = self.rings[i].consume();
+            handled += pass.handled;
+            if pass.left_one && i > 0 && returns < MAX_RETURNS_PER_CONSUME {
+                returns += 1;
+                i = 0;
+            } else {
+                i += 1;
+            }
+        }
+        handled
     }
 }
 
@@ -364,18 +400,20 @@ mod tests {
         let mut unread = Vec::new();
         // Each peeked record, with how many records were handed on by then.
         let mut peeked = Vec::new();
-        let n = consume_records(
+        let pass = consume_records(
             &pos,
             data,
             &mut Vec::new(),
             &mut |r, u| {
                 got.borrow_mut().push(r.to_vec());
                 unread.push(u);
+                true
             },
             Some(&mut |r: &[u8]| peeked.push((r.to_vec(), got.borrow().len()))),
         );
         let got = got.into_inner();
-        assert_eq!(n, got.len());
+        assert_eq!(pass.handled, got.len());
+        assert!(!pass.left_one);
         // A peeked record is handed on later, at most LOOKAHEAD records later.
         for (p, handed) in &peeked {
             let i = got
@@ -446,6 +484,56 @@ mod tests {
         let (got, cons) = drain(&words, 0, 16);
         assert!(got.is_empty());
         assert_eq!(cons, 1008);
+    }
+
+    #[test]
+    fn a_record_left_by_the_callback_stays_first_in_the_ring() {
+        let (words, end) = ring_with(128, 0, &[(b"one", 0), (b"two", 0), (b"three", 0)]);
+        // SAFETY: as in ring_with.
+        let data = unsafe { std::slice::from_raw_parts(words.as_ptr() as *const u8, 128) };
+        let consumer = AtomicU64::new(0);
+        let producer = AtomicU64::new(end);
+        let pos = Positions {
+            consumer: &consumer,
+            producer: &producer,
+        };
+        let mut seen = Vec::new();
+        let mut leave = Some(b"two".to_vec());
+        let mut pass = || {
+            consume_records(
+                &pos,
+                data,
+                &mut Vec::new(),
+                &mut |r, _| {
+                    seen.push(r.to_vec());
+                    leave.take_if(|l| l == r).is_none()
+                },
+                None,
+            )
+        };
+        let first = pass();
+        assert_eq!(
+            first,
+            Pass {
+                handled: 1,
+                left_one: true
+            }
+        );
+        assert_eq!(consumer.load(Ordering::Relaxed), 16, "`two` not released");
+        let second = pass();
+        assert_eq!(
+            second,
+            Pass {
+                handled: 2,
+                left_one: false
+            }
+        );
+        assert_eq!(consumer.load(Ordering::Relaxed), end);
+        let want: Vec<Vec<u8>> = [&b"one"[..], b"two", b"two", b"three"]
+            .iter()
+            .map(|r| r.to_vec())
+            .collect();
+        assert_eq!(seen, want);
     }
 
     #[test]

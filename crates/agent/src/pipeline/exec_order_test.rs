@@ -1,0 +1,118 @@
+//! With executable-name selection, data a process sent after an exec can be
+//! read before that exec's event (the process ring was drained just before
+//! the exec, the data ring just after). Such data waits for the event.
+
+use super::throughput_test::{pipeline_of, record};
+use super::*;
+
+const REQUEST: &[u8] = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
+const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+/// A pipeline selecting `^redis-cli$` at exec through a rule naming the
+/// service `cache-client`; span batches arrive on the receiver.
+fn exec_selecting_pipeline() -> (Pipeline, crossbeam_channel::Receiver<SpanBatch>) {
+    let mut cfg = crate::config::Config::load(None).expect("default config");
+    cfg.discovery.services = vec![crate::config::ServiceRule {
+        name: Some("cache-client".into()),
+        namespace: None,
+        open_ports: Default::default(),
+        executable_name: Some(regex::Regex::new("^redis-cli$").unwrap()),
+        pids: Vec::new(),
+    }];
+    assert!(cfg.discovery.selects_on_exec());
+    let (pipeline, spans, _, _) = pipeline_of(cfg, None);
+    (pipeline, spans)
+}
+
+/// The kernel's exec record of this process running `path`.
+fn exec_record(path: &str) -> Vec<u8> {
+    let mut ev = abi::ProcEvent {
+        kind: abi::EV_PROC,
+        proc_kind: abi::PROC_EXEC,
+        _pad: 0,
+        pid: std::process::id(),
+        ppid: 1,
+        exec_sel: abi::SEL_PROVISIONAL | (7 << abi::SEL_TAG_SHIFT),
+        ts_ns: 1_500,
+        comm: [0; 16],
+        filename: [0; abi::FILENAME_LEN],
+    };
+    let name = path.rsplit('/').next().unwrap().as_bytes();
+    ev.comm[..name.len()].copy_from_slice(name);
+    ev.filename[..path.len()].copy_from_slice(path.as_bytes());
+    // SAFETY: ProcEvent is a plain repr(C) struct of integers and arrays.
+    unsafe {
+        std::slice::from_raw_parts(
+            (&ev as *const abi::ProcEvent).cast::<u8>(),
+            std::mem::size_of::<abi::ProcEvent>(),
+        )
+    }
+    .to_vec()
+}
+
+/// Offers `rec` as the reader does: left in the ring, it comes again after
+/// the process ring (`procs`) was read.
+fn offer(pipeline: &mut Pipeline, rec: &[u8], procs: &mut Vec<Vec<u8>>) -> bool {
+    if pipeline.on_record(rec) {
+        return true;
+    }
+    for p in procs.drain(..) {
+        assert!(pipeline.on_record(&p));
+    }
+    assert!(pipeline.on_record(rec), "let through when it comes again");
+    false
+}
+
+fn services_of(spans: &crossbeam_channel::Receiver<SpanBatch>) -> Vec<String> {
+    spans
+        .try_iter()
+        .flatten()
+        .map(|s| s.resource.service_name.clone())
+        .collect()
+}
+
+#[test]
+fn data_read_before_its_exec_event_is_named_by_the_exec() {
+    let (mut pipeline, spans) = exec_selecting_pipeline();
+    let mut procs = vec![exec_record("/usr/bin/redis-cli")];
+    let request = record(10, true, 2_000, REQUEST);
+    assert!(
+        !offer(&mut pipeline, &request, &mut procs),
+        "the first record waits for the process ring"
+    );
+    assert!(procs.is_empty(), "the exec event was read in between");
+    let response = record(10, false, 3_000, RESPONSE);
+    assert!(pipeline.on_record(&response), "a known connection goes on");
+    pipeline.after_drain();
+    pipeline.release_all();
+    assert_eq!(services_of(&spans), vec!["cache-client".to_owned()]);
+}
+
+#[test]
+fn data_read_before_a_rejected_exec_event_makes_no_span() {
+    let (mut pipeline, spans) = exec_selecting_pipeline();
+    let mut procs = vec![exec_record("/usr/bin/curl")];
+    offer(&mut pipeline, &record(10, true, 2_000, REQUEST), &mut procs);
+    assert!(pipeline.on_record(&record(10, false, 3_000, RESPONSE)));
+    pipeline.after_drain();
+    pipeline.release_all();
+    assert_eq!(services_of(&spans), Vec::<String>::new());
+}
+
+#[test]
+fn data_after_its_exec_event_is_not_held() {
+    let (mut pipeline, spans) = exec_selecting_pipeline();
+    assert!(pipeline.on_record(&exec_record("/usr/bin/redis-cli")));
+    for (i, rec) in [
+        record(10, true, 2_000, REQUEST),
+        record(10, false, 3_000, RESPONSE),
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert!(pipeline.on_record(rec), "record {i}");
+    }
+    pipeline.after_drain();
+    pipeline.release_all();
+    assert_eq!(services_of(&spans), vec!["cache-client".to_owned()]);
+}
