@@ -537,6 +537,55 @@ http.server.ThreadingHTTPServer(("127.0.0.1", port), handler).serve_forever()
 """
 
 
+FORKING_SERVER = r"""
+import functools, http.server, socketserver, sys
+port, root = int(sys.argv[1]), sys.argv[2]
+class Server(socketserver.ForkingMixIn, http.server.HTTPServer):
+    pass
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=root)
+Server(("127.0.0.1", port), handler).serve_forever()
+"""
+
+
+def test_k_forked_workers_carry_the_rule_name(require_root, sink, start_agent, tmp_path):
+    """A server that forks a child per connection (socketserver.ForkingMixIn),
+    selected and named by a ``services`` rule: every child answers within a
+    millisecond of its fork and exits, mostly before discovery sees it. Its
+    spans must still carry the rule's name, inherited from the parent."""
+    port = free_port()
+    files = make_docroot(tmp_path / "forking")
+    proc = subprocess.Popen([sys.executable, "-c", FORKING_SERVER, str(port),
+                             str(tmp_path / "forking")],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_port(port, 15, proc)
+        exe_name = os.path.basename(os.readlink(f"/proc/{proc.pid}/exe"))
+        start_agent({}, config_yaml=("discovery:\n  services:\n    - name: forking-api\n"
+                                     f"      open_ports: {port}\n"))
+        paths = [files[i % len(files)] for i in range(40)]
+        batch = " ".join(f"curl -s -o /dev/null http://127.0.0.1:{port}{f} &" for f in paths)
+        subprocess.run(["bash", "-c", batch + " wait"], check=True, timeout=60)
+        server_span = lambda s: s["kind"] == "SERVER"  # noqa: E731
+        spans = sink.wait_for_spans(server_span, len(paths), SPAN_TIMEOUT, SETTLE)
+    finally:
+        stop_process(proc)
+    names = Counter(s["resource"].get("service.name") for s in spans)
+    children = {s["resource"].get("process.pid") for s in spans}
+    print(f"service names: {dict(names)}; {len(children)} serving processes")
+    report("spans of forked children named forking-api", names.get("forking-api", 0),
+           len(paths))
+    assert names == Counter({"forking-api": len(paths)}), names
+    assert proc.pid not in children and len(children) == len(paths), children
+    assert Counter(s["attrs"].get("url.path") for s in spans) == Counter(paths)
+    # The children gone before discovery saw them are described all the same.
+    described = Counter((s["resource"].get("process.executable.name"),
+                         s["resource"].get("process.parent_pid")) for s in spans)
+    report("spans with the server's executable and parent pid",
+           described.get((exe_name, proc.pid), 0), len(paths))
+    assert described == Counter({(exe_name, proc.pid): len(paths)}), described
+
+
 def test_k_process_listens_late(require_root, sink, start_agent, tmp_path):
     port = free_port()
     files = make_docroot(tmp_path / "late")

@@ -289,16 +289,24 @@ impl Discoverer {
         } else {
             abi::SEL_CONFIRMED
         };
-        if let Err(e) = self.kernel.insert(pid, flags) {
-            tracing::warn!(pid, error = %e, "could not select process");
-            return;
-        }
+        // The resource goes first: the kernel traces the process from the
+        // insert on, and its first span must find the configured naming.
         let res = Arc::new(resource::build(pid, &self.host, exec_path, &naming));
-        tracing::info!(pid, service = %res.service_name, "instrumenting process");
-        self.resources
+        let before = self
+            .resources
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(pid, res);
+            .insert(pid, res.clone());
+        if let Err(e) = self.kernel.insert(pid, flags) {
+            tracing::warn!(pid, error = %e, "could not select process");
+            let mut resources = self.resources.write().unwrap_or_else(|e| e.into_inner());
+            match before {
+                Some(r) => resources.insert(pid, r),
+                None => resources.remove(&pid),
+            };
+            return;
+        }
+        tracing::info!(pid, service = %res.service_name, "instrumenting process");
         self.selected.insert(pid, start);
         self.metrics.set_instrumented(self.selected.len());
         self.offer_tls_files(pid);
@@ -319,17 +327,26 @@ impl Discoverer {
             return;
         }
         // A forked child carries its parent's configured naming.
-        let naming = procfs::ppid(pid)
-            .and_then(|pp| {
-                self.resources
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&pp)
-                    .cloned()
-            })
-            .map(|r| resource::Naming::inherit(&r))
-            .unwrap_or_default();
-        let res = Arc::new(resource::build(pid, &self.host, None, &naming));
+        let ppid = procfs::ppid(pid);
+        let parent = ppid.and_then(|pp| {
+            self.resources
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&pp)
+                .cloned()
+        });
+        let res = Arc::new(match (parent, ppid) {
+            // Exiting already: /proc no longer shows its program, the parent's.
+            (Some(p), Some(pp)) if procfs::exe_path(pid).is_none() => {
+                resource::of_forked_child(&p, pid, pp, &self.host)
+            }
+            (parent, _) => {
+                let naming = parent
+                    .map(|r| resource::Naming::inherit(&r))
+                    .unwrap_or_default();
+                resource::build(pid, &self.host, None, &naming)
+            }
+        });
         self.resources
             .write()
             .unwrap_or_else(|e| e.into_inner())

@@ -365,6 +365,30 @@ pub fn build(pid: u32, host: &str, exec_path: Option<&str>, naming: &Naming) -> 
     }
 }
 
+/// The resource of a process forked by the one `parent` describes, once
+/// /proc no longer shows the child's program (it exited, or is exiting):
+/// it ran the parent's, so all but its identity is the parent's.
+pub fn of_forked_child(parent: &Resource, pid: u32, ppid: u32, host: &str) -> Resource {
+    let mut attributes = parent.attributes.clone();
+    for (key, value) in attributes.iter_mut() {
+        match key.as_str() {
+            "process.pid" => *value = AttrValue::Int(pid as i64),
+            "process.parent_pid" => *value = AttrValue::Int(ppid as i64),
+            // The start time is gone with the process.
+            "service.instance.id" => *value = format!("{host}:{pid}:0").into(),
+            _ => {}
+        }
+    }
+    if !attributes.iter().any(|(k, _)| k == "process.parent_pid") {
+        attributes.push(("process.parent_pid".into(), AttrValue::Int(ppid as i64)));
+    }
+    Resource {
+        service_name: parent.service_name.clone(),
+        pid,
+        attributes,
+    }
+}
+
 /// The resource of whole-host flow metrics: processes that are not selected
 /// share it (pid 0, no process attributes; the owner's name is a data point
 /// attribute), so their series do not grow with every short-lived process.
@@ -389,6 +413,43 @@ pub fn host(host: &str) -> Resource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gone_forked_child_is_its_parent_but_for_its_identity() {
+        let naming = Naming {
+            name: Some("forking-api".into()),
+            namespace: Some("shop".into()),
+        };
+        let parent = build(std::process::id(), "h", None, &naming);
+        let child = of_forked_child(&parent, 4_000_000, parent.pid, "h");
+        let attr = |r: &Resource, k: &str| {
+            r.attributes
+                .iter()
+                .find(|(a, _)| a == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(child.service_name, "forking-api");
+        assert_eq!(child.pid, 4_000_000);
+        assert_eq!(attr(&child, "process.pid"), Some(AttrValue::Int(4_000_000)));
+        assert_eq!(
+            attr(&child, "process.parent_pid"),
+            Some(AttrValue::Int(parent.pid as i64))
+        );
+        assert_eq!(
+            attr(&child, "service.instance.id"),
+            Some("h:4000000:0".into())
+        );
+        for same in [
+            "service.name",
+            "service.namespace",
+            "process.executable.name",
+            "process.command_line",
+        ] {
+            assert_eq!(attr(&child, same), attr(&parent, same), "{same}");
+            assert!(attr(&child, same).is_some(), "{same}");
+        }
+        assert_eq!(child.attributes.len(), parent.attributes.len());
+    }
 
     fn args(s: &str) -> Vec<String> {
         s.split(' ').map(String::from).collect()

@@ -8,11 +8,11 @@ pub mod context;
 pub mod db_span;
 pub mod detect;
 pub mod dns_span;
-#[cfg(test)]
-mod exec_order_test;
 pub mod h2_span;
 pub mod http_span;
 pub mod network;
+#[cfg(test)]
+mod process_order_test;
 pub mod routes;
 pub mod sampler;
 #[cfg(test)]
@@ -61,6 +61,8 @@ const MAX_SPAN_BATCH: usize = 256;
 /// client's CPU can read, answer and be reported before the client thread
 /// runs again (seen with curl -> python http.server).
 const LATE_PARENT_HOLD: std::time::Duration = std::time::Duration::from_millis(50);
+/// How far up a chain of forks discovery has not seen `fork_ancestor` looks.
+const MAX_FORK_GENERATIONS: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct ConnKey {
@@ -241,9 +243,12 @@ pub struct Pipeline {
     exec_paths: HashMap<u32, String>,
     /// Selection tag (shifted down) of the last exec decided per pid.
     decided_execs: HashMap<u32, u32>,
+    /// Parent of each process the kernel selected at fork: its spans carry
+    /// the parent's configured naming until discovery adopts it.
+    fork_parents: HashMap<u32, u32>,
     /// The first record of a connection left in the data ring until the
-    /// process ring was read once more (see `exec_undecided`).
-    left_for_exec: Option<ConnKey>,
+    /// process ring was read once more (see `process_event_pending`).
+    left_for_process_event: Option<ConnKey>,
     /// Processes that exited, to forget once the data ring is drained.
     pending_exits: Vec<u32>,
     /// TCP lifecycle events, handled once the data ring is drained.
@@ -299,7 +304,8 @@ impl Pipeline {
             kernel_selection: None,
             exec_paths: HashMap::new(),
             decided_execs: HashMap::new(),
-            left_for_exec: None,
+            fork_parents: HashMap::new(),
+            left_for_process_event: None,
             pending_exits: Vec::new(),
             pending_flows: Vec::new(),
             recently_closed: FxHashMap::default(),
@@ -394,7 +400,12 @@ impl Pipeline {
                 self.counts.proc_record(bytes.len());
                 let ev = match p.proc_kind {
                     abi::PROC_EXEC => self.exec_decision(&p),
-                    abi::PROC_FORK => ProcEvent::Fork(p.pid),
+                    abi::PROC_FORK => {
+                        if self.fork_parents.len() < MAX_CONNS {
+                            self.fork_parents.insert(p.pid, p.ppid);
+                        }
+                        ProcEvent::Fork(p.pid)
+                    }
                     abi::PROC_LISTEN => ProcEvent::Listen(p.pid),
                     abi::PROC_EXIT => {
                         // The process ring is read before the data ring: its
@@ -494,7 +505,7 @@ impl Pipeline {
         }
     }
 
-    /// False: `d` waits for its process's exec event (see `exec_undecided`).
+    /// False: `d` waits for its process's event (see `process_event_pending`).
     fn on_data(&mut self, d: &DataEvent<'_>) -> bool {
         let h = &d.header;
         if self.is_rejected(h.pid) {
@@ -519,7 +530,7 @@ impl Pipeline {
         let mut conn = match self.conns.remove(&key) {
             Some(c) => c,
             None => {
-                if self.exec_undecided(key) {
+                if self.process_event_pending(key) {
                     return false;
                 }
                 if self.conns.len() >= MAX_CONNS {
@@ -1138,24 +1149,21 @@ impl Pipeline {
             })
     }
 
-    /// Whether the first record of connection `key` may come from an exec
-    /// whose event is not read yet: the process ring was drained just
-    /// before the exec, the data ring just after it. Its spans would then
-    /// be built before the exec decides selection and naming (named after
-    /// the program, not its `services` rule; or kept for a program not
-    /// selected). Such a record waits for one more pass over the process
-    /// ring, once: the kernel wrote the exec event before the process ran
+    /// Whether the first record of connection `key` may have overtaken the
+    /// process event that decides what its process is: the process ring was
+    /// drained just before an exec or fork, the data ring just after. Spans
+    /// built then would be named after the program, not its `services` rule
+    /// (exec, or a parent's rule at fork), or be kept for a program an exec
+    /// did not select. Such a record waits for one more pass over the
+    /// process ring, once: the kernel wrote the event before the process ran
     /// any code, so it is there by then, and the record comes again.
-    fn exec_undecided(&mut self, key: ConnKey) -> bool {
-        if self.exec_selector.is_none() {
-            return false;
-        }
-        if self.left_for_exec == Some(key) {
-            self.left_for_exec = None;
+    fn process_event_pending(&mut self, key: ConnKey) -> bool {
+        if self.left_for_process_event == Some(key) {
+            self.left_for_process_event = None;
             return false;
         }
         let pid = key.pid;
-        // The kernel's tag of a provisionally selected exec (0: untagged).
+        // The kernel's tag of an exec selected provisionally (0: untagged).
         let kernel_tag = self
             .kernel_selection
             .as_ref()
@@ -1163,13 +1171,14 @@ impl Pipeline {
             .filter(|f| f & abi::SEL_PROVISIONAL != 0)
             .map(|f| f >> abi::SEL_TAG_SHIFT)
             .filter(|&tag| tag != 0);
-        let undecided = match (kernel_tag, self.decided_execs.get(&pid)) {
-            (Some(tag), decided) => decided != Some(&tag),
-            (None, Some(_)) => false,
-            // Gone from the kernel map (exited), or selected otherwise:
-            // undecided unless something already describes the process.
-            (None, None) => {
-                !self.exited.contains_key(&pid)
+        let pending = match kernel_tag {
+            Some(tag) => self.decided_execs.get(&pid) != Some(&tag),
+            // Selected otherwise, or gone from the kernel map (exited):
+            // pending unless something already describes the process.
+            None => {
+                !self.decided_execs.contains_key(&pid)
+                    && !self.fork_parents.contains_key(&pid)
+                    && !self.exited.contains_key(&pid)
                     && !self
                         .resources
                         .read()
@@ -1177,16 +1186,16 @@ impl Pipeline {
                         .contains_key(&pid)
             }
         };
-        if undecided {
-            self.left_for_exec = Some(key);
+        if pending {
+            self.left_for_process_event = Some(key);
         }
-        undecided
+        pending
     }
 
     /// Whether data of `pid` belongs to a rejected exec. Data of a newer
     /// exec can reach the data ring before that exec's event is read (the
     /// process ring was drained just before it): it is not dropped, and
-    /// waits for the newer event to decide (`exec_undecided`).
+    /// waits for the newer event to decide (`process_event_pending`).
     fn is_rejected(&mut self, pid: u32) -> bool {
         let Some(&exec_sel) = self.rejected.get(&pid) else {
             return false;
@@ -1345,18 +1354,57 @@ impl Pipeline {
             return r.clone();
         }
         // Selected in the kernel (fork, exec) before discovery caught up.
-        // Named by the same `services` rule discovery will apply to the exec.
+        // Named as discovery will: by the `services` rule of the exec, or
+        // after the parent at fork.
         let path = self.exec_paths.get(&pid).map(String::as_str);
-        let naming = match (&self.exec_selector, path) {
-            (Some(sel), Some(path)) => crate::discovery::naming_for_exec(sel, pid, path),
-            _ => resource::Naming::default(),
+        let r = match (&self.exec_selector, path) {
+            (Some(sel), Some(path)) => {
+                let naming = crate::discovery::naming_for_exec(sel, pid, path);
+                resource::build(pid, &self.host, Some(path), &naming)
+            }
+            _ => match self.fork_ancestor(pid) {
+                // Gone already (a worker that served one connection), or
+                // exiting: the parent's program is the child's.
+                Some(parent) if crate::discovery::procfs::exe_path(pid).is_none() => {
+                    let ppid = self.fork_parents.get(&pid).copied().unwrap_or(parent.pid);
+                    resource::of_forked_child(&parent, pid, ppid, &self.host)
+                }
+                Some(parent) => {
+                    let naming = resource::Naming::inherit(&parent);
+                    resource::build(pid, &self.host, None, &naming)
+                }
+                None => resource::build(pid, &self.host, None, &Default::default()),
+            },
         };
-        let r = Arc::new(resource::build(pid, &self.host, path, &naming));
+        let r = Arc::new(r);
+        // Discovery may have put its own in meanwhile: that one stays.
         self.resources
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(pid, r.clone());
-        r
+            .entry(pid)
+            .or_insert(r)
+            .clone()
+    }
+
+    /// The resource of the nearest ancestor of a child forked by a selected
+    /// process (the parent may be a fork discovery has not seen either).
+    fn fork_ancestor(&self, pid: u32) -> Option<Arc<Resource>> {
+        let mut child = pid;
+        for _ in 0..MAX_FORK_GENERATIONS {
+            let parent = *self.fork_parents.get(&child)?;
+            let known = self
+                .resources
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&parent)
+                .cloned()
+                .or_else(|| self.exited.get(&parent).map(|(r, _)| r.clone()));
+            if known.is_some() {
+                return known;
+            }
+            child = parent;
+        }
+        None
     }
 
     /// `at_ns`: when the close happened (None: the process exited).
@@ -1423,6 +1471,7 @@ impl Pipeline {
             self.rejected.remove(&pid);
             self.exec_paths.remove(&pid);
             self.decided_execs.remove(&pid);
+            self.fork_parents.remove(&pid);
             let _ = self.proc_events.try_send(ProcEvent::Exit(pid));
         }
     }

@@ -70,7 +70,13 @@ fn pipeline_with(
     Arc<SelfMetrics>,
 ) {
     let cfg = crate::config::Config::load(None).expect("default config");
-    pipeline_of(cfg, sampler)
+    let (pipeline, spans, red, metrics) = pipeline_of(cfg, sampler);
+    // Discovery's part: the traced process (this one) is described.
+    let pid = std::process::id();
+    let naming = resource::Naming::default();
+    let described = Arc::new(resource::build(pid, "host", None, &naming));
+    pipeline.resources.write().unwrap().insert(pid, described);
+    (pipeline, spans, red, metrics)
 }
 
 /// A pipeline with configuration `cfg` (and `sampler` instead of its own).

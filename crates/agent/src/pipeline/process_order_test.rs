@@ -1,6 +1,6 @@
-//! With executable-name selection, data a process sent after an exec can be
-//! read before that exec's event (the process ring was drained just before
-//! the exec, the data ring just after). Such data waits for the event.
+//! Data a process sent right after an exec or a fork can be read before that
+//! event (the process ring was drained just before it, the data ring just
+//! after). Such data waits for the event, which decides selection and naming.
 
 use super::throughput_test::{pipeline_of, record};
 use super::*;
@@ -26,13 +26,27 @@ fn exec_selecting_pipeline() -> (Pipeline, crossbeam_channel::Receiver<SpanBatch
 
 /// The kernel's exec record of this process running `path`.
 fn exec_record(path: &str) -> Vec<u8> {
+    proc_record(abi::PROC_EXEC, path, 0)
+}
+
+/// The kernel's record of this process forked by `ppid`.
+fn fork_record(ppid: u32) -> Vec<u8> {
+    proc_record(abi::PROC_FORK, "", ppid)
+}
+
+fn proc_record(proc_kind: u8, path: &str, ppid: u32) -> Vec<u8> {
+    let exec_sel = if proc_kind == abi::PROC_EXEC {
+        abi::SEL_PROVISIONAL | (7 << abi::SEL_TAG_SHIFT)
+    } else {
+        0
+    };
     let mut ev = abi::ProcEvent {
         kind: abi::EV_PROC,
-        proc_kind: abi::PROC_EXEC,
+        proc_kind,
         _pad: 0,
         pid: std::process::id(),
-        ppid: 1,
-        exec_sel: abi::SEL_PROVISIONAL | (7 << abi::SEL_TAG_SHIFT),
+        ppid,
+        exec_sel,
         ts_ns: 1_500,
         comm: [0; 16],
         filename: [0; abi::FILENAME_LEN],
@@ -115,4 +129,25 @@ fn data_after_its_exec_event_is_not_held() {
     pipeline.after_drain();
     pipeline.release_all();
     assert_eq!(services_of(&spans), vec!["cache-client".to_owned()]);
+}
+
+#[test]
+fn data_read_before_its_fork_event_carries_the_parent_naming() {
+    // A pre-fork server named by a rule; this process is its new worker.
+    let cfg = crate::config::Config::load(None).expect("default config");
+    let (mut pipeline, spans, _, _) = pipeline_of(cfg, None);
+    let parent = 1;
+    let naming = resource::Naming {
+        name: Some("forking-api".into()),
+        namespace: None,
+    };
+    let server = Arc::new(resource::build(parent, "host", None, &naming));
+    pipeline.resources.write().unwrap().insert(parent, server);
+    let mut procs = vec![fork_record(parent)];
+    let request = record(10, true, 2_000, REQUEST);
+    assert!(!offer(&mut pipeline, &request, &mut procs));
+    assert!(pipeline.on_record(&record(10, false, 3_000, RESPONSE)));
+    pipeline.after_drain();
+    pipeline.release_all();
+    assert_eq!(services_of(&spans), vec!["forking-api".to_owned()]);
 }
