@@ -528,6 +528,13 @@ def test_k_server_started_after_agent(require_root, sink, start_agent, http_serv
     assert_python_server_spans(sink, srv, sent, "late server spans")
 
 
+def start_script_server(script: str, port: int, root) -> subprocess.Popen:
+    """Python ``script`` serving ``root`` on ``port``, in its own session."""
+    return subprocess.Popen([sys.executable, "-c", script, str(port), str(root)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
 DELAYED_SERVER = r"""
 import functools, http.server, sys, time
 time.sleep(2)  # the process exists (exec'd) 2 s before it listens
@@ -554,10 +561,7 @@ def test_k_forked_workers_carry_the_rule_name(require_root, sink, start_agent, t
     spans must still carry the rule's name, inherited from the parent."""
     port = free_port()
     files = make_docroot(tmp_path / "forking")
-    proc = subprocess.Popen([sys.executable, "-c", FORKING_SERVER, str(port),
-                             str(tmp_path / "forking")],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = start_script_server(FORKING_SERVER, port, tmp_path / "forking")
     try:
         wait_port(port, 15, proc)
         exe_name = os.path.basename(os.readlink(f"/proc/{proc.pid}/exe"))
@@ -590,10 +594,7 @@ def test_k_process_listens_late(require_root, sink, start_agent, tmp_path):
     port = free_port()
     files = make_docroot(tmp_path / "late")
     start_agent({"AUTOTEL_OPEN_PORTS": port})
-    proc = subprocess.Popen([sys.executable, "-c", DELAYED_SERVER, str(port),
-                             str(tmp_path / "late")],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = start_script_server(DELAYED_SERVER, port, tmp_path / "late")
     try:
         wait_port(port, 15, proc)
         time.sleep(DISCOVERY_GRACE)

@@ -241,8 +241,12 @@ pub struct Pipeline {
     kernel_selection: Option<SelectedPids>,
     /// Exec'ed path per pid, for resources of processes gone from /proc.
     exec_paths: HashMap<u32, String>,
-    /// Selection tag (shifted down) of the last exec decided per pid.
+    /// Selection tag (shifted down) of the last exec selected per pid.
     decided_execs: HashMap<u32, u32>,
+    /// Rejected execs whose provisional selection the kernel had dropped at
+    /// the last tick. No exit event comes for them (the kernel reports the
+    /// exits of selected processes only): they are forgotten at the next.
+    rejections_done: Vec<u32>,
     /// Parent of each process the kernel selected at fork: its spans carry
     /// the parent's configured naming until discovery adopts it.
     fork_parents: HashMap<u32, u32>,
@@ -304,6 +308,7 @@ impl Pipeline {
             kernel_selection: None,
             exec_paths: HashMap::new(),
             decided_execs: HashMap::new(),
+            rejections_done: Vec::new(),
             fork_parents: HashMap::new(),
             left_for_process_event: None,
             pending_exits: Vec::new(),
@@ -401,6 +406,11 @@ impl Pipeline {
                 let ev = match p.proc_kind {
                     abi::PROC_EXEC => self.exec_decision(&p),
                     abi::PROC_FORK => {
+                        // A new process: nothing known of an earlier one
+                        // with this pid holds for it.
+                        self.rejected.remove(&p.pid);
+                        self.exec_paths.remove(&p.pid);
+                        self.decided_execs.remove(&p.pid);
                         if self.fork_parents.len() < MAX_CONNS {
                             self.fork_parents.insert(p.pid, p.ppid);
                         }
@@ -481,9 +491,9 @@ impl Pipeline {
             tracing::info!(pid = p.pid, "process is instrumented by an OpenTelemetry SDK: skipping it (discovery.skip_sdk_instrumented)");
             selected = false;
         }
-        self.decided_execs
-            .insert(p.pid, p.exec_sel >> abi::SEL_TAG_SHIFT);
         if selected {
+            self.decided_execs
+                .insert(p.pid, p.exec_sel >> abi::SEL_TAG_SHIFT);
             self.rejected.remove(&p.pid);
             self.exec_paths.insert(p.pid, path.clone());
             // A resource made before this exec (discovery adopting the fork
@@ -494,6 +504,7 @@ impl Pipeline {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&p.pid);
         } else {
+            self.decided_execs.remove(&p.pid);
             self.rejected.insert(p.pid, p.exec_sel);
         }
         ProcEvent::Exec {
@@ -1163,33 +1174,66 @@ impl Pipeline {
             return false;
         }
         let pid = key.pid;
-        // The kernel's tag of an exec selected provisionally (0: untagged).
-        let kernel_tag = self
-            .kernel_selection
-            .as_ref()
-            .and_then(|k| k.flags(pid))
-            .filter(|f| f & abi::SEL_PROVISIONAL != 0)
-            .map(|f| f >> abi::SEL_TAG_SHIFT)
-            .filter(|&tag| tag != 0);
-        let pending = match kernel_tag {
-            Some(tag) => self.decided_execs.get(&pid) != Some(&tag),
-            // Selected otherwise, or gone from the kernel map (exited):
-            // pending unless something already describes the process.
-            None => {
-                !self.decided_execs.contains_key(&pid)
-                    && !self.fork_parents.contains_key(&pid)
-                    && !self.exited.contains_key(&pid)
-                    && !self
-                        .resources
-                        .read()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .contains_key(&pid)
-            }
+        let described = || {
+            self.decided_execs.contains_key(&pid)
+                || self.fork_parents.contains_key(&pid)
+                || self.exited.contains_key(&pid)
+                || self
+                    .resources
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains_key(&pid)
+        };
+        let pending = match &self.kernel_selection {
+            None => !described(), // tests: no kernel map
+            // Gone from the kernel map: the process exited already, and its
+            // exit, with any exec before it, is still to be read (a child
+            // forked by a shell selected provisionally, for one, is
+            // described by its fork until its own exec is read).
+            Some(k) if !k.marked(pid) => true,
+            // Only executable-name selection selects an exec provisionally
+            // (a map lookup: paid once per connection, in that mode only).
+            Some(k) if self.exec_selector.is_some() => match k.flags(pid) {
+                None => true,
+                Some(f) if f & abi::SEL_PROVISIONAL != 0 && f >> abi::SEL_TAG_SHIFT != 0 => {
+                    self.decided_execs.get(&pid) != Some(&(f >> abi::SEL_TAG_SHIFT))
+                }
+                Some(_) => !described(),
+            },
+            Some(_) => !described(),
         };
         if pending {
             self.left_for_process_event = Some(key);
         }
         pending
+    }
+
+    /// Forgets rejected execs the kernel no longer traces (their last data
+    /// was read by the tick after), so that the map does not grow with
+    /// every program the host ever ran.
+    fn forget_done_rejections(&mut self) {
+        let Some(kernel) = &self.kernel_selection else {
+            return;
+        };
+        let traced = |pid: u32, exec_sel: u32| {
+            kernel.flags(pid).is_some_and(|f| {
+                f & abi::SEL_PROVISIONAL != 0
+                    && f >> abi::SEL_TAG_SHIFT == exec_sel >> abi::SEL_TAG_SHIFT
+            })
+        };
+        for pid in std::mem::take(&mut self.rejections_done) {
+            if let Some(&exec_sel) = self.rejected.get(&pid) {
+                if !traced(pid, exec_sel) {
+                    self.rejected.remove(&pid);
+                }
+            }
+        }
+        self.rejections_done = self
+            .rejected
+            .iter()
+            .filter(|(&pid, &exec_sel)| !traced(pid, exec_sel))
+            .map(|(&pid, _)| pid)
+            .collect();
     }
 
     /// Whether data of `pid` belongs to a rejected exec. Data of a newer
@@ -1556,6 +1600,7 @@ impl Pipeline {
     /// Housekeeping, once a second: forget idle connections, publish counts.
     pub fn tick(&mut self, now_mono_ns: u64) {
         self.expire_dns(now_mono_ns);
+        self.forget_done_rejections();
         self.flush_spans();
         let before = self.conns.len();
         // A forgotten connection's flow goes from the context tracker too,

@@ -151,3 +151,27 @@ fn data_read_before_its_fork_event_carries_the_parent_naming() {
     pipeline.release_all();
     assert_eq!(services_of(&spans), vec!["forking-api".to_owned()]);
 }
+
+#[test]
+fn a_pid_forked_anew_is_not_taken_for_its_rejected_predecessor() {
+    let (mut pipeline, spans) = exec_selecting_pipeline();
+    // This pid ran curl (rejected), exited unreported, and came back as the
+    // child of a selected process.
+    assert!(pipeline.on_record(&exec_record("/usr/bin/curl")));
+    let naming = resource::Naming {
+        name: Some("cache-client".into()),
+        namespace: None,
+    };
+    let parent = Arc::new(resource::build(1, "host", None, &naming));
+    pipeline.resources.write().unwrap().insert(1, parent);
+    assert!(pipeline.on_record(&fork_record(1)));
+    for rec in [
+        record(10, true, 2_000, REQUEST),
+        record(10, false, 3_000, RESPONSE),
+    ] {
+        assert!(pipeline.on_record(&rec));
+    }
+    pipeline.after_drain();
+    pipeline.release_all();
+    assert_eq!(services_of(&spans), vec!["cache-client".to_owned()]);
+}

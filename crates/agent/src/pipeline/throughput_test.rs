@@ -59,16 +59,18 @@ pub(super) fn record(fd: i32, ingress: bool, at_ns: u64, payload: &[u8]) -> Vec<
     out
 }
 
-/// A pipeline with the default configuration and `sampler`; its span batches
-/// arrive on the receiver, its RED metrics in the store.
-fn pipeline_with(
-    sampler: Option<sampler::Sampler>,
-) -> (
+/// A pipeline under test; its span batches arrive on the receiver, its RED
+/// metrics in the store.
+pub(super) type TestPipeline = (
     Pipeline,
     crossbeam_channel::Receiver<SpanBatch>,
     SharedStore,
     Arc<SelfMetrics>,
-) {
+);
+
+/// A pipeline with the default configuration and `sampler`, tracing this
+/// process.
+fn pipeline_with(sampler: Option<sampler::Sampler>) -> TestPipeline {
     let cfg = crate::config::Config::load(None).expect("default config");
     let (pipeline, spans, red, metrics) = pipeline_of(cfg, sampler);
     // Discovery's part: the traced process (this one) is described.
@@ -83,12 +85,7 @@ fn pipeline_with(
 pub(super) fn pipeline_of(
     cfg: crate::config::Config,
     sampler: Option<sampler::Sampler>,
-) -> (
-    Pipeline,
-    crossbeam_channel::Receiver<SpanBatch>,
-    SharedStore,
-    Arc<SelfMetrics>,
-) {
+) -> TestPipeline {
     let (span_tx, span_rx) = crossbeam_channel::bounded(cfg.traces.queue_size);
     let (proc_tx, _proc_rx) = crossbeam_channel::bounded(1024);
     let metrics = Arc::new(SelfMetrics::new());

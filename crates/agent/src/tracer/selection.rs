@@ -96,7 +96,6 @@ impl Bits {
         self.count().load(Ordering::SeqCst)
     }
 
-    #[cfg(test)]
     fn is_set(&self, pid: u32) -> bool {
         self.word(pid)
             .is_some_and(|w| w.load(Ordering::SeqCst) & (1 << (pid & 63)) != 0)
@@ -177,9 +176,9 @@ impl SelectedPids {
         }
     }
 
-    /// Whether the kernel's fast check lets `pid` through to the hash.
-    #[cfg(test)]
-    fn bit(&self, pid: u32) -> bool {
+    /// Whether the kernel's fast check lets `pid` through to the hash: a
+    /// clear bit means no selection, without the cost of a map lookup.
+    pub fn marked(&self, pid: u32) -> bool {
         self.bits.is_set(pid)
     }
 }
@@ -195,7 +194,7 @@ mod tests {
         let (a, b) = (4_194_240, 4_194_241);
         sel.insert(a, 1).unwrap();
         sel.insert(b, 1).unwrap();
-        assert!(sel.bit(a) && sel.bit(b));
+        assert!(sel.marked(a) && sel.marked(b));
         let removals = sel.bits.removals();
         sel.remove(a);
         assert_eq!(
@@ -203,13 +202,13 @@ mod tests {
             removals + 1,
             "a removal must move the count"
         );
-        assert!(!sel.bit(a), "bit of a removed pid stays up");
-        assert!(sel.bit(b), "removing a neighbour cleared the bit");
+        assert!(!sel.marked(a), "bit of a removed pid stays up");
+        assert!(sel.marked(b), "removing a neighbour cleared the bit");
         assert_eq!(sel.flags(a), None);
         assert_eq!(sel.flags(b), Some(1));
         // A pid past the bitmap (pid_max raised beyond it) is still selectable.
         sel.insert(u32::MAX - 1, 1).unwrap();
-        assert!(!sel.bit(u32::MAX - 1));
+        assert!(!sel.marked(u32::MAX - 1));
         assert_eq!(sel.flags(u32::MAX - 1), Some(1));
     }
 }
