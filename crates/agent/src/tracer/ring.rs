@@ -92,6 +92,9 @@ const LOOKAHEAD: usize = 4;
 /// left in a later one. Each return lets that record through (see
 /// `Rings::consume`), so this only bounds a call in a burst of them.
 const MAX_RETURNS_PER_CONSUME: usize = 256;
+/// How many passes over the earlier rings wait out a record being written
+/// there (a BPF program cannot sleep: it commits within microseconds).
+const MAX_BUSY_PASSES: usize = 1_000;
 
 /// What one pass over a ring did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +103,8 @@ struct Pass {
     handled: usize,
     /// The callback left a record in the ring.
     left_one: bool,
+    /// The pass stopped at a record still being written.
+    busy: bool,
 }
 
 struct Ring<'a> {
@@ -182,13 +187,17 @@ fn consume_records(
 ) -> Pass {
     let mut cons = pos.consumer.load(Ordering::Acquire);
     let mut n = 0;
-    let pass = |handled, left_one| Pass { handled, left_one };
+    let pass = |handled, left_one, busy| Pass {
+        handled,
+        left_one,
+        busy,
+    };
     // Next record to peek at, and how many peeked records are unhandled.
     let (mut ahead, mut peeked) = (cons, 0usize);
     loop {
         let prod = pos.producer.load(Ordering::Acquire);
         if cons >= prod {
-            return pass(n, false);
+            return pass(n, false, false);
         }
         while cons < prod {
             if let Some(peek) = peek.as_deref_mut() {
@@ -208,7 +217,7 @@ fn consume_records(
             }
             let len_word = len_word_at(data, cons);
             if len_word & BUSY_BIT != 0 {
-                return pass(n, false); // not committed yet: the next pass reads it
+                return pass(n, false, true); // not committed yet: the next pass reads it
             }
             let next = cons + record_span(len_word);
             if let Some((start, len)) = readable(data, cons, len_word) {
@@ -216,7 +225,7 @@ fn consume_records(
                     callback(r, prod.saturating_sub(next))
                 });
                 if !handled {
-                    return pass(n, true);
+                    return pass(n, true, false);
                 }
                 n += 1;
             }
@@ -230,8 +239,8 @@ fn consume_records(
 }
 
 /// The agent's rings, waited on together. Rings are consumed in the
-/// order they were added; a record left in a ring sends the pass back to
-/// the first one.
+/// order they were added; a record left in a ring has the rings before it
+/// read again first.
 pub struct Rings<'a> {
     epoll: OwnedFd,
     rings: Vec<Ring<'a>>,
@@ -322,9 +331,9 @@ impl<'a> Rings<'a> {
 
     /// Consumes every ring, in order, without waiting. A callback leaves a
     /// record when it needs what an earlier ring holds first (a process's
-    /// exec event before the data it sent after): the pass then goes back
-    /// to the first ring, and on to the record left. The callback lets the
-    /// same record through when it comes again.
+    /// exec event before the data it sent after): the rings before are then
+    /// read to their end, and the record left comes again. The callback
+    /// lets it through then.
     pub fn consume(&mut self) -> usize {
         let (mut handled, mut returns, mut i) = (0, 0, 0);
         while i < self.rings.len() {
@@ -332,10 +341,30 @@ impl<'a> Rings<'a> {
             handled += pass.handled;
             if pass.left_one && i > 0 && returns < MAX_RETURNS_PER_CONSUME {
                 returns += 1;
-                i = 0;
+                handled += self.drain_before(i);
             } else {
                 i += 1;
             }
+        }
+        handled
+    }
+
+    /// Reads the rings before ring `i` to their end, waiting out a record
+    /// still being written there: it may be the very event the record left
+    /// in ring `i` waits for.
+    fn drain_before(&mut self, i: usize) -> usize {
+        let mut handled = 0;
+        for _ in 0..MAX_BUSY_PASSES {
+            let mut busy = false;
+            for ring in &mut self.rings[..i] {
+                let pass = ring.consume();
+                handled += pass.handled;
+                busy |= pass.busy;
+            }
+            if !busy {
+                break;
+            }
+            std::hint::spin_loop();
         }
         handled
     }
@@ -384,6 +413,8 @@ mod tests {
         unread: Vec<u64>,
         consumer: u64,
         peeked: Vec<Vec<u8>>,
+        /// The drain stopped at a record still being written.
+        busy: bool,
     }
 
     fn drain_peeked(words: &[u64], cons: u64, prod: u64) -> Drained {
@@ -430,6 +461,7 @@ mod tests {
             unread,
             consumer: consumer.load(Ordering::Relaxed),
             peeked: peeked.into_iter().map(|(p, _)| p).collect(),
+            busy: pass.busy,
         }
     }
 
@@ -445,6 +477,7 @@ mod tests {
         assert_eq!(d.records, vec![a, b.clone()]);
         assert_eq!(d.peeked, vec![b], "the wrapped record is not peeked at");
         assert_eq!(d.consumer, end, "everything released");
+        assert!(!d.busy);
     }
 
     #[test]
@@ -459,7 +492,9 @@ mod tests {
                 (b"later", BUSY_BIT),
             ],
         );
-        let (got, cons) = drain(&words, 0, end);
+        let d = drain_peeked(&words, 0, end);
+        assert!(d.busy, "the pass says it stopped at a busy record");
+        let (got, cons) = (d.records, d.consumer);
         assert_eq!(got, vec![b"one".to_vec(), b"two".to_vec()]);
         assert_eq!(cons, 16 + 16 + 16, "released up to the busy record");
         let (none, again) = drain(&words, cons, end);
@@ -516,7 +551,8 @@ mod tests {
             first,
             Pass {
                 handled: 1,
-                left_one: true
+                left_one: true,
+                busy: false
             }
         );
         assert_eq!(consumer.load(Ordering::Relaxed), 16, "`two` not released");
@@ -525,7 +561,8 @@ mod tests {
             second,
             Pass {
                 handled: 2,
-                left_one: false
+                left_one: false,
+                busy: false
             }
         );
         assert_eq!(consumer.load(Ordering::Relaxed), end);
