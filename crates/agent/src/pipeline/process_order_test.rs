@@ -77,7 +77,20 @@ fn offer(pipeline: &mut Pipeline, rec: &[u8], procs: &mut Vec<Vec<u8>>) -> bool 
     false
 }
 
-fn services_of(spans: &crossbeam_channel::Receiver<SpanBatch>) -> Vec<String> {
+/// Discovery's part: `pid` described, named `name` by configuration.
+fn describe(pipeline: &mut Pipeline, pid: u32, name: &str) {
+    let naming = resource::Naming {
+        name: Some(name.into()),
+        namespace: None,
+    };
+    let described = Arc::new(resource::build(pid, "host", None, &naming));
+    pipeline.resources.write().unwrap().insert(pid, described);
+}
+
+/// Ends the drain and hands the spans on: their services' names.
+fn finish(pipeline: &mut Pipeline, spans: &crossbeam_channel::Receiver<SpanBatch>) -> Vec<String> {
+    pipeline.after_drain();
+    pipeline.release_all();
     spans
         .try_iter()
         .flatten()
@@ -97,9 +110,10 @@ fn data_read_before_its_exec_event_is_named_by_the_exec() {
     assert!(procs.is_empty(), "the exec event was read in between");
     let response = record(10, false, 3_000, RESPONSE);
     assert!(pipeline.on_record(&response), "a known connection goes on");
-    pipeline.after_drain();
-    pipeline.release_all();
-    assert_eq!(services_of(&spans), vec!["cache-client".to_owned()]);
+    assert_eq!(
+        finish(&mut pipeline, &spans),
+        vec!["cache-client".to_owned()]
+    );
 }
 
 #[test]
@@ -108,9 +122,7 @@ fn data_read_before_a_rejected_exec_event_makes_no_span() {
     let mut procs = vec![exec_record("/usr/bin/curl")];
     offer(&mut pipeline, &record(10, true, 2_000, REQUEST), &mut procs);
     assert!(pipeline.on_record(&record(10, false, 3_000, RESPONSE)));
-    pipeline.after_drain();
-    pipeline.release_all();
-    assert_eq!(services_of(&spans), Vec::<String>::new());
+    assert_eq!(finish(&mut pipeline, &spans), Vec::<String>::new());
 }
 
 #[test]
@@ -126,9 +138,10 @@ fn data_after_its_exec_event_is_not_held() {
     {
         assert!(pipeline.on_record(rec), "record {i}");
     }
-    pipeline.after_drain();
-    pipeline.release_all();
-    assert_eq!(services_of(&spans), vec!["cache-client".to_owned()]);
+    assert_eq!(
+        finish(&mut pipeline, &spans),
+        vec!["cache-client".to_owned()]
+    );
 }
 
 #[test]
@@ -137,19 +150,15 @@ fn data_read_before_its_fork_event_carries_the_parent_naming() {
     let cfg = crate::config::Config::load(None).expect("default config");
     let (mut pipeline, spans, _, _) = pipeline_of(cfg, None);
     let parent = 1;
-    let naming = resource::Naming {
-        name: Some("forking-api".into()),
-        namespace: None,
-    };
-    let server = Arc::new(resource::build(parent, "host", None, &naming));
-    pipeline.resources.write().unwrap().insert(parent, server);
+    describe(&mut pipeline, parent, "forking-api");
     let mut procs = vec![fork_record(parent)];
     let request = record(10, true, 2_000, REQUEST);
     assert!(!offer(&mut pipeline, &request, &mut procs));
     assert!(pipeline.on_record(&record(10, false, 3_000, RESPONSE)));
-    pipeline.after_drain();
-    pipeline.release_all();
-    assert_eq!(services_of(&spans), vec!["forking-api".to_owned()]);
+    assert_eq!(
+        finish(&mut pipeline, &spans),
+        vec!["forking-api".to_owned()]
+    );
 }
 
 #[test]
@@ -158,12 +167,7 @@ fn a_pid_forked_anew_is_not_taken_for_its_rejected_predecessor() {
     // This pid ran curl (rejected), exited unreported, and came back as the
     // child of a selected process.
     assert!(pipeline.on_record(&exec_record("/usr/bin/curl")));
-    let naming = resource::Naming {
-        name: Some("cache-client".into()),
-        namespace: None,
-    };
-    let parent = Arc::new(resource::build(1, "host", None, &naming));
-    pipeline.resources.write().unwrap().insert(1, parent);
+    describe(&mut pipeline, 1, "cache-client");
     assert!(pipeline.on_record(&fork_record(1)));
     for rec in [
         record(10, true, 2_000, REQUEST),
@@ -171,7 +175,8 @@ fn a_pid_forked_anew_is_not_taken_for_its_rejected_predecessor() {
     ] {
         assert!(pipeline.on_record(&rec));
     }
-    pipeline.after_drain();
-    pipeline.release_all();
-    assert_eq!(services_of(&spans), vec!["cache-client".to_owned()]);
+    assert_eq!(
+        finish(&mut pipeline, &spans),
+        vec!["cache-client".to_owned()]
+    );
 }
