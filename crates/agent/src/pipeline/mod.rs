@@ -404,7 +404,12 @@ impl Pipeline {
             Ok(Event::Proc(p)) => {
                 self.counts.proc_record(bytes.len());
                 let ev = match p.proc_kind {
-                    abi::PROC_EXEC => self.exec_decision(&p),
+                    abi::PROC_EXEC => {
+                        // The fork no longer describes it (and no exit
+                        // event comes if this exec is not selected).
+                        self.fork_parents.remove(&p.pid);
+                        self.exec_decision(&p)
+                    }
                     abi::PROC_FORK => {
                         // A new process: nothing known of an earlier one
                         // with this pid holds for it.

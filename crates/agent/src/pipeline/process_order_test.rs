@@ -180,3 +180,14 @@ fn a_pid_forked_anew_is_not_taken_for_its_rejected_predecessor() {
         vec!["cache-client".to_owned()]
     );
 }
+
+#[test]
+fn an_exec_ends_what_the_fork_said() {
+    // A provisionally selected shell forked this process, which then
+    // exec'ed a program no rule selects: no exit event will come for it.
+    let (mut pipeline, _spans) = exec_selecting_pipeline();
+    assert!(pipeline.on_record(&fork_record(1)));
+    assert!(pipeline.fork_parents.contains_key(&std::process::id()));
+    assert!(pipeline.on_record(&exec_record("/usr/bin/wget")));
+    assert!(pipeline.fork_parents.is_empty(), "nothing kept for it");
+}
