@@ -335,18 +335,12 @@ impl Discoverer {
                 .get(&pp)
                 .cloned()
         });
-        let res = Arc::new(match (parent, ppid) {
-            // Exiting already: /proc no longer shows its program, the parent's.
-            (Some(p), Some(pp)) if procfs::exe_path(pid).is_none() => {
-                resource::of_forked_child(&p, pid, pp, &self.host)
-            }
-            (parent, _) => {
-                let naming = parent
-                    .map(|r| resource::Naming::inherit(&r))
-                    .unwrap_or_default();
-                resource::build(pid, &self.host, None, &naming)
-            }
-        });
+        let res = Arc::new(resource::of_fork(
+            pid,
+            ppid.unwrap_or(0),
+            parent.as_deref(),
+            &self.host,
+        ));
         self.resources
             .write()
             .unwrap_or_else(|e| e.into_inner())

@@ -365,10 +365,21 @@ pub fn build(pid: u32, host: &str, exec_path: Option<&str>, naming: &Naming) -> 
     }
 }
 
+/// The resource of `pid`, forked by `ppid` (described by `parent`, when
+/// known) and not exec'ed since: the parent's configured naming, and, once
+/// /proc no longer shows the child's program, the parent's whole resource.
+pub fn of_fork(pid: u32, ppid: u32, parent: Option<&Resource>, host: &str) -> Resource {
+    match parent {
+        Some(p) if procfs::exe_path(pid).is_none() => of_forked_child(p, pid, ppid, host),
+        Some(p) => build(pid, host, None, &Naming::inherit(p)),
+        None => build(pid, host, None, &Naming::default()),
+    }
+}
+
 /// The resource of a process forked by the one `parent` describes, once
 /// /proc no longer shows the child's program (it exited, or is exiting):
 /// it ran the parent's, so all but its identity is the parent's.
-pub fn of_forked_child(parent: &Resource, pid: u32, ppid: u32, host: &str) -> Resource {
+fn of_forked_child(parent: &Resource, pid: u32, ppid: u32, host: &str) -> Resource {
     let mut attributes = parent.attributes.clone();
     for (key, value) in attributes.iter_mut() {
         match key.as_str() {

@@ -64,6 +64,12 @@ const LATE_PARENT_HOLD: std::time::Duration = std::time::Duration::from_millis(5
 /// How far up a chain of forks discovery has not seen `fork_ancestor` looks.
 const MAX_FORK_GENERATIONS: usize = 4;
 
+/// The tag of a provisional (exec) selection in the kernel's selection
+/// value `flags` (0: untagged), or None for any other selection.
+fn provisional_tag(flags: u32) -> Option<u32> {
+    (flags & abi::SEL_PROVISIONAL != 0).then_some(flags >> abi::SEL_TAG_SHIFT)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct ConnKey {
     pid: u32,
@@ -1159,10 +1165,10 @@ impl Pipeline {
             return false;
         };
         exec_sel != 0
-            && kernel.flags(pid).is_some_and(|f| {
-                f & abi::SEL_PROVISIONAL != 0
-                    && f >> abi::SEL_TAG_SHIFT != exec_sel >> abi::SEL_TAG_SHIFT
-            })
+            && kernel
+                .flags(pid)
+                .and_then(provisional_tag)
+                .is_some_and(|tag| tag != exec_sel >> abi::SEL_TAG_SHIFT)
     }
 
     /// Whether the first record of connection `key` may have overtaken the
@@ -1182,12 +1188,7 @@ impl Pipeline {
         let described = || {
             self.decided_execs.contains_key(&pid)
                 || self.fork_parents.contains_key(&pid)
-                || self.exited.contains_key(&pid)
-                || self
-                    .resources
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .contains_key(&pid)
+                || self.known_resource(pid).is_some()
         };
         let pending = match &self.kernel_selection {
             None => !described(), // tests: no kernel map
@@ -1200,10 +1201,10 @@ impl Pipeline {
             // (a map lookup: paid once per connection, in that mode only).
             Some(k) if self.exec_selector.is_some() => match k.flags(pid) {
                 None => true,
-                Some(f) if f & abi::SEL_PROVISIONAL != 0 && f >> abi::SEL_TAG_SHIFT != 0 => {
-                    self.decided_execs.get(&pid) != Some(&(f >> abi::SEL_TAG_SHIFT))
-                }
-                Some(_) => !described(),
+                Some(f) => match provisional_tag(f) {
+                    Some(tag) if tag != 0 => self.decided_execs.get(&pid) != Some(&tag),
+                    _ => !described(),
+                },
             },
             Some(_) => !described(),
         };
@@ -1221,10 +1222,7 @@ impl Pipeline {
             return;
         };
         let traced = |pid: u32, exec_sel: u32| {
-            kernel.flags(pid).is_some_and(|f| {
-                f & abi::SEL_PROVISIONAL != 0
-                    && f >> abi::SEL_TAG_SHIFT == exec_sel >> abi::SEL_TAG_SHIFT
-            })
+            kernel.flags(pid).and_then(provisional_tag) == Some(exec_sel >> abi::SEL_TAG_SHIFT)
         };
         for pid in std::mem::take(&mut self.rejections_done) {
             if let Some(&exec_sel) = self.rejected.get(&pid) {
@@ -1390,17 +1388,20 @@ impl Pipeline {
         });
     }
 
-    fn resource(&self, pid: u32) -> Arc<Resource> {
-        if let Some(r) = self
-            .resources
+    /// What describes `pid` already: discovery's resource, or the one kept
+    /// after it exited.
+    fn known_resource(&self, pid: u32) -> Option<Arc<Resource>> {
+        self.resources
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&pid)
-        {
-            return r.clone();
-        }
-        if let Some((r, _)) = self.exited.get(&pid) {
-            return r.clone();
+            .cloned()
+            .or_else(|| self.exited.get(&pid).map(|(r, _)| r.clone()))
+    }
+
+    fn resource(&self, pid: u32) -> Arc<Resource> {
+        if let Some(r) = self.known_resource(pid) {
+            return r;
         }
         // Selected in the kernel (fork, exec) before discovery caught up.
         // Named as discovery will: by the `services` rule of the exec, or
@@ -1411,19 +1412,11 @@ impl Pipeline {
                 let naming = crate::discovery::naming_for_exec(sel, pid, path);
                 resource::build(pid, &self.host, Some(path), &naming)
             }
-            _ => match self.fork_ancestor(pid) {
-                // Gone already (a worker that served one connection), or
-                // exiting: the parent's program is the child's.
-                Some(parent) if crate::discovery::procfs::exe_path(pid).is_none() => {
-                    let ppid = self.fork_parents.get(&pid).copied().unwrap_or(parent.pid);
-                    resource::of_forked_child(&parent, pid, ppid, &self.host)
-                }
-                Some(parent) => {
-                    let naming = resource::Naming::inherit(&parent);
-                    resource::build(pid, &self.host, None, &naming)
-                }
-                None => resource::build(pid, &self.host, None, &Default::default()),
-            },
+            _ => {
+                let parent = self.fork_ancestor(pid);
+                let ppid = self.fork_parents.get(&pid).copied().unwrap_or(0);
+                resource::of_fork(pid, ppid, parent.as_deref(), &self.host)
+            }
         };
         let r = Arc::new(r);
         // Discovery may have put its own in meanwhile: that one stays.
@@ -1441,13 +1434,7 @@ impl Pipeline {
         let mut child = pid;
         for _ in 0..MAX_FORK_GENERATIONS {
             let parent = *self.fork_parents.get(&child)?;
-            let known = self
-                .resources
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&parent)
-                .cloned()
-                .or_else(|| self.exited.get(&parent).map(|(r, _)| r.clone()));
+            let known = self.known_resource(parent);
             if known.is_some() {
                 return known;
             }
