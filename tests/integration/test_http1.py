@@ -362,6 +362,62 @@ def test_f_short_lived_clients_while_the_reader_is_busy(require_root, sink, star
     assert strays == [], show(strays[:5])
 
 
+@pytest.mark.parametrize("bash_rule", [False, True], ids=["bash-unselected", "bash-rule"])
+def test_f_forks_of_a_program_go_with_its_exec_decision(require_root, sink, start_agent,
+                                                        nginx, bash_rule):
+    """With executable-name rules every exec is traced until the agent decides
+    on it, and a child forked meanwhile inherits that selection. bash forks
+    subshells that talk HTTP themselves (``/dev/tcp``, no exec of their own).
+    The agent is paused (SIGSTOP, as a starved agent would be) while they run,
+    so every fork, and the whole exchange, happens before bash's exec is
+    decided. Once resumed: when no rule selects bash, its rejection takes the
+    subshells with it (no span from them); when a rule does, every subshell
+    span carries that rule's name (discovery has not described bash yet when
+    they are built). The curl processes started beside them are all traced."""
+    ngx = nginx()
+    rules = "    - name: web-client\n      executable_name: \"^curl$\"\n"
+    if bash_rule:
+        rules += "    - name: shell-client\n      executable_name: \"^bash$\"\n"
+    agent = start_agent({}, config_yaml="discovery:\n  services:\n" + rules)
+    request = "GET /small.txt HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n"
+    # The whole exchange on one descriptor: bash's redirections (`>&3`) dup
+    # the socket onto 0 and 1, which the agent takes for two connections.
+    subshell = (f"( echo s$BASHPID; exec 1<>/dev/tcp/127.0.0.1/{ngx.port}; "
+                f"printf '{request}'; IFS= read -r -d '' -N 65536 -u 1 answer; "
+                f"echo \"r${{answer:9:3}}\" >&2 )")
+    script = f"{subshell} & {subshell} & curl -s -o /dev/null {ngx.url('/small.txt')} & " \
+             "echo c$!; wait"
+    subshells, curls, answers = set(), set(), Counter()
+    os.kill(agent.pid, signal.SIGSTOP)
+    try:
+        for _ in range(20):
+            run = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                                 timeout=60)
+            out = run.stdout.split() + run.stderr.split()
+            subshells |= {int(p[1:]) for p in out if p.startswith("s")}
+            curls |= {int(p[1:]) for p in out if p.startswith("c")}
+            answers.update(p[1:] for p in out if p.startswith("r"))
+    finally:
+        os.kill(agent.pid, signal.SIGCONT)
+    assert len(subshells) == 40 and answers == Counter({"200": 40}), (subshells, answers)
+    ours = lambda s: s["resource"].get("process.pid") in curls  # noqa: E731
+    spans = sink.wait_for_spans(ours, len(curls), SPAN_TIMEOUT, SETTLE)
+    report("curl spans", len(spans), len(curls))
+    assert Counter(s["resource"].get("service.name") for s in spans) == \
+        Counter({"web-client": len(curls)}), show(spans[:5])
+    forked = lambda s: s["resource"].get("process.pid") in subshells  # noqa: E731
+    if bash_rule:
+        spans = sink.wait_for_spans(forked, len(subshells), SPAN_TIMEOUT, SETTLE)
+        names = Counter(s["resource"].get("service.name") for s in spans)
+        report("subshell spans named shell-client", names.get("shell-client", 0),
+               len(subshells))
+        assert names == Counter({"shell-client": len(subshells)}), names
+    else:
+        strays = [s for s in sink.spans() if forked(s)]
+        report("spans of bash's forked subshells", len(strays), 0)
+        assert strays == [], show(strays[:5])
+
+
 URLLIB_CLIENT = r"""
 import sys, urllib.request
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))

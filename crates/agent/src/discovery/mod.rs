@@ -51,6 +51,12 @@ pub enum ProcEvent {
         comm: String,
     },
     Fork(u32),
+    /// A child forked by a rejected exec before the rejection reached the
+    /// kernel map; `comm`: the name it was forked with.
+    ForkOfRejected {
+        pid: u32,
+        comm: String,
+    },
     Listen(u32),
     Exit(u32),
 }
@@ -474,6 +480,16 @@ impl Discoverer {
             }
             ProcEvent::Listen(pid) => self.evaluate(pid, Some(&mut procfs::ListenScan::default())),
             ProcEvent::Fork(pid) => self.adopt(pid),
+            ProcEvent::ForkOfRejected { pid, comm } => {
+                // Until it execs it runs its parent's program, so the
+                // exec race of withdraw_rejected_exec applies, with the
+                // executable it has now.
+                let exe = procfs::exe_path(pid)
+                    .map(|e| e.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                self.withdraw_rejected_exec(pid, abi::SEL_INHERITED, &exe, &comm);
+                self.forget(pid);
+            }
             ProcEvent::Exit(pid) => self.exited(pid),
         }
     }
@@ -574,6 +590,32 @@ mod tests {
         d.kernel.insert(pid, abi::SEL_PROVISIONAL).unwrap();
         d.handle(exec(wrapper));
         assert_eq!(d.kernel.flags(pid), None, "an untagged selection stayed");
+    }
+
+    /// A child forked by a rejected exec loses the selection it inherited,
+    /// unless it exec'ed since: that exec's own event decides.
+    #[test]
+    fn a_rejected_exec_takes_its_forks_with_it() {
+        let kernel = SelectedPids::standalone().expect("BPF map: run the tests as root");
+        let mut d = Discoverer::new(
+            disc("", Some("^redis-cli$"), vec![]),
+            kernel,
+            Resources::default(),
+            Arc::new(SelfMetrics::new()),
+        );
+        let (child, execd) = (4_000_001, 4_000_002); // no /proc entries
+        let tagged = abi::SEL_PROVISIONAL | (0x99 << abi::SEL_TAG_SHIFT);
+        d.kernel.insert(child, abi::SEL_INHERITED).unwrap();
+        d.kernel.insert(execd, tagged).unwrap();
+        for pid in [child, execd] {
+            d.handle(ProcEvent::ForkOfRejected {
+                pid,
+                comm: "bash".into(),
+            });
+        }
+        assert_eq!(d.kernel.flags(child), None, "the fork kept its selection");
+        assert_eq!(d.kernel.flags(execd), Some(tagged), "its exec's was taken");
+        d.kernel.remove(execd);
     }
 
     /// The agent's own process has not exec'ed since it started as itself,

@@ -239,7 +239,8 @@ pub struct Pipeline {
     /// Set when selection is decided at exec (executable name).
     exec_selector: Option<Discovery>,
     /// Processes selected provisionally at exec and then rejected, with
-    /// the selection tag of that exec: their data is dropped until the
+    /// the selection tag of that exec (`SEL_INHERITED` for a child such an
+    /// exec forked before its rejection): their data is dropped until the
     /// kernel map catches up.
     rejected: HashMap<u32, u32>,
     /// The kernel's selection map: tells whether a process exec'ed again
@@ -425,7 +426,18 @@ impl Pipeline {
                         if self.fork_parents.len() < MAX_CONNS {
                             self.fork_parents.insert(p.pid, p.ppid);
                         }
-                        ProcEvent::Fork(p.pid)
+                        if self.is_rejected(p.ppid) {
+                            // Forked by an exec we rejected, before the
+                            // rejection reached the kernel map: it inherited
+                            // a selection no rule made, and goes with it.
+                            self.rejected.insert(p.pid, abi::SEL_INHERITED);
+                            ProcEvent::ForkOfRejected {
+                                pid: p.pid,
+                                comm: p.comm(),
+                            }
+                        } else {
+                            ProcEvent::Fork(p.pid)
+                        }
                     }
                     abi::PROC_LISTEN => ProcEvent::Listen(p.pid),
                     abi::PROC_EXIT => {
@@ -1221,8 +1233,11 @@ impl Pipeline {
         let Some(kernel) = &self.kernel_selection else {
             return;
         };
-        let traced = |pid: u32, exec_sel: u32| {
-            kernel.flags(pid).and_then(provisional_tag) == Some(exec_sel >> abi::SEL_TAG_SHIFT)
+        // A rejected exec is traced while its own tag is in the map; the
+        // rejected fork of one while its inherited selection is.
+        let traced = |pid: u32, exec_sel: u32| match kernel.flags(pid) {
+            Some(f) if exec_sel == abi::SEL_INHERITED => f == exec_sel,
+            f => f.and_then(provisional_tag) == Some(exec_sel >> abi::SEL_TAG_SHIFT),
         };
         for pid in std::mem::take(&mut self.rejections_done) {
             if let Some(&exec_sel) = self.rejected.get(&pid) {
@@ -1406,18 +1421,11 @@ impl Pipeline {
         // Selected in the kernel (fork, exec) before discovery caught up.
         // Named as discovery will: by the `services` rule of the exec, or
         // after the parent at fork.
-        let path = self.exec_paths.get(&pid).map(String::as_str);
-        let r = match (&self.exec_selector, path) {
-            (Some(sel), Some(path)) => {
-                let naming = crate::discovery::naming_for_exec(sel, pid, path);
-                resource::build(pid, &self.host, Some(path), &naming)
-            }
-            _ => {
-                let parent = self.fork_ancestor(pid);
-                let ppid = self.fork_parents.get(&pid).copied().unwrap_or(0);
-                resource::of_fork(pid, ppid, parent.as_deref(), &self.host)
-            }
-        };
+        let r = self.exec_resource(pid).unwrap_or_else(|| {
+            let parent = self.fork_ancestor(pid);
+            let ppid = self.fork_parents.get(&pid).copied().unwrap_or(0);
+            resource::of_fork(pid, ppid, parent.as_deref(), &self.host)
+        });
         let r = Arc::new(r);
         // Discovery may have put its own in meanwhile: that one stays.
         self.resources
@@ -1428,13 +1436,25 @@ impl Pipeline {
             .clone()
     }
 
+    /// The resource of `pid` named by the `services` rule that selected its
+    /// exec, when that exec was decided here.
+    fn exec_resource(&self, pid: u32) -> Option<Resource> {
+        let sel = self.exec_selector.as_ref()?;
+        let path = self.exec_paths.get(&pid)?;
+        let naming = crate::discovery::naming_for_exec(sel, pid, path);
+        Some(resource::build(pid, &self.host, Some(path), &naming))
+    }
+
     /// The resource of the nearest ancestor of a child forked by a selected
-    /// process (the parent may be a fork discovery has not seen either).
+    /// process (the parent may be a fork discovery has not seen either, or
+    /// an exec it has not described yet: a shell that forks at once).
     fn fork_ancestor(&self, pid: u32) -> Option<Arc<Resource>> {
         let mut child = pid;
         for _ in 0..MAX_FORK_GENERATIONS {
             let parent = *self.fork_parents.get(&child)?;
-            let known = self.known_resource(parent);
+            let known = self
+                .known_resource(parent)
+                .or_else(|| self.exec_resource(parent).map(Arc::new));
             if known.is_some() {
                 return known;
             }

@@ -26,15 +26,15 @@ fn exec_selecting_pipeline() -> (Pipeline, crossbeam_channel::Receiver<SpanBatch
 
 /// The kernel's exec record of this process running `path`.
 fn exec_record(path: &str) -> Vec<u8> {
-    proc_record(abi::PROC_EXEC, path, 0)
+    proc_record(std::process::id(), abi::PROC_EXEC, path, 0)
 }
 
 /// The kernel's record of this process forked by `ppid`.
 fn fork_record(ppid: u32) -> Vec<u8> {
-    proc_record(abi::PROC_FORK, "", ppid)
+    proc_record(std::process::id(), abi::PROC_FORK, "", ppid)
 }
 
-fn proc_record(proc_kind: u8, path: &str, ppid: u32) -> Vec<u8> {
+fn proc_record(pid: u32, proc_kind: u8, path: &str, ppid: u32) -> Vec<u8> {
     let exec_sel = if proc_kind == abi::PROC_EXEC {
         abi::SEL_PROVISIONAL | (7 << abi::SEL_TAG_SHIFT)
     } else {
@@ -44,7 +44,7 @@ fn proc_record(proc_kind: u8, path: &str, ppid: u32) -> Vec<u8> {
         kind: abi::EV_PROC,
         proc_kind,
         _pad: 0,
-        pid: std::process::id(),
+        pid,
         ppid,
         exec_sel,
         ts_ns: 1_500,
@@ -190,4 +190,45 @@ fn an_exec_ends_what_the_fork_said() {
     assert!(pipeline.fork_parents.contains_key(&std::process::id()));
     assert!(pipeline.on_record(&exec_record("/usr/bin/wget")));
     assert!(pipeline.fork_parents.is_empty(), "nothing kept for it");
+}
+
+#[test]
+fn a_child_forked_before_its_parent_was_rejected_goes_with_it() {
+    // A shell no rule selects forked this process (a subshell talking over
+    // /dev/tcp) before the shell's rejection reached the kernel map.
+    let (mut pipeline, spans) = exec_selecting_pipeline();
+    let shell = 1;
+    assert!(pipeline.on_record(&proc_record(shell, abi::PROC_EXEC, "/usr/bin/bash", 0)));
+    assert!(pipeline.on_record(&fork_record(shell)));
+    for rec in [
+        record(10, true, 2_000, REQUEST),
+        record(10, false, 3_000, RESPONSE),
+    ] {
+        assert!(pipeline.on_record(&rec));
+    }
+    assert_eq!(finish(&mut pipeline, &spans), Vec::<String>::new());
+    // Its own exec decides afresh.
+    assert!(pipeline.on_record(&exec_record("/usr/bin/redis-cli")));
+    assert!(!pipeline.rejected.contains_key(&std::process::id()));
+}
+
+#[test]
+fn a_child_of_an_exec_not_yet_described_carries_its_rule_name() {
+    // A selected program forked this process at once: discovery has not
+    // described the parent yet, only the exec decision knows its rule.
+    let (mut pipeline, spans) = exec_selecting_pipeline();
+    let parent = 1;
+    let exec = proc_record(parent, abi::PROC_EXEC, "/usr/bin/redis-cli", 0);
+    assert!(pipeline.on_record(&exec));
+    assert!(pipeline.on_record(&fork_record(parent)));
+    for rec in [
+        record(10, true, 2_000, REQUEST),
+        record(10, false, 3_000, RESPONSE),
+    ] {
+        assert!(pipeline.on_record(&rec));
+    }
+    assert_eq!(
+        finish(&mut pipeline, &spans),
+        vec!["cache-client".to_owned()]
+    );
 }
