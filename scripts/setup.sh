@@ -15,7 +15,8 @@ PACKAGES=(clang llvm libelf-dev zlib1g-dev pkg-config make
           bpftool nginx-light curl wrk iproute2 tmux prometheus python3-venv
           postgresql mariadb-server mariadb-client redis-server redis-tools memcached
           nftables tcpdump dnsmasq-base bind9-dnsutils
-          etcd-server golang-go golang-google-grpc-dev openssl rsync gnutls-bin wget)
+          etcd-server golang-go golang-google-grpc-dev openssl rsync gnutls-bin wget
+          socat busybox)
 
 # Node.js for the trace-context tests (any recent version already present will do).
 command -v node >/dev/null 2>&1 || PACKAGES+=(nodejs)

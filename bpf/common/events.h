@@ -218,7 +218,10 @@ struct at_conn_info {
 	__u8 is_socket; /* 0: a file/pipe/unix socket we ignore (negative cache) */
 	__u8 last_dir;  /* enum at_last_dir: request boundaries for trace context on the wire */
 	__u8 wide;      /* HTTP/2 (its preface was seen): capture up to capture_wide_bytes */
-	__u8 _pad[4];
+	/* The fd whose entry holds this connection: this one, or (dup/dup2:
+	 * inetd-style servers read fd 0 and write fd 1, shells redirect a
+	 * socket onto them) the first fd of this process the sock was seen on. */
+	__s32 event_fd;
 	/* The sock behind the fd: a different one means the fd was closed and
 	 * reused, which the socket-level hooks see without a close() hook. */
 	__u64 sk;

@@ -48,22 +48,53 @@ static __always_inline int same_ports(const struct at_conn_info *info, struct so
 	       info->tuple.dport == bpf_ntohs(sk->__sk_common.skc_dport);
 }
 
+/* The entry of the first fd of this process that carried `sk`, when that
+ * entry still names it. */
+static __always_inline struct at_conn_info *first_fd_conn(__u64 first_key, __u32 tgid, struct sock *sk)
+{
+	if (!first_key || first_key >> 32 != tgid)
+		return 0;
+	struct at_conn_info *first = bpf_map_lookup_elem(&conns, &first_key);
+	return first && first->is_socket && first->sk == (__u64)sk ? first : 0;
+}
+
 /* The conns entry of (tgid, fd) for this sock, made on first sight. When the
  * fd named another sock before, that one was closed: user space hears so
- * first. NULL for socks we do not parse (unix, raw, non-DNS UDP). */
+ * first. A sock this process already uses under another fd (dup) is one
+ * connection: the entry of the fd it was first seen on holds it. NULL for
+ * socks we do not parse (unix, raw, non-DNS UDP). */
 static __always_inline struct at_conn_info *sock_conn(__u32 tgid, __u32 tid, __s32 fd, struct sock *sk)
 {
 	__u64 key = conn_key(tgid, fd);
 	struct at_conn_info *info = bpf_map_lookup_elem(&conns, &key);
-	if (info && info->sk == (__u64)sk && (!info->is_socket || same_ports(info, sk)))
-		return info->is_socket ? info : 0;
-	if (info) {
+	if (info && info->sk == (__u64)sk && (!info->is_socket || same_ports(info, sk))) {
+		if (!info->is_socket)
+			return 0;
+		if (info->event_fd == fd)
+			return info;
+		struct at_conn_info *first = first_fd_conn(conn_key(tgid, info->event_fd), tgid, sk);
+		if (first)
+			return first;
+		/* The first fd now names another sock: this one holds it. */
+		info->event_fd = fd;
+		struct at_sk_state *ss = sk_state_get(sk, 0);
+		if (ss) {
+			info->role = ss->role;
+			ss->conn_key = key;
+		}
+		return info;
+	}
+	if (info && info->event_fd != fd) {
+		/* An alias: the connection is the holding entry's to end. */
+		bpf_map_delete_elem(&conns, &key);
+	} else if (info) {
 		if (info->is_socket)
 			emit_close(info, tgid, tid, fd);
 		drop_conn(info, tgid, fd);
 	}
 	struct at_conn_info fresh = {};
 	fresh.start_ns = bpf_ktime_get_ns();
+	fresh.event_fd = fd;
 	/* TCP, or UDP to port 53; anything else is cached as not ours. */
 	fresh.is_socket = read_sock_tuple(sk, &fresh) == 0;
 	int tcp = fresh.is_socket && fresh.tuple.proto == AT_IPPROTO_TCP;
@@ -73,6 +104,12 @@ static __always_inline struct at_conn_info *sock_conn(__u32 tgid, __u32 tid, __s
 	if (tcp) {
 		struct at_sk_state *ss = sk_state_get(sk, BPF_SK_STORAGE_GET_F_CREATE);
 		if (ss) {
+			struct at_conn_info *first = first_fd_conn(ss->conn_key, tgid, sk);
+			if (first) {
+				fresh.event_fd = first->event_fd;
+				bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY);
+				return first;
+			}
 			fresh.role = ss->role;
 			ss->conn_key = key;
 		}
@@ -265,7 +302,8 @@ int BPF_PROG(at_tcp_send_pre, struct sock *sk, struct msghdr *msg, struct sk_buf
 	}
 	__s32 fd = (__s32)AT_ARG0(regs);
 	struct at_conn_info *info = sock_conn(tgid, (__u32)id, fd, sk);
-	wire_client_write(st, info, tgid, fd);
+	if (info)
+		wire_client_write(st, info, tgid, info->event_fd);
 	return 0;
 }
 

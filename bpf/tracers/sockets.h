@@ -96,6 +96,7 @@ static __always_inline struct at_conn_info *lookup_conn(__u32 tgid, __s32 fd, __
 
 	struct at_conn_info fresh = {};
 	fresh.start_ns = bpf_ktime_get_ns();
+	fresh.event_fd = fd;
 	fresh.role = role;
 	struct sock *sk = fd_to_sock(fd);
 	fresh.is_socket = sk && read_sock_tuple(sk, &fresh) == 0;

@@ -259,9 +259,11 @@ static __always_inline void emit_mmsg(struct at_data_event *ev, __u64 vec, long 
 /* Fills the fixed part of a data event in this CPU's scratch slot, and
  * keeps the thread's "request being served" context up to date. */
 static __always_inline struct at_data_event *begin_event(struct at_task_state *st, struct at_conn_info *info,
-							  __u32 tid, __u32 tgid, __s32 fd, __u8 direction,
-							  __u8 syscall, __u64 enter_ns, long ret)
+							  __u32 tid, __u32 tgid, __u8 direction, __u8 syscall,
+							  __u64 enter_ns, long ret)
 {
+	/* The fd that names the connection (see at_conn_info). */
+	__s32 fd = info->event_fd;
 	struct at_data_event *ev = scratch_event();
 	if (!ev)
 		return 0;
@@ -305,7 +307,7 @@ static __always_inline void emit_transfer(struct at_task_state *st, struct at_co
 					  struct at_syscall_args *a, long ret, __u8 direction)
 {
 	struct at_data_event *ev =
-		begin_event(st, info, tid, tgid, a->fd, direction, a->syscall, a->enter_ns, ret);
+		begin_event(st, info, tid, tgid, direction, a->syscall, a->enter_ns, ret);
 	if (!ev)
 		return;
 	if (a->syscall == AT_SYS_SENDMMSG) {

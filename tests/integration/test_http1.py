@@ -646,6 +646,48 @@ def test_k_forked_workers_carry_the_rule_name(require_root, sink, start_agent, t
     assert described == Counter({(exe_name, proc.pid): len(paths)}), described
 
 
+def test_k_one_socket_on_two_descriptors(require_root, sink, start_agent, tmp_path):
+    """inetd-style serving: socat accepts and execs ``busybox httpd -i`` per
+    connection with the socket on fds 0 and 1 (``nofork``), so the request is
+    read from one descriptor and the response written to another. And a bash
+    client: ``exec 3<>/dev/tcp/..`` then ``>&3`` and ``<&3``, which dup the
+    socket onto 1 to write and onto 0 to read. Each is one connection: every
+    exchange gets its span, on both sides."""
+    port = free_port()
+    files = make_docroot(tmp_path / "inetd")
+    inetd = subprocess.Popen(
+        ["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
+         f"EXEC:busybox httpd -i -h {tmp_path / 'inetd'},nofork"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    try:
+        wait_port(port, 15, inetd)
+        start_agent({}, config_yaml=("discovery:\n  services:\n"
+                                     "    - name: inetd-web\n"
+                                     "      executable_name: \"^busybox$\"\n"
+                                     "    - name: shell-client\n"
+                                     "      executable_name: \"^bash$\"\n"))
+        for f in files[:5]:
+            assert curl_get(f"http://127.0.0.1:{port}{f}")["code"] == 200
+        shell = (f"exec 3<>/dev/tcp/127.0.0.1/{port}; "
+                 f"printf 'GET {files[5]} HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3; "
+                 "IFS= read -r -d '' -N 65536 answer <&3; echo \"${answer:9:3}\"")
+        out = subprocess.run(["bash", "-c", shell], capture_output=True, text=True,
+                             timeout=30).stdout.split()
+        assert out == ["200"], out
+        servers = sink.wait_for_spans(lambda s: s["kind"] == "SERVER", 6, SPAN_TIMEOUT, SETTLE)
+        clients = sink.wait_for_spans(lambda s: s["kind"] == "CLIENT", 1, SPAN_TIMEOUT, SETTLE)
+    finally:
+        stop_process(inetd)
+    report("busybox httpd -i server spans", len(servers), 6)
+    assert Counter((s["resource"].get("service.name"), s["attrs"].get("url.path"),
+                    s["attrs"].get("http.response.status_code")) for s in servers) == \
+        Counter(("inetd-web", f, 200) for f in files[:6]), show(servers)
+    report("bash client spans", len(clients), 1)
+    assert [(s["resource"].get("service.name"), s["attrs"].get("http.response.status_code"))
+            for s in clients] == [("shell-client", 200)], show(clients)
+
+
 def test_k_process_listens_late(require_root, sink, start_agent, tmp_path):
     port = free_port()
     files = make_docroot(tmp_path / "late")
