@@ -60,6 +60,9 @@ if __name__ == "__main__":
                     "-d", "name=alice&token=s3cret", "http://127.0.0.1:PORT/form"], "curl_post_traceparent.req")
     record_request(["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:PORT/api/v1/items')"],
                    "urllib_get.req")
+    # A head past the default 4 KiB capture: a 6000-byte session cookie.
+    record_request(["curl", "-s", "-H", "Cookie: session=" + "c" * 6000,
+                    "http://127.0.0.1:PORT/account?tab=2"], "curl_big_cookie.req")
     # nginx keep-alive: two requests in one write (pipelined), then a HEAD.
     record_response(nginx, b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\nGET /missing HTTP/1.1\r\nHost: x\r\n\r\n"
                            b"HEAD /index.html HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "nginx_pipelined.resp")

@@ -166,6 +166,37 @@ def test_a_python_http_server_get(require_root, sink, start_agent, http_server):
     assert_python_server_spans(sink, srv, sent)
 
 
+def test_b_request_head_past_the_capture(require_root, sink, start_agent, nginx):
+    """Requests whose head is larger than the 4 KiB capture (a 6000-byte session
+    cookie) on a keep-alive connection, alternating with plain ones: each gets
+    its server span (nginx) and its client span (curl), with method, path and
+    status; the cookie itself is never exported."""
+    ngx = nginx()
+    start_agent({}, config_yaml=("discovery:\n  services:\n"
+                                 f"    - name: web\n      open_ports: {ngx.port}\n"
+                                 "    - name: web-client\n"
+                                 "      executable_name: \"^curl$\"\n"))
+    cookie = "session=" + "c" * 6000
+    urls = [ngx.url(f"/small.txt?n={i}") for i in range(6)]
+    args = []
+    for i, url in enumerate(urls):
+        args += ["--next"] if i else []
+        args += ["-s", "-o", "/dev/null", "-w", "%{http_code}\n", url]
+        args += ["-H", f"Cookie: {cookie}"] if i % 2 == 0 else []
+    out = subprocess.run(["curl"] + args, capture_output=True, text=True, timeout=30)
+    assert out.stdout.split() == ["200"] * 6, out
+    for kind in ("SERVER", "CLIENT"):
+        spans = sink.wait_for_spans(lambda s: s["kind"] == kind, 6, SPAN_TIMEOUT, SETTLE)
+        report(f"{kind.lower()} spans, 3 of 6 with a 6 KB head", len(spans), 6)
+        got = Counter((s["attrs"].get("http.request.method"), s["attrs"].get("url.path")
+                       or s["attrs"].get("url.full"), s["attrs"].get("http.response.status_code"))
+                      for s in spans)
+        want = Counter(("GET", "/small.txt" if kind == "SERVER" else url.split("?")[0], 200)
+                       for url in urls)
+        assert got == want, show(spans)
+    assert "c" * 100 not in json.dumps(sink.spans()), "the cookie was exported"
+
+
 # --------------------------------------------------------------------------------------
 # (b) nginx keep-alive: 30 requests on one connection
 # --------------------------------------------------------------------------------------

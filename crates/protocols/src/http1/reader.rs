@@ -168,11 +168,16 @@ impl Reader {
                         Kind::Request => parse_request(bytes).map(|h| h.map(Head::Request)),
                         Kind::Response => parse_response(bytes).map(|h| h.map(Head::Response)),
                     };
+                    let parsed = match parsed {
+                        // Past the capture: what it kept may still do.
+                        Ok(None) if data.len() < total => {
+                            self.cut_head(bytes, seg.tail).map(|h| Some((h, false)))
+                        }
+                        other => other.map(|h| h.map(|h| (h, true))),
+                    };
                     match parsed {
                         Ok(None) => {
-                            if data.len() < total {
-                                self.lose(ParseError::Truncated, out);
-                            } else if !buffered {
+                            if !buffered {
                                 self.head_buf.extend_from_slice(avail);
                             }
                             return;
@@ -181,12 +186,17 @@ impl Reader {
                             self.lose(e, out);
                             return;
                         }
-                        Ok(Some(head)) => {
+                        Ok(Some((head, whole))) => {
                             let head_len = match &head {
                                 Head::Request(h) => h.head_len,
                                 Head::Response(h) => h.head_len,
                             };
-                            pos += head_len - before;
+                            // A cut head ends with the segment.
+                            pos = if whole {
+                                pos + head_len - before
+                            } else {
+                                total
+                            };
                             self.head_buf.clear();
                             let f = framing(&head);
                             let timing = self.head_timing.take().unwrap_or(seg.timing);
@@ -247,6 +257,34 @@ impl Reader {
                 }
             }
         }
+    }
+
+    /// A head the capture cut short (`bytes`: its start, no end in it), when
+    /// the segment's last bytes are a head's end: the head ends with the
+    /// segment (a GET whose cookies or token run past `capture.max_bytes`,
+    /// read or written in one call). Its whole lines name the method, the
+    /// target and the first headers; those past the cut are not seen, so a
+    /// body announced there is taken for the next message, which the reader
+    /// then loses and finds again at the next message start. `Err(Truncated)`
+    /// when the end is not seen or no header line is whole.
+    fn cut_head(&self, bytes: &[u8], tail: &[u8]) -> Result<Head, ParseError> {
+        const END: &[u8] = b"\r\n\r\n";
+        if !tail.ends_with(END) {
+            return Err(ParseError::Truncated);
+        }
+        let whole_lines = bytes
+            .windows(2)
+            .rposition(|w| w == b"\r\n")
+            .ok_or(ParseError::Truncated)?
+            + 2;
+        let mut head = Vec::with_capacity(whole_lines + 2);
+        head.extend_from_slice(&bytes[..whole_lines]);
+        head.extend_from_slice(b"\r\n");
+        let parsed = match self.kind {
+            Kind::Request => parse_request(&head).map(|h| h.map(Head::Request)),
+            Kind::Response => parse_response(&head).map(|h| h.map(Head::Response)),
+        };
+        parsed?.ok_or(ParseError::Truncated)
     }
 
     /// Without chunk sync, a body ends with the segment whose bytes end in

@@ -399,3 +399,64 @@ fn a_101_head_alone_hands_over_at_its_end() {
         Some(Http1Event::H2cUpgrade { rest, .. }) if *rest == head.len()
     ));
 }
+
+/// `bytes` read in one call and captured up to `cap` bytes, as the kernel
+/// side sends it: the prefix and the last 32 bytes.
+fn cut_seg(bytes: &[u8], cap: usize, t: u64) -> Segment<'_> {
+    Segment {
+        data: &bytes[..cap.min(bytes.len())],
+        total_len: bytes.len(),
+        tail: &bytes[bytes.len() - 32..],
+        timing: Timing {
+            enter_ns: t,
+            exit_ns: t + 1,
+        },
+    }
+}
+
+const OK_EMPTY: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+#[test]
+fn request_head_past_the_capture_still_makes_an_exchange() {
+    // curl with a 6000-byte cookie: 6110 bytes of head, 4096 captured. Read
+    // whole, or as nginx does, 1 KiB first and the rest into a larger buffer.
+    let req = testdata("curl_big_cookie.req");
+    for first in [0, 1024] {
+        let mut c = Http1Connection::new(Some(Dir::Ingress));
+        let mut out = Vec::new();
+        if first > 0 {
+            c.feed(Dir::Ingress, &seg(&req[..first], 1), &mut out);
+        }
+        c.feed(Dir::Ingress, &cut_seg(&req[first..], 4096, 2), &mut out);
+        c.feed(Dir::Egress, &seg(OK_EMPTY, 4), &mut out);
+        // The connection goes on: the next request is read as usual.
+        c.feed(Dir::Ingress, &seg(&testdata("curl_get.req"), 6), &mut out);
+        c.feed(Dir::Egress, &seg(OK_EMPTY, 8), &mut out);
+        assert_eq!(errors(&out), Vec::<&ParseError>::new(), "read from {first}");
+        let x = exchanges(&out);
+        assert_eq!(x.len(), 2, "{out:?}");
+        assert_eq!(x[0].request.method, "GET");
+        assert_eq!(x[0].request.target, "/account?tab=2");
+        assert!(x[0]
+            .request
+            .user_agent
+            .as_deref()
+            .unwrap()
+            .starts_with("curl/"));
+        assert_eq!(x[0].request_start.enter_ns, if first > 0 { 1 } else { 2 });
+        assert_eq!(x[1].request.target, "/users/42?x=1");
+    }
+}
+
+#[test]
+fn request_head_past_the_capture_without_its_end_is_lost() {
+    let req = testdata("curl_big_cookie.req");
+    // The head goes on in the next read (its end not in this one's tail), or
+    // the capture kept no whole line: nothing to go by.
+    for (bytes, cap) in [(&req[..5000], 4096), (&req[..], 10)] {
+        let mut c = Http1Connection::new(Some(Dir::Ingress));
+        let mut out = Vec::new();
+        c.feed(Dir::Ingress, &cut_seg(bytes, cap, 1), &mut out);
+        assert_eq!(errors(&out), vec![&ParseError::Truncated]);
+    }
+}
