@@ -550,18 +550,23 @@ mod tests {
         )
     }
 
+    /// Discovery selecting `^redis-cli$` at exec, with a map of its own.
+    fn exec_discoverer() -> Discoverer {
+        let kernel = SelectedPids::standalone().expect("BPF map: run the tests as root");
+        Discoverer::new(
+            disc("", Some("^redis-cli$"), vec![]),
+            kernel,
+            Resources::default(),
+            Arc::new(SelfMetrics::new()),
+        )
+    }
+
     /// `ip netns exec redis-cli ...`: the kernel selected the pid again at the
     /// second exec before the wrapper's rejection got here. The rejection
     /// must leave that selection alone; the target's own rejection removes it.
     #[test]
     fn wrapper_rejection_keeps_a_later_exec_selection() {
-        let kernel = SelectedPids::standalone().expect("BPF map: run the tests as root");
-        let mut d = Discoverer::new(
-            disc("", Some("^redis-cli$"), vec![]),
-            kernel,
-            Resources::default(),
-            Arc::new(SelfMetrics::new()),
-        );
+        let mut d = exec_discoverer();
         let pid = 4_000_000; // above any pid_max: nothing to read in /proc
         let tag = |t: u32| abi::SEL_PROVISIONAL | (t << abi::SEL_TAG_SHIFT);
         let (wrapper, target) = (tag(0x1234), tag(0x5678));
@@ -596,13 +601,7 @@ mod tests {
     /// unless it exec'ed since: that exec's own event decides.
     #[test]
     fn a_rejected_exec_takes_its_forks_with_it() {
-        let kernel = SelectedPids::standalone().expect("BPF map: run the tests as root");
-        let mut d = Discoverer::new(
-            disc("", Some("^redis-cli$"), vec![]),
-            kernel,
-            Resources::default(),
-            Arc::new(SelfMetrics::new()),
-        );
+        let mut d = exec_discoverer();
         let (child, execd) = (4_000_001, 4_000_002); // no /proc entries
         let tagged = abi::SEL_PROVISIONAL | (0x99 << abi::SEL_TAG_SHIFT);
         d.kernel.insert(child, abi::SEL_INHERITED).unwrap();

@@ -87,6 +87,16 @@ fn describe(pipeline: &mut Pipeline, pid: u32, name: &str) {
     pipeline.resources.write().unwrap().insert(pid, described);
 }
 
+/// One request and its response on fd 10, each let through at once.
+fn exchange(pipeline: &mut Pipeline) {
+    for rec in [
+        record(10, true, 2_000, REQUEST),
+        record(10, false, 3_000, RESPONSE),
+    ] {
+        assert!(pipeline.on_record(&rec));
+    }
+}
+
 /// Ends the drain and hands the spans on: their services' names.
 fn finish(pipeline: &mut Pipeline, spans: &crossbeam_channel::Receiver<SpanBatch>) -> Vec<String> {
     pipeline.after_drain();
@@ -129,15 +139,7 @@ fn data_read_before_a_rejected_exec_event_makes_no_span() {
 fn data_after_its_exec_event_is_not_held() {
     let (mut pipeline, spans) = exec_selecting_pipeline();
     assert!(pipeline.on_record(&exec_record("/usr/bin/redis-cli")));
-    for (i, rec) in [
-        record(10, true, 2_000, REQUEST),
-        record(10, false, 3_000, RESPONSE),
-    ]
-    .iter()
-    .enumerate()
-    {
-        assert!(pipeline.on_record(rec), "record {i}");
-    }
+    exchange(&mut pipeline);
     assert_eq!(
         finish(&mut pipeline, &spans),
         vec!["cache-client".to_owned()]
@@ -169,12 +171,7 @@ fn a_pid_forked_anew_is_not_taken_for_its_rejected_predecessor() {
     assert!(pipeline.on_record(&exec_record("/usr/bin/curl")));
     describe(&mut pipeline, 1, "cache-client");
     assert!(pipeline.on_record(&fork_record(1)));
-    for rec in [
-        record(10, true, 2_000, REQUEST),
-        record(10, false, 3_000, RESPONSE),
-    ] {
-        assert!(pipeline.on_record(&rec));
-    }
+    exchange(&mut pipeline);
     assert_eq!(
         finish(&mut pipeline, &spans),
         vec!["cache-client".to_owned()]
@@ -200,12 +197,7 @@ fn a_child_forked_before_its_parent_was_rejected_goes_with_it() {
     let shell = 1;
     assert!(pipeline.on_record(&proc_record(shell, abi::PROC_EXEC, "/usr/bin/bash", 0)));
     assert!(pipeline.on_record(&fork_record(shell)));
-    for rec in [
-        record(10, true, 2_000, REQUEST),
-        record(10, false, 3_000, RESPONSE),
-    ] {
-        assert!(pipeline.on_record(&rec));
-    }
+    exchange(&mut pipeline);
     assert_eq!(finish(&mut pipeline, &spans), Vec::<String>::new());
     // Its own exec decides afresh.
     assert!(pipeline.on_record(&exec_record("/usr/bin/redis-cli")));
@@ -221,12 +213,7 @@ fn a_child_of_an_exec_not_yet_described_carries_its_rule_name() {
     let exec = proc_record(parent, abi::PROC_EXEC, "/usr/bin/redis-cli", 0);
     assert!(pipeline.on_record(&exec));
     assert!(pipeline.on_record(&fork_record(parent)));
-    for rec in [
-        record(10, true, 2_000, REQUEST),
-        record(10, false, 3_000, RESPONSE),
-    ] {
-        assert!(pipeline.on_record(&rec));
-    }
+    exchange(&mut pipeline);
     assert_eq!(
         finish(&mut pipeline, &spans),
         vec!["cache-client".to_owned()]
