@@ -164,11 +164,7 @@ impl Reader {
                         self.head_buf.extend_from_slice(avail);
                     }
                     let bytes: &[u8] = if buffered { &self.head_buf } else { avail };
-                    let parsed = match self.kind {
-                        Kind::Request => parse_request(bytes).map(|h| h.map(Head::Request)),
-                        Kind::Response => parse_response(bytes).map(|h| h.map(Head::Response)),
-                    };
-                    let parsed = match parsed {
+                    let parsed = match self.parse_head(bytes) {
                         // Past the capture: what it kept may still do.
                         Ok(None) if data.len() < total => {
                             self.cut_head(bytes, seg.tail).map(|h| Some((h, false)))
@@ -280,11 +276,16 @@ impl Reader {
         let mut head = Vec::with_capacity(whole_lines + 2);
         head.extend_from_slice(&bytes[..whole_lines]);
         head.extend_from_slice(b"\r\n");
-        let parsed = match self.kind {
-            Kind::Request => parse_request(&head).map(|h| h.map(Head::Request)),
-            Kind::Response => parse_response(&head).map(|h| h.map(Head::Response)),
-        };
-        parsed?.ok_or(ParseError::Truncated)
+        self.parse_head(&head)?.ok_or(ParseError::Truncated)
+    }
+
+    /// A head of this reader's kind at the start of `bytes`; `Ok(None)`:
+    /// not all of it yet.
+    fn parse_head(&self, bytes: &[u8]) -> Result<Option<Head>, ParseError> {
+        match self.kind {
+            Kind::Request => parse_request(bytes).map(|h| h.map(Head::Request)),
+            Kind::Response => parse_response(bytes).map(|h| h.map(Head::Response)),
+        }
     }
 
     /// Without chunk sync, a body ends with the segment whose bytes end in
