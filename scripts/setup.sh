@@ -53,7 +53,7 @@ bash scripts/kube-apiserver.sh
 
 # Python packages for the integration tests (official OTel decoders, grpcio).
 PY=${PYTHON:-python3}
-if ! "$PY" -c "import opentelemetry.proto, grpc, pytest, prometheus_client, requests, opentelemetry.instrumentation.auto_instrumentation, opentelemetry.instrumentation.requests,  psycopg, pymysql, pymemcache, redis, grpc_health, h2, hypercorn, mysql.connector" 2>/dev/null; then
+if ! "$PY" -c "import opentelemetry.proto, grpc, pytest, prometheus_client, requests, opentelemetry.instrumentation.auto_instrumentation, opentelemetry.instrumentation.requests,  psycopg, pymysql, pymemcache, redis, grpc_health, h2, hypercorn, mysql.connector, dns.query" 2>/dev/null; then
   echo "setup: installing Python test packages"
   "$PY" -m pip install -q -r tests/requirements.txt
 fi

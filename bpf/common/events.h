@@ -215,7 +215,8 @@ struct at_conn_info {
 	__u64 start_ns;
 	struct at_conn_tuple tuple;
 	__u8 role;
-	__u8 is_socket; /* 0: a file/pipe/unix socket we ignore (negative cache) */
+	__u8 is_socket; /* 0: a file/pipe/unix socket we ignore (negative cache);
+			 * AT_SOCK_PER_CALL: unconnected UDP, each call names its peer */
 	__u8 last_dir;  /* enum at_last_dir: request boundaries for trace context on the wire */
 	__u8 wide;      /* HTTP/2 (its preface was seen): capture up to capture_wide_bytes */
 	/* The fd whose entry holds this connection: this one, or (dup/dup2:
@@ -226,6 +227,10 @@ struct at_conn_info {
 	 * reused, which the socket-level hooks see without a close() hook. */
 	__u64 sk;
 };
+
+/* at_conn_info.is_socket of an unconnected UDP socket (socket hooks only):
+ * its calls to port 53 are DNS, the tuple holds the last peer. */
+#define AT_SOCK_PER_CALL 2
 
 enum at_last_dir {
 	AT_LAST_NONE = 0,

@@ -79,6 +79,7 @@ struct at_syscall_args {
 	__u64 enter_ns;
 	__u64 buf;    /* user buffer, or iovec array */
 	__u64 iovcnt; /* 0 for a plain buffer */
+	__u64 addr;   /* sendto/sendmsg: the user's destination sockaddr (0: none) */
 	__s32 fd;
 	__u8 syscall; /* enum at_syscall, or one of AT_ARGS_* below */
 	__u8 _pad[3];

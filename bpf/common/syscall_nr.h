@@ -28,6 +28,7 @@
 #define AT_ARG1(regs) ((regs)->regs[1])
 #define AT_ARG2(regs) ((regs)->regs[2])
 #define AT_ARG3(regs) ((regs)->regs[3])
+#define AT_ARG4(regs) ((regs)->regs[4])
 #define AT_IS_COMPAT() 0
 #else /* x86_64 */
 #define AT_NR_READ 0
@@ -52,6 +53,7 @@
 #define AT_ARG1(regs) ((regs)->si)
 #define AT_ARG2(regs) ((regs)->dx)
 #define AT_ARG3(regs) ((regs)->r10)
+#define AT_ARG4(regs) ((regs)->r8)
 /* 32-bit tasks number their syscalls differently (ia32 table): skip them. */
 #define AT_TS_COMPAT 0x0002
 #define AT_IS_COMPAT() (bpf_get_current_task_btf()->thread_info.status & AT_TS_COMPAT)

@@ -44,8 +44,40 @@ static __always_inline struct at_sk_state *sk_state_get(const struct sock *sk, _
  * connections apart. Only called from tp_btf programs (trusted `sk`). */
 static __always_inline int same_ports(const struct at_conn_info *info, struct sock *sk)
 {
+	/* An unconnected socket's entry holds its last peer, not the sock's. */
 	return info->tuple.sport == sk->__sk_common.skc_num &&
-	       info->tuple.dport == bpf_ntohs(sk->__sk_common.skc_dport);
+	       (info->is_socket == AT_SOCK_PER_CALL ||
+		info->tuple.dport == bpf_ntohs(sk->__sk_common.skc_dport));
+}
+
+/* The peer of this call on an unconnected UDP socket, into the entry's tuple:
+ * the destination a send names, else the sock's own when connected since,
+ * else the last one (a reply comes from where the query went; the source
+ * address of a receive reaches the user only after this hook). True when it
+ * is a DNS server. */
+static __always_inline int per_call_dns_peer(struct at_conn_info *info, struct sock *sk, __u64 addr)
+{
+	struct at_conn_tuple *t = &info->tuple;
+	if (addr) {
+		struct sockaddr_in v4 = {};
+		if (bpf_probe_read_user(&v4, sizeof(v4), (void *)addr))
+			return 0;
+		if (v4.sin_family == AT_AF_INET && t->family == AT_AF_INET) {
+			__builtin_memcpy(t->daddr, &v4.sin_addr, 4);
+			t->dport = bpf_ntohs(v4.sin_port);
+		} else if (v4.sin_family == AT_AF_INET6 && t->family == AT_AF_INET6) {
+			struct sockaddr_in6 v6 = {};
+			if (bpf_probe_read_user(&v6, sizeof(v6), (void *)addr))
+				return 0;
+			__builtin_memcpy(t->daddr, &v6.sin6_addr, 16);
+			t->dport = bpf_ntohs(v6.sin6_port);
+		} else {
+			return 0;
+		}
+	} else if (sk->__sk_common.skc_dport) {
+		read_sk_tuple(sk, t);
+	}
+	return t->dport == AT_DNS_PORT;
 }
 
 /* The entry of the first fd of this process that carried `sk`, when that
@@ -95,8 +127,10 @@ static __always_inline struct at_conn_info *sock_conn(__u32 tgid, __u32 tid, __s
 	struct at_conn_info fresh = {};
 	fresh.start_ns = bpf_ktime_get_ns();
 	fresh.event_fd = fd;
-	/* TCP, or UDP to port 53; anything else is cached as not ours. */
-	fresh.is_socket = read_sock_tuple(sk, &fresh) == 0;
+	/* TCP, or UDP to port 53 (or unconnected); anything else is cached as
+	 * not ours. */
+	int parsed = read_sock_tuple(sk, &fresh);
+	fresh.is_socket = parsed == 0 ? 1 : parsed == AT_SOCK_PER_CALL ? AT_SOCK_PER_CALL : 0;
 	int tcp = fresh.is_socket && fresh.tuple.proto == AT_IPPROTO_TCP;
 	/* DNS over UDP: we only parse the asking side. */
 	if (fresh.is_socket && !tcp)
@@ -144,6 +178,7 @@ static __always_inline int mmsg_buffer(struct at_task_state *st, struct at_sysca
 		return -1;
 	a->buf = (__u64)iov.iov_base;
 	a->iovcnt = 0;
+	a->addr = (__u64)m.msg_hdr.msg_name;
 	a->syscall = AT_SYS_SENDTO;
 	return 0;
 }
@@ -185,6 +220,7 @@ static __always_inline int call_args(struct at_task_state *st, struct at_syscall
 			return 0;
 		case AT_NR_SENDTO:
 			a->syscall = AT_SYS_SENDTO;
+			a->addr = AT_ARG4(regs);
 			return 0;
 		case AT_NR_WRITEV:
 			a->syscall = AT_SYS_WRITEV;
@@ -212,6 +248,8 @@ static __always_inline int call_args(struct at_task_state *st, struct at_syscall
 		return -1;
 	a->buf = (__u64)msg.msg_iov;
 	a->iovcnt = msg.msg_iovlen;
+	if (direction == AT_DIR_EGRESS)
+		a->addr = (__u64)msg.msg_name;
 	return 0;
 }
 
@@ -254,6 +292,8 @@ static __always_inline int sock_transfer(struct sock *sk, long ret, __u8 directi
 		return 0;
 	struct at_conn_info *info = sock_conn(tgid, (__u32)id, a.fd, sk);
 	if (!info)
+		return 0;
+	if (info->is_socket == AT_SOCK_PER_CALL && !per_call_dns_peer(info, sk, a.addr))
 		return 0;
 	emit_transfer(st, info, (__u32)id, tgid, &a, ret, direction);
 	return 0;

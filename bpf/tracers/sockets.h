@@ -67,7 +67,9 @@ static __always_inline int read_sk_tuple(const struct sock *sk, struct at_conn_t
 }
 
 /* Fills info from the sock. Returns 0 for what we parse: TCP over IPv4/IPv6,
- * and connected UDP sockets talking to port 53 (DNS lookups). */
+ * and connected UDP sockets talking to port 53 (DNS lookups);
+ * AT_SOCK_PER_CALL for an unconnected UDP socket (musl's resolver, dnspython):
+ * only a call that names its peer tells. */
 static __always_inline int read_sock_tuple(struct sock *sk, struct at_conn_info *info)
 {
 	info->sk = (__u64)sk;
@@ -79,6 +81,8 @@ static __always_inline int read_sock_tuple(struct sock *sk, struct at_conn_info 
 		return -1;
 	if (read_sk_tuple(sk, &info->tuple))
 		return -1;
+	if (udp && info->tuple.dport == 0)
+		return AT_SOCK_PER_CALL;
 	/* Other UDP traffic (media, QUIC, metrics) is not ours to parse. */
 	if (udp && info->tuple.dport != AT_DNS_PORT)
 		return -1;

@@ -629,6 +629,52 @@ def test_dns_lookups(two_hosts, start_agent, sink, tmp_path):
     assert not failures, "\n".join(failures)
 
 
+# dnspython's own client: each query goes out with sendto() on an unconnected UDP
+# socket naming the server (as musl's resolver does), the reply comes in with
+# recvfrom(). Between the queries the same socket sends a datagram to port 9.
+UNCONNECTED_CLIENT = """\
+import socket, sys
+import dns.message, dns.query, dns.rcode
+ns = sys.argv[1]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for name, rdtype in [("app.test", "A"), ("nope.test", "A"), ("app.test", "TXT")]:
+    s.sendto(b"not dns", (ns, 9))
+    r = dns.query.udp(dns.message.make_query(name, rdtype), ns, timeout=3, sock=s)
+    print(name, rdtype, dns.rcode.to_text(r.rcode()), len(r.answer), flush=True)
+"""
+
+
+def test_dns_from_an_unconnected_socket(two_hosts, start_agent, sink, tmp_path):
+    """A resolver that never connects its UDP socket (dnspython here; musl's
+    resolver, so every Alpine-based program, does the same): one span per query,
+    with the server each sendto() named, and none for the datagrams the same
+    socket sends to another port."""
+    topo = two_hosts("du")
+    start_dnsmasq(topo, tmp_path)
+    start_agent(agent_env(AUTOTEL_EXECUTABLE_NAME="^at_dns_unconnected$"))
+    ns = topo.ip_b
+    cp = topo.run(topo.a, ["/bin/bash", "-c", 'exec -a at_dns_unconnected "$0" -c "$1" "$2"',
+                           sys.executable, UNCONNECTED_CLIENT, ns], check=False)
+    answers = [tuple(line.split()) for line in cp.stdout.splitlines()]
+    txt = next((a[2] for a in answers if a[1] == "TXT"), None)
+    assert answers == [("app.test", "A", "NOERROR", "1"), ("nope.test", "A", "NXDOMAIN", "0"),
+                       ("app.test", "TXT", txt, "0")], (cp.stdout, cp.stderr)
+    spans = dns_spans(sink, cp.pid, 3)
+    got = summary(spans)
+    txt_err = None if txt == "NOERROR" else txt
+    want = sorted([("DNS A", "app.test", "A", "udp", "NOERROR", 1, None, "UNSET"),
+                   ("DNS A", "nope.test", "A", "udp", "NXDOMAIN", 0, "NXDOMAIN", "ERROR"),
+                   ("DNS TXT", "app.test", "TXT", "udp", txt, 0, txt_err,
+                    "UNSET" if txt_err is None else "ERROR")],
+                  key=lambda t: tuple(map(str, t)))
+    report("unconnected resolver spans", len(got), 3)
+    assert sorted(got, key=lambda t: tuple(map(str, t))) == want, show(spans)
+    peers = {(s["attrs"].get("server.address"), s["attrs"].get("server.port")) for s in spans}
+    assert peers == {(ns, 53)}, peers
+    assert len([s for s in sink.spans() if s["resource"].get("process.pid") == cp.pid]) == 3, \
+        show(sink.spans())
+
+
 def test_dns_slow_and_unanswered(two_hosts, start_agent, sink, tmp_path):
     """A 200 ms delay in front of dnsmasq (a UDP relay on B:53 forwarding to dnsmasq on
     B:5353 200 ms later; this kernel has no netem): the dig span and
