@@ -102,7 +102,9 @@ static __always_inline void capture_plain(struct at_data_event *ev, __u64 buf, _
 	ev->captured_len = n;
 	if (len > n) {
 		count(AT_CNT_TRUNCATED);
-		if (len - n >= AT_TAIL_BYTES)
+		/* Overlapping the prefix when fewer bytes were left out: a head
+		 * or a chunked body ending a few bytes past the cut shows there. */
+		if (len >= AT_TAIL_BYTES)
 			copy_tail(ev, buf + len);
 	}
 }

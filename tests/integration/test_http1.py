@@ -194,6 +194,20 @@ def test_b_request_head_past_the_capture(require_root, sink, start_agent, nginx)
         want = Counter(("GET", "/small.txt" if kind == "SERVER" else url.split("?")[0], 200)
                        for url in urls)
         assert got == want, show(spans)
+    # A head just past the capture (under 32 bytes left out, so the call's last
+    # bytes overlap the captured ones): curl writes it in one call.
+    def head_len(cookie_value):
+        verbose = subprocess.run(["curl", "-v", "-s", "-o", "/dev/null", "-H",
+                                  f"Cookie: {cookie_value}", urls[0]],
+                                 capture_output=True, text=True, timeout=30).stderr
+        return sum(len(line) - 1 for line in verbose.splitlines() if line.startswith(">"))
+    # Each call is a request of its own: a short head, then one of 4106 bytes.
+    near = "d" * (4096 + 10 - (head_len("x") - 1))
+    assert head_len(near) == 4106
+    clients = sink.wait_for_spans(lambda s: s["kind"] == "CLIENT", 8, SPAN_TIMEOUT, SETTLE)
+    report("client spans of the two more requests (a 4106-byte head)", len(clients) - 6, 2)
+    assert len(clients) == 8 and all(s["attrs"].get("http.response.status_code") == 200
+                                     for s in clients), show(clients)
     assert "c" * 100 not in json.dumps(sink.spans()), "the cookie was exported"
 
 
