@@ -1426,13 +1426,17 @@ impl Pipeline {
             let ppid = self.fork_parents.get(&pid).copied().unwrap_or(0);
             resource::of_fork(pid, ppid, parent.as_deref(), &self.host)
         });
-        let r = Arc::new(r);
-        // Discovery may have put its own in meanwhile: that one stays.
+        self.keep_resource(pid, r)
+    }
+
+    /// Shares a resource built here for `pid` until discovery's own comes
+    /// (it replaces it); if discovery put its own in meanwhile, that one stays.
+    fn keep_resource(&self, pid: u32, r: Resource) -> Arc<Resource> {
         self.resources
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .entry(pid)
-            .or_insert(r)
+            .or_insert_with(|| Arc::new(r))
             .clone()
     }
 
@@ -1452,9 +1456,12 @@ impl Pipeline {
         let mut child = pid;
         for _ in 0..MAX_FORK_GENERATIONS {
             let parent = *self.fork_parents.get(&child)?;
-            let known = self
-                .known_resource(parent)
-                .or_else(|| self.exec_resource(parent).map(Arc::new));
+            // A parent's exec resource is kept: its next child (a pre-fork
+            // server's) reads no /proc for it again.
+            let known = self.known_resource(parent).or_else(|| {
+                self.exec_resource(parent)
+                    .map(|r| self.keep_resource(parent, r))
+            });
             if known.is_some() {
                 return known;
             }
