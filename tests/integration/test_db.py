@@ -27,7 +27,8 @@ import pytest
 
 from conftest import curl_get, free_port, report, stop_process, wait_port
 from dbservers import (MYSQL_CLI, PG_BIN, REDIS_BENCHMARK, REDIS_CLI,  # noqa: F401
-                       mariadb_server, memcached_server, need, pg_server, redis_server)
+                       REDIS_SERVER, mariadb_server, memcached_server, need, pg_server,
+                       redis_server, start_redis)
 
 HERE = Path(__file__).resolve().parent
 PEERS = HERE / "peers"
@@ -541,6 +542,36 @@ def test_5_redis_cli_through_exec_wrapper(require_root, sink, start_agent, redis
     report(f"of them named {want}", names.get(want, 0), len(pids))
     assert names == Counter({want: len(pids)}), names
     assert {s["resource"]["process.pid"] for s in spans} == pids
+
+
+def test_5_redis_server_named_as_started(require_root, sink, start_agent, redis_server):
+    """Debian's ``redis-server`` is a symlink to the multi-call ``redis-check-rdb``,
+    which acts by the name it was started by. The service is ``redis-server``, both for
+    a server running before the agent (named from argv[0], which redis rewrites into a
+    title) and for one started after it (named from its exec); the executable keeps its
+    own name in ``process.executable.name``."""
+    real = Path(REDIS_SERVER).resolve().name
+    print(f"{REDIS_SERVER} -> {real}")
+    start_agent({"AUTOTEL_EXECUTABLE_NAME": "^redis-server$"})
+    later = start_redis()
+    try:
+        servers = {redis_server.proc.pid: redis_server, later.proc.pid: later}
+        for rd in servers.values():
+            run([REDIS_CLI, "-p", rd.port, "SET", "k", "v"])
+
+        def pred(s):
+            return (s["kind"] == "SERVER" and s["name"] == "SET"
+                    and s["resource"].get("process.pid") in servers)
+        spans = wait_db_spans(sink, 2, pred)
+    finally:
+        later.stop()
+    got = {s["resource"]["process.pid"]: (s["resource"].get("service.name"),
+                                         s["resource"].get("process.executable.name"))
+           for s in spans}
+    print(f"(service.name, process.executable.name) by pid: {got}")
+    report("redis servers named redis-server", sum(n == "redis-server" for n, _ in
+                                                    got.values()), 2)
+    assert got == {pid: ("redis-server", real) for pid in servers}, got
 
 
 # --------------------------------------------------------------------------------------

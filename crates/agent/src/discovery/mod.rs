@@ -80,9 +80,20 @@ fn criteria(
     }
     let port_ok = open_ports.is_empty() || p.ports.iter().any(|port| open_ports.contains(*port));
     let exe_ok = exe.is_none_or(|re| {
-        re.is_match(p.exe_name) || p.cmd.first().is_some_and(|a0| re.is_match(a0))
+        re.is_match(p.exe_name)
+            || p.cmd.first().is_some_and(|a0| {
+                re.is_match(a0) || started_as(a0).is_some_and(|n| n != a0 && re.is_match(n))
+            })
     });
     port_ok && exe_ok
+}
+
+/// The base name of the program argv[0] started: `redis-server` for
+/// `/usr/bin/redis-server 127.0.0.1:6379` (redis rewrites its argv into a
+/// title; on Debian the executable itself is `redis-check-rdb`).
+fn started_as(argv0: &str) -> Option<&str> {
+    let first = argv0.split_whitespace().next()?;
+    first.rsplit('/').next().filter(|n| !n.is_empty())
 }
 
 /// What selection looks at for one process.
@@ -649,6 +660,24 @@ mod tests {
         let pids = disc("", None, vec![42]);
         assert!(m(&pids, 42, "x", &[]));
         assert!(!m(&pids, 43, "x", &[80]));
+        // A program started through a link of another name matches by the
+        // name it was started by, also from a full path or a rewritten title.
+        let redis = disc("", Some("^redis-server$"), vec![]);
+        let started = |argv0: &str| {
+            matches(
+                &redis,
+                &Candidate {
+                    pid: 1,
+                    exe_name: "redis-check-rdb",
+                    cmd: &[argv0.to_owned()],
+                    ports: &[],
+                },
+            )
+        };
+        assert!(started("redis-server"));
+        assert!(started("/usr/bin/redis-server 127.0.0.1:6379"));
+        assert!(!started("/usr/bin/redis-check-rdb"));
+        assert!(!started("/usr/bin/redis-server-old"));
     }
 
     #[test]

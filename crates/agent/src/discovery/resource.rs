@@ -61,6 +61,30 @@ fn script_name(args: &[String]) -> Option<String> {
     None
 }
 
+/// The name a native program was started by, when the kernel agrees (its
+/// `comm` is that name, cut to 15 bytes). It differs from the executable's
+/// name when a symlink led there: Debian starts `redis-server`, a link to the
+/// multi-call `redis-check-rdb`; `httpd` may be `busybox`, `mysqld`
+/// `mariadbd`. The service is what was started, so that name wins; the
+/// executable keeps its own in `process.executable.name`. From the exec's
+/// path when the agent saw the exec, else from argv[0] (its first word:
+/// servers such as redis rewrite their argv into a title). Re-execs through
+/// `/proc/self/exe` or `fexecve` (`/dev/fd/N`) name nothing.
+fn invoked_name(exec_path: Option<&str>, args: &[String], comm: Option<&str>) -> Option<String> {
+    let comm = comm?;
+    let path = match exec_path.filter(|p| !p.is_empty()) {
+        Some(p) => p,
+        None => args.first()?.split_whitespace().next()?,
+    };
+    if path.starts_with("/proc/") || path.starts_with("/dev/fd/") {
+        return None;
+    }
+    let name = path.rsplit('/').next().filter(|n| !n.is_empty())?;
+    // comm is the name cut to TASK_COMM_LEN - 1 bytes.
+    let cut = name.as_bytes().get(..15).unwrap_or(name.as_bytes());
+    (cut == comm.as_bytes()).then(|| name.to_owned())
+}
+
 fn is_secret_key(k: &str) -> bool {
     let k = k.trim_start_matches('-').to_ascii_lowercase();
     SECRET_KEYS.iter().any(|s| k.contains(s))
@@ -297,6 +321,10 @@ pub fn build(pid: u32, host: &str, exec_path: Option<&str>, naming: &Naming) -> 
         .flatten()
     {
         (n, "script")
+    } else if let Some(n) =
+        invoked_name(exec_path, &args, procfs::comm(pid).as_deref()).filter(|n| *n != exe_name)
+    {
+        (n, "executable")
     } else {
         (exe_name.clone(), "executable")
     };
@@ -464,6 +492,38 @@ mod tests {
 
     fn args(s: &str) -> Vec<String> {
         s.split(' ').map(String::from).collect()
+    }
+
+    #[test]
+    fn a_service_is_named_by_the_name_it_was_started_by() {
+        let redis = args("/usr/bin/redis-server *:6379");
+        // The exec seen: its path, as the kernel named the process.
+        assert_eq!(
+            invoked_name(Some("/usr/bin/redis-server"), &[], Some("redis-server")).as_deref(),
+            Some("redis-server")
+        );
+        // Started before the agent: argv[0]'s first word (a rewritten title).
+        assert_eq!(
+            invoked_name(None, &[redis.join(" ")], Some("redis-server")).as_deref(),
+            Some("redis-server")
+        );
+        // comm holds 15 bytes of a longer name.
+        assert_eq!(
+            invoked_name(
+                Some("/opt/x/payments-gateway-server"),
+                &[],
+                Some("payments-gatewa")
+            )
+            .as_deref(),
+            Some("payments-gateway-server")
+        );
+        // The kernel's name disagrees (renamed by prctl, a later exec): none.
+        assert_eq!(invoked_name(None, &redis, Some("other")), None);
+        // Re-exec through /proc/self/exe or fexecve: comm is "exe" or "3".
+        assert_eq!(invoked_name(Some("/proc/self/exe"), &[], Some("exe")), None);
+        assert_eq!(invoked_name(Some("/dev/fd/3"), &[], Some("3")), None);
+        assert_eq!(invoked_name(None, &[], Some("x")), None);
+        assert_eq!(invoked_name(Some("/usr/bin/x"), &[], None), None);
     }
 
     #[test]
