@@ -44,7 +44,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    conn.close(&mut out);
+    conn.close(u64::MAX, &mut out);
     let starts = out.iter().filter(|e| matches!(e, Http1Event::RequestStart { .. })).count();
     let exchanges = out
         .iter()

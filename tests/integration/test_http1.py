@@ -973,3 +973,100 @@ def test_p_chunked_body_after_head_still_framed(require_root, sink, start_agent,
         assert_no_panic(agent)
     finally:
         stop_process(srv)
+
+
+# --------------------------------------------------------------------------------------
+# (q) exchanges the connection's close cut short
+# --------------------------------------------------------------------------------------
+
+
+CUT_SHORT_SERVER = r"""
+import http.server, sys, time
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        if self.path == "/crash":
+            raise RuntimeError("a handler bug: the server closes without answering")
+        if self.path == "/slow":
+            time.sleep(3)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+            return
+        # /events/N: a server-sent event stream of N events, 0.2 s apart.
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for i in range(int(self.path.rsplit("/", 1)[1])):
+                data = f"data: {i}\n\n".encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+                time.sleep(0.2)
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+
+def test_q_exchanges_the_close_cut_short(require_root, sink, start_agent, tmp_path):
+    """Requests that never got their whole response still happened, and are the ones
+    an SRE looks for: a client that gave up on an event stream (curl --max-time), a
+    handler that crashed (python closes the connection without a response), a client
+    timing out on a slow endpoint. Each gets its span on both sides, with status ERROR,
+    ``error.type`` ``response_incomplete`` (a status was sent, the body was cut) or
+    ``no_response``, and its duration up to the last byte seen or the close; the
+    request duration metric carries the same ``error.type``. A whole stream stays a
+    plain 200."""
+    port = free_port()
+    proc = start_script_server(CUT_SHORT_SERVER, port, tmp_path)
+    try:
+        wait_port(port, 15, proc)
+        start_agent({"OTEL_METRIC_EXPORT_INTERVAL": "500"},
+                    config_yaml=("discovery:\n  services:\n"
+                                 f"    - name: web\n      open_ports: {port}\n"
+                                 "    - name: cli\n      executable_name: \"^curl$\"\n"))
+        cases = [("/events/5", []), ("/events/50", ["--max-time", "1"]), ("/crash", []),
+                 ("/slow", ["--max-time", "1"])]
+        for path, opts in cases:
+            subprocess.run(["curl", "-sN", "-o", "/dev/null", *opts,
+                            f"http://127.0.0.1:{port}{path}"], timeout=30)
+        spans = sink.wait_for_spans(lambda s: s["kind"] in ("SERVER", "CLIENT"), 8,
+                                    SPAN_TIMEOUT, SETTLE)
+    finally:
+        stop_process(proc)
+
+    def path_of(s):
+        return s["attrs"].get("url.path") or s["attrs"].get("url.full", "").split(str(port))[-1]
+
+    got = {(s["kind"], path_of(s)): s for s in spans}
+    print(show(spans))
+    want = {"/events/5": (200, None), "/events/50": (200, "response_incomplete"),
+            "/crash": (None, "no_response"), "/slow": (None, "no_response")}
+    for kind in ("SERVER", "CLIENT"):
+        seen = sum((kind, p) in got for p in want)
+        report(f"{kind} spans of the four requests", seen, len(want))
+    assert set(got) == {(k, p) for k in ("SERVER", "CLIENT") for p in want}, show(spans)
+    for (kind, path), s in got.items():
+        status, error = want[path]
+        a = s["attrs"]
+        assert (a.get("http.response.status_code"), a.get("error.type")) == (status, error), s
+        assert s["status_code"] == ("ERROR" if error else "UNSET"), s
+    ms = {k: (s["end_ns"] - s["start_ns"]) / 1e6 for k, s in got.items()}
+    print(f"durations (ms): {ms}")
+    # Five events 0.2 s apart; the cut stream lasted until curl gave up at 1 s.
+    assert 700 < ms[("SERVER", "/events/5")] < 2000, ms
+    assert 500 < ms[("SERVER", "/events/50")] < 1500, ms
+    assert 900 < ms[("CLIENT", "/slow")] < 2000, ms
+    assert ms[("SERVER", "/slow")] >= 900, ms
+    assert got[("SERVER", "/events/50")]["attrs"]["http.response.body.size"] > 0
+    # The RED metric counts them by the same error type.
+    points = sink.wait_for_metrics(
+        lambda d: d["name"] == "http.server.request.duration"
+        and d["attrs"].get("error.type") in ("no_response", "response_incomplete"), 3, 10)
+    series = {(p["attrs"].get("http.route"), p["attrs"]["error.type"]) for p in points}
+    assert series == {("/crash", "no_response"), ("/slow", "no_response"),
+                      ("/events/{id}", "response_incomplete")}, series

@@ -49,15 +49,18 @@ pub fn to_exchange(s: &Http2Stream, server_side: bool) -> Exchange {
             user_agent: s.request.user_agent.clone(),
             head_len: 0,
         },
-        response: ResponseHead {
-            status: s.status.unwrap_or(0),
+        // A stream reset before its response head had none.
+        response: s.status.map(|status| ResponseHead {
+            status,
             version: HTTP2_VERSION,
             content_length: None,
             chunked: false,
             connection_close: false,
             upgrade: None,
             head_len: 0,
-        },
+        }),
+        // RST_STREAM(NO_ERROR) may follow a whole response (RFC 9113 8.1).
+        response_complete: !matches!(s.reset, Some(code) if code != 0),
         request_start: s.request_start,
         request_body_bytes: s.request_body_bytes,
         response_start: s.request_start,

@@ -85,7 +85,7 @@ pub struct SpanInput<'a> {
 pub fn build(input: SpanInput<'_>, clock: &Clock) -> Span {
     let x = input.exchange;
     let req = &x.request;
-    let status = x.response.status;
+    let status = x.response.as_ref().map(|r| r.status);
     let kind = if x.server_side {
         SpanKind::Server
     } else {
@@ -129,7 +129,9 @@ pub fn build(input: SpanInput<'_>, clock: &Clock) -> Span {
     // `Store::record_http_span`) come first, whether or not the span is
     // exported (the metrics find them sooner there); the rest only when it
     // is. A test compares the metrics of the two.
-    attributes.push(("http.response.status_code", AttrValue::Int(status as i64)));
+    if let Some(status) = status {
+        attributes.push(("http.response.status_code", AttrValue::Int(status as i64)));
+    }
     attributes.push(("network.protocol.version", version_value(req.version)));
     attributes.push(("url.scheme", const { fixed("http") }));
     if let Some(route) = &input.route {
@@ -181,13 +183,17 @@ pub fn build(input: SpanInput<'_>, clock: &Clock) -> Span {
         AttrValue::Int(x.response_body_bytes as i64),
     ));
 
-    let is_error = if x.server_side {
-        status >= 500
-    } else {
-        status >= 400
+    // An exchange the connection's close cut short failed whatever its
+    // status said (semconv: a network error on the response is an error).
+    let error_type: Option<AttrValue> = match status {
+        None => Some(const { fixed("no_response") }),
+        Some(_) if !x.response_complete => Some(const { fixed("response_incomplete") }),
+        Some(s) if s >= 500 || (s >= 400 && !x.server_side) => Some(s.to_string().into()),
+        Some(_) => None,
     };
-    if is_error {
-        attributes.push(("error.type", status.to_string().into()));
+    let is_error = error_type.is_some();
+    if let Some(e) = error_type {
+        attributes.push(("error.type", e));
     }
 
     let ctx = input.ctx;

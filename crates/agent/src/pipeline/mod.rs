@@ -1486,7 +1486,7 @@ impl Pipeline {
             let mut events = std::mem::take(&mut self.scratch);
             let mut db_events = std::mem::take(&mut self.db_scratch);
             match conn.proto.as_mut() {
-                Some(Proto::Http1(http)) => http.close(&mut events),
+                Some(Proto::Http1(http)) => http.close(at_ns.unwrap_or(conn.last_ns), &mut events),
                 Some(Proto::Db { parser, .. }) => parser.close(&mut db_events),
                 Some(Proto::Dns(state)) => {
                     let mut lookups = Vec::new();

@@ -111,13 +111,20 @@ pub struct Exchange {
     /// True when the observed process received the request (a server).
     pub server_side: bool,
     pub request: RequestHead,
-    pub response: ResponseHead,
+    /// None: the connection closed (the process exited, the stream ended)
+    /// before a response head was seen: the server never answered, or the
+    /// client gave up first.
+    pub response: Option<ResponseHead>,
+    /// False when the connection closed before the response's last byte
+    /// (a client that gave up on a stream, a server that died mid-body).
+    pub response_complete: bool,
     /// Syscall that carried the request's first bytes.
     pub request_start: Timing,
     pub request_body_bytes: u64,
     /// Syscall that carried the response's first bytes.
     pub response_start: Timing,
-    /// When the syscall carrying the response's last byte returned.
+    /// When the syscall carrying the response's last byte returned (for a
+    /// response cut short, its last byte seen; with none, the close).
     pub response_end_ns: u64,
     pub response_body_bytes: u64,
 }
@@ -300,7 +307,7 @@ impl Http1Connection {
                     body_bytes: 0,
                 });
             }
-            ReaderEvent::End { body_bytes, .. } => {
+            ReaderEvent::End { body_bytes, .. } | ReaderEvent::Cut { body_bytes, .. } => {
                 if let Some(p) = self.pending.back_mut() {
                     p.body_bytes = body_bytes;
                 }
@@ -322,12 +329,32 @@ impl Http1Connection {
         Http1Event::Exchange(Box::new(Exchange {
             server_side: self.requests_dir == Some(Dir::Ingress),
             request: req.head,
-            response,
+            response: Some(response),
+            response_complete: true,
             request_start: req.start,
             request_body_bytes: req.body_bytes,
             response_start,
             response_end_ns,
             response_body_bytes,
+        }))
+    }
+
+    /// A request the connection closed on before its response head.
+    fn unanswered(&self, req: Pending, closed_ns: u64) -> Http1Event {
+        let end = closed_ns.max(req.start.exit_ns);
+        Http1Event::Exchange(Box::new(Exchange {
+            server_side: self.requests_dir == Some(Dir::Ingress),
+            request: req.head,
+            response: None,
+            response_complete: false,
+            request_start: req.start,
+            request_body_bytes: req.body_bytes,
+            response_start: Timing {
+                enter_ns: end,
+                exit_ns: end,
+            },
+            response_end_ns: end,
+            response_body_bytes: 0,
         }))
     }
 
@@ -359,6 +386,21 @@ impl Http1Connection {
                     self.opaque = true;
                 }
             }
+            ReaderEvent::Cut {
+                body_bytes,
+                last_ns,
+            } => {
+                let (Some((head, start)), Some(req)) =
+                    (self.response.take(), self.pending.pop_front())
+                else {
+                    return;
+                };
+                let mut x = self.exchange(req, head, start, last_ns, body_bytes);
+                if let Http1Event::Exchange(x) = &mut x {
+                    x.response_complete = false;
+                }
+                out.push(x);
+            }
             ReaderEvent::Switched { at } => {
                 // 101: whatever follows is not HTTP/1.
                 self.opaque = true;
@@ -385,8 +427,10 @@ impl Http1Connection {
         }
     }
 
-    /// The connection closed: finish a body delimited by close, report cut messages.
-    pub fn close(&mut self, out: &mut Vec<Http1Event>) {
+    /// The connection closed at `closed_ns`: finish a body delimited by
+    /// close, report a response cut short, and every request still waiting
+    /// as unanswered (in order: each has its context queued).
+    pub fn close(&mut self, closed_ns: u64, out: &mut Vec<Http1Event>) {
         if self.opaque {
             return;
         }
@@ -400,6 +444,9 @@ impl Http1Connection {
             self.on_request_event(ev, out);
         }
         put_reader_events(events);
+        while let Some(req) = self.pending.pop_front() {
+            out.push(self.unanswered(req, closed_ns));
+        }
     }
 }
 

@@ -33,6 +33,12 @@ pub enum ReaderEvent {
         body_bytes: u64,
         last_ns: u64,
     },
+    /// The connection closed inside the current message's body: what was
+    /// seen of it, and the time of its last byte seen.
+    Cut {
+        body_bytes: u64,
+        last_ns: u64,
+    },
     Error(ParseError),
     /// The message just read switched protocols (101): bytes from offset
     /// `at` of the segment being fed on belong to the new protocol.
@@ -302,14 +308,22 @@ impl Reader {
         }
     }
 
-    /// The connection closed: a body delimited by close ends here; a message
-    /// cut short is reported.
+    /// The connection closed: a body delimited by close ends here, one it
+    /// cut short is reported as cut, and so is a head cut short (an error).
     pub fn close(&mut self, out: &mut Vec<ReaderEvent>) {
         match self.state {
             State::UntilClose => self.end(out),
+            State::Body(_) | State::Chunked(_) | State::ChunkedLost => {
+                out.push(ReaderEvent::Cut {
+                    body_bytes: self.body_bytes,
+                    last_ns: self.last_ns,
+                });
+                self.body_bytes = 0;
+                self.state = State::Head;
+            }
             State::Head if self.head_buf.is_empty() => {}
             State::Lost | State::Switched => {}
-            _ => self.lose(ParseError::Truncated, out),
+            State::Head => self.lose(ParseError::Truncated, out),
         }
     }
 }

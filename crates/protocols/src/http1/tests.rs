@@ -92,27 +92,36 @@ fn server_side_pipelined_nginx_exchange() {
     for (i, piece) in resp.chunks(700).enumerate() {
         c.feed(Dir::Egress, &seg(piece, 100 + i as u64), &mut out);
     }
-    c.close(&mut out);
+    c.close(u64::MAX, &mut out);
     let x = exchanges(&out);
     assert_eq!(errors(&out), Vec::<&ParseError>::new(), "{out:#?}");
     assert_eq!(x.len(), 3, "{out:?}");
     assert_eq!(
-        (x[0].request.target.as_str(), x[0].response.status),
+        (
+            x[0].request.target.as_str(),
+            x[0].response.as_ref().unwrap().status
+        ),
         ("/index.html", 200)
     );
     assert_eq!(
-        (x[1].request.target.as_str(), x[1].response.status),
+        (
+            x[1].request.target.as_str(),
+            x[1].response.as_ref().unwrap().status
+        ),
         ("/missing", 404)
     );
     assert_eq!(
-        (x[2].request.method.as_str(), x[2].response.status),
+        (
+            x[2].request.method.as_str(),
+            x[2].response.as_ref().unwrap().status
+        ),
         ("HEAD", 200)
     );
     assert_eq!(x[2].response_body_bytes, 0, "HEAD has no body");
     assert!(x.iter().all(|e| e.server_side));
     assert_eq!(
         x[0].response_body_bytes,
-        x[0].response.content_length.unwrap()
+        x[0].response.as_ref().unwrap().content_length.unwrap()
     );
 }
 
@@ -141,7 +150,7 @@ fn client_side_chunked_gzip_with_truncated_capture() {
     c.feed(Dir::Ingress, &s, &mut out);
     let x = exchanges(&out);
     assert_eq!(x.len(), 1, "{out:?}");
-    assert!(x[0].response.chunked);
+    assert!(x[0].response.as_ref().unwrap().chunked);
     assert!(!x[0].server_side);
     assert_eq!(x[0].response_end_ns, 6);
 }
@@ -159,7 +168,7 @@ fn python_http10_until_close() {
     c.feed(Dir::Egress, &seg(&resp, 3), &mut out);
     let x = exchanges(&out);
     assert_eq!(x.len(), 1, "{out:?}");
-    assert_eq!(x[0].response.version, 0);
+    assert_eq!(x[0].response.as_ref().unwrap().version, 0);
     assert!(x[0].server_side, "role inferred from a request arriving");
 }
 
@@ -219,7 +228,10 @@ fn no_body_statuses_do_not_swallow_next_response() {
         &seg(b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n", 2),
         &mut out,
     );
-    let codes: Vec<u16> = exchanges(&out).iter().map(|x| x.response.status).collect();
+    let codes: Vec<u16> = exchanges(&out)
+        .iter()
+        .map(|x| x.response.as_ref().unwrap().status)
+        .collect();
     assert_eq!(codes, vec![204, 304, 500]);
 }
 
@@ -243,7 +255,7 @@ fn truncated_request_then_close_is_counted() {
     let mut c = Http1Connection::new(Some(Dir::Ingress));
     let mut out = Vec::new();
     c.feed(Dir::Ingress, &seg(b"GET /x HTT", 1), &mut out);
-    c.close(&mut out);
+    c.close(u64::MAX, &mut out);
     assert!(exchanges(&out).is_empty());
     assert_eq!(errors(&out), vec![&ParseError::Truncated]);
 }
@@ -368,7 +380,7 @@ fn h2c_upgrade_hands_over_at_the_end_of_the_101() {
             let dir = if *from_client { req_dir } else { resp_dir };
             c.feed(dir, &seg(bytes, 3), &mut out);
         }
-        c.close(&mut out);
+        c.close(u64::MAX, &mut out);
         assert_eq!(errors(&out), Vec::<&ParseError>::new());
         assert!(exchanges(&out).is_empty(), "stream 1 is reported by HTTP/2");
         let ups: Vec<_> = out
@@ -459,4 +471,104 @@ fn request_head_past_the_capture_without_its_end_is_lost() {
         c.feed(Dir::Ingress, &cut_seg(bytes, cap, 1), &mut out);
         assert_eq!(errors(&out), vec![&ParseError::Truncated]);
     }
+}
+
+#[test]
+fn a_response_cut_by_the_close_is_reported_cut() {
+    // An event stream the client gave up on: head and two chunks, no last chunk.
+    let mut c = Http1Connection::new(Some(Dir::Ingress));
+    let mut out = Vec::new();
+    c.feed(
+        Dir::Ingress,
+        &seg(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n", 10),
+        &mut out,
+    );
+    c.feed(
+        Dir::Egress,
+        &seg(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", 20),
+        &mut out,
+    );
+    c.feed(Dir::Egress, &seg(b"9\r\ndata: 0\n\n\r\n", 30), &mut out);
+    c.feed(Dir::Egress, &seg(b"9\r\ndata: 1\n\n\r\n", 40), &mut out);
+    assert!(exchanges(&out).is_empty(), "the stream goes on");
+    c.close(50, &mut out);
+    let x = exchanges(&out);
+    assert_eq!(x.len(), 1);
+    assert_eq!(x[0].response.as_ref().map(|r| r.status), Some(200));
+    assert!(!x[0].response_complete);
+    assert_eq!(x[0].response_end_ns, 41, "the last byte seen");
+    assert_eq!(x[0].response_body_bytes, 28);
+    assert_eq!(errors(&out), Vec::<&ParseError>::new());
+
+    // Content-Length framing, cut the same way.
+    let mut c = Http1Connection::new(Some(Dir::Egress));
+    let mut out = Vec::new();
+    c.feed(
+        Dir::Egress,
+        &seg(b"GET /big HTTP/1.1\r\n\r\n", 10),
+        &mut out,
+    );
+    c.feed(
+        Dir::Ingress,
+        &seg(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789",
+            20,
+        ),
+        &mut out,
+    );
+    c.close(30, &mut out);
+    let x = exchanges(&out);
+    assert_eq!(
+        (x.len(), x[0].response_complete, x[0].response_body_bytes),
+        (1, false, 10)
+    );
+    assert!(!x[0].server_side);
+}
+
+#[test]
+fn requests_the_close_left_unanswered_are_reported_in_order() {
+    let mut c = Http1Connection::new(Some(Dir::Ingress));
+    let mut out = Vec::new();
+    c.feed(
+        Dir::Ingress,
+        &seg(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\nPOST /c HTTP/1.1\r\nContent-Length: 10\r\n\r\n01234", 10),
+        &mut out,
+    );
+    c.feed(
+        Dir::Egress,
+        &seg(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 20),
+        &mut out,
+    );
+    c.close(90, &mut out);
+    let x = exchanges(&out);
+    let got: Vec<_> = x
+        .iter()
+        .map(|x| {
+            (
+                x.request.target.as_str(),
+                x.response.as_ref().map(|r| r.status),
+                x.response_complete,
+                x.response_end_ns,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("/a", Some(200), true, 21),
+            ("/b", None, false, 90),
+            ("/c", None, false, 90),
+        ]
+    );
+    assert_eq!(x[2].request_body_bytes, 5, "the part of the body that came");
+    // Every exchange answers a request start (their contexts pair in order).
+    let starts = out
+        .iter()
+        .filter(|e| matches!(e, Http1Event::RequestStart { .. }))
+        .count();
+    assert_eq!(starts, 3);
+    // A connection that closes with nothing waiting reports nothing more.
+    let before = out.len();
+    c.close(95, &mut out);
+    assert_eq!(out.len(), before);
 }
