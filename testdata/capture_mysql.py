@@ -25,13 +25,25 @@ from recording_proxy import Proxy
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mysql")
 
 
-def cli(port, sql, db="shop"):
+def cli(port, sql, db="shop", extra=()):
     cmd = ["mysql", "-h", "127.0.0.1", "-P", str(port), "-uapp", "-psecret",
-           "--ssl=0", "--skip-auto-rehash"]
+           "--ssl=0", "--skip-auto-rehash", *extra]
     if db:
         cmd += ["-D", db]
     subprocess.run(cmd + ["--force"], input=sql.encode(), stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
+
+
+def compressed(p):
+    """The compressed protocol (mysql --compress): small packets sent as they
+    are inside frames, larger ones deflated; an error; a result of ~40 KB."""
+    cli(p.port,
+        "SELECT id, name FROM items ORDER BY id;\n"
+        "SELECT * FROM missing_table;\n"
+        "SELECT seq, repeat('z', 30) FROM seq_1_to_1000;\n"
+        f"SELECT '{'long text ' * 20}' AS long_text;\n",
+        extra=["--compress"])
+    p.save("cli_compressed")
 
 
 def main():
@@ -68,6 +80,8 @@ def main():
     # A result far larger than one 8 KiB capture.
     cli(p.port, "SELECT seq, repeat('x', 50) FROM seq_1_to_3000;\n")
     p.save("cli_big_result")
+
+    compressed(p)
 
     conn = pymysql.connect(host="127.0.0.1", port=p.port, user="app", password="secret",
                            database="shop", autocommit=True, local_infile=True)

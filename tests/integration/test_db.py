@@ -425,6 +425,47 @@ def test_4_mariadb(require_root, sink, start_agent, mariadb_server, peers):
     assert all(s["attrs"].get("db.response.returned_rows") == 1 for s in execs), show(execs)
 
 
+def test_4_mariadb_compressed_protocol(require_root, sink, start_agent, mariadb_server):
+    """``mysql --compress``: after the login every packet travels in a compressed
+    frame (zlib, or as is when small). The statements, their errors and row counts
+    read the same as uncompressed, on the client (the CLI) and on the server, also
+    for a result far larger than one capture (whose rows the server's writes show)."""
+    db = mariadb_server
+    mysql_cli(db, sql="DROP DATABASE IF EXISTS autotel; CREATE DATABASE autotel; "
+                      "CREATE TABLE autotel.items (id INT PRIMARY KEY, name VARCHAR(40)); "
+                      "INSERT INTO autotel.items VALUES (1,'one'),(2,'two'),(3,'three')")
+    start_agent({}, config_yaml=("discovery:\n  services:\n"
+                                 f"    - name: db\n      open_ports: {db.port}\n"
+                                 "    - name: cli\n      executable_name: \"^(mysql|mariadb)$\"\n"))
+    sql = ("SELECT name FROM items WHERE id <= 2;\nSELECT * FROM no_such_table;\n"
+           "SELECT seq, repeat('z', 30) FROM seq_1_to_3000;\n")
+    out = run([MYSQL_CLI, "--no-defaults", "-h", "127.0.0.1", "-P", db.port, "-u", "root",
+               "--compress", "-D", "autotel", "--force"], input=sql)
+    assert "1146" in out.stderr and out.stdout.count("z" * 30) == 3000, out.stderr
+
+    def mine(s):
+        text = s["attrs"].get("db.query.text", "")
+        return s["attrs"].get("db.system.name") == "mariadb" and any(
+            t in text for t in ("seq_1_to_3000", "FROM items", "no_such_table"))
+    spans = wait_db_spans(sink, 6, mine)
+    got = Counter((s["kind"], s["attrs"].get("db.query.text"),
+                   s["attrs"].get("db.response.returned_rows"),
+                   s["attrs"].get("db.response.status_code")) for s in spans)
+    print(f"spans of the compressed session: {dict(got)}")
+    want = Counter()
+    for kind in ("CLIENT", "SERVER"):
+        want[(kind, "SELECT name FROM items WHERE id <= ?", 2, None)] = 1
+        want[(kind, "SELECT * FROM no_such_table", None, "1146")] = 1
+        # The CLI reads the 3000 rows in calls larger than a capture: the rows
+        # of a frame's uncaptured part cannot be counted there (nor uncompressed).
+        rows = 3000 if kind == "SERVER" else None
+        want[(kind, "SELECT seq, repeat(?, ?) FROM seq_1_to_3000", rows, None)] = 1
+    for kind in ("CLIENT", "SERVER"):
+        report(f"{kind} spans of the compressed session",
+               sum(v for k, v in got.items() if k[0] == kind and k in want), 3)
+    assert got == want, show(spans)
+
+
 # --------------------------------------------------------------------------------------
 # 5. Redis: redis-benchmark (with and without pipelining), errors, MULTI/EXEC
 # --------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@
 //! Hand-written rather than a crate: the MySQL client crates parse complete
 //! server packets only, and none reads client packets from partial captures.
 
+mod compress;
 mod detect;
 mod framer;
 mod packet;
@@ -21,8 +22,12 @@ mod packet;
 pub use detect::detect;
 
 use crate::db::{DbConnection, DbError, DbEvent, DbOperation, DbSystem, Segment, Timing};
+use compress::Inflater;
 use framer::{Framer, Packet};
-use packet::{cmd, CLIENT_DEPRECATE_EOF, SERVER_MORE_RESULTS_EXISTS, SERVER_STATUS_CURSOR_EXISTS};
+use packet::{
+    cmd, CLIENT_COMPRESS, CLIENT_DEPRECATE_EOF, CLIENT_ZSTD_COMPRESSION,
+    SERVER_MORE_RESULTS_EXISTS, SERVER_STATUS_CURSOR_EXISTS,
+};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -135,6 +140,8 @@ struct State {
     last_server_ns: u64,
     /// The client's command resynced the server side: its framer restarts.
     resync_server: bool,
+    /// The login agreed on the compressed protocol, from the next byte on.
+    compress_next: bool,
 }
 
 /// Tracks one MySQL connection. Holds at most the pending commands, the
@@ -144,6 +151,14 @@ pub struct MysqlConnection {
     client: Framer,
     server: Framer,
     st: State,
+    /// Client's and server's frames, once the protocol is compressed.
+    inflaters: Option<Box<Inflaters>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Inflaters {
+    client: Inflater,
+    server: Inflater,
 }
 
 impl Default for MysqlConnection {
@@ -169,13 +184,20 @@ impl MysqlConnection {
                 server_lost: false,
                 last_server_ns: 0,
                 resync_server: false,
+                compress_next: false,
             },
+            inflaters: None,
         }
     }
 
     /// True once the rest of the connection is encrypted (or replication).
     pub fn is_opaque(&self) -> bool {
         self.st.phase == Phase::Opaque
+    }
+
+    /// True once the login agreed on the compressed protocol.
+    pub fn is_compressed(&self) -> bool {
+        self.inflaters.is_some() || self.st.compress_next
     }
 
     /// Commands waiting for an answer (for tests and memory accounting).
@@ -191,65 +213,39 @@ impl MysqlConnection {
 
 impl DbConnection for MysqlConnection {
     fn feed(&mut self, from_client: bool, seg: &Segment<'_>, out: &mut Vec<DbEvent>) {
-        let Self { client, server, st } = self;
+        let Self {
+            client,
+            server,
+            st,
+            inflaters,
+        } = self;
         if st.phase == Phase::Opaque || seg.total_len == 0 {
             return;
         }
-        if from_client {
-            let starts_command = client.idle() && detect::command_start(seg.data);
-            // Joined mid-stream: wait for a login packet or a command.
-            if st.phase == Phase::Start
-                && client.idle()
-                && !starts_command
-                && seg.data.get(3) != Some(&1)
-            {
-                return;
-            }
-            // Resync at the next command: a segment starting with one.
-            if client.is_lost() && detect::command_start(seg.data) {
-                client.reset();
-            }
-            let lost = client.feed(seg, &mut |p| st.client_packet(p, seg.timing, out));
-            if lost {
-                out.push(DbEvent::Error("sync_lost"));
-            }
-            if std::mem::take(&mut st.resync_server) {
-                server.reset();
-            }
-            return;
+        if std::mem::take(&mut st.compress_next) {
+            *inflaters = Some(Box::default());
         }
-        st.last_server_ns = seg.timing.exit_ns;
-        // Joined mid-stream: server bytes before a greeting or the first
-        // command may start anywhere in a packet.
-        if st.phase == Phase::Start && server.idle() && !detect::maybe_greeting(seg.data) {
-            return;
-        }
-        let lost = if server.is_lost() {
-            false
-        } else {
-            server.feed(seg, &mut |p| st.server_packet(p, seg.timing.exit_ns, out))
+        let Some(inf) = inflaters.as_deref_mut() else {
+            return feed_packets(client, server, st, from_client, seg, out);
         };
+        let (mine, theirs) = if from_client {
+            (&mut inf.client, &mut inf.server)
+        } else {
+            (&mut inf.server, &mut inf.client)
+        };
+        // Each side writes whole frames: after the other side spoke, a lost
+        // side's next segment starts a frame again.
+        theirs.may_resync();
+        if !from_client {
+            st.last_server_ns = seg.timing.exit_ns;
+        }
+        let lost = mine.feed(seg, &mut |frame| {
+            feed_packets(client, server, st, from_client, &frame.segment(), out)
+        });
         if lost {
             out.push(DbEvent::Error("sync_lost"));
-            st.server_lost = true;
-            for p in st.pending.iter_mut() {
-                if let Kind::Op(op) = &mut p.kind {
-                    op.rows_unknown = true;
-                }
-            }
-        }
-        if server.is_lost() {
-            // A segment whose last bytes are a whole final packet ends the
-            // answer in progress, and the next byte starts a packet again.
-            let end: &[u8] = if seg.data.len() < seg.total_len {
-                seg.tail
-            } else {
-                seg.data
-            };
-            if ends_answer(end) {
-                st.finish_front(seg.timing.exit_ns, out);
-                st.server_lost = false;
-                server.reset();
+            if !from_client {
+                st.lose_server();
             }
         }
     }
@@ -262,6 +258,72 @@ impl DbConnection for MysqlConnection {
                 (Kind::Op(_), None) => out.push(DbEvent::Error("no_response")),
                 _ => {}
             }
+        }
+    }
+}
+
+/// One segment of the packet stream (as captured, or inflated from a frame).
+fn feed_packets(
+    client: &mut Framer,
+    server: &mut Framer,
+    st: &mut State,
+    from_client: bool,
+    seg: &Segment<'_>,
+    out: &mut Vec<DbEvent>,
+) {
+    if st.phase == Phase::Opaque || seg.total_len == 0 {
+        return;
+    }
+    if from_client {
+        let starts_command = client.idle() && detect::command_start(seg.data);
+        // Joined mid-stream: wait for a login packet or a command.
+        if st.phase == Phase::Start
+            && client.idle()
+            && !starts_command
+            && seg.data.get(3) != Some(&1)
+        {
+            return;
+        }
+        // Resync at the next command: a segment starting with one.
+        if client.is_lost() && detect::command_start(seg.data) {
+            client.reset();
+        }
+        let lost = client.feed(seg, &mut |p| st.client_packet(p, seg.timing, out));
+        if lost {
+            out.push(DbEvent::Error("sync_lost"));
+        }
+        if std::mem::take(&mut st.resync_server) {
+            server.reset();
+        }
+        return;
+    }
+    st.last_server_ns = seg.timing.exit_ns;
+    // Joined mid-stream: server bytes before a greeting or the first
+    // command may start anywhere in a packet.
+    if st.phase == Phase::Start && server.idle() && !detect::maybe_greeting(seg.data) {
+        return;
+    }
+    let lost = if server.is_lost() {
+        false
+    } else {
+        server.feed(seg, &mut |p| st.server_packet(p, seg.timing.exit_ns, out))
+    };
+    if lost {
+        out.push(DbEvent::Error("sync_lost"));
+        st.lose_server();
+    }
+    if server.is_lost() {
+        // A segment whose last bytes are a whole final packet ends the
+        // answer in progress, and the next byte starts a packet again.
+        let end: &[u8] = if seg.data.len() < seg.total_len {
+            seg.tail
+        } else {
+            seg.data
+        };
+        if ends_answer(end) {
+            st.finish_front(seg.timing.exit_ns, out);
+            st.server_lost = false;
+            server.reset();
         }
     }
 }
@@ -292,6 +354,17 @@ fn ends_answer(end: &[u8]) -> bool {
 }
 
 impl State {
+    /// Server bytes were lost: the answers in progress are unreadable, and
+    /// their rows uncounted, until the client's next command.
+    fn lose_server(&mut self) {
+        self.server_lost = true;
+        for p in self.pending.iter_mut() {
+            if let Kind::Op(op) = &mut p.kind {
+                op.rows_unknown = true;
+            }
+        }
+    }
+
     fn report(&self, op: Op, end_ns: u64) -> DbEvent {
         let rows = (op.error.is_none() && !op.rows_unknown).then_some(op.rows);
         DbEvent::Operation(Box::new(DbOperation {
@@ -519,6 +592,13 @@ impl State {
                             }
                         }
                         self.phase = Phase::Command;
+                        // What follows the OK is compressed if both asked
+                        // (zlib; zstd frames are not read).
+                        if self.caps_known && self.caps & CLIENT_ZSTD_COMPRESSION != 0 {
+                            self.phase = Phase::Opaque;
+                        } else if self.caps_known && self.caps & CLIENT_COMPRESS != 0 {
+                            self.compress_next = true;
+                        }
                     }
                     0xff => self.phase = Phase::Command,
                     // 0xfe auth switch, 0x01 more data: the exchange goes on.

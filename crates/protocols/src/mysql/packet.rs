@@ -5,12 +5,15 @@
 use crate::db::DbError;
 
 pub(super) const CLIENT_CONNECT_WITH_DB: u32 = 0x8;
+pub(super) const CLIENT_COMPRESS: u32 = 0x20;
 pub(super) const CLIENT_PROTOCOL_41: u32 = 0x200;
 pub(super) const CLIENT_SSL: u32 = 0x800;
 pub(super) const CLIENT_SECURE_CONNECTION: u32 = 0x8000;
 pub(super) const CLIENT_PLUGIN_AUTH_LENENC: u32 = 0x20_0000;
 pub(super) const CLIENT_SESSION_TRACK: u32 = 0x80_0000;
 pub(super) const CLIENT_DEPRECATE_EOF: u32 = 0x100_0000;
+/// MySQL 8.0.18+: compressed with zstd instead of zlib.
+pub(super) const CLIENT_ZSTD_COMPRESSION: u32 = 0x400_0000;
 
 pub(super) const SERVER_MORE_RESULTS_EXISTS: u16 = 0x0008;
 pub(super) const SERVER_STATUS_CURSOR_EXISTS: u16 = 0x0040;

@@ -517,3 +517,35 @@ fn error_kinds_are_listed() {
         assert!(ERROR_KINDS.contains(&name));
     }
 }
+
+/// `mysql --compress`: after the login, frames that carry small packets as
+/// they are and larger ones deflated; each statement and its answer read
+/// through them as from an uncompressed connection.
+#[test]
+fn compressed_protocol() {
+    let (conn, ev) = run("cli_compressed.cap");
+    assert!(errors(&ev).is_empty(), "{:?}", errors(&ev));
+    assert_eq!(conn.pending(), 0);
+    let all = ops(&ev);
+    let got: Vec<_> = all.iter().map(|o| (text(o), code(o), o.rows)).collect();
+    let long = format!("SELECT '{}' AS long_text", "long text ".repeat(20));
+    assert_eq!(
+        got[got.len() - 4..],
+        [
+            ("SELECT id, name FROM items ORDER BY id", None, Some(5)),
+            ("SELECT * FROM missing_table", Some("1146"), None),
+            (
+                "SELECT seq, repeat('z', 30) FROM seq_1_to_1000",
+                None,
+                Some(1000)
+            ),
+            (long.as_str(), None, Some(1)),
+        ]
+    );
+    assert!(system_all(&ev, DbSystem::Mariadb));
+    // Cut to 4 KiB per syscall: every statement is still reported, the big
+    // result's rows become unknown.
+    let (_, ev) = run_capped("cli_compressed.cap", 4096);
+    let cut: Vec<_> = ops(&ev).iter().map(|o| text(o).to_owned()).collect();
+    assert_eq!(cut, got.iter().map(|g| g.0.to_owned()).collect::<Vec<_>>());
+}
