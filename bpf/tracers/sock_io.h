@@ -44,6 +44,11 @@ static __always_inline struct at_sk_state *sk_state_get(const struct sock *sk, _
  * connections apart. Only called from tp_btf programs (trusted `sk`). */
 static __always_inline int same_ports(const struct at_conn_info *info, struct sock *sk)
 {
+	/* A reset unhashes the sock, which clears its port, while its owner may
+	 * still read what came before the reset: a sock doing I/O without a port
+	 * is the entry's own, closed one (a new connection has a port). */
+	if (sk->__sk_common.skc_num == 0)
+		return 1;
 	/* An unconnected socket's entry holds its last peer, not the sock's. */
 	return info->tuple.sport == sk->__sk_common.skc_num &&
 	       (info->is_socket == AT_SOCK_PER_CALL ||
@@ -124,6 +129,11 @@ static __always_inline struct at_conn_info *sock_conn(__u32 tgid, __u32 tid, __s
 			emit_close(info, tgid, tid, fd);
 		drop_conn(info, tgid, fd);
 	}
+	/* A sock without a port is reset or closed: bytes read from it after its
+	 * connection ended (nginx's lingering close discarding a request) start
+	 * nothing. */
+	if (sk->__sk_common.skc_num == 0)
+		return 0;
 	struct at_conn_info fresh = {};
 	fresh.start_ns = bpf_ktime_get_ns();
 	fresh.event_fd = fd;
@@ -347,6 +357,24 @@ int BPF_PROG(at_tcp_send_pre, struct sock *sk, struct msghdr *msg, struct sk_buf
 	return 0;
 }
 
+/* The connection `sk` carries ends: its close event, its entry dropped. */
+static __always_inline int end_conn(const struct sock *sk)
+{
+	struct at_sk_state *ss = sk_state_get(sk, 0);
+	if (!ss || !ss->conn_key)
+		return 0;
+	__u64 key = ss->conn_key;
+	ss->conn_key = 0;
+	struct at_conn_info *info = bpf_map_lookup_elem(&conns, &key);
+	if (!info || info->sk != (__u64)sk)
+		return 0;
+	__u32 tgid = key >> 32;
+	__s32 fd = (__s32)key;
+	emit_close(info, tgid, (__u32)bpf_get_current_pid_tgid(), fd);
+	drop_conn(info, tgid, fd);
+	return 0;
+}
+
 /* Roles from the handshake, connection ends from close(), new listeners
  * (socket-level capture only). `selected`: see at_sock_state. */
 static __always_inline int conn_state_change(const struct sock *sk, int oldstate, int newstate, int selected)
@@ -375,19 +403,17 @@ static __always_inline int conn_state_change(const struct sock *sk, int oldstate
 	 * shutdown(SHUT_WR) or a reset from the peer does not. */
 	if (BPF_CORE_READ(sk, sk_shutdown) != AT_SHUTDOWN_MASK)
 		return 0;
-	struct at_sk_state *ss = sk_state_get(sk, 0);
-	if (!ss || !ss->conn_key)
-		return 0;
-	__u64 key = ss->conn_key;
-	ss->conn_key = 0;
-	struct at_conn_info *info = bpf_map_lookup_elem(&conns, &key);
-	if (!info || info->sk != (__u64)sk)
-		return 0;
-	__u32 tgid = key >> 32;
-	__s32 fd = (__s32)key;
-	emit_close(info, tgid, (__u32)bpf_get_current_pid_tgid(), fd);
-	drop_conn(info, tgid, fd);
-	return 0;
+	return end_conn(sk);
+}
+
+/* A connection the peer reset has no state change left for close() to make
+ * (tcp_close finds it closed and destroys it), and until then its owner may
+ * read what came before the reset (see same_ports): it ends when the sock is
+ * destroyed. Connections closed the usual way ended at their close(). */
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(at_sock_destroy, struct sock *sk)
+{
+	return end_conn(sk);
 }
 
 /* Every TCP state change of the host passes here: one program for the flow
