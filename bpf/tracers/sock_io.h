@@ -39,15 +39,21 @@ static __always_inline struct at_sk_state *sk_state_get(const struct sock *sk, _
 	return bpf_sk_storage_get(&sk_state, (struct sock *)sk, 0, flags);
 }
 
+/* A reset or a close unhashes the sock, which clears its port, while its
+ * owner may still read what came before a reset. */
+static __always_inline int sock_unhashed(const struct sock *sk)
+{
+	return sk->__sk_common.skc_num == 0;
+}
+
 /* A freed sock's memory is soon another sock's: when a close went unseen
  * and the fd and the address are both reused, the ports still tell the
  * connections apart. Only called from tp_btf programs (trusted `sk`). */
 static __always_inline int same_ports(const struct at_conn_info *info, struct sock *sk)
 {
-	/* A reset unhashes the sock, which clears its port, while its owner may
-	 * still read what came before the reset: a sock doing I/O without a port
-	 * is the entry's own, closed one (a new connection has a port). */
-	if (sk->__sk_common.skc_num == 0)
+	/* A sock doing I/O without a port is the entry's own, closed one (a new
+	 * connection has a port). */
+	if (sock_unhashed(sk))
 		return 1;
 	/* An unconnected socket's entry holds its last peer, not the sock's. */
 	return info->tuple.sport == sk->__sk_common.skc_num &&
@@ -129,10 +135,9 @@ static __always_inline struct at_conn_info *sock_conn(__u32 tgid, __u32 tid, __s
 			emit_close(info, tgid, tid, fd);
 		drop_conn(info, tgid, fd);
 	}
-	/* A sock without a port is reset or closed: bytes read from it after its
-	 * connection ended (nginx's lingering close discarding a request) start
-	 * nothing. */
-	if (sk->__sk_common.skc_num == 0)
+	/* Bytes read from a reset or closed sock after its connection ended
+	 * (nginx's lingering close discarding a request) start nothing. */
+	if (sock_unhashed(sk))
 		return 0;
 	struct at_conn_info fresh = {};
 	fresh.start_ns = bpf_ktime_get_ns();

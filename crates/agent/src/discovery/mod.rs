@@ -82,18 +82,11 @@ fn criteria(
     let exe_ok = exe.is_none_or(|re| {
         re.is_match(p.exe_name)
             || p.cmd.first().is_some_and(|a0| {
-                re.is_match(a0) || started_as(a0).is_some_and(|n| n != a0 && re.is_match(n))
+                re.is_match(a0)
+                    || resource::started_as(a0).is_some_and(|n| n != a0 && re.is_match(n))
             })
     });
     port_ok && exe_ok
-}
-
-/// The base name of the program argv[0] started: `redis-server` for
-/// `/usr/bin/redis-server 127.0.0.1:6379` (redis rewrites its argv into a
-/// title; on Debian the executable itself is `redis-check-rdb`).
-fn started_as(argv0: &str) -> Option<&str> {
-    let first = argv0.split_whitespace().next()?;
-    first.rsplit('/').next().filter(|n| !n.is_empty())
 }
 
 /// What selection looks at for one process.

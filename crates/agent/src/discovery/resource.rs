@@ -61,6 +61,21 @@ fn script_name(args: &[String]) -> Option<String> {
     None
 }
 
+/// The base name of the program argv[0] started: `redis-server` for
+/// `/usr/bin/redis-server 127.0.0.1:6379` (redis rewrites its argv into a
+/// title; on Debian the executable itself is `redis-check-rdb`).
+pub(super) fn started_as(argv0: &str) -> Option<&str> {
+    base_name(first_word(argv0)?)
+}
+
+fn first_word(s: &str) -> Option<&str> {
+    s.split_whitespace().next()
+}
+
+fn base_name(path: &str) -> Option<&str> {
+    path.rsplit('/').next().filter(|n| !n.is_empty())
+}
+
 /// The name a native program was started by, when the kernel agrees (its
 /// `comm` is that name, cut to 15 bytes). It differs from the executable's
 /// name when a symlink led there: Debian starts `redis-server`, a link to the
@@ -74,12 +89,12 @@ fn invoked_name(exec_path: Option<&str>, args: &[String], comm: Option<&str>) ->
     let comm = comm?;
     let path = match exec_path.filter(|p| !p.is_empty()) {
         Some(p) => p,
-        None => args.first()?.split_whitespace().next()?,
+        None => first_word(args.first()?)?,
     };
     if path.starts_with("/proc/") || path.starts_with("/dev/fd/") {
         return None;
     }
-    let name = path.rsplit('/').next().filter(|n| !n.is_empty())?;
+    let name = base_name(path)?;
     // comm is the name cut to TASK_COMM_LEN - 1 bytes.
     let cut = name.as_bytes().get(..15).unwrap_or(name.as_bytes());
     (cut == comm.as_bytes()).then(|| name.to_owned())

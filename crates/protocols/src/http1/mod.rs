@@ -317,44 +317,39 @@ impl Http1Connection {
         }
     }
 
-    /// A request and its response, as one exchange.
+    /// A request and its response (None: the connection closed before a
+    /// response head), as one exchange; `complete`: the response's last
+    /// byte was seen.
     fn exchange(
         &self,
         req: Pending,
-        response: ResponseHead,
-        response_start: Timing,
+        response: Option<(ResponseHead, Timing)>,
         response_end_ns: u64,
         response_body_bytes: u64,
+        complete: bool,
     ) -> Http1Event {
+        let (response, response_start, response_end_ns) = match response {
+            Some((head, start)) => (Some(head), start, response_end_ns),
+            // Unanswered: it ends at the close, not before it was asked.
+            None => {
+                let end = response_end_ns.max(req.start.exit_ns);
+                let at = Timing {
+                    enter_ns: end,
+                    exit_ns: end,
+                };
+                (None, at, end)
+            }
+        };
         Http1Event::Exchange(Box::new(Exchange {
             server_side: self.requests_dir == Some(Dir::Ingress),
             request: req.head,
-            response: Some(response),
-            response_complete: true,
+            response,
+            response_complete: complete,
             request_start: req.start,
             request_body_bytes: req.body_bytes,
             response_start,
             response_end_ns,
             response_body_bytes,
-        }))
-    }
-
-    /// A request the connection closed on before its response head.
-    fn unanswered(&self, req: Pending, closed_ns: u64) -> Http1Event {
-        let end = closed_ns.max(req.start.exit_ns);
-        Http1Event::Exchange(Box::new(Exchange {
-            server_side: self.requests_dir == Some(Dir::Ingress),
-            request: req.head,
-            response: None,
-            response_complete: false,
-            request_start: req.start,
-            request_body_bytes: req.body_bytes,
-            response_start: Timing {
-                enter_ns: end,
-                exit_ns: end,
-            },
-            response_end_ns: end,
-            response_body_bytes: 0,
         }))
     }
 
@@ -381,7 +376,7 @@ impl Http1Connection {
                     return;
                 };
                 let switched = req.head.method == "CONNECT" && head.status / 100 == 2;
-                out.push(self.exchange(req, head, start, last_ns, body_bytes));
+                out.push(self.exchange(req, Some((head, start)), last_ns, body_bytes, true));
                 if switched {
                     self.opaque = true;
                 }
@@ -395,11 +390,7 @@ impl Http1Connection {
                 else {
                     return;
                 };
-                let mut x = self.exchange(req, head, start, last_ns, body_bytes);
-                if let Http1Event::Exchange(x) = &mut x {
-                    x.response_complete = false;
-                }
-                out.push(x);
+                out.push(self.exchange(req, Some((head, start)), last_ns, body_bytes, false));
             }
             ReaderEvent::Switched { at } => {
                 // 101: whatever follows is not HTTP/1.
@@ -420,7 +411,7 @@ impl Http1Connection {
                     });
                     return;
                 }
-                out.push(self.exchange(req, head, start, start.exit_ns, 0));
+                out.push(self.exchange(req, Some((head, start)), start.exit_ns, 0, true));
             }
             ReaderEvent::Head(Head::Request(_), _) => {}
             ReaderEvent::Error(e) => out.push(Http1Event::Error(e)),
@@ -445,7 +436,7 @@ impl Http1Connection {
         }
         put_reader_events(events);
         while let Some(req) = self.pending.pop_front() {
-            out.push(self.unanswered(req, closed_ns));
+            out.push(self.exchange(req, None, closed_ns, 0, false));
         }
     }
 }

@@ -40,24 +40,6 @@ pub(super) struct Inflater {
     out: Vec<u8>,
 }
 
-/// One frame's content, as a segment of the uncompressed stream.
-pub(super) struct Inflated<'a> {
-    pub data: &'a [u8],
-    pub total_len: usize,
-    pub timing: Timing,
-}
-
-impl Inflated<'_> {
-    pub fn segment(&self) -> Segment<'_> {
-        Segment {
-            data: self.data,
-            total_len: self.total_len,
-            tail: &[],
-            timing: self.timing,
-        }
-    }
-}
-
 impl Inflater {
     #[cfg(test)]
     pub fn is_lost(&self) -> bool {
@@ -71,14 +53,12 @@ impl Inflater {
 
     /// Reads one segment of frames, calling `on` with the content of each
     /// frame that ends in it. Returns true when it became lost here.
-    pub fn feed(&mut self, seg: &Segment<'_>, on: &mut impl FnMut(&Inflated<'_>)) -> bool {
+    pub fn feed(&mut self, seg: &Segment<'_>, on: &mut impl FnMut(&Segment<'_>)) -> bool {
         if self.lost && std::mem::take(&mut self.resync) {
-            *self = Self {
-                payload: std::mem::take(&mut self.payload),
-                out: std::mem::take(&mut self.out),
-                ..Self::default()
-            };
+            self.hdr_len = 0;
             self.payload.clear();
+            self.gap = false;
+            self.lost = false;
         }
         if self.lost {
             return false;
@@ -131,7 +111,7 @@ impl Inflater {
         true
     }
 
-    fn finish(&mut self, timing: Timing, on: &mut impl FnMut(&Inflated<'_>)) {
+    fn finish(&mut self, timing: Timing, on: &mut impl FnMut(&Segment<'_>)) {
         self.hdr_len = 0;
         let total_len = if self.uncompressed_len == 0 {
             // Sent as is.
@@ -145,9 +125,10 @@ impl Inflater {
             inflate(&self.payload, total_len.min(MAX_INFLATED), &mut self.out);
             &self.out
         };
-        on(&Inflated {
+        on(&Segment {
             data,
             total_len,
+            tail: &[],
             timing,
         });
         self.payload.clear();

@@ -240,7 +240,7 @@ impl DbConnection for MysqlConnection {
             st.last_server_ns = seg.timing.exit_ns;
         }
         let lost = mine.feed(seg, &mut |frame| {
-            feed_packets(client, server, st, from_client, &frame.segment(), out)
+            feed_packets(client, server, st, from_client, frame, out)
         });
         if lost {
             out.push(DbEvent::Error("sync_lost"));
