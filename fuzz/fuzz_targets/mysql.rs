@@ -57,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
         );
         assert!(conn.pending() <= 64);
     }
-    conn.close(&mut out);
+    conn.close(t + 1, &mut out);
     // Every operation came from a command packet of at least 5 client bytes.
     let ops: Vec<_> = out
         .iter()

@@ -56,7 +56,7 @@ fuzz_target!(|data: &[u8]| {
         );
         assert!(conn.pending() <= 1024);
     }
-    conn.close(&mut out);
+    conn.close(t + 1, &mut out);
     // Every operation came from a Query or Execute of at least 5 client bytes.
     let ops = out
         .iter()

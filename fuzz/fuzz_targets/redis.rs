@@ -49,7 +49,7 @@ fuzz_target!(|data: &[u8]| {
             &mut out,
         );
     }
-    conn.close(&mut out);
+    conn.close(t + 1, &mut out);
     let ops = out
         .iter()
         .filter(|e| matches!(e, DbEvent::Operation(_)))

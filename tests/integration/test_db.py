@@ -9,7 +9,8 @@ by the independent sink. Counts are exact, every test prints the figures it chec
 
 Numbers follow the test plan: 1 pgbench (simple / prepared), 2 psql errors, 3 secrets in
 query text, 4 MariaDB, 5 Redis, 6 memcached, 7 DB calls nested in HTTP requests,
-8 Prometheus ``db_client_operation_duration_seconds``.
+8 Prometheus ``db_client_operation_duration_seconds``, 9 operations the close left
+unanswered.
 """
 
 from __future__ import annotations
@@ -734,3 +735,78 @@ def test_8_prometheus_db_metric(require_root, sink, start_agent, pg_server):
     print(f"promtool check metrics: exit {cp.returncode}\n{out}")
     report("promtool check metrics exit code", cp.returncode, 0)
     assert cp.returncode == 0, out
+
+
+# --------------------------------------------------------------------------------------
+# 9. An operation the close left unanswered still gets its span
+# --------------------------------------------------------------------------------------
+
+
+def kill_while_waiting(cmd, wait: float) -> int:
+    """Starts a real client that blocks on its server's answer, lets it wait ``wait``
+    seconds, ends it with SIGTERM (its connection closes in its exit) and returns its
+    pid."""
+    p = subprocess.Popen([str(c) for c in cmd], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(wait)
+    assert p.poll() is None, f"{cmd} did not wait: {p.communicate()}"  # precondition
+    p.terminate()
+    p.communicate(timeout=10)
+    return p.pid
+
+
+@pytest.mark.parametrize("system", ["redis", "postgresql", "mariadb"])
+def test_9_operation_the_client_gave_up_on(require_root, sink, start_agent, request, system):
+    """A client ended while it waits for its answer: redis-cli blocked in BLPOP on an
+    empty list, psql and the mysql CLI in a sleeping SELECT. The connection closes
+    with the command unanswered, and the command still gets its CLIENT span: ERROR,
+    ``error.type=no_response`` (no server status code), lasting until the close. Redis
+    notices the close at once, so its SERVER span reads the same. The Prometheus
+    histogram counts the operation under that error type."""
+    wait = 1.0
+    if system == "redis":
+        srv = request.getfixturevalue("redis_server")
+        cli, op, text = "^redis-cli$", "BLPOP", "BLPOP autotel:never-filled ?"
+        cmd = [REDIS_CLI, "-p", srv.port, "BLPOP", "autotel:never-filled", "0"]
+    elif system == "postgresql":
+        srv = request.getfixturevalue("pg_server")
+        cli, op, text = "^psql$", "SELECT", "SELECT pg_sleep(?)"
+        cmd = [PSQL, *pg_conn_args(srv), "-d", "postgres", "-X", "-Atc", "SELECT pg_sleep(8)"]
+    else:
+        srv = request.getfixturevalue("mariadb_server")
+        cli, op, text = "^(mysql|mariadb)$", "SELECT", "SELECT SLEEP(?)"
+        cmd = [MYSQL_CLI, "--no-defaults", "-h", "127.0.0.1", "-P", srv.port, "-u", "root",
+               "-e", "SELECT SLEEP(8)"]
+    agent = start_agent({}, config_yaml=(
+        "discovery:\n  services:\n"
+        f"    - name: db\n      open_ports: {srv.port}\n"
+        f"    - name: cli\n      executable_name: \"{cli}\"\n"))
+    pid = kill_while_waiting(cmd, wait)
+
+    def mine(s):
+        return (s["attrs"].get("db.query.text") == text
+                and (s["kind"] == "SERVER" or s["resource"].get("process.pid") == pid))
+    # Redis answers nothing, so its server span is due as soon as the client is gone;
+    # PostgreSQL and MariaDB sleep on and answer into the closed connection.
+    want_kinds = {"CLIENT", "SERVER"} if system == "redis" else {"CLIENT"}
+    spans = wait_db_spans(sink, len(want_kinds), mine)
+    got = {s["kind"]: s for s in spans}
+    report(f"{system}: spans of the abandoned {op}", sorted(got), sorted(want_kinds))
+    assert want_kinds <= set(got), show(spans)
+    for kind in sorted(want_kinds):
+        s = got[kind]
+        a = s["attrs"]
+        seen = (s["name"].split()[0], s["status_code"], a.get("error.type"),
+                a.get("db.response.status_code"))
+        report(f"{system} {kind} (name, status, error.type, status code)", seen,
+               (op, "ERROR", "no_response", None))
+        assert seen == (op, "ERROR", "no_response", None), show(spans)
+        # From the request to the close: the wait, not the sleep the server went on with.
+        dur = (s["end_ns"] - s["start_ns"]) / 1e9
+        report(f"{system} {kind} span seconds (about {wait})", round(dur, 2), wait)
+        assert 0.8 * wait < dur < 5, show([s])
+    time.sleep(0.5)
+    labels = {"db_system_name": system, "error_type": "no_response"}
+    count = agent.prom_value(PG_SELECT_COUNT, labels)
+    report(f"{PG_SELECT_COUNT}{{{system}, error_type=no_response}}", count, 1)
+    assert count == 1, agent.metrics_text()

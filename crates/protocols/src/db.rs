@@ -62,8 +62,36 @@ pub struct DbOperation {
     pub rows: Option<u64>,
     /// Syscall that carried the request's first bytes.
     pub request_start: Timing,
-    /// Exit time of the syscall that carried the answer's last byte.
+    /// Exit time of the syscall that carried the answer's last byte (the
+    /// close, when the connection closed before the answer ended).
     pub response_end_ns: u64,
+    /// Whether the answer came before the connection closed.
+    pub answer: Answer,
+}
+
+/// How much of an operation's answer the connection carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Answer {
+    /// All of it (or all of what the capture let us follow).
+    #[default]
+    Complete,
+    /// The connection closed while the answer was being sent.
+    Incomplete,
+    /// The connection closed before any of it: a blocking command the
+    /// client gave up on, a server that died or dropped the client.
+    Missing,
+}
+
+impl Answer {
+    /// `error.type` of an operation the close cut short (the same values as
+    /// HTTP's), None when it was answered.
+    pub fn error_type(self) -> Option<&'static str> {
+        match self {
+            Answer::Complete => None,
+            Answer::Incomplete => Some("response_incomplete"),
+            Answer::Missing => Some("no_response"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +105,7 @@ pub enum DbEvent {
 pub trait DbConnection: Send {
     /// Bytes of one syscall. `from_client`: the client sent them.
     fn feed(&mut self, from_client: bool, seg: &Segment<'_>, out: &mut Vec<DbEvent>);
-    /// The connection closed: report what can still be reported.
-    fn close(&mut self, out: &mut Vec<DbEvent>);
+    /// The connection closed at `closed_ns`: report what can still be
+    /// reported, operations left unanswered included (ending at the close).
+    fn close(&mut self, closed_ns: u64, out: &mut Vec<DbEvent>);
 }

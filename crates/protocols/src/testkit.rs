@@ -47,6 +47,37 @@ pub fn at(ns: u64) -> Timing {
     }
 }
 
+/// When the database tests' connections close: after every record.
+pub const CLOSED_NS: u64 = 1 << 40;
+
+/// A capture as if the connection closed right after the last client
+/// record `is_request` accepts; with `half_reply`, after the first half of
+/// the server's next record too (an answer cut mid-way).
+pub fn closed_after(
+    records: &[(bool, Vec<u8>)],
+    is_request: impl Fn(&[u8]) -> bool,
+    half_reply: bool,
+) -> Vec<(bool, Vec<u8>)> {
+    let i = records
+        .iter()
+        .rposition(|(client, b)| *client && is_request(b))
+        .expect("no such request in the capture");
+    let mut out = records[..=i].to_vec();
+    if half_reply {
+        let (_, reply) = records[i + 1..]
+            .iter()
+            .find(|(client, _)| !client)
+            .expect("no reply in the capture");
+        out.push((false, reply[..reply.len() / 2].to_vec()));
+    }
+    out
+}
+
+/// Whether `bytes` contain `word`.
+pub fn has(bytes: &[u8], word: &[u8]) -> bool {
+    bytes.windows(word.len()).any(|w| w == word)
+}
+
 pub fn db_ops(events: &[DbEvent]) -> Vec<&DbOperation> {
     events
         .iter()

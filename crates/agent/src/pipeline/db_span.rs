@@ -127,6 +127,10 @@ pub fn build(input: SpanInput<'_>, clock: &Clock) -> Span {
         if input.query_text == QueryTextMode::Raw {
             status_message = e.message.chars().take(256).collect();
         }
+    } else if let Some(cut) = op.answer.error_type() {
+        // The connection closed before the answer (ended): no server code.
+        attributes.push(("error.type", cut.into()));
+        status = StatusCode::Error;
     }
     let ctx = input.ctx;
     Span {

@@ -261,7 +261,8 @@ pub struct Pipeline {
     /// process ring was read once more (see `process_event_pending`).
     left_for_process_event: Option<ConnKey>,
     /// Processes that exited, to forget once the data ring is drained.
-    pending_exits: Vec<u32>,
+    /// Exited processes (pid, exit time) whose data is still being drained.
+    pending_exits: Vec<(u32, u64)>,
     /// TCP lifecycle events, handled once the data ring is drained.
     pending_flows: Vec<abi::FlowEvent>,
     /// Resources of processes that exited lately: their sockets still close
@@ -392,7 +393,7 @@ impl Pipeline {
                     fd: c.fd,
                     start_ns: c.conn_start_ns,
                 };
-                self.close(key, Some(c.ts_ns));
+                self.close(key, c.ts_ns);
             }
             Ok(Event::WireCtx(w)) => {
                 self.counts.data_record(bytes.len());
@@ -443,7 +444,7 @@ impl Pipeline {
                     abi::PROC_EXIT => {
                         // The process ring is read before the data ring: its
                         // last data is still queued. Finish it after the drain.
-                        self.pending_exits.push(p.pid);
+                        self.pending_exits.push((p.pid, p.ts_ns));
                         return true;
                     }
                     _ => return true,
@@ -1470,8 +1471,8 @@ impl Pipeline {
         None
     }
 
-    /// `at_ns`: when the close happened (None: the process exited).
-    fn close(&mut self, key: ConnKey, at_ns: Option<u64>) {
+    /// `closed_ns`: when the socket closed, or its process exited.
+    fn close(&mut self, key: ConnKey, closed_ns: u64) {
         if !self.wire_early.is_empty() {
             self.wire_early.remove(&key);
         }
@@ -1486,13 +1487,13 @@ impl Pipeline {
             let mut events = std::mem::take(&mut self.scratch);
             let mut db_events = std::mem::take(&mut self.db_scratch);
             match conn.proto.as_mut() {
-                Some(Proto::Http1(http)) => http.close(at_ns.unwrap_or(conn.last_ns), &mut events),
-                Some(Proto::Db { parser, .. }) => parser.close(&mut db_events),
+                Some(Proto::Http1(http)) => http.close(closed_ns, &mut events),
+                Some(Proto::Db { parser, .. }) => parser.close(closed_ns, &mut db_events),
                 Some(Proto::Dns(state)) => {
                     let mut lookups = Vec::new();
                     state.tracker.close(&mut lookups);
                     // Unanswered queries ended when the socket closed, not later.
-                    self.emit_dns(key.pid, &conn, lookups, Some(at_ns.unwrap_or(conn.last_ns)));
+                    self.emit_dns(key.pid, &conn, lookups, Some(closed_ns));
                 }
                 Some(Proto::Http2(h2)) => {
                     let mut h2_events = Vec::new();
@@ -1518,8 +1519,8 @@ impl Pipeline {
             self.on_flow(&f);
         }
         self.recently_closed.clear();
-        for pid in std::mem::take(&mut self.pending_exits) {
-            self.process_exited(pid);
+        for (pid, exit_ns) in std::mem::take(&mut self.pending_exits) {
+            self.process_exited(pid, exit_ns);
             let gone = self
                 .resources
                 .read()
@@ -1587,7 +1588,9 @@ impl Pipeline {
         }
     }
 
-    fn process_exited(&mut self, pid: u32) {
+    /// The process's connections close with it (its sockets are closed in
+    /// its exit, after this event): what they left unanswered ends here.
+    fn process_exited(&mut self, pid: u32, exit_ns: u64) {
         let keys: Vec<ConnKey> = self
             .conns
             .keys()
@@ -1595,7 +1598,7 @@ impl Pipeline {
             .copied()
             .collect();
         for k in keys {
-            self.close(k, None);
+            self.close(k, exit_ns);
         }
         if !self.wire_early.is_empty() {
             self.wire_early.retain(|k, _| k.pid != pid);

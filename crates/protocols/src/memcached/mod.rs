@@ -6,7 +6,7 @@
 //! settled by the next reply (usually `MN`). The binary protocol is only
 //! recognised: such a connection becomes opaque.
 
-use crate::db::{DbConnection, DbError, DbEvent, DbOperation, DbSystem, Segment, Timing};
+use crate::db::{Answer, DbConnection, DbError, DbEvent, DbOperation, DbSystem, Segment, Timing};
 use memchr::memchr;
 use std::collections::VecDeque;
 
@@ -322,6 +322,7 @@ impl MemcachedConnection {
                 rows: None,
                 request_start: start,
                 response_end_ns: start.exit_ns,
+                answer: Answer::Complete,
             },
             verb: verb.to_string(),
             awaits_reply: !(noreply || verb == "quit"),
@@ -704,15 +705,32 @@ impl DbConnection for MemcachedConnection {
         self.feed_dir(from_client, seg, out);
     }
 
-    fn close(&mut self, out: &mut Vec<DbEvent>) {
+    fn close(&mut self, closed_ns: u64, out: &mut Vec<DbEvent>) {
         self.finish_lost_replies(out);
-        // `quit` and noreply commands queued behind unanswered ones.
+        // Replies skipped while resyncing may have answered what is left.
+        let sure = !self.server.resync;
+        // The first command left may be mid-reply (`VALUE` lines, no `END`).
+        let mut answer = if self.reply.is_some() || !self.server.line.is_empty() {
+            Answer::Incomplete
+        } else {
+            Answer::Missing
+        };
         while let Some(slot) = self.pending.pop_front() {
-            if let Slot::Cmd(p) = slot {
-                if !p.awaits_reply {
-                    out.push(DbEvent::Operation(Box::new(p.op)));
+            let Slot::Cmd(p) = slot else {
+                continue;
+            };
+            let mut op = p.op;
+            if p.awaits_reply {
+                // A quiet meta command's success has no reply at all.
+                if p.quiet || !sure {
+                    continue;
                 }
+                op.response_end_ns = closed_ns;
+                op.answer = answer;
+                answer = Answer::Missing;
             }
+            // `quit` and noreply commands are done when it is their turn.
+            out.push(DbEvent::Operation(Box::new(op)));
         }
     }
 }

@@ -3,7 +3,9 @@
 //! memcached 1.6).
 
 use super::*;
-use crate::testkit::{at, capped, db_errors as errors, db_ops as ops};
+use crate::testkit::{
+    at, capped, closed_after, db_errors as errors, db_ops as ops, has, CLOSED_NS,
+};
 
 /// Records of a capture: (from_client, bytes of one recv()).
 fn capture(name: &str) -> Vec<(bool, Vec<u8>)> {
@@ -18,7 +20,7 @@ fn run(records: &[(bool, Vec<u8>)], cap: usize) -> Vec<DbEvent> {
     for (i, (from_client, b)) in records.iter().enumerate() {
         c.feed(*from_client, &capped(b, cap, at(10 * i as u64)), &mut out);
     }
-    c.close(&mut out);
+    c.close(CLOSED_NS, &mut out);
     out
 }
 
@@ -245,7 +247,7 @@ fn binary_protocol_is_opaque() {
     };
     c.feed(true, &seg, &mut out);
     c.feed(false, &seg, &mut out);
-    c.close(&mut out);
+    c.close(CLOSED_NS, &mut out);
     assert!(c.is_opaque());
     assert_eq!(out, vec![DbEvent::Error("binary_protocol")]);
 }
@@ -287,4 +289,24 @@ fn detect_memcached_only() {
     }
     assert!(!detect(false, b"HTTP/1.1 200 OK\r\n"));
     assert!(!detect(false, b"+OK\r\n"));
+}
+
+/// The connection closes before the last `get` is answered: it is reported
+/// unanswered at the close (the noreply commands before it as done); a
+/// `VALUE` the close cut mid-way is incomplete.
+#[test]
+fn close_leaves_the_last_get_unanswered() {
+    for (name, half, answer) in [
+        ("nc_basic.cap", false, Answer::Missing),
+        ("nc_large.cap", true, Answer::Incomplete),
+    ] {
+        let recs = closed_after(&capture(name), |b| has(b, b"get "), half);
+        let out = run(&recs, usize::MAX);
+        let o = ops(&out);
+        let (last, done) = o.split_last().unwrap();
+        assert!(done.iter().all(|o| o.answer == Answer::Complete), "{name}");
+        assert_eq!(last.operation.as_deref(), Some("get"), "{name}");
+        let got = (last.answer, last.response_end_ns, last.rows, code(last));
+        assert_eq!(got, (answer, CLOSED_NS, None, None), "{name}");
+    }
 }

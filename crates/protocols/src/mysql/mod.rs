@@ -21,7 +21,7 @@ mod packet;
 
 pub use detect::detect;
 
-use crate::db::{DbConnection, DbError, DbEvent, DbOperation, DbSystem, Segment, Timing};
+use crate::db::{Answer, DbConnection, DbError, DbEvent, DbOperation, DbSystem, Segment, Timing};
 use compress::Inflater;
 use framer::{Framer, Packet};
 use packet::{
@@ -45,7 +45,7 @@ const CLIENT_KEEP: usize = 32 * 1024;
 const SERVER_KEEP: usize = 1024;
 
 /// Every `DbEvent::Error` name this parser reports.
-pub const ERROR_KINDS: &[&str] = &["sync_lost", "too_many_pending", "no_response"];
+pub const ERROR_KINDS: &[&str] = &["sync_lost", "too_many_pending"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -250,14 +250,23 @@ impl DbConnection for MysqlConnection {
         }
     }
 
-    fn close(&mut self, out: &mut Vec<DbEvent>) {
-        // Answers cut short by the close: report what was seen.
+    fn close(&mut self, closed_ns: u64, out: &mut Vec<DbEvent>) {
+        // Answers cut short by the close: report what was seen. One whose
+        // end went by uncaptured (reads larger than the capture) reads the
+        // same as one the close cut, so a started answer counts as whole.
         while let Some(p) = self.st.pending.pop_front() {
-            match (p.kind, p.answered_ns) {
-                (Kind::Op(op), Some(end)) => out.push(self.st.report(*op, end)),
-                (Kind::Op(_), None) => out.push(DbEvent::Error("no_response")),
-                _ => {}
-            }
+            let Kind::Op(op) = p.kind else {
+                continue;
+            };
+            let report = match p.answered_ns {
+                Some(end) => self.st.report(*op, end, Answer::Complete),
+                // Lost server bytes may have carried the answer.
+                None if self.st.server_lost => continue,
+                None => self
+                    .st
+                    .report(*op, closed_ns.max(p.sent_ns), Answer::Missing),
+            };
+            out.push(report);
         }
     }
 }
@@ -365,8 +374,9 @@ impl State {
         }
     }
 
-    fn report(&self, op: Op, end_ns: u64) -> DbEvent {
-        let rows = (op.error.is_none() && !op.rows_unknown).then_some(op.rows);
+    fn report(&self, op: Op, end_ns: u64, answer: Answer) -> DbEvent {
+        let rows = (answer == Answer::Complete && op.error.is_none() && !op.rows_unknown)
+            .then_some(op.rows);
         DbEvent::Operation(Box::new(DbOperation {
             system: self.system,
             query_text: op.text.map(|t| t.to_string()),
@@ -377,6 +387,7 @@ impl State {
             rows,
             request_start: op.start,
             response_end_ns: end_ns,
+            answer,
         }))
     }
 
@@ -399,9 +410,9 @@ impl State {
             return;
         };
         match p.kind {
-            Kind::Op(op) => out.push(self.report(*op, end_ns.max(p.sent_ns))),
+            Kind::Op(op) => out.push(self.report(*op, end_ns.max(p.sent_ns), Answer::Complete)),
             Kind::Prepare(op) if op.error.is_some() => {
-                out.push(self.report(*op, end_ns.max(p.sent_ns)))
+                out.push(self.report(*op, end_ns.max(p.sent_ns), Answer::Complete))
             }
             _ => {}
         }

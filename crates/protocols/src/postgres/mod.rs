@@ -15,7 +15,7 @@ mod message;
 
 pub use detect::detect;
 
-use crate::db::{DbConnection, DbError, DbEvent, DbOperation, DbSystem, Segment, Timing};
+use crate::db::{Answer, DbConnection, DbError, DbEvent, DbOperation, DbSystem, Segment, Timing};
 use framer::{Cursor, Framer, Mode, Msg, Pull};
 use message::{
     be32, cstr, error_fields, startup_database, tag_rows, text, CANCEL_REQUEST, GSSENC_REQUEST,
@@ -199,20 +199,34 @@ impl DbConnection for PostgresConnection {
         }
     }
 
-    fn close(&mut self, out: &mut Vec<DbEvent>) {
-        // Simple queries answered but whose ReadyForQuery never came.
+    fn close(&mut self, closed_ns: u64, out: &mut Vec<DbEvent>) {
+        // After lost server bytes, what is pending may have been answered
+        // among them: only answers seen are reported.
+        let sure = !self.st.gap;
         for item in std::mem::take(&mut self.st.pending) {
-            if let Item::Query(op) = item {
-                if let Some(end) = op.answered_ns {
-                    out.push(self.st.report(*op, end));
+            let (Item::Query(op) | Item::Execute(op)) = item else {
+                continue;
+            };
+            match op.answered_ns {
+                // A simple query answered but whose ReadyForQuery never came.
+                Some(end) => out.push(self.st.report(*op, end, Answer::Complete)),
+                None if sure => {
+                    // Cut short by the close: rows may have come, not their end.
+                    let answer = if op.data_rows > 0 {
+                        Answer::Incomplete
+                    } else {
+                        Answer::Missing
+                    };
+                    out.push(self.st.report(*op, closed_ns, answer));
                 }
+                None => {}
             }
         }
     }
 }
 
 impl State {
-    fn report(&self, op: Op, end_ns: u64) -> DbEvent {
+    fn report(&self, op: Op, end_ns: u64, answer: Answer) -> DbEvent {
         DbEvent::Operation(Box::new(DbOperation {
             system: DbSystem::Postgresql,
             query_text: op.text.map(|t| t.to_string()),
@@ -223,6 +237,7 @@ impl State {
             rows: op.rows,
             request_start: op.start,
             response_end_ns: end_ns,
+            answer,
         }))
     }
 
@@ -432,7 +447,7 @@ impl State {
                             rows
                         };
                         if let Some(Item::Execute(op)) = self.pending.pop_front() {
-                            out.push(self.report(*op, end_ns));
+                            out.push(self.report(*op, end_ns, Answer::Complete));
                         }
                     }
                     _ => out.push(DbEvent::Error("unexpected_response")),
@@ -491,7 +506,7 @@ impl State {
                     if let Some(Item::Execute(mut op)) = self.pending.pop_front() {
                         if !reported {
                             op.error = Some(error_fields(m.body));
-                            out.push(self.report(*op, end_ns));
+                            out.push(self.report(*op, end_ns, Answer::Complete));
                             reported = true;
                         }
                     }
@@ -521,7 +536,7 @@ impl State {
         while let Some(item) = self.pending.pop_front() {
             match item {
                 Item::Query(op) => {
-                    out.push(self.report(*op, end_ns));
+                    out.push(self.report(*op, end_ns, Answer::Complete));
                     break;
                 }
                 Item::Sync | Item::Call => break,

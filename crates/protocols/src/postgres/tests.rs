@@ -3,7 +3,7 @@
 //! psycopg 3 and a PostgreSQL 15 server), plus cut and split variants.
 
 use super::*;
-use crate::testkit::{capped, db_errors as errors, db_ops as ops};
+use crate::testkit::{capped, closed_after, db_errors as errors, db_ops as ops, has, CLOSED_NS};
 
 /// One recv() of the recording proxy.
 struct Record {
@@ -34,7 +34,7 @@ fn run_records(records: &[Record], cap: usize) -> Vec<DbEvent> {
     for (i, r) in records.iter().enumerate() {
         conn.feed(r.from_client, &capped(&r.bytes, cap, timing(i)), &mut out);
     }
-    conn.close(&mut out);
+    conn.close(CLOSED_NS, &mut out);
     out
 }
 
@@ -404,7 +404,7 @@ fn ssl_accepted_goes_opaque() {
         &mut out,
     );
     conn.feed(false, &seg(&records[5].bytes, 4), &mut out);
-    conn.close(&mut out);
+    conn.close(CLOSED_NS, &mut out);
     assert!(out.is_empty());
 }
 
@@ -747,4 +747,39 @@ fn tags_and_rows() {
     assert_eq!(message::tag_rows(b"SELECT\0"), None);
     assert_eq!(message::tag_rows(b"SELECT 99999999999999999999999\0"), None);
     assert_eq!(message::tag_rows(b""), None);
+}
+
+/// The connection closes before the last query's answer: the query is
+/// reported unanswered, ending at the close; one whose rows had started
+/// to come is incomplete; an Execute the same.
+#[test]
+fn close_leaves_the_last_query_unanswered() {
+    let cases = [
+        ("psql_simple.cap", &b"DELETE"[..], false, Answer::Missing),
+        ("psql_big_result.cap", b"SELECT", true, Answer::Incomplete),
+        ("pgbench_extended.1.cap", b"INSERT", false, Answer::Missing),
+    ];
+    for (name, word, half, answer) in cases {
+        let recs: Vec<_> = capture(name)
+            .into_iter()
+            .map(|r| (r.from_client, r.bytes))
+            .collect();
+        let cut: Vec<_> = closed_after(&recs, |b| has(b, word), half)
+            .into_iter()
+            .map(|(from_client, bytes)| Record { from_client, bytes })
+            .collect();
+        let out = run_records(&cut, usize::MAX);
+        let o = ops(&out);
+        let (last, done) = o.split_last().unwrap();
+        assert!(done.iter().all(|o| o.answer == Answer::Complete), "{name}");
+        let text = last.query_text.as_deref().unwrap_or_default();
+        assert!(has(text.as_bytes(), word), "{name}: {text}");
+        let got = (
+            last.answer,
+            last.response_end_ns,
+            last.rows,
+            last.error.is_none(),
+        );
+        assert_eq!(got, (answer, CLOSED_NS, None, true), "{name}");
+    }
 }

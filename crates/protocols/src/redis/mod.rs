@@ -14,7 +14,7 @@ mod resp;
 pub use command::{detect, render};
 pub use resp::{ReadError, Reader, Value};
 
-use crate::db::{DbConnection, DbError, DbEvent, DbOperation, DbSystem, Segment, Timing};
+use crate::db::{Answer, DbConnection, DbError, DbEvent, DbOperation, DbSystem, Segment, Timing};
 use std::collections::VecDeque;
 
 /// Commands waiting for a reply (pipelining depth); beyond it commands are
@@ -248,6 +248,7 @@ impl RedisConnection {
             rows: None,
             request_start: start,
             response_end_ns: 0,
+            answer: Answer::Complete,
         };
         if self.pending.len() >= MAX_PENDING {
             out.push(DbEvent::Error("too_many_pending"));
@@ -491,11 +492,31 @@ impl DbConnection for RedisConnection {
         }
     }
 
-    fn close(&mut self, out: &mut Vec<DbEvent>) {
+    fn close(&mut self, closed_ns: u64, out: &mut Vec<DbEvent>) {
         self.finish_lost_replies(out);
         self.flush_held(out);
-        // Commands never answered (the connection dropped) have no end time.
-        self.pending.clear();
+        if self.server_resync {
+            // Replies were skipped while looking for a message start: what
+            // is left may have been answered among them.
+            self.pending.clear();
+            return;
+        }
+        // Commands the close left unanswered (a BLPOP the client gave up on,
+        // a server that dropped the client); the first may be mid-reply.
+        let mut answer = if self.server.is_idle() {
+            Answer::Missing
+        } else {
+            Answer::Incomplete
+        };
+        for slot in std::mem::take(&mut self.pending) {
+            if let Slot::Cmd(p) = slot {
+                let mut op = p.op;
+                op.response_end_ns = closed_ns;
+                op.answer = answer;
+                emit(op, out);
+                answer = Answer::Missing;
+            }
+        }
     }
 }
 

@@ -3,7 +3,9 @@
 //! redis-cli --pipe and raw sockets against redis-server 7.0).
 
 use super::*;
-use crate::testkit::{at, capped, db_errors as errors, db_ops as ops};
+use crate::testkit::{
+    at, capped, closed_after, db_errors as errors, db_ops as ops, has, CLOSED_NS,
+};
 
 /// Records of a capture: (from_client, bytes of one recv()).
 fn capture(name: &str) -> Vec<(bool, Vec<u8>)> {
@@ -18,7 +20,7 @@ fn run(records: &[(bool, Vec<u8>)], cap: usize) -> Vec<DbEvent> {
     for (i, (from_client, b)) in records.iter().enumerate() {
         c.feed(*from_client, &capped(b, cap, at(10 * i as u64)), &mut out);
     }
-    c.close(&mut out);
+    c.close(CLOSED_NS, &mut out);
     out
 }
 
@@ -536,5 +538,33 @@ fn detect_redis_only() {
         if !not.starts_with(b"*2") {
             assert!(!detect(false, not), "{not:?}");
         }
+    }
+}
+
+/// The connection closes before the server's last reply (what a BLPOP the
+/// client gave up on looks like): that command is reported unanswered and
+/// ends at the close; a reply the close cut mid-way is incomplete.
+#[test]
+fn close_leaves_the_last_command_unanswered() {
+    let recs = capture("cli_simple.cap");
+    for (word, half, text, answer) in [
+        (&b"EXISTS"[..], false, "EXISTS k", Answer::Missing),
+        (b"LRANGE", true, "LRANGE bigl ? ?", Answer::Incomplete),
+    ] {
+        let out = run(&closed_after(&recs, |b| has(b, word), half), usize::MAX);
+        assert_eq!(errors(&out), Vec::<&str>::new());
+        let o = ops(&out);
+        let (last, done) = o.split_last().unwrap();
+        assert!(
+            done.iter().all(|o| o.answer == Answer::Complete),
+            "{done:?}"
+        );
+        let got = (
+            last.query_text.as_deref(),
+            last.answer,
+            last.response_end_ns,
+        );
+        assert_eq!(got, (Some(text), answer, CLOSED_NS));
+        assert_eq!((code(last), last.rows), (None, None));
     }
 }
