@@ -513,6 +513,46 @@ def test_same_host_keepalive_curl_to_python(require_root, sink, start_agent, spa
     assert linked == 6, show(srv_spans + cli)
 
 
+def test_same_host_dual_stack_server(require_root, sink, start_agent, spawn, tmp_path):
+    """python http.server bound to ``::`` (one socket for IPv6 and IPv4) and curl over
+    IPv4 and IPv6. The server sees its IPv4 client at an IPv4-mapped IPv6 address
+    (``::ffff:127.0.0.1``) where curl sees plain IPv4: the server span must still be a
+    child of curl's client span, with ``127.0.0.1`` as the peer address; over IPv6
+    the client span's ``url.full`` brackets the address (``http://[::1]:PORT/``)."""
+    port = free_port()
+    docroot = tmp_path / "docroot-ds"
+    docroot.mkdir()
+    for name in ("v4.txt", "v6.txt"):
+        (docroot / name).write_text(f"{name}\n")
+    srv = spawn([sys.executable, "-m", "http.server", port, "--bind", "::",
+                 "--directory", docroot], port=port, name="dualstack")
+    start_agent({"AUTOTEL_EXECUTABLE_NAME": "^curl$", "AUTOTEL_PIDS": srv.pid})
+    urls = {"/v4.txt": f"http://127.0.0.1:{port}/v4.txt",
+            "/v6.txt": f"http://[::1]:{port}/v6.txt"}
+    for url in urls.values():
+        cp = curl(url, "-o", "/dev/null", "-w", "%{http_code}")
+        assert cp.stdout == "200", (url, cp.stdout, cp.stderr)  # precondition
+    srv_spans = sink.wait_for_spans(lambda s: pid_of(s) == srv.pid, 2, SPAN_TIMEOUT, SETTLE)
+    cli = [s for s in sink.spans()
+           if s["kind"] == "CLIENT" and s["attrs"].get("server.port") == port]
+    report("server spans", len(srv_spans), 2)
+    report("curl client spans", len(cli), 2)
+    assert len(srv_spans) == 2 and len(cli) == 2, show(sink.spans())
+    linked = 0
+    for path in urls:
+        c = next((s for s in cli if span_path(s) == path), None)
+        hops = [(pid_of(c) if c else -1, "CLIENT"), (srv.pid, "SERVER")]
+        linked += chain_check(srv_spans + cli, path, hops)["complete"]
+    report("server span child of curl's client span (IPv4, IPv6)", linked, 2)
+    assert linked == 2, show(srv_spans + cli)
+    peers = {span_path(s): s["attrs"].get("network.peer.address") for s in srv_spans}
+    report("server peer addresses", peers, {"/v4.txt": "127.0.0.1", "/v6.txt": "::1"})
+    assert peers == {"/v4.txt": "127.0.0.1", "/v6.txt": "::1"}, show(srv_spans)
+    full = sorted(s["attrs"].get("url.full") for s in cli)
+    report("client url.full", full, sorted(urls.values()))
+    assert full == sorted(urls.values()), full
+
+
 # ======================================================================================
 # 3-hop chain with event-driven peers: curl -> nginx -> proxy A -> node C
 # ======================================================================================

@@ -45,6 +45,17 @@ fn host_only(host: &str) -> &str {
     })
 }
 
+/// `host[:port]` of a URL: an IPv6 literal goes in brackets there (RFC
+/// 3986), not in `server.address`; port 80 is left out.
+fn url_authority(host: &str, port: u16) -> String {
+    match (host.contains(':'), port) {
+        (false, 80) => host.to_owned(),
+        (true, 80) => format!("[{host}]"),
+        (false, port) => format!("{host}:{port}"),
+        (true, port) => format!("[{host}]:{port}"),
+    }
+}
+
 pub fn path_of(target: &str) -> &str {
     // Absolute-form targets (proxies): keep only the path.
     let t = target
@@ -161,11 +172,7 @@ pub fn build(input: SpanInput<'_>, clock: &Clock) -> Span {
             attributes.push(("client.address", peer.into()));
         } else {
             // Query strings can carry secrets: url.full keeps the path only.
-            let authority = if input.tuple.dport == 80 {
-                server.to_owned()
-            } else {
-                format!("{server}:{}", input.tuple.dport)
-            };
+            let authority = url_authority(server, input.tuple.dport);
             attributes.push(("url.full", format!("http://{authority}{path}").into()));
         }
         if let Some(ua) = &req.user_agent {
@@ -229,5 +236,9 @@ mod tests {
         assert_eq!(path_of("/a/b?x=1"), "/a/b");
         assert_eq!(path_of("http://h:1/a?b"), "/a");
         assert_eq!(path_of("http://h"), "/");
+        assert_eq!(url_authority("example.com", 80), "example.com");
+        assert_eq!(url_authority("127.0.0.1", 8080), "127.0.0.1:8080");
+        assert_eq!(url_authority("::1", 8080), "[::1]:8080");
+        assert_eq!(url_authority("fe80::1", 80), "[fe80::1]");
     }
 }

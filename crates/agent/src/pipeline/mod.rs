@@ -171,10 +171,11 @@ impl Conn {
     /// (client, client port, server, server port) of this connection.
     fn flow(&self, server_side: bool) -> FlowKey {
         let t = &self.tuple;
+        let (local, peer) = (t.flow_addr(&t.saddr), t.flow_addr(&t.daddr));
         if server_side {
-            (t.daddr, t.dport, t.saddr, t.sport)
+            (peer, t.dport, local, t.sport)
         } else {
-            (t.saddr, t.sport, t.daddr, t.dport)
+            (local, t.sport, peer, t.dport)
         }
     }
 }

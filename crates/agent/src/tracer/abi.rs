@@ -86,6 +86,21 @@ impl ConnTuple {
             std::net::Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]).into()
         }
     }
+    /// The address as flow keys hold it: an IPv4-mapped IPv6 address (the
+    /// IPv4 peer of a dual-stack socket) as the IPv4 address it is, so the
+    /// IPv4 client and the dual-stack server of one connection name the
+    /// same flow.
+    pub fn flow_addr(&self, raw: &[u8; 16]) -> [u8; 16] {
+        match self.addr(raw) {
+            std::net::IpAddr::V4(v4) if self.family == 10 => {
+                let mut key = [0; 16];
+                key[..4].copy_from_slice(&v4.octets());
+                key
+            }
+            _ => *raw,
+        }
+    }
+
     pub fn local_addr(&self) -> std::net::IpAddr {
         self.addr(&self.saddr)
     }
@@ -286,6 +301,33 @@ mod tests {
     use super::*;
     use crate::tracer::skel::types;
     use std::mem::{offset_of, size_of};
+
+    /// An IPv4 client and a dual-stack server see one connection as an
+    /// IPv4 and an IPv4-mapped IPv6 tuple: their flow addresses agree.
+    #[test]
+    fn flow_addr_unmaps_ipv4_mapped_addresses() {
+        let v4 = ConnTuple {
+            saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            family: 2,
+            ..Default::default()
+        };
+        let mut mapped = [0u8; 16];
+        mapped[10..12].copy_from_slice(&[0xff, 0xff]);
+        mapped[12..].copy_from_slice(&[127, 0, 0, 1]);
+        let dual = ConnTuple {
+            saddr: mapped,
+            family: 10,
+            ..Default::default()
+        };
+        assert_eq!(dual.flow_addr(&dual.saddr), v4.flow_addr(&v4.saddr));
+        let loopback6 = std::net::Ipv6Addr::LOCALHOST.octets();
+        let v6 = ConnTuple {
+            saddr: loopback6,
+            family: 10,
+            ..Default::default()
+        };
+        assert_eq!(v6.flow_addr(&v6.saddr), loopback6);
+    }
 
     #[test]
     fn layouts_match_the_bpf_object() {
