@@ -114,15 +114,39 @@ static __always_inline void capture_plain(struct at_data_event *ev, __u64 buf, _
 struct at_iov_walk {
 	__u64 iov_ptr;
 	__u64 iovcnt;
-	__u64 end;
+	__u32 len;
 	__u32 cap;
 	__u32 off;
 	__u32 left;
 	__u32 head_only; /* the bytes past cap are a body, left out on purpose */
+	__u32 tail_got;	 /* bytes of ev->tail filled */
 };
 
+/* The part of one iovec that lies in the last AT_TAIL_BYTES of a write the
+ * prefix stops short of, into ev->tail. Several iovecs may share the tail:
+ * node writes a chunked body's last chunk and its end as iovecs of 1-5
+ * bytes, and only the tail shows where the body ends. */
+static __always_inline void iov_tail(struct at_iov_walk *w, struct at_data_event *ev, __u64 base, __u32 seg)
+{
+	if (w->left >= AT_TAIL_BYTES || w->len < AT_TAIL_BYTES || (w->len <= w->cap && !w->head_only))
+		return;
+	__u32 before = w->left + seg;
+	__u32 from = before < AT_TAIL_BYTES ? before : AT_TAIL_BYTES;
+	__u64 n = from - w->left;
+	__u64 dst = AT_TAIL_BYTES - from;
+	if (!n)
+		return;
+	__u64 src = base + seg - n;
+	/* n <= from and dst = 32 - from: in bounds; the masks let the
+	 * verifier see it (past tail[] lies data[], still in the value). */
+	asm volatile("%0 &= %1" : "+r"(dst) : "i"(AT_TAIL_BYTES - 1));
+	asm volatile("%0 &= %1" : "+r"(n) : "i"(2 * AT_TAIL_BYTES - 1));
+	if (!bpf_probe_read_user(&ev->tail[dst], n, (void *)src))
+		w->tail_got += n;
+}
+
 /* One iovec of the walk: its part of the prefix into `ev`, the count of
- * bytes left, and where they end (for the tail). */
+ * bytes left, and its part of the tail. */
 static __always_inline void iov_take(struct at_iov_walk *w, struct at_data_event *ev, const struct iovec *iov)
 {
 	__u32 seg = iov->iov_len < w->left ? iov->iov_len : w->left;
@@ -132,10 +156,7 @@ static __always_inline void iov_take(struct at_iov_walk *w, struct at_data_event
 	}
 	w->off += seg;
 	w->left -= seg;
-	w->end = (__u64)iov->iov_base + seg;
-	/* The tail must lie inside one iovec to be read in one go. */
-	if (w->left == 0 && seg < AT_TAIL_BYTES)
-		w->end = 0;
+	iov_tail(w, ev, (__u64)iov->iov_base, seg);
 }
 
 static long iov_step(__u64 i, void *ctx)
@@ -211,6 +232,7 @@ static __always_inline void capture_iov(struct at_data_event *ev, __u64 iov_ptr,
 	struct at_iov_walk w = {
 		.iov_ptr = iov_ptr,
 		.iovcnt = iovcnt,
+		.len = len,
 		.cap = cap,
 		.left = len,
 	};
@@ -219,12 +241,11 @@ static __always_inline void capture_iov(struct at_data_event *ev, __u64 iov_ptr,
 	if (w.left)
 		count(AT_CNT_IOV_CUT);
 	ev->captured_len = w.off < w.cap ? w.off : w.cap;
-	if (len > ev->captured_len) {
-		if (!w.head_only)
-			count(AT_CNT_TRUNCATED);
-		if (w.end && len - ev->captured_len >= AT_TAIL_BYTES)
-			copy_tail(ev, w.end);
-	}
+	if (len > ev->captured_len && !w.head_only)
+		count(AT_CNT_TRUNCATED);
+	/* Whole or not at all: an unread iovec leaves it partial. */
+	if (w.tail_got == AT_TAIL_BYTES)
+		ev->tail_len = AT_TAIL_BYTES;
 }
 
 static __always_inline void output_data(struct at_data_event *ev)

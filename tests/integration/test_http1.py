@@ -1119,3 +1119,79 @@ def test_q_an_early_answer_then_a_reset(require_root, sink, start_agent, tmp_pat
     print(got)
     report("node uploads with the 501 they got", sum(g[1] == 501 for g in got), 3)
     assert got == [(100, 501, "501"), (100_000, 501, "501"), (100_000, 501, "501")], show(spans)
+
+
+# Node's http server and its keep-alive client (one socket): the client uploads in
+# three writes, the last 70,001 bytes long, and node frames the body as chunks.
+NODE_ECHO_SERVER = r"""
+const http = require('http');
+http.createServer((req, res) => {
+  let n = 0;
+  req.on('data', d => n += d.length);
+  req.on('end', () => { res.writeHead(201, {'Content-Type': 'text/plain'}); res.end(`got ${n}\n`); });
+}).listen(+process.argv[2], '127.0.0.1');
+"""
+NODE_CHUNKED_UPLOADS = r"""
+const http = require('http');
+const agent = new http.Agent({keepAlive: true, maxSockets: 1});
+const one = i => new Promise((ok, bad) => {
+  const req = http.request({host: '127.0.0.1', port: +process.argv[2], method: 'POST',
+                            path: `/up${i}`, agent}, res => {
+    let b = ''; res.on('data', d => b += d); res.on('end', () => ok(`${res.statusCode} ${b.trim()}`));
+  });
+  req.on('error', bad);
+  req.write('x'.repeat(1000));
+  setTimeout(() => { req.write('y'.repeat(70000)); req.end('z'); }, 50);
+});
+(async () => { for (let i = 0; i < 3; i++) console.log(await one(i)); agent.destroy(); })();
+"""
+
+
+def test_r_chunked_uploads_past_the_capture(require_root, sink, start_agent, tmp_path):
+    """Node's keep-alive client uploads three bodies of unknown length: node frames
+    them as chunks and writes the 70,000-byte chunk, a 1-byte one and the body's end
+    in one writev of nine iovecs, the last ones 1 to 5 bytes long; node's server reads
+    each body in cut 64 KiB reads. Past the capture, only the last 32 bytes show where
+    a body ends, so the tail of a write must be gathered across its small iovecs (it
+    was dropped: the client lost the body's end, and with it the next requests on the
+    connection), and the chunk decoder must read the tail (it counted a lost chunk
+    sync on every upload). Every upload gets both spans, linked, with its body size,
+    and no chunk sync is lost."""
+    port = free_port()
+    (tmp_path / "server.js").write_text(NODE_ECHO_SERVER)
+    (tmp_path / "client.js").write_text(NODE_CHUNKED_UPLOADS)
+    server = subprocess.Popen([NODE, str(tmp_path / "server.js"), str(port)],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_port(port, 15, server)
+        agent = start_agent({}, config_yaml=(
+            "discovery:\n  services:\n"
+            f"    - name: server\n      open_ports: {port}\n"
+            "    - name: uploader\n      executable_name: \"^node(js)?$\"\n"))
+        out = subprocess.run([NODE, str(tmp_path / "client.js"), str(port)],
+                             capture_output=True, text=True, timeout=30)
+        assert out.stdout.split("\n")[:3] == ["201 got 71001"] * 3, out  # precondition
+        mine = lambda s: s["attrs"].get("server.port") == port  # noqa: E731
+        spans = sink.wait_for_spans(mine, 6, SPAN_TIMEOUT, SETTLE)
+    finally:
+        stop_process(server)
+    by_kind = {k: sorted((s for s in spans if s["kind"] == k), key=lambda s: s["start_ns"])
+               for k in ("CLIENT", "SERVER")}
+    for kind, got in by_kind.items():
+        report(f"{kind} spans of the uploads", len(got), 3)
+    assert len(by_kind["CLIENT"]) == 3 and len(by_kind["SERVER"]) == 3, show(spans)
+    linked = sum(s["parent_span_id"] == c["span_id"] and s["trace_id"] == c["trace_id"]
+                 for c, s in zip(by_kind["CLIENT"], by_kind["SERVER"]))
+    report("server spans children of their client spans", linked, 3)
+    assert linked == 3, show(spans)
+    for s in by_kind["SERVER"]:
+        size = s["attrs"].get("http.request.body.size")
+        # 71,001 bytes of payload, plus node's chunk framing (size lines and CRLFs)
+        assert s["attrs"].get("http.response.status_code") == 201, show([s])
+        assert size is not None and 71_001 < size < 71_001 + 64, show([s])
+    for c in by_kind["CLIENT"]:
+        assert c["attrs"].get("http.response.status_code") == 201, show([c])
+    lost = agent.prom_value("autotel_parse_errors_total", {"kind": "chunk_sync_lost"})
+    report("chunk syncs lost", lost, 0)
+    assert lost == 0, agent.metrics_text()

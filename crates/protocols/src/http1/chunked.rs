@@ -51,8 +51,16 @@ impl ChunkedDecoder {
     }
 
     /// Feeds a stretch of `total` body bytes of which the first
-    /// `captured.len()` are known.
-    pub fn feed(&mut self, captured: &[u8], total: usize) -> ChunkProgress {
+    /// `captured.len()` and the last `tail.len()` are known: a chunk's data
+    /// may run past the capture and the last chunk sit in the tail (a big
+    /// upload read in cut 64 KiB reads).
+    pub fn feed(&mut self, captured: &[u8], tail: &[u8], total: usize) -> ChunkProgress {
+        let tail_from = total.saturating_sub(tail.len());
+        let known = |pos: usize| {
+            captured
+                .get(pos)
+                .or_else(|| tail.get(pos.checked_sub(tail_from)?))
+        };
         let mut pos = 0usize;
         while pos < total {
             match self.state {
@@ -67,7 +75,7 @@ impl ChunkedDecoder {
                 }
                 State::Done => return ChunkProgress::Done(pos),
                 _ => {
-                    let Some(&b) = captured.get(pos) else {
+                    let Some(&b) = known(pos) else {
                         return ChunkProgress::LostSync;
                     };
                     pos += 1;
@@ -154,7 +162,7 @@ mod tests {
         let body = b"4\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\nGET /next";
         let mut d = ChunkedDecoder::new();
         assert_eq!(
-            d.feed(body, body.len()),
+            d.feed(body, &[], body.len()),
             ChunkProgress::Done(body.len() - 9)
         );
     }
@@ -165,12 +173,12 @@ mod tests {
         for cut in 0..body.len() {
             let mut d = ChunkedDecoder::new();
             assert_eq!(
-                d.feed(&body[..cut], cut),
+                d.feed(&body[..cut], &[], cut),
                 ChunkProgress::NeedMore,
                 "cut {cut}"
             );
             assert_eq!(
-                d.feed(&body[cut..], body.len() - cut),
+                d.feed(&body[cut..], &[], body.len() - cut),
                 ChunkProgress::Done(body.len() - cut)
             );
         }
@@ -180,20 +188,23 @@ mod tests {
     fn data_skipped_without_capture() {
         // 1 MiB chunk: only the size line is captured.
         let mut d = ChunkedDecoder::new();
-        assert_eq!(d.feed(b"100000\r\n", 8 + 0x100000), ChunkProgress::NeedMore);
-        assert_eq!(d.feed(b"\r\n0\r\n\r\n", 7), ChunkProgress::Done(7));
+        assert_eq!(
+            d.feed(b"100000\r\n", &[], 8 + 0x100000),
+            ChunkProgress::NeedMore
+        );
+        assert_eq!(d.feed(b"\r\n0\r\n\r\n", &[], 7), ChunkProgress::Done(7));
     }
 
     #[test]
     fn size_line_outside_capture_loses_sync() {
         let mut d = ChunkedDecoder::new();
-        assert_eq!(d.feed(b"2\r\nab", 5 + 100), ChunkProgress::LostSync);
+        assert_eq!(d.feed(b"2\r\nab", &[], 5 + 100), ChunkProgress::LostSync);
     }
 
     #[test]
     fn garbage_size_is_malformed() {
         let mut d = ChunkedDecoder::new();
-        assert_eq!(d.feed(b"zz\r\n", 4), ChunkProgress::LostSync);
+        assert_eq!(d.feed(b"zz\r\n", &[], 4), ChunkProgress::LostSync);
     }
 
     #[test]

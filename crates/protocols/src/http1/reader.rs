@@ -231,7 +231,7 @@ impl Reader {
                 }
                 State::Chunked(dec) => {
                     let known = data.get(pos..).unwrap_or_default();
-                    match dec.feed(known, total - pos) {
+                    match dec.feed(known, seg.tail, total - pos) {
                         ChunkProgress::NeedMore => {
                             self.body_bytes += (total - pos) as u64;
                             pos = total;

@@ -572,3 +572,39 @@ fn requests_the_close_left_unanswered_are_reported_in_order() {
     c.close(95, &mut out);
     assert_eq!(out.len(), before);
 }
+
+/// node's chunked upload (a 1000-byte chunk with the head, a 70000-byte one,
+/// a 1-byte one and the end), as node's client writes it (1104 and 70020
+/// bytes) and as node's server reads it (1104, 65536 and 4484 bytes), each
+/// captured up to 4096 bytes plus its tail: the body is followed to its end
+/// through the tail, without losing the chunk framing.
+#[test]
+fn chunked_upload_in_big_cut_calls() {
+    let head = b"POST /up0 HTTP/1.1\r\nHost: 127.0.0.1:18090\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let mut body = Vec::new();
+    body.extend_from_slice(b"3e8\r\n");
+    body.extend_from_slice(&[b'x'; 1000]);
+    body.extend_from_slice(b"\r\n11170\r\n");
+    body.extend_from_slice(&[b'y'; 70000]);
+    body.extend_from_slice(b"\r\n1\r\nz\r\n0\r\n\r\n");
+    let mut all = head.to_vec();
+    all.extend_from_slice(&body);
+    let first = head.len() + 5 + 1000 + 2;
+    for (dir, cuts) in [
+        (Dir::Egress, vec![first]),
+        (Dir::Ingress, vec![first, first + 65536]),
+    ] {
+        let mut c = Http1Connection::new(Some(dir));
+        let mut out = Vec::new();
+        let mut from = 0;
+        for (i, to) in cuts.into_iter().chain([all.len()]).enumerate() {
+            c.feed(dir, &cut_seg(&all[from..to], 4096, 10 * i as u64), &mut out);
+            from = to;
+        }
+        c.feed(dir.flip(), &seg(OK_EMPTY, 40), &mut out);
+        assert_eq!(errors(&out), Vec::<&ParseError>::new(), "{dir:?}");
+        let x = exchanges(&out);
+        assert_eq!(x.len(), 1, "{dir:?}: {out:?}");
+        assert_eq!(x[0].request_body_bytes, body.len() as u64, "{dir:?}");
+    }
+}
