@@ -337,6 +337,38 @@ def test_3_concurrent_calls_one_connection(require_root, sink, start_agent, clie
     assert_agent_healthy(agent)
 
 
+def test_3b_a_message_past_the_capture_invents_no_errors(require_root, sink, start_agent,
+                                                         clients, grpc_server):
+    """A 200 KB request and its 200 KB echo go past what one call's capture keeps, and
+    header blocks go by unread with them; HPACK's table, which later blocks index,
+    is then unknown, so the next calls' ``grpc-status`` cannot be decoded. The agent
+    must say it does not know (no ``rpc.grpc.status_code``, status UNSET) rather than
+    report UNKNOWN errors for calls that all succeeded (it reported status 2, ERROR,
+    for every later call on the connection). What the capture lost stays lost: the
+    big call's spans may be missing, and the client's later calls may lack their
+    method (see the README's limits)."""
+    srv, port = grpc_server
+    sizes = [100, 200_000] + [100] * 5
+    agent, cpid, res = grpc_run(start_agent, sink, clients, grpc_server, "sizes",
+                                ",".join(map(str, sizes)))
+    assert res["echoed"] == sizes, res  # precondition: every call succeeded
+    small = len(sizes) - 1
+    spans = sink.wait_for_spans(lambda s: pid_of(s) in {srv.pid, cpid}, 2 * small,
+                                SPAN_TIMEOUT, SETTLE)
+    for pid, side in ((srv.pid, "server"), (cpid, "client")):
+        report(f"{side} spans (of {len(sizes)}, the big call's may be lost)",
+               sum(pid_of(s) == pid for s in spans), small)
+    assert all(sum(pid_of(s) == pid for s in spans) >= small for pid in (srv.pid, cpid)), \
+        show(spans)
+    invented = [s for s in spans if s["status_code"] != "UNSET" or "error.type" in s["attrs"]
+                or s["attrs"].get("rpc.grpc.status_code", 0) != 0]
+    report("spans reporting an error for a call that succeeded", len(invented), 0)
+    assert not invented, show(invented)
+    known = sum("rpc.grpc.status_code" in s["attrs"] for s in spans)
+    print(f"spans with a known gRPC status code: {known} of {len(spans)}")
+    assert_agent_healthy(agent)
+
+
 # --------------------------------------------------------------------------------------
 # 4. traceparent in gRPC metadata
 # --------------------------------------------------------------------------------------

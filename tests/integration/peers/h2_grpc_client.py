@@ -13,6 +13,7 @@ Scenarios:
 * stream N MS    one demo.Stream/Count yielding N messages MS ms apart
 * concurrent C MS  C concurrent demo.Echo/Slow calls (each sleeps MS ms on the server)
 * traceparent TP1 TP2  Health/Check with metadata traceparent=TP1, then TP2, then none
+* sizes N1,N2,...  one demo.Echo/Slow per size, echoing a payload of that many bytes
 """
 
 import json
@@ -82,6 +83,10 @@ def main() -> int:
                              timeout=10)
             codes.append(r.status)
         out["serving"] = sum(c == health_pb2.HealthCheckResponse.SERVING for c in codes)
+    elif scenario == "sizes":
+        call = channel.unary_unary("/demo.Echo/Slow", **ident)
+        out["echoed"] = [len(call(b"0:" + b"p" * int(n), timeout=30))
+                         for n in args[0].split(",")]
     else:
         print(f"unknown scenario {scenario}", file=sys.stderr)
         return 2

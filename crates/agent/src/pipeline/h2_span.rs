@@ -75,6 +75,20 @@ fn server_error(code: u32) -> bool {
     matches!(code, 2 | 4 | 12 | 13 | 14 | 15)
 }
 
+/// The call's status: its `grpc-status`; CANCELLED for a reset stream;
+/// UNKNOWN for a response that has none (as gRPC clients take it). None
+/// when its trailers went by in a header block we could not decode (the
+/// HPACK table was lost with an uncaptured block): the status is not
+/// known, and claiming UNKNOWN would report an error that did not happen.
+fn grpc_code(s: &Http2Stream) -> Option<u32> {
+    match (s.grpc_status, s.reset) {
+        (Some(code), _) => Some(code),
+        (None, Some(_)) => Some(1),
+        (None, None) if s.hpack_unknown => None,
+        (None, None) => Some(2),
+    }
+}
+
 pub struct GrpcInput<'a> {
     pub stream: &'a Http2Stream,
     pub server_side: bool,
@@ -100,8 +114,7 @@ pub fn grpc_span(input: GrpcInput<'_>, clock: &Clock) -> Span {
         s.request_start.enter_ns
     };
     let end_mono = s.response_end_ns.max(start_mono);
-    // No grpc-status: a reset stream (CANCELLED) or one we could not decode.
-    let code = s.grpc_status.or_else(|| s.reset.map(|_| 1)).unwrap_or(2);
+    let code = grpc_code(s);
     let mut attributes: Attributes = Vec::with_capacity(14);
     attributes.push(("rpc.system", "grpc".into()));
     if !service.is_empty() {
@@ -110,7 +123,9 @@ pub fn grpc_span(input: GrpcInput<'_>, clock: &Clock) -> Span {
     if !method.is_empty() {
         attributes.push(("rpc.method", method.to_owned().into()));
     }
-    attributes.push(("rpc.grpc.status_code", AttrValue::Int(code as i64)));
+    if let Some(code) = code {
+        attributes.push(("rpc.grpc.status_code", AttrValue::Int(code as i64)));
+    }
     attributes.push(("network.protocol.name", "http".into()));
     attributes.push(("network.protocol.version", "2".into()));
     let (server_addr, server_port) = if input.server_side {
@@ -134,12 +149,14 @@ pub fn grpc_span(input: GrpcInput<'_>, clock: &Clock) -> Span {
     if s.hpack_unknown {
         attributes.push(("autotel.http2.hpack_unknown", AttrValue::Bool(true)));
     }
-    let is_error = if input.server_side {
-        server_error(code)
-    } else {
-        code != 0
-    };
-    if is_error {
+    let error = code.filter(|&c| {
+        if input.server_side {
+            server_error(c)
+        } else {
+            c != 0
+        }
+    });
+    if let Some(code) = error {
         let label = GRPC_CODES.get(code as usize).copied().unwrap_or("UNKNOWN");
         attributes.push(("error.type", label.into()));
     }
@@ -158,7 +175,7 @@ pub fn grpc_span(input: GrpcInput<'_>, clock: &Clock) -> Span {
         start_unix_ns: clock.to_unix_ns(start_mono),
         end_unix_ns: clock.to_unix_ns(end_mono),
         attributes,
-        status: if is_error {
+        status: if error.is_some() {
             StatusCode::Error
         } else {
             StatusCode::Unset
@@ -179,5 +196,19 @@ mod tests {
         assert!(!server_error(5)); // NOT_FOUND: the caller's problem
         assert!(server_error(13));
         assert_eq!(GRPC_CODES[5], "NOT_FOUND");
+    }
+
+    #[test]
+    fn a_status_we_could_not_decode_is_not_claimed() {
+        let s = |grpc_status, reset, hpack_unknown| Http2Stream {
+            grpc_status,
+            reset,
+            hpack_unknown,
+            ..Default::default()
+        };
+        assert_eq!(grpc_code(&s(Some(0), None, true)), Some(0));
+        assert_eq!(grpc_code(&s(None, Some(8), false)), Some(1));
+        assert_eq!(grpc_code(&s(None, None, false)), Some(2));
+        assert_eq!(grpc_code(&s(None, None, true)), None);
     }
 }

@@ -95,7 +95,7 @@ impl Http2Request {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Http2Stream {
     pub stream_id: u32,
     pub request: Http2Request,
