@@ -97,6 +97,21 @@ def _spawn(cmd: List[str], log: Path, user: Optional[str] = None,
         f.close()
 
 
+def _self_signed(root: Path, owner: Optional[str] = None) -> List[str]:
+    """A certificate and key for the server's TLS (``openssl req -x509``), owned by
+    ``owner``; returns [certificate, key]."""
+    cert, key = root / "server.crt", root / "server.key"
+    cp = _run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+               "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)])
+    if cp.returncode != 0:
+        pytest.fail(f"openssl req failed:\n{cp.stderr}", pytrace=False)
+    key.chmod(0o600)
+    if owner:
+        for f in (cert, key):
+            shutil.chown(f, owner, owner)
+    return [str(cert), str(key)]
+
+
 def _wait_ready(srv: DbServer, check, timeout: float = 30.0) -> None:
     """Wait for the port, then until ``check()`` is true (server answers queries)."""
     try:
@@ -123,7 +138,9 @@ def _run(cmd: List[str], timeout: float = 60, **kw) -> subprocess.CompletedProce
 # --------------------------------------------------------------------------------------
 
 
-def start_postgres() -> DbServer:
+def start_postgres(tls: bool = False) -> DbServer:
+    """``tls``: the server offers TLS (a self-signed certificate), as Debian's
+    configured clusters do; libpq clients then use it unless told not to."""
     initdb = need(PG_BIN / "initdb", "apt-get install postgresql-15")
     postgres = need(PG_BIN / "postgres", "apt-get install postgresql-15")
     root = _private_dir("pg", PG_USER)
@@ -141,10 +158,14 @@ def start_postgres() -> DbServer:
         pytest.fail(f"initdb failed ({cp.returncode}):\n{cp.stdout}\n{cp.stderr}",
                     pytrace=False)
     port = free_port()
+    ssl = []
+    if tls:
+        cert, key = _self_signed(root, PG_USER)
+        ssl = ["-c", "ssl=on", "-c", f"ssl_cert_file={cert}", "-c", f"ssl_key_file={key}"]
     proc = _spawn([postgres, "-D", str(data), "-p", str(port), "-k", str(sock),
                    "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
                    "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-                   "-c", "max_connections=50"], log, user=PG_USER)
+                   "-c", "max_connections=50", *ssl], log, user=PG_USER)
     srv = DbServer("postgresql", proc, port, root, log, sockdir=sock, user="postgres",
                    dbname="postgres")
     psql = str(PG_BIN / "psql")
@@ -162,7 +183,8 @@ def start_postgres() -> DbServer:
 # --------------------------------------------------------------------------------------
 
 
-def start_mariadb() -> DbServer:
+def start_mariadb(tls: bool = False) -> DbServer:
+    """``tls``: the server offers TLS (a self-signed certificate)."""
     install = need(MARIADB_INSTALL_DB, "apt-get install mariadb-server")
     mariadbd = need(MARIADBD, "apt-get install mariadb-server")
     need(MYSQL_CLI, "apt-get install mariadb-client")
@@ -178,7 +200,11 @@ def start_mariadb() -> DbServer:
         pytest.fail(f"mariadb-install-db failed ({cp.returncode}):\n{cp.stdout[-2000:]}\n"
                     f"{cp.stderr[-2000:]}", pytrace=False)
     port = free_port()
-    proc = _spawn([mariadbd, "--no-defaults", f"--datadir={data}", f"--port={port}",
+    ssl = []
+    if tls:
+        cert, key = _self_signed(root)
+        ssl = [f"--ssl-cert={cert}", f"--ssl-key={key}"]
+    proc = _spawn([mariadbd, "--no-defaults", *ssl, f"--datadir={data}", f"--port={port}",
                    f"--socket={sock}", "--bind-address=127.0.0.1", "--user=root",
                    f"--pid-file={root / 'mariadbd.pid'}", f"--log-error={log}",
                    "--skip-name-resolve", "--innodb-flush-log-at-trx-commit=0",
@@ -255,6 +281,20 @@ def pg_server():
 @pytest.fixture(scope="module")
 def mariadb_server():
     srv = start_mariadb()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def pg_tls_server():
+    srv = start_postgres(tls=True)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def mariadb_tls_server():
+    srv = start_mariadb(tls=True)
     yield srv
     srv.stop()
 

@@ -10,7 +10,7 @@ by the independent sink. Counts are exact, every test prints the figures it chec
 Numbers follow the test plan: 1 pgbench (simple / prepared), 2 psql errors, 3 secrets in
 query text, 4 MariaDB, 5 Redis, 6 memcached, 7 DB calls nested in HTTP requests,
 8 Prometheus ``db_client_operation_duration_seconds``, 9 operations the close left
-unanswered.
+unanswered, 10 sessions that negotiate TLS in the protocol.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import pytest
 
 from conftest import curl_get, free_port, report, stop_process, wait_port
 from dbservers import (MYSQL_CLI, PG_BIN, REDIS_BENCHMARK, REDIS_CLI,  # noqa: F401
-                       REDIS_SERVER, mariadb_server, memcached_server, need, pg_server,
-                       redis_server, start_redis)
+                       REDIS_SERVER, mariadb_server, mariadb_tls_server, memcached_server,
+                       need, pg_server, pg_tls_server, redis_server, start_redis)
 
 HERE = Path(__file__).resolve().parent
 PEERS = HERE / "peers"
@@ -810,3 +810,53 @@ def test_9_operation_the_client_gave_up_on(require_root, sink, start_agent, requ
     count = agent.prom_value(PG_SELECT_COUNT, labels)
     report(f"{PG_SELECT_COUNT}{{{system}, error_type=no_response}}", count, 1)
     assert count == 1, agent.metrics_text()
+
+
+# --------------------------------------------------------------------------------------
+# 10. Sessions that negotiate TLS in the protocol
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("system", ["postgresql", "mariadb"])
+def test_10_session_inside_tls(require_root, sink, start_agent, request, system):
+    """PostgreSQL's SSLRequest and MySQL's SSL login request turn a session into TLS
+    after a few plaintext bytes (libpq does it by default when the server offers TLS,
+    as Debian's clusters do; MySQL 8 clients too). The statements then travel inside
+    TLS: the OpenSSL probes of the client (psql, the mysql CLI) and of the server read
+    them, and the session's parser goes on with that plaintext. Each statement gets its
+    CLIENT and SERVER span, with the TLS version of the session (before: no span)."""
+    if system == "postgresql":
+        srv = request.getfixturevalue("pg_tls_server")
+        cli = "^psql$"
+        sql = "SELECT 'tls' AS t, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+        cmd = [PSQL, f"host=127.0.0.1 port={srv.port} user=postgres dbname=postgres "
+               "sslmode=require", "-X", "-Atc", sql]
+        text = "SELECT ? AS t, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+        secured = "tls|t"
+    else:
+        srv = request.getfixturevalue("mariadb_tls_server")
+        cli = "^(mysql|mariadb)$"
+        sql = "SELECT 'tls' AS t, VARIABLE_VALUE <> '' FROM information_schema.SESSION_STATUS " \
+              "WHERE VARIABLE_NAME = 'Ssl_cipher'"
+        cmd = [MYSQL_CLI, "--no-defaults", "--ssl", "-h", "127.0.0.1", "-P", srv.port,
+               "-u", "root", "-N", "-B", "-e", sql]
+        text = ("SELECT ? AS t, VARIABLE_VALUE <> ? FROM information_schema.SESSION_STATUS "
+                "WHERE VARIABLE_NAME = ?")
+        secured = "tls\t1"
+    start_agent({}, config_yaml=(
+        "discovery:\n  services:\n"
+        f"    - name: db\n      open_ports: {srv.port}\n"
+        f"    - name: cli\n      executable_name: \"{cli}\"\n"))
+    out = run(cmd)
+    assert out.stdout.strip() == secured, (out.stdout, out.stderr)  # precondition: TLS
+
+    def mine(s):
+        return s["attrs"].get("db.query.text") == text
+    spans = wait_db_spans(sink, 2, mine)
+    got = sorted((s["kind"], s["attrs"].get("db.system.name"),
+                  s["attrs"].get("db.response.returned_rows"),
+                  s["attrs"].get("tls.protocol.version") is not None) for s in spans)
+    want = [(kind, system, 1, True) for kind in ("CLIENT", "SERVER")]
+    report(f"{system} spans of the statement inside TLS (kind, system, rows, tls version)",
+           got, want)
+    assert got == want, show(spans)

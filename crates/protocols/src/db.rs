@@ -105,6 +105,15 @@ pub enum DbEvent {
 pub trait DbConnection: Send {
     /// Bytes of one syscall. `from_client`: the client sent them.
     fn feed(&mut self, from_client: bool, seg: &Segment<'_>, out: &mut Vec<DbEvent>);
+    /// The TLS library's plaintext of this connection is what comes next
+    /// (the ciphertext never reaches the parser): a session that negotiated
+    /// TLS in the protocol (PostgreSQL's SSLRequest) goes on inside it.
+    fn tls_plaintext(&mut self) {}
+    /// True between the protocol's agreement to TLS and its plaintext: the
+    /// bytes on the wire are TLS records now.
+    fn awaits_tls(&self) -> bool {
+        false
+    }
     /// The connection closed at `closed_ns`: report what can still be
     /// reported, operations left unanswered included (ending at the close).
     fn close(&mut self, closed_ns: u64, out: &mut Vec<DbEvent>);

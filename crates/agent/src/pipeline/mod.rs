@@ -607,6 +607,11 @@ impl Pipeline {
             self.conns.insert(key, conn);
             return true;
         }
+        if matches!(h.syscall, abi::SYS_SSL_READ | abi::SYS_SSL_WRITE) {
+            if let Some(Proto::Db { parser, .. }) = conn.proto.as_mut() {
+                parser.tls_plaintext();
+            }
+        }
         if !conn.is_opaque() {
             if parent.is_some() {
                 conn.client_parent = parent;
@@ -764,7 +769,13 @@ impl Pipeline {
                     state.observe_record(d.data, from_server);
                     return false;
                 }
-                if conn.proto.is_none() && autotel_protocols::tls::is_record_start(d.data) {
+                // Before any protocol, or after one agreed to TLS (PostgreSQL).
+                let tls_next = match &conn.proto {
+                    None => true,
+                    Some(Proto::Db { parser, .. }) => parser.awaits_tls(),
+                    Some(_) => false,
+                };
+                if tls_next && autotel_protocols::tls::is_record_start(d.data) {
                     let mut state = Box::<tls::TlsState>::default();
                     // A handshake record first (OpenSSL may read its 5-byte
                     // header alone, so the hello type byte is not required).

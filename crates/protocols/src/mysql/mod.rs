@@ -56,7 +56,10 @@ enum Phase {
     /// Authentication exchange until OK / ERR.
     Auth,
     Command,
-    /// TLS or replication stream: nothing more to read.
+    /// The client asked for TLS: the login goes on inside it, read from the
+    /// TLS library's plaintext (`DbConnection::tls_plaintext`).
+    Tls,
+    /// Replication stream (or TLS without its plaintext): nothing more to read.
     Opaque,
 }
 
@@ -192,7 +195,7 @@ impl MysqlConnection {
 
     /// True once the rest of the connection is encrypted (or replication).
     pub fn is_opaque(&self) -> bool {
-        self.st.phase == Phase::Opaque
+        matches!(self.st.phase, Phase::Opaque | Phase::Tls)
     }
 
     /// True once the login agreed on the compressed protocol.
@@ -219,7 +222,7 @@ impl DbConnection for MysqlConnection {
             st,
             inflaters,
         } = self;
-        if st.phase == Phase::Opaque || seg.total_len == 0 {
+        if matches!(st.phase, Phase::Opaque | Phase::Tls) || seg.total_len == 0 {
             return;
         }
         if std::mem::take(&mut st.compress_next) {
@@ -247,6 +250,19 @@ impl DbConnection for MysqlConnection {
             if !from_client {
                 st.lose_server();
             }
+        }
+    }
+
+    fn awaits_tls(&self) -> bool {
+        self.st.phase == Phase::Tls
+    }
+
+    fn tls_plaintext(&mut self) {
+        // The login goes on inside TLS with the full handshake response.
+        if self.st.phase == Phase::Tls {
+            self.client = Framer::new(CLIENT_KEEP);
+            self.server = Framer::new(SERVER_KEEP);
+            self.st.phase = Phase::Login;
         }
     }
 
@@ -280,7 +296,7 @@ fn feed_packets(
     seg: &Segment<'_>,
     out: &mut Vec<DbEvent>,
 ) {
-    if st.phase == Phase::Opaque || seg.total_len == 0 {
+    if matches!(st.phase, Phase::Opaque | Phase::Tls) || seg.total_len == 0 {
         return;
     }
     if from_client {
@@ -456,7 +472,7 @@ impl State {
 
     fn client_packet(&mut self, p: &Packet<'_>, t: Timing, out: &mut Vec<DbEvent>) {
         match self.phase {
-            Phase::Opaque => {}
+            Phase::Opaque | Phase::Tls => {}
             Phase::Start if p.seq == 1 => self.login(p),
             Phase::Login => self.login(p),
             // Auth switch replies and more-data exchanges: nothing to read.
@@ -483,7 +499,7 @@ impl State {
             return;
         };
         if login.ssl {
-            self.phase = Phase::Opaque;
+            self.phase = Phase::Tls;
             return;
         }
         self.caps = if self.caps_known {
@@ -581,7 +597,7 @@ impl State {
             return;
         };
         match self.phase {
-            Phase::Opaque => return,
+            Phase::Opaque | Phase::Tls => return,
             Phase::Start | Phase::Login if p.seq == 0 => {
                 if let Some(g) = packet::greeting(body) {
                     if g.mariadb {

@@ -581,3 +581,51 @@ fn close_leaves_the_last_statement_unanswered() {
     );
     assert_eq!(got, want);
 }
+
+/// The mysql CLI's session as it goes with `--ssl`: after the greeting the
+/// client sends the short SSL login request (CLIENT_SSL set), TLS records
+/// follow, and inside TLS the full login (sequence 2) and the statements
+/// read as in the clear.
+#[test]
+fn session_inside_tls_reads_as_in_the_clear() {
+    let recs = records("cli_simple.cap");
+    let login = &recs[1].1;
+    let mut ssl_request = vec![32, 0, 0, 1];
+    ssl_request.extend_from_slice(&login[4..36]);
+    ssl_request[5] |= 0x08; // CLIENT_SSL (0x800)
+    let mut login_in_tls = login.clone();
+    login_in_tls[3] = 2;
+    let mut conn = MysqlConnection::new();
+    let mut out = Vec::new();
+    let mut t = 0;
+    let mut feed = |conn: &mut MysqlConnection, from_client: bool, b: &[u8], out: &mut Vec<_>| {
+        t += 10;
+        conn.feed(from_client, &capped(b, usize::MAX, at(t)), out);
+    };
+    feed(&mut conn, false, &recs[0].1, &mut out);
+    feed(&mut conn, true, &ssl_request, &mut out);
+    assert!(conn.awaits_tls());
+    feed(
+        &mut conn,
+        true,
+        b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00",
+        &mut out,
+    );
+    conn.tls_plaintext();
+    feed(&mut conn, true, &login_in_tls, &mut out);
+    for (from_client, b) in &recs[2..] {
+        feed(&mut conn, *from_client, b, &mut out);
+    }
+    conn.close(CLOSED_NS, &mut out);
+    assert_eq!(errors(&out), Vec::<&str>::new());
+    let (_, plain) = run("cli_simple.cap");
+    let texts = |ev: &[DbEvent]| -> Vec<(String, Option<u64>)> {
+        ops(ev)
+            .iter()
+            .map(|o| (text(o).to_string(), o.rows))
+            .collect()
+    };
+    assert_eq!(texts(&out), texts(&plain));
+    assert!(!texts(&out).is_empty());
+    assert!(ops(&out).iter().all(|o| o.system == DbSystem::Mariadb));
+}

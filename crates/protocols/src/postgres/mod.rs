@@ -49,7 +49,10 @@ enum Phase {
     Negotiating,
     /// Tagged messages both ways (authentication and after).
     Ready,
-    /// TLS, GSS encryption or cancel: nothing more to read.
+    /// The server agreed to TLS: the rest is read once the TLS library's
+    /// plaintext arrives (`DbConnection::tls_plaintext`).
+    Tls,
+    /// GSS encryption or cancel: nothing more to read.
     Opaque,
 }
 
@@ -156,7 +159,7 @@ impl PostgresConnection {
 
     /// True once the rest of the connection is encrypted (or cancelled).
     pub fn is_opaque(&self) -> bool {
-        self.st.phase == Phase::Opaque
+        matches!(self.st.phase, Phase::Opaque | Phase::Tls)
     }
 
     /// Requests waiting for an answer (for tests and memory accounting).
@@ -168,7 +171,7 @@ impl PostgresConnection {
 impl DbConnection for PostgresConnection {
     fn feed(&mut self, from_client: bool, seg: &Segment<'_>, out: &mut Vec<DbEvent>) {
         let Self { client, server, st } = self;
-        if st.phase == Phase::Opaque || seg.total_len == 0 {
+        if matches!(st.phase, Phase::Opaque | Phase::Tls) || seg.total_len == 0 {
             return;
         }
         let framer = if from_client { client } else { server };
@@ -193,9 +196,22 @@ impl DbConnection for PostgresConnection {
                 Some(Pull::Msg(m)) if from_client => st.client_msg(&m, out),
                 Some(Pull::Msg(m)) => st.server_msg(&m, seg.timing.exit_ns, out),
             }
-            if st.phase == Phase::Opaque {
+            if matches!(st.phase, Phase::Opaque | Phase::Tls) {
                 break;
             }
+        }
+    }
+
+    fn awaits_tls(&self) -> bool {
+        self.st.phase == Phase::Tls
+    }
+
+    fn tls_plaintext(&mut self) {
+        // The session inside TLS starts over with the client's StartupMessage.
+        if self.st.phase == Phase::Tls {
+            self.client = Framer::new(true);
+            self.server = Framer::new(false);
+            self.st.phase = Phase::Startup;
         }
     }
 
@@ -406,10 +422,10 @@ impl State {
     fn server_msg(&mut self, m: &Msg<'_>, end_ns: u64, out: &mut Vec<DbEvent>) {
         if self.phase == Phase::Negotiating {
             // 'N': go on in plaintext; 'S'/'G': TLS / GSS encryption follows.
-            self.phase = if m.tag == b'N' {
-                Phase::Startup
-            } else {
-                Phase::Opaque
+            self.phase = match m.tag {
+                b'N' => Phase::Startup,
+                b'S' => Phase::Tls,
+                _ => Phase::Opaque,
             };
             return;
         }

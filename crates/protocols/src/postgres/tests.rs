@@ -783,3 +783,37 @@ fn close_leaves_the_last_query_unanswered() {
         assert_eq!(got, (answer, CLOSED_NS, None, true), "{name}");
     }
 }
+
+/// psql's session as it goes when the server accepts TLS: 'S' answers the
+/// SSLRequest, TLS records follow (never parsed), and once the TLS
+/// library's plaintext comes, the session inside reads as in the clear.
+#[test]
+fn session_inside_tls_reads_as_in_the_clear() {
+    let recs = capture("psql_simple.cap");
+    assert_eq!(recs[1].bytes, b"N"); // the recording refused TLS
+    let mut conn = PostgresConnection::new();
+    let mut out = Vec::new();
+    conn.feed(
+        true,
+        &capped(&recs[0].bytes, usize::MAX, timing(0)),
+        &mut out,
+    );
+    assert!(!conn.awaits_tls());
+    conn.feed(false, &capped(b"S", usize::MAX, timing(1)), &mut out);
+    assert!(conn.awaits_tls());
+    let hello = b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00";
+    conn.feed(true, &capped(hello, usize::MAX, timing(2)), &mut out);
+    conn.tls_plaintext();
+    assert!(!conn.awaits_tls());
+    for (i, r) in recs.iter().enumerate().skip(2) {
+        conn.feed(
+            r.from_client,
+            &capped(&r.bytes, usize::MAX, timing(i)),
+            &mut out,
+        );
+    }
+    conn.close(CLOSED_NS, &mut out);
+    assert_eq!(errors(&out), Vec::<&str>::new());
+    assert_eq!(summary(&out), summary(&run("psql_simple.cap")));
+    assert!(!out.is_empty());
+}
