@@ -26,6 +26,10 @@ fuzz_target!(|data: &[u8]| {
         let (seg, after) = rest.split_at(len);
         rest = after;
         let from_client = ctl & 0x80 != 0;
+        // After an agreement to TLS, an odd control byte starts the plaintext.
+        if conn.awaits_tls() && ctl & 1 != 0 {
+            conn.tls_plaintext();
+        }
         // Bit 6: pretend the kernel captured only half of what moved.
         let (captured, total) = if ctl & 0x40 != 0 {
             (&seg[..seg.len() / 2], seg.len() * 3)

@@ -107,7 +107,8 @@ pub trait DbConnection: Send {
     fn feed(&mut self, from_client: bool, seg: &Segment<'_>, out: &mut Vec<DbEvent>);
     /// The TLS library's plaintext of this connection is what comes next
     /// (the ciphertext never reaches the parser): a session that negotiated
-    /// TLS in the protocol (PostgreSQL's SSLRequest) goes on inside it.
+    /// TLS in the protocol (PostgreSQL SSLRequest, MySQL SSL login) goes on
+    /// inside it.
     fn tls_plaintext(&mut self) {}
     /// True between the protocol's agreement to TLS and its plaintext: the
     /// bytes on the wire are TLS records now.

@@ -261,8 +261,8 @@ pub struct Pipeline {
     /// The first record of a connection left in the data ring until the
     /// process ring was read once more (see `process_event_pending`).
     left_for_process_event: Option<ConnKey>,
-    /// Processes that exited, to forget once the data ring is drained.
-    /// Exited processes (pid, exit time) whose data is still being drained.
+    /// Processes that exited (pid, exit time), to forget once the data
+    /// ring is drained.
     pending_exits: Vec<(u32, u64)>,
     /// TCP lifecycle events, handled once the data ring is drained.
     pending_flows: Vec<abi::FlowEvent>,
@@ -769,7 +769,7 @@ impl Pipeline {
                     state.observe_record(d.data, from_server);
                     return false;
                 }
-                // Before any protocol, or after one agreed to TLS (PostgreSQL).
+                // Before any protocol, or after one agreed to TLS (PostgreSQL, MySQL).
                 let tls_next = match &conn.proto {
                     None => true,
                     Some(Proto::Db { parser, .. }) => parser.awaits_tls(),
