@@ -224,16 +224,26 @@ def start_mariadb(tls: bool = False) -> DbServer:
 # --------------------------------------------------------------------------------------
 
 
-def start_redis() -> DbServer:
+def start_redis(tls: bool = False) -> DbServer:
+    """``tls``: TLS only (``--tls-port``, a self-signed certificate, no client
+    certificates), as redis-cli ``--tls --insecure`` connects."""
     binary = need(REDIS_SERVER, "apt-get install redis-server")
     root = _private_dir("redis")
     log = root / "redis.log"
     port = free_port()
-    proc = _spawn([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+    listen = ["--port", str(port)]
+    if tls:
+        cert, key = _self_signed(root)
+        listen = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", cert,
+                  "--tls-key-file", key, "--tls-auth-clients", "no"]
+    proc = _spawn([binary, *listen, "--bind", "127.0.0.1", "--save", "",
                    "--appendonly", "no", "--dir", str(root), "--daemonize", "no"], log)
     srv = DbServer("redis", proc, port, root, log)
 
     def ready() -> bool:
+        if tls:
+            return _run([REDIS_CLI, "--tls", "--insecure", "-p", str(port), "PING"],
+                        timeout=5).stdout.strip() == "PONG"
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
                 s.sendall(b"PING\r\n")

@@ -817,15 +817,29 @@ def test_9_operation_the_client_gave_up_on(require_root, sink, start_agent, requ
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("system", ["postgresql", "mariadb"])
+@pytest.fixture
+def redis_tls_server():
+    srv = start_redis(tls=True)
+    yield srv
+    srv.stop()
+
+
+@pytest.mark.parametrize("system", ["postgresql", "mariadb", "redis"])
 def test_10_session_inside_tls(require_root, sink, start_agent, request, system):
     """PostgreSQL's SSLRequest and MySQL's SSL login request turn a session into TLS
     after a few plaintext bytes (libpq does it by default when the server offers TLS,
     as Debian's clusters do; MySQL 8 clients too). The statements then travel inside
     TLS: the OpenSSL probes of the client (psql, the mysql CLI) and of the server read
     them, and the session's parser goes on with that plaintext. Each statement gets its
-    CLIENT and SERVER span, with the TLS version of the session (before: no span)."""
-    if system == "postgresql":
+    CLIENT and SERVER span, with the TLS version of the session (before: no span).
+    Redis speaks TLS from the first byte (``--tls-port``) and is read the same way."""
+    if system == "redis":
+        srv = request.getfixturevalue("redis_tls_server")
+        cli = "^redis-cli$"
+        cmd = [REDIS_CLI, "--tls", "--insecure", "-p", srv.port, "RPUSH", "tls:list", "a"]
+        text = "RPUSH tls:list ?"
+        secured = "1"  # the list's length; the connection was TLS: the port speaks nothing else
+    elif system == "postgresql":
         srv = request.getfixturevalue("pg_tls_server")
         cli = "^psql$"
         sql = "SELECT 'tls' AS t, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
@@ -853,10 +867,11 @@ def test_10_session_inside_tls(require_root, sink, start_agent, request, system)
     def mine(s):
         return s["attrs"].get("db.query.text") == text
     spans = wait_db_spans(sink, 2, mine)
+    rows = None if system == "redis" else 1
     got = sorted((s["kind"], s["attrs"].get("db.system.name"),
                   s["attrs"].get("db.response.returned_rows"),
                   s["attrs"].get("tls.protocol.version") is not None) for s in spans)
-    want = [(kind, system, 1, True) for kind in ("CLIENT", "SERVER")]
+    want = [(kind, system, rows, True) for kind in ("CLIENT", "SERVER")]
     report(f"{system} spans of the statement inside TLS (kind, system, rows, tls version)",
            got, want)
     assert got == want, show(spans)
