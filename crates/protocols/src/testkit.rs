@@ -75,7 +75,7 @@ pub fn closed_after(
 
 /// Whether `bytes` contain `word`.
 pub fn has(bytes: &[u8], word: &[u8]) -> bool {
-    bytes.windows(word.len()).any(|w| w == word)
+    memchr::memmem::find(bytes, word).is_some()
 }
 
 pub fn db_ops(events: &[DbEvent]) -> Vec<&DbOperation> {

@@ -63,6 +63,13 @@ enum Phase {
     Opaque,
 }
 
+impl Phase {
+    /// Nothing on the wire is parsed now: encrypted, or not followed.
+    fn unread(self) -> bool {
+        matches!(self, Phase::Opaque | Phase::Tls)
+    }
+}
+
 /// What a pending command is.
 #[derive(Debug, Clone)]
 enum Kind {
@@ -195,7 +202,7 @@ impl MysqlConnection {
 
     /// True once the rest of the connection is encrypted (or replication).
     pub fn is_opaque(&self) -> bool {
-        matches!(self.st.phase, Phase::Opaque | Phase::Tls)
+        self.st.phase.unread()
     }
 
     /// True once the login agreed on the compressed protocol.
@@ -222,7 +229,7 @@ impl DbConnection for MysqlConnection {
             st,
             inflaters,
         } = self;
-        if matches!(st.phase, Phase::Opaque | Phase::Tls) || seg.total_len == 0 {
+        if st.phase.unread() || seg.total_len == 0 {
             return;
         }
         if std::mem::take(&mut st.compress_next) {
@@ -296,7 +303,7 @@ fn feed_packets(
     seg: &Segment<'_>,
     out: &mut Vec<DbEvent>,
 ) {
-    if matches!(st.phase, Phase::Opaque | Phase::Tls) || seg.total_len == 0 {
+    if st.phase.unread() || seg.total_len == 0 {
         return;
     }
     if from_client {

@@ -56,6 +56,13 @@ enum Phase {
     Opaque,
 }
 
+impl Phase {
+    /// Nothing on the wire is parsed now: encrypted, or not followed.
+    fn unread(self) -> bool {
+        matches!(self, Phase::Opaque | Phase::Tls)
+    }
+}
+
 /// A Query or Execute waiting for its answer.
 #[derive(Debug, Clone)]
 struct Op {
@@ -159,7 +166,7 @@ impl PostgresConnection {
 
     /// True once the rest of the connection is encrypted (or cancelled).
     pub fn is_opaque(&self) -> bool {
-        matches!(self.st.phase, Phase::Opaque | Phase::Tls)
+        self.st.phase.unread()
     }
 
     /// Requests waiting for an answer (for tests and memory accounting).
@@ -171,7 +178,7 @@ impl PostgresConnection {
 impl DbConnection for PostgresConnection {
     fn feed(&mut self, from_client: bool, seg: &Segment<'_>, out: &mut Vec<DbEvent>) {
         let Self { client, server, st } = self;
-        if matches!(st.phase, Phase::Opaque | Phase::Tls) || seg.total_len == 0 {
+        if st.phase.unread() || seg.total_len == 0 {
             return;
         }
         let framer = if from_client { client } else { server };
@@ -196,7 +203,7 @@ impl DbConnection for PostgresConnection {
                 Some(Pull::Msg(m)) if from_client => st.client_msg(&m, out),
                 Some(Pull::Msg(m)) => st.server_msg(&m, seg.timing.exit_ns, out),
             }
-            if matches!(st.phase, Phase::Opaque | Phase::Tls) {
+            if st.phase.unread() {
                 break;
             }
         }
