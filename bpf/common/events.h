@@ -99,7 +99,8 @@ enum at_counter {
 	AT_CNT_TLS_NO_FD = 7,     /* TLS call whose socket we never saw: plaintext dropped */
 	AT_CNT_WIRE_NO_ROOM = 8,  /* data segment with no TCP option space left: context not sent */
 	AT_CNT_WIRE_LOST = 9,     /* ring buffer full: trace-context event dropped */
-	AT_CNT_MAX = 10,
+	AT_CNT_H2_UNFOLLOWED = 10, /* HTTP/2 frame boundaries lost in a call: later frames past the capture unseen */
+	AT_CNT_MAX = 11,
 };
 
 /* A connection's endpoints as the process sees them. Addresses are IPv4 in
@@ -131,7 +132,10 @@ struct at_data_event {
 	/* The server connection whose request this thread was serving when it
 	 * wrote this (egress on non-server sockets); ctx_fd < 0: none. */
 	__s32 ctx_fd;
-	__u32 _pad;
+	/* HTTP/2: bytes of frame records after the prefix in data[] (see
+	 * AT_H2_RECORD); 0 on every other connection. */
+	__u16 frames_len;
+	__u16 _pad;
 	__u64 ctx_conn_start_ns;
 	struct at_conn_tuple tuple;
 	__u8 tail[AT_TAIL_BYTES]; /* last bytes of the buffer when captured_len < total_len */
@@ -210,6 +214,23 @@ struct at_thread_ctx {
 	__u64 conn_start_ns;
 };
 
+/* An HTTP/2 frame whose header lies past an event's captured prefix (or,
+ * not DATA, whose payload runs past it), as a record in
+ * data[captured_len..captured_len + frames_len]: the call offset
+ * of its header (u32, little endian), the payload bytes that follow the
+ * header in the record (u16, little endian; none for DATA), the 9-byte
+ * frame header, then that payload. Records come in call order. */
+#define AT_H2_RECORD 15
+
+/* Where one direction of an HTTP/2 connection stands in its frames, carried
+ * from one call to the next. */
+struct at_h2_pos {
+	__u32 skip;   /* bytes from the next call's start to the next frame header */
+	__u8 tracked; /* skip is known */
+	__u8 have;    /* 1-2: the last call ended inside a header's length field */
+	__u8 part[2]; /* those bytes */
+};
+
 /* Per-connection state the kernel keeps, keyed by (tgid << 32 | fd). */
 struct at_conn_info {
 	__u64 start_ns;
@@ -226,6 +247,7 @@ struct at_conn_info {
 	/* The sock behind the fd: a different one means the fd was closed and
 	 * reused, which the socket-level hooks see without a close() hook. */
 	__u64 sk;
+	struct at_h2_pos h2[2]; /* by enum at_direction, once wide */
 };
 
 /* at_conn_info.is_socket of an unconnected UDP socket (socket hooks only):

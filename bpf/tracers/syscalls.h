@@ -248,9 +248,13 @@ static __always_inline void capture_iov(struct at_data_event *ev, __u64 iov_ptr,
 		ev->tail_len = AT_TAIL_BYTES;
 }
 
+#include "h2_frames.h"
+
 static __always_inline void output_data(struct at_data_event *ev)
 {
-	__u64 n = ev->captured_len;
+	/* The prefix and the HTTP/2 frame records behind it (together within
+	 * the capture ceiling). */
+	__u64 n = ev->captured_len + ev->frames_len;
 	asm volatile("%0 &= %1" : "+r"(n) : "i"(AT_CAP_MASK));
 	__u64 size = offsetof(struct at_data_event, data) + n;
 	if (bpf_ringbuf_output(&data_events, ev, size, output_flags(&data_events, size)))
@@ -305,6 +309,7 @@ static __always_inline struct at_data_event *begin_event(struct at_task_state *s
 	ev->tail_len = 0;
 	ev->tuple = info->tuple;
 	ev->ctx_fd = -1;
+	ev->frames_len = 0;
 	ev->_pad = 0;
 	ev->ctx_conn_start_ns = 0;
 	wire_note_direction(st, info, tgid, fd, direction);
@@ -339,11 +344,17 @@ static __always_inline void emit_transfer(struct at_task_state *st, struct at_co
 	}
 	if (a->syscall == AT_SYS_SENDFILE) {
 		/* The body never passes through user memory: count it only. */
-	} else if (a->iovcnt)
-		capture_iov(ev, a->buf, a->iovcnt, (__u32)ret, capture_cap(info));
+		output_data(ev);
+		return;
+	}
+	__u32 cap = h2_prefix_cap(info, direction, capture_cap(info), (__u32)ret);
+	if (a->iovcnt)
+		capture_iov(ev, a->buf, a->iovcnt, (__u32)ret, cap);
 	else
-		capture_plain(ev, a->buf, (__u32)ret, capture_cap(info));
+		capture_plain(ev, a->buf, (__u32)ret, cap);
 	note_http2(info, ev);
+	if (info->wide)
+		h2_follow(info, direction, a->buf, a->iovcnt, (__u32)ret);
 	output_data(ev);
 }
 

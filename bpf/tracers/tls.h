@@ -47,8 +47,10 @@ static __always_inline int emit_plaintext(struct at_task_state *st, __u64 id, __
 	struct at_data_event *ev = begin_event(st, info, (__u32)id, tgid, dir, kind, enter_ns, len);
 	if (!ev)
 		return 0;
-	capture_plain(ev, buf, (__u32)len, capture_cap(info));
+	capture_plain(ev, buf, (__u32)len, h2_prefix_cap(info, dir, capture_cap(info), (__u32)len));
 	note_http2(info, ev);
+	if (info->wide)
+		h2_follow(info, dir, buf, 0, (__u32)len);
 	output_data(ev);
 	return 0;
 }

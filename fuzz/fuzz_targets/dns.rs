@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
         let mut msgs = Vec::new();
         if tcp {
             let (captured, total) = if ctl & 0x40 != 0 { (&seg[..seg.len() / 2], seg.len() * 2) } else { (seg, seg.len()) };
-            let s = Segment { data: captured, total_len: total, tail: &[], timing };
+            let s = Segment { data: captured, total_len: total, tail: &[], frames: &[], timing };
             framers[usize::from(from_client)].push(&s, &mut msgs);
         } else {
             msgs.push((seg.to_vec(), timing));

@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
         let before = out.len();
         conn.feed(
             dir,
-            &Segment { data: captured, total_len: total, tail: tail_bytes, timing: Timing { enter_ns: t, exit_ns: t } },
+            &Segment { data: captured, total_len: total, tail: tail_bytes, frames: &[], timing: Timing { enter_ns: t, exit_ns: t } },
             &mut out,
         );
         for e in &out[before..] {

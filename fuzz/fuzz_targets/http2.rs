@@ -1,7 +1,7 @@
 //! Feeds arbitrary bytes to an HTTP/2 connection tracker, cut into segments
-//! and directions chosen by the input itself, with capture truncation, and
-//! checks it never panics, keeps its stream cap, and never reports a stream
-//! twice.
+//! and directions chosen by the input itself, with capture truncation and
+//! the kernel's records of frames past the cut, and checks it never panics,
+//! keeps its stream cap, and never reports a stream twice.
 #![no_main]
 
 use autotel_protocols::http2::{
@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
                 data: PREFACE,
                 total_len: PREFACE.len(),
                 tail: &[],
+                frames: &[],
                 timing: Timing::default(),
             };
             c.feed(true, &seg, &mut Vec::new());
@@ -42,11 +43,13 @@ fuzz_target!(|data: &[u8]| {
         let (seg, tail) = rest.split_at(len);
         rest = tail;
         let from_client = ctl & 0x80 == 0;
-        // Bit 6: pretend the kernel captured only half and the syscall moved more.
-        let (captured, total) = if ctl & 0x40 != 0 {
-            (&seg[..seg.len() / 2], seg.len() * 3)
+        // Bit 6: pretend the kernel captured only half and the syscall moved
+        // more, the other half being its records of the frames past the cut.
+        let (captured, frames, total) = if ctl & 0x40 != 0 {
+            let (a, b) = seg.split_at(seg.len() / 2);
+            (a, b, seg.len() * 3)
         } else {
-            (seg, seg.len())
+            (seg, &[][..], seg.len())
         };
         let tail_bytes = &seg[seg.len().saturating_sub(32)..];
         t += 1;
@@ -56,6 +59,7 @@ fuzz_target!(|data: &[u8]| {
                 data: captured,
                 total_len: total,
                 tail: tail_bytes,
+                frames,
                 timing: Timing {
                     enter_ns: t,
                     exit_ns: t,

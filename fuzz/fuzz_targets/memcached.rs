@@ -41,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
                 data: captured,
                 total_len: total,
                 tail: tail_bytes,
+                frames: &[],
                 timing: Timing {
                     enter_ns: t,
                     exit_ns: t,

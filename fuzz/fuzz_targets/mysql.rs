@@ -52,6 +52,7 @@ fuzz_target!(|data: &[u8]| {
                 data: captured,
                 total_len: total,
                 tail,
+                frames: &[],
                 timing: Timing {
                     enter_ns: t,
                     exit_ns: t + 1,

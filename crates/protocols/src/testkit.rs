@@ -35,6 +35,7 @@ pub fn capped(bytes: &[u8], cap: usize, timing: Timing) -> Segment<'_> {
         data,
         total_len: bytes.len(),
         tail,
+        frames: &[],
         timing,
     }
 }

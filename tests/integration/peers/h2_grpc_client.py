@@ -13,7 +13,8 @@ Scenarios:
 * stream N MS    one demo.Stream/Count yielding N messages MS ms apart
 * concurrent C MS  C concurrent demo.Echo/Slow calls (each sleeps MS ms on the server)
 * traceparent TP1 TP2  Health/Check with metadata traceparent=TP1, then TP2, then none
-* sizes N1,N2,...  one demo.Echo/Slow per size, echoing a payload of that many bytes
+* sizes N1,N2,... [T]  one demo.Echo/Slow per size, echoing a payload of that many
+  bytes; with T, the list runs on T threads at once
 """
 
 import json
@@ -21,6 +22,7 @@ import os
 import sys
 import time
 from collections import Counter
+from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -85,8 +87,16 @@ def main() -> int:
         out["serving"] = sum(c == health_pb2.HealthCheckResponse.SERVING for c in codes)
     elif scenario == "sizes":
         call = channel.unary_unary("/demo.Echo/Slow", **ident)
-        out["echoed"] = [len(call(b"0:" + b"p" * int(n), timeout=30))
-                         for n in args[0].split(",")]
+        sizes = [int(n) for n in args[0].split(",")]
+        threads = int(args[1]) if len(args) > 1 else 1
+        if threads == 1:
+            out["echoed"] = [len(call(b"0:" + b"p" * n, timeout=30)) for n in sizes]
+        else:
+            # the same list on concurrent threads: their frames interleave on the channel
+            with futures.ThreadPoolExecutor(threads) as pool:
+                runs = pool.map(lambda _: [len(call(b"0:" + b"p" * n, timeout=30))
+                                           for n in sizes], range(threads))
+                out["echoed"] = [x for run in runs for x in run]
     else:
         print(f"unknown scenario {scenario}", file=sys.stderr)
         return 2

@@ -620,6 +620,7 @@ impl Pipeline {
                 data: d.data,
                 total_len: h.total_len as usize,
                 tail: d.tail(),
+                frames: d.frames,
                 timing: Timing {
                     enter_ns: h.enter_ns,
                     exit_ns: h.exit_ns,
@@ -651,6 +652,7 @@ impl Pipeline {
                             data: &held.bytes,
                             total_len: held.bytes.len(),
                             tail: &[],
+                            frames: &[],
                             timing: held.timing,
                         };
                         self.feed(key.pid, &mut conn, held.dir, &held_seg);
@@ -887,6 +889,8 @@ impl Pipeline {
                 data: seg.data.get(rest..).unwrap_or_default(),
                 total_len: seg.total_len.saturating_sub(rest),
                 tail: seg.tail,
+                // Never followed: the call did not start at a frame.
+                frames: &[],
                 timing: seg.timing,
             };
             self.feed(pid, conn, dir, &seg);

@@ -42,6 +42,7 @@ pub(super) fn record(fd: i32, ingress: bool, at_ns: u64, payload: &[u8]) -> Vec<
         captured_len: payload.len() as u16,
         tail_len: 0,
         ctx_fd: -1,
+        frames_len: 0,
         _pad: 0,
         ctx_conn_start_ns: 0,
         tuple,

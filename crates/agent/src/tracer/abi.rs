@@ -33,7 +33,7 @@ pub const PROC_LISTEN: u8 = 3;
 pub const PROC_FORK: u8 = 4;
 
 /// Per-CPU counter indexes (enum at_counter).
-pub const COUNTER_NAMES: [(u32, &str); 10] = [
+pub const COUNTER_NAMES: [(u32, &str); 11] = [
     (0, "data_lost"),
     (1, "proc_lost"),
     (2, "close_lost"),
@@ -44,6 +44,7 @@ pub const COUNTER_NAMES: [(u32, &str); 10] = [
     (7, "tls_no_fd"),
     (8, "wire_ctx_no_room"),
     (9, "wire_ctx_lost"),
+    (10, "h2_unfollowed"),
 ];
 
 /// DataHeader::syscall values of TLS plaintext (enum at_syscall).
@@ -131,7 +132,9 @@ pub struct DataHeader {
     pub captured_len: u16,
     pub tail_len: u16,
     pub ctx_fd: i32,
-    pub _pad: u32,
+    /// HTTP/2 frame records after the prefix (AT_H2_RECORD).
+    pub frames_len: u16,
+    pub _pad: u16,
     pub ctx_conn_start_ns: u64,
     pub tuple: ConnTuple,
     pub tail: [u8; TAIL_BYTES],
@@ -231,7 +234,10 @@ pub struct WireCtxEvent {
 /// A data record borrowed from the ring buffer.
 pub struct DataEvent<'a> {
     pub header: DataHeader,
+    /// The captured prefix.
     pub data: &'a [u8],
+    /// HTTP/2 frames past the prefix, as the kernel's records.
+    pub frames: &'a [u8],
 }
 
 impl DataEvent<'_> {
@@ -285,7 +291,15 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, AbiError> {
             let start = std::mem::size_of::<DataHeader>();
             let end = start + header.captured_len as usize;
             let data = bytes.get(start..end).ok_or(AbiError::Short(bytes.len()))?;
-            Ok(Event::Data(DataEvent { header, data }))
+            let frames_end = end + header.frames_len as usize;
+            let frames = bytes
+                .get(end..frames_end)
+                .ok_or(AbiError::Short(bytes.len()))?;
+            Ok(Event::Data(DataEvent {
+                header,
+                data,
+                frames,
+            }))
         }
         Some(EV_CLOSE) => Ok(Event::Close(read_pod(bytes)?)),
         Some(EV_PROC) => Ok(Event::Proc(read_pod(bytes)?)),
@@ -342,6 +356,10 @@ mod tests {
         assert_eq!(
             offset_of!(DataHeader, total_len),
             offset_of!(types::at_data_event, total_len)
+        );
+        assert_eq!(
+            offset_of!(DataHeader, frames_len),
+            offset_of!(types::at_data_event, frames_len)
         );
         assert_eq!(
             offset_of!(DataHeader, tuple),
@@ -409,7 +427,15 @@ mod tests {
         assert!(decode(&rec).is_err());
         rec.extend_from_slice(b"hello");
         match decode(&rec).unwrap() {
-            Event::Data(d) => assert_eq!(d.data, b"hello"),
+            Event::Data(d) => assert_eq!((d.data, d.frames), (&b"hello"[..], &[][..])),
+            _ => panic!("not data"),
+        }
+        // frames_len claims HTTP/2 records behind the prefix
+        rec[offset_of!(DataHeader, frames_len)] = 3;
+        assert!(decode(&rec).is_err());
+        rec.extend_from_slice(b"abc");
+        match decode(&rec).unwrap() {
+            Event::Data(d) => assert_eq!((d.data, d.frames), (&b"hello"[..], &b"abc"[..])),
             _ => panic!("not data"),
         }
     }

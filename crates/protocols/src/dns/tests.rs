@@ -20,6 +20,7 @@ fn seg(data: &[u8], ns: u64) -> Segment<'_> {
         data,
         total_len: data.len(),
         tail: &[],
+        frames: &[],
         timing: t(ns),
     }
 }
@@ -294,6 +295,7 @@ fn tcp_capture_gap_skips_message_and_resyncs() {
             data: &first[..10],
             total_len: first.len(),
             tail: &[],
+            frames: &[],
             timing: t(0),
         },
         &mut out,

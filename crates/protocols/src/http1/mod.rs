@@ -84,6 +84,9 @@ pub struct Segment<'a> {
     pub total_len: usize,
     /// Last bytes of the syscall's buffer when the prefix stopped short.
     pub tail: &'a [u8],
+    /// HTTP/2: the frames whose header lies past the prefix, as the kernel's
+    /// records (`http2::frame::far_frames`); empty elsewhere.
+    pub frames: &'a [u8],
     pub timing: Timing,
 }
 

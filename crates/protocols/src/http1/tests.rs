@@ -13,6 +13,7 @@ fn seg(data: &[u8], t: u64) -> Segment<'_> {
         data,
         total_len: data.len(),
         tail: &[],
+        frames: &[],
         timing: Timing {
             enter_ns: t,
             exit_ns: t + 1,
@@ -142,6 +143,7 @@ fn client_side_chunked_gzip_with_truncated_capture() {
         data: &resp[..cap],
         total_len: resp.len(),
         tail,
+        frames: &[],
         timing: Timing {
             enter_ns: 5,
             exit_ns: 6,
@@ -185,6 +187,7 @@ fn large_body_counted_not_captured() {
         data: &first,
         total_len: head.len() + 65536,
         tail: &[],
+        frames: &[],
         timing: Timing::default(),
     };
     c.feed(Dir::Ingress, &s, &mut out);
@@ -195,6 +198,7 @@ fn large_body_counted_not_captured() {
             data: b"aaaa",
             total_len: n,
             tail: &[],
+            frames: &[],
             timing: Timing::default(),
         };
         c.feed(Dir::Ingress, &s, &mut out);
@@ -419,6 +423,7 @@ fn cut_seg(bytes: &[u8], cap: usize, t: u64) -> Segment<'_> {
         data: &bytes[..cap.min(bytes.len())],
         total_len: bytes.len(),
         tail: &bytes[bytes.len() - 32..],
+        frames: &[],
         timing: Timing {
             enter_ns: t,
             exit_ns: t + 1,

@@ -100,6 +100,38 @@ pub fn plausible_chain(data: &[u8]) -> bool {
     seen
 }
 
+/// Bytes of a frame record's fixed part: call offset (u32 LE), payload
+/// bytes kept (u16 LE), the frame header.
+const RECORD_HEAD: usize = 4 + 2 + 9;
+
+/// A frame whose header lies past a call's captured prefix, as the kernel
+/// recorded it (AT_H2_RECORD in bpf/common/events.h).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FarFrame<'a> {
+    /// Offset of the header in the call's bytes.
+    pub at: usize,
+    pub header: &'a [u8],
+    /// The payload bytes kept (none for DATA; may stop short of the frame).
+    pub payload: &'a [u8],
+}
+
+/// The records in `b`, in order; stops at one that does not fit.
+pub fn far_frames(mut b: &[u8]) -> impl Iterator<Item = FarFrame<'_>> {
+    std::iter::from_fn(move || {
+        let head = b.get(..RECORD_HEAD)?;
+        let at = u32::from_le_bytes(head[..4].try_into().ok()?) as usize;
+        let kept = u16::from_le_bytes([head[4], head[5]]) as usize;
+        let payload = b.get(RECORD_HEAD..RECORD_HEAD + kept)?;
+        let far = FarFrame {
+            at,
+            header: &head[6..],
+            payload,
+        };
+        b = &b[RECORD_HEAD + kept..];
+        Some(far)
+    })
+}
+
 /// What the reader found.
 #[derive(Debug)]
 pub enum Item<'a> {
@@ -186,6 +218,47 @@ impl FrameReader {
                 return;
             }
         }
+        if !self.take(&data[p..], on) {
+            return;
+        }
+        // The frames past the prefix the kernel found: each must start
+        // where the last one ended.
+        let mut at = data.len();
+        for far in far_frames(seg.frames) {
+            if far.at < at {
+                // A frame begun in the prefix (its header, or a header block
+                // running past it): the record has all of it.
+                let begun = match &self.cur {
+                    Some(cur) if self.hdr_len == 0 => {
+                        at.checked_sub(9 + (cur.h.len - cur.left) as usize)
+                    }
+                    None => at.checked_sub(self.hdr_len).filter(|_| self.hdr_len > 0),
+                    _ => None,
+                };
+                if begun != Some(far.at) {
+                    self.lose(on);
+                    return;
+                }
+                self.cur = None;
+                self.hdr_len = 0;
+                self.buf.clear();
+            } else if far.at > seg.total_len || !self.skip(far.at - at, on) || self.cur.is_some() {
+                if !self.lost {
+                    self.lose(on);
+                }
+                return;
+            }
+            if !self.take(far.header, on) || !self.take(far.payload, on) {
+                return;
+            }
+            at = far.at + far.header.len() + far.payload.len();
+        }
+        self.skip(seg.total_len.saturating_sub(at), on);
+    }
+
+    /// Frames in `data`, which continues the byte stream. False: sync lost.
+    fn take(&mut self, data: &[u8], on: &mut dyn FnMut(Item<'_>)) -> bool {
+        let mut p = 0;
         while p < data.len() {
             match &mut self.cur {
                 None => {
@@ -209,7 +282,7 @@ impl FrameReader {
                         }
                         _ => {
                             self.lose(on);
-                            return;
+                            return false;
                         }
                     }
                 }
@@ -231,13 +304,19 @@ impl FrameReader {
             }
             self.finish_if_done(on);
         }
-        let mut gap = seg.total_len.saturating_sub(data.len());
+        true
+    }
+
+    /// `gap` bytes moved but not captured. They can only be the rest of the
+    /// current frame: a frame starting in them is unknown (sync lost,
+    /// false). True with `cur` still open: the frame goes on past the gap.
+    fn skip(&mut self, mut gap: usize, on: &mut dyn FnMut(Item<'_>)) -> bool {
         if gap == 0 {
-            return;
+            return true;
         }
         if self.preface_at.is_some() || self.hdr_len > 0 {
             self.lose(on);
-            return;
+            return false;
         }
         if let Some(cur) = &mut self.cur {
             let n = (cur.left as usize).min(gap);
@@ -250,7 +329,9 @@ impl FrameReader {
         }
         if gap > 0 {
             self.lose(on);
+            return false;
         }
+        true
     }
 
     fn finish_if_done(&mut self, on: &mut dyn FnMut(Item<'_>)) {

@@ -139,6 +139,34 @@ fn grpc_health_check_watch_and_not_found() {
     assert_eq!(starts[1], (3, Some(TRACEPARENT.to_string())));
 }
 
+/// What a test compares of the streams a run reports.
+type Summary = (
+    u32,
+    Http2Request,
+    Option<u16>,
+    Option<u32>,
+    u64,
+    Option<u32>,
+    bool,
+);
+
+fn summary(out: &[Http2Event]) -> Vec<Summary> {
+    streams(out)
+        .into_iter()
+        .map(|s| {
+            (
+                s.stream_id,
+                s.request.clone(),
+                s.status,
+                s.grpc_status,
+                s.response_body_bytes,
+                s.reset,
+                s.hpack_unknown,
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn any_segmentation_gives_the_same_streams() {
     for name in ["grpc_health.bin", "nginx_h2c.bin"] {
@@ -154,23 +182,9 @@ fn any_segmentation_gives_the_same_streams() {
                 })
                 .collect();
             let out = run(&mut Http2Connection::new(), &split, usize::MAX);
-            let strip = |ss: Vec<&Http2Stream>| {
-                ss.into_iter()
-                    .map(|s| {
-                        (
-                            s.stream_id,
-                            s.request.clone(),
-                            s.status,
-                            s.grpc_status,
-                            s.response_body_bytes,
-                            s.reset,
-                        )
-                    })
-                    .collect::<Vec<_>>()
-            };
             assert_eq!(
-                strip(streams(&out)),
-                strip(streams(&whole)),
+                summary(&out),
+                summary(&whole),
                 "{name} in {size}-byte pieces"
             );
             assert!(errors(&out).is_empty());
@@ -451,6 +465,7 @@ fn seg_at(data: &[u8], t: u64) -> Segment<'_> {
         data,
         total_len: data.len(),
         tail: &[],
+        frames: &[],
         timing: Timing {
             enter_ns: t,
             exit_ns: t + 1,
@@ -538,6 +553,7 @@ fn lost_headers_frame_marks_following_streams_unknown() {
             data: &h3,
             total_len: total,
             tail: &[],
+            frames: &[],
             timing: Timing {
                 enter_ns: 20,
                 exit_ns: 21,
@@ -640,4 +656,130 @@ fn grpc_trailers_only_status_and_percent_decoded_message() {
     assert_eq!(s[0].request.path, "/a.B/C");
     assert_eq!((s[0].status, s[0].grpc_status), (Some(200), Some(14)));
     assert_eq!(s[0].grpc_message.as_deref(), Some("no way!"));
+}
+
+/// What the kernel sends for a connection's calls (bpf/tracers/h2_frames.h):
+/// each call's first `cap` bytes, and a record for every frame whose header
+/// lies whole in the call but not in that prefix, or whose payload runs past
+/// it unless it is DATA. Positions come from the direction's whole byte
+/// stream (the client's opens with the preface).
+fn kernel_view(calls: &[(bool, Vec<u8>)], cap: usize) -> Vec<(bool, Vec<u8>, usize, Vec<u8>)> {
+    let mut next = [PREFACE.len(), 0]; // stream offset of the next header, by side
+    let mut base = [0usize, 0]; // stream offset of the call's first byte
+    calls
+        .iter()
+        .map(|(from_client, bytes)| {
+            let side = usize::from(!from_client);
+            let (c0, len) = (base[side], bytes.len());
+            let prefix = bytes[..len.min(cap)].to_vec();
+            let mut records = Vec::new();
+            // Headers split between calls need the next call's bytes: walk
+            // the headers that start in this one.
+            let stream_byte = |abs: usize| -> Option<u8> {
+                // Only this call and the next one in the same direction matter.
+                bytes.get(abs - c0).copied().or_else(|| {
+                    calls
+                        .iter()
+                        .filter(|(c, _)| c == from_client)
+                        .flat_map(|(_, b)| b.iter().copied())
+                        .nth(abs)
+                })
+            };
+            while next[side] < c0 + len {
+                let at = next[side] - c0;
+                let h: Vec<u8> = (0..9).filter_map(|i| stream_byte(next[side] + i)).collect();
+                if h.len() < 9 {
+                    break; // the stream ends inside a header
+                }
+                let flen = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+                let past =
+                    at + 9 > prefix.len() || (h[3] != frame::DATA && at + 9 + flen > prefix.len());
+                if at + 9 <= len && past {
+                    let kept = if h[3] == frame::DATA {
+                        0
+                    } else {
+                        flen.min(len - at - 9)
+                    };
+                    records.extend((at as u32).to_le_bytes());
+                    records.extend((kept as u16).to_le_bytes());
+                    records.extend(&h);
+                    records.extend(&bytes[at + 9..at + 9 + kept]);
+                }
+                next[side] += 9 + flen;
+            }
+            base[side] += len;
+            (*from_client, prefix, len, records)
+        })
+        .collect()
+}
+
+#[test]
+fn frames_past_the_capture_give_the_same_streams() {
+    for name in ["grpc_health.bin", "nginx_h2c.bin", "nginx_curl.bin"] {
+        let recs = records(name);
+        let whole = run(&mut Http2Connection::new(), &recs, usize::MAX);
+        assert!(!streams(&whole).is_empty());
+        for cap in [24, 30, 64, 200, 1000] {
+            let mut conn = Http2Connection::new();
+            let mut out = Vec::new();
+            let view = kernel_view(&recs, cap);
+            let far = view.iter().filter(|v| !v.3.is_empty()).count();
+            for (i, (from_client, prefix, len, frames)) in view.iter().enumerate() {
+                let seg = Segment {
+                    data: prefix,
+                    total_len: *len,
+                    tail: &[],
+                    frames,
+                    timing: at(100 * (i as u64 + 1)),
+                };
+                conn.feed(*from_client, &seg, &mut out);
+            }
+            conn.close(&mut out);
+            assert!(
+                errors(&out).is_empty(),
+                "{name} cap {cap}: {:?}",
+                errors(&out)
+            );
+            assert_eq!(summary(&out), summary(&whole), "{name} cap {cap}");
+            if cap <= 64 {
+                assert!(far > 0, "{name} cap {cap}: no call went past the prefix");
+            }
+        }
+    }
+}
+
+#[test]
+fn records_that_do_not_continue_the_frames_lose_sync() {
+    let recs = records("grpc_health.bin");
+    let view = kernel_view(&recs, 30);
+    let (i, _) = view
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !v.3.is_empty())
+        .expect("a call past the prefix");
+    for shift in [-1i64, 1, 9] {
+        let mut conn = Http2Connection::new();
+        let mut out = Vec::new();
+        for (j, (from_client, prefix, len, frames)) in view.iter().enumerate() {
+            let mut frames = frames.clone();
+            if j == i {
+                let at = u32::from_le_bytes(frames[..4].try_into().unwrap()) as i64 + shift;
+                frames[..4].copy_from_slice(&(at as u32).to_le_bytes());
+            }
+            let seg = Segment {
+                data: prefix,
+                total_len: *len,
+                tail: &[],
+                frames: &frames,
+                timing: at(100 * (j as u64 + 1)),
+            };
+            conn.feed(*from_client, &seg, &mut out);
+        }
+        conn.close(&mut out);
+        assert!(
+            errors(&out).contains(&"sync_lost"),
+            "shift {shift}: {:?}",
+            errors(&out)
+        );
+    }
 }

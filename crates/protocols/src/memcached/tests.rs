@@ -243,6 +243,7 @@ fn binary_protocol_is_opaque() {
         data: get,
         total_len: get.len(),
         tail: &[],
+        frames: &[],
         timing: Timing::default(),
     };
     c.feed(true, &seg, &mut out);

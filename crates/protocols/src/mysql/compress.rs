@@ -129,6 +129,7 @@ impl Inflater {
             data,
             total_len,
             tail: &[],
+            frames: &[],
             timing,
         });
         self.payload.clear();
@@ -189,6 +190,7 @@ mod tests {
             data,
             total_len,
             tail: &[],
+            frames: &[],
             timing: Timing::default(),
         }
     }

@@ -257,6 +257,7 @@ fn lost_answer_resyncs_at_next_command() {
             data: kept,
             total_len: b.len(),
             tail: &[],
+            frames: &[],
             timing: Timing {
                 enter_ns: i as u64,
                 exit_ns: i as u64,
@@ -286,6 +287,7 @@ fn whole(data: &[u8], t: u64) -> Segment<'_> {
         data,
         total_len: data.len(),
         tail: &[],
+        frames: &[],
         timing: Timing {
             enter_ns: t,
             exit_ns: t,
@@ -440,6 +442,7 @@ fn continued_packet_and_cut_query() {
             data: &first,
             total_len: 4 + packet::MAX_PAYLOAD,
             tail: &[],
+            frames: &[],
             timing: Timing {
                 enter_ns: 1,
                 exit_ns: 2,
@@ -492,6 +495,7 @@ fn client_loses_sync_and_resyncs() {
             data: &two[..16],
             total_len: two.len(),
             tail: &[],
+            frames: &[],
             timing: Timing::default(),
         },
         &mut out,

@@ -381,6 +381,7 @@ fn seg(data: &[u8], t: u64) -> Segment<'_> {
         data,
         total_len: data.len(),
         tail: &[],
+        frames: &[],
         timing: Timing {
             enter_ns: t,
             exit_ns: t + 1,
@@ -525,6 +526,7 @@ fn lost_ready_for_query_drops_rather_than_mismatches() {
         data: &r[..r.len() - 3],
         total_len: r.len(),
         tail: &[],
+        frames: &[],
         timing: Timing::default(),
     };
     conn.feed(false, &cut, &mut out);
@@ -651,6 +653,7 @@ fn long_parse_cut_by_capture_recovers_execute_from_tail() {
         data: &w[..8192],
         total_len: w.len(),
         tail: &w[w.len() - 32..],
+        frames: &[],
         timing: Timing {
             enter_ns: 3,
             exit_ns: 4,

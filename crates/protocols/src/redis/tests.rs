@@ -360,6 +360,7 @@ fn large_value_skipped_by_length() {
             data: &chunk[..chunk.len().min(8192)],
             total_len: chunk.len(),
             tail: &chunk[chunk.len().saturating_sub(32)..],
+            frames: &[],
             timing: Timing {
                 enter_ns: i as u64,
                 exit_ns: i as u64,
@@ -374,6 +375,7 @@ fn large_value_skipped_by_length() {
         data: &reply[..8192],
         total_len: reply.len(),
         tail: &reply[reply.len() - 32..],
+        frames: &[],
         timing: Timing {
             enter_ns: 100,
             exit_ns: 101,
@@ -396,6 +398,7 @@ fn seg(data: &[u8], t: u64) -> Segment<'_> {
         data,
         total_len: data.len(),
         tail: &[],
+        frames: &[],
         timing: Timing {
             enter_ns: t,
             exit_ns: t,
