@@ -219,7 +219,9 @@ struct at_thread_ctx {
  * data[captured_len..captured_len + frames_len]: the call offset
  * of its header (u32, little endian), the payload bytes that follow the
  * header in the record (u16, little endian; none for DATA), the 9-byte
- * frame header, then that payload. Records come in call order. */
+ * frame header, then that payload. Records come in call order. The last
+ * may hold a header the call's end cuts: only its bytes before that end
+ * are valid. */
 #define AT_H2_RECORD 15
 
 /* Where one direction of an HTTP/2 connection stands in its frames, carried

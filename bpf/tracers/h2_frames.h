@@ -123,17 +123,13 @@ static __always_inline long h2_next_piece(struct at_h2_walk *w)
 	return 0;
 }
 
-/* Starts the record of the frame whose header was just read. */
-static __always_inline void h2_record(struct at_h2_walk *w, __u32 start, __u8 type, __u32 flen)
+/* Writes a record's fixed part: the frame at call offset `start` with up to
+ * `kept` payload bytes to follow. Returns how many fit, or -1: no room. */
+static __always_inline long h2_put_record(struct at_h2_walk *w, __u32 start, __u32 kept)
 {
-	__u32 kept = 0;
-	if (type != AT_H2_DATA) {
-		__u32 rest = w->len - w->at;
-		kept = flen < rest ? flen : rest;
-	}
 	if (w->full || w->out + AT_H2_RECORD > AT_WIDE_CAPTURE) {
 		w->full = 1;
-		return;
+		return -1;
 	}
 	__u32 room = AT_WIDE_CAPTURE - w->out - AT_H2_RECORD;
 	if (kept > room)
@@ -141,7 +137,7 @@ static __always_inline void h2_record(struct at_h2_walk *w, __u32 start, __u8 ty
 	struct at_data_event *ev = scratch_event();
 	if (!ev) {
 		w->lost = 1;
-		return;
+		return -1;
 	}
 	__u64 o = w->out;
 	asm volatile("%0 &= %1" : "+r"(o) : "i"(AT_CAP_MASK));
@@ -154,9 +150,22 @@ static __always_inline void h2_record(struct at_h2_walk *w, __u32 start, __u8 ty
 	r[5] = kept >> 8;
 	__builtin_memcpy(&r[6], w->hdr, AT_H2_HEADER);
 	w->out += AT_H2_RECORD;
-	w->copy_left = kept;
-	if (kept)
+	return kept;
+}
+
+/* Starts the record of the frame whose header was just read. */
+static __always_inline void h2_record(struct at_h2_walk *w, __u32 start, __u8 type, __u32 flen)
+{
+	__u32 kept = 0;
+	if (type != AT_H2_DATA) {
+		__u32 rest = w->len - w->at;
+		kept = flen < rest ? flen : rest;
+	}
+	long n = h2_put_record(w, start, kept);
+	if (n > 0) {
+		w->copy_left = n;
 		w->state = AT_H2_COPY_PAYLOAD;
+	}
 }
 
 /* Reads (the rest of) a frame header from user memory at `src`. */
@@ -323,6 +332,10 @@ __noinline int h2_follow(struct at_conn_info *info, __u32 dir, __u64 buf, __u64 
 		count(AT_CNT_H2_UNFOLLOWED);
 		return 0;
 	}
+	/* A header the call's end cuts: its first bytes as a record (user space
+	 * sees the record runs past the call), the rest opens the next call. */
+	if (w->have && w->len > w->captured)
+		h2_put_record(w, w->pos, 0);
 	if (w->have >= 3) {
 		hp->skip = AT_H2_HEADER - w->have + h2_frame_len(w->hdr);
 	} else if (w->have) {

@@ -248,10 +248,16 @@ impl FrameReader {
                 }
                 return;
             }
-            if !self.take(far.header, on) || !self.take(far.payload, on) {
+            // A header the call's end cuts: its bytes before that end.
+            let header = &far.header[..far.header.len().min(seg.total_len - far.at)];
+            if header.len() < far.header.len() && !far.payload.is_empty() {
+                self.lose(on);
                 return;
             }
-            at = far.at + far.header.len() + far.payload.len();
+            if !self.take(header, on) || !self.take(far.payload, on) {
+                return;
+            }
+            at = far.at + header.len() + far.payload.len();
         }
         self.skip(seg.total_len.saturating_sub(at), on);
     }

@@ -704,6 +704,12 @@ fn kernel_view(calls: &[(bool, Vec<u8>)], cap: usize) -> Vec<(bool, Vec<u8>, usi
                     records.extend((kept as u16).to_le_bytes());
                     records.extend(&h);
                     records.extend(&bytes[at + 9..at + 9 + kept]);
+                } else if at + 9 > len && len > prefix.len() {
+                    // A header the call's end cuts: what of it the call holds.
+                    records.extend((at as u32).to_le_bytes());
+                    records.extend(0u16.to_le_bytes());
+                    records.extend(&bytes[at..]);
+                    records.extend(std::iter::repeat_n(0, at + 9 - len));
                 }
                 next[side] += 9 + flen;
             }
@@ -713,6 +719,36 @@ fn kernel_view(calls: &[(bool, Vec<u8>)], cap: usize) -> Vec<(bool, Vec<u8>, usi
         .collect()
 }
 
+/// Replays `calls` as the kernel would send them with a `cap`-byte prefix:
+/// the events, how many calls had records, and how many of those ended with
+/// a header the call's end cuts.
+fn replay_with_records(calls: &[(bool, Vec<u8>)], cap: usize) -> (Vec<Http2Event>, usize, usize) {
+    let view = kernel_view(calls, cap);
+    let mut conn = Http2Connection::new();
+    let mut out = Vec::new();
+    for (i, (from_client, prefix, len, frames)) in view.iter().enumerate() {
+        let seg = Segment {
+            data: prefix,
+            total_len: *len,
+            tail: &[],
+            frames,
+            timing: at(100 * (i as u64 + 1)),
+        };
+        conn.feed(*from_client, &seg, &mut out);
+    }
+    conn.close(&mut out);
+    let far = view.iter().filter(|v| !v.3.is_empty()).count();
+    let cut = view
+        .iter()
+        .filter(|v| {
+            frame::far_frames(&v.3)
+                .last()
+                .is_some_and(|f| f.at + 9 > v.2)
+        })
+        .count();
+    (out, far, cut)
+}
+
 #[test]
 fn frames_past_the_capture_give_the_same_streams() {
     for name in ["grpc_health.bin", "nginx_h2c.bin", "nginx_curl.bin"] {
@@ -720,21 +756,7 @@ fn frames_past_the_capture_give_the_same_streams() {
         let whole = run(&mut Http2Connection::new(), &recs, usize::MAX);
         assert!(!streams(&whole).is_empty());
         for cap in [24, 30, 64, 200, 1000] {
-            let mut conn = Http2Connection::new();
-            let mut out = Vec::new();
-            let view = kernel_view(&recs, cap);
-            let far = view.iter().filter(|v| !v.3.is_empty()).count();
-            for (i, (from_client, prefix, len, frames)) in view.iter().enumerate() {
-                let seg = Segment {
-                    data: prefix,
-                    total_len: *len,
-                    tail: &[],
-                    frames,
-                    timing: at(100 * (i as u64 + 1)),
-                };
-                conn.feed(*from_client, &seg, &mut out);
-            }
-            conn.close(&mut out);
+            let (out, far, _) = replay_with_records(&recs, cap);
             assert!(
                 errors(&out).is_empty(),
                 "{name} cap {cap}: {:?}",
@@ -746,6 +768,36 @@ fn frames_past_the_capture_give_the_same_streams() {
             }
         }
     }
+}
+
+#[test]
+fn headers_cut_by_a_call_end_carry_over() {
+    // Calls cut at arbitrary points, frame headers among them, with prefixes
+    // longer than any frame but DATA (as the kernel's 16383 bytes are longer
+    // than a header block): what a prefix leaves of a frame begun in an
+    // earlier call is DATA payload.
+    let (mut far_calls, mut cut) = (0, 0);
+    for name in ["nginx_h2c.bin", "nginx_curl.bin"] {
+        let recs = records(name);
+        let whole = run(&mut Http2Connection::new(), &recs, usize::MAX);
+        for piece in (900..1100).step_by(7) {
+            let calls: Vec<(bool, Vec<u8>)> = recs
+                .iter()
+                .flat_map(|(c, b)| b.chunks(piece).map(|ch| (*c, ch.to_vec())))
+                .collect();
+            for cap in [300, 500] {
+                let (out, far, n) = replay_with_records(&calls, cap);
+                let what = format!("{name} in {piece}-byte calls, cap {cap}");
+                assert!(errors(&out).is_empty(), "{what}: {:?}", errors(&out));
+                assert_eq!(summary(&out), summary(&whole), "{what}");
+                far_calls += far;
+                cut += n;
+            }
+        }
+    }
+    assert!(far_calls > 0, "no call went past the prefix");
+    assert!(cut > 0, "no header was cut by a call's end");
+    println!("{far_calls} calls past the prefix, {cut} ending inside a header");
 }
 
 #[test]
