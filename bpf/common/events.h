@@ -250,6 +250,10 @@ struct at_conn_info {
 	 * reused, which the socket-level hooks see without a close() hook. */
 	__u64 sk;
 	struct at_h2_pos h2[2]; /* by enum at_direction, once wide */
+	/* TLS plaintext was read from a library on it: the socket calls carry
+	 * ciphertext, which must not move the HTTP/2 frame positions. */
+	__u8 tls_plain;
+	__u8 _pad[7];
 };
 
 /* at_conn_info.is_socket of an unconnected UDP socket (socket hooks only):

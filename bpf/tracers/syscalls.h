@@ -353,7 +353,7 @@ static __always_inline void emit_transfer(struct at_task_state *st, struct at_co
 	else
 		capture_plain(ev, a->buf, (__u32)ret, cap);
 	note_http2(info, ev);
-	if (info->wide)
+	if (info->wide && !info->tls_plain)
 		h2_follow(info, direction, a->buf, a->iovcnt, (__u32)ret);
 	output_data(ev);
 }

@@ -44,6 +44,7 @@ static __always_inline int emit_plaintext(struct at_task_state *st, __u64 id, __
 	if (!info || !info->is_socket)
 		return 0;
 	__u8 dir = kind == AT_SYS_SSL_WRITE ? AT_DIR_EGRESS : AT_DIR_INGRESS;
+	info->tls_plain = 1;
 	struct at_data_event *ev = begin_event(st, info, (__u32)id, tgid, dir, kind, enter_ns, len);
 	if (!ev)
 		return 0;

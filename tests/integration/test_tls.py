@@ -1141,7 +1141,8 @@ def test_go_crypto_tls_server_and_clients(require_root, sink, start_agent, spawn
     assert srv.poll() is None, srv.log_path.read_text()
 
 
-def test_go_grpc_over_tls(require_root, sink, start_agent, spawn, tmp_path):
+@pytest.mark.parametrize("middle", ["unknown", "big"])
+def test_go_grpc_over_tls(require_root, sink, start_agent, spawn, tmp_path, middle):
     """gRPC-Go (Debian's golang-google-grpc-dev) over crypto/tls: its own HTTP/2,
     not net/http's. A health-service server started before the agent, a client
     started after it, one executable selected by name; the client calls
@@ -1149,14 +1150,16 @@ def test_go_grpc_over_tls(require_root, sink, start_agent, spawn, tmp_path):
     the known one again on one connection. Exactly 3 SERVER and 3 CLIENT spans with
     rpc.system grpc, the method, and the status code the client saw; each server
     span a child of its client span or a root, never another call's; no parse
-    errors."""
+    errors. ``big``: the unknown service's name is 300 KB, so its request goes past
+    what one plaintext call's capture keeps, with the call after it on the same
+    connection."""
     exe = build_go_peer(tmp_path, False, peer="go_grpc_tls")
     cert, key = make_cert(tmp_path)
     port = free_port()
     srv = spawn([exe, "server", port, cert, key], port=port, name="go-grpc-server")
     agent = start_agent({"AUTOTEL_EXECUTABLE_NAME": f"^{exe.name}$"})
     errs0 = metric_sum(agent, PARSE_ERRORS)
-    cli = spawn([exe, "client", "--wait-stdin", f"127.0.0.1:{port}", "known", "unknown",
+    cli = spawn([exe, "client", "--wait-stdin", f"127.0.0.1:{port}", "known", middle,
                  "known"], name="go-grpc-client", stdin=True)
     time.sleep(DISCOVERY_GRACE)
     out = go_and_wait(cli)

@@ -7,7 +7,9 @@
 //
 // The server knows the service "known" (SERVING); the client calls Check
 // once per SERVICE on one connection and prints {"codes": [...]}, the gRPC
-// status code of each call (an unknown service is NOT_FOUND, 5).
+// status code of each call (an unknown service is NOT_FOUND, 5). SERVICE
+// "big" asks for an unknown service with a 300 KB name: a request message
+// spread over many DATA frames and TLS writes.
 package main
 
 import (
@@ -18,6 +20,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -70,6 +73,9 @@ func client(args []string) {
 		Codes []int `json:"codes"`
 	}{}
 	for _, svc := range args[1:] {
+		if svc == "big" {
+			svc = strings.Repeat("x", 300000)
+		}
 		_, err := c.Check(ctx, &healthpb.HealthCheckRequest{Service: svc})
 		out.Codes = append(out.Codes, int(status.Code(err)))
 	}
