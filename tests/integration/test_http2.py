@@ -337,6 +337,23 @@ def test_3_concurrent_calls_one_connection(require_root, sink, start_agent, clie
     assert_agent_healthy(agent)
 
 
+def every_echo_call_ok(sink, srv_pid: int, cpid: int, n: int):
+    """Waits for the spans of ``n`` demo.Echo/Slow calls on each side and checks every
+    one has status 0 and no error -> (spans, server spans, client spans)."""
+    spans = sink.wait_for_spans(lambda s: pid_of(s) in {srv_pid, cpid}, 2 * n,
+                                SPAN_TIMEOUT, SETTLE)
+    server = of(spans, "SERVER", "demo.Echo/Slow", {srv_pid})
+    client = of(spans, "CLIENT", "demo.Echo/Slow", {cpid})
+    report("server demo.Echo/Slow spans", len(server), n)
+    report("client demo.Echo/Slow spans", len(client), n)
+    assert len(server) == n and len(client) == n and len(spans) == 2 * n, show(spans)
+    ok = [s for s in spans if s["attrs"].get("rpc.grpc.status_code") == 0
+          and s["status_code"] == "UNSET" and "error.type" not in s["attrs"]]
+    report("spans with gRPC status 0 and no error", len(ok), 2 * n)
+    assert len(ok) == 2 * n, show(spans)
+    return spans, server, client
+
+
 def test_3b_messages_past_the_capture_lose_no_call(require_root, sink, start_agent,
                                                    clients, grpc_server):
     """Requests and echoes of 200 KB and 1 MB go past what one call's capture keeps
@@ -353,17 +370,7 @@ def test_3b_messages_past_the_capture_lose_no_call(require_root, sink, start_age
                                 ",".join(map(str, sizes)))
     assert res["echoed"] == sizes, res  # precondition: every call succeeded
     n = len(sizes)
-    spans = sink.wait_for_spans(lambda s: pid_of(s) in {srv.pid, cpid}, 2 * n,
-                                SPAN_TIMEOUT, SETTLE)
-    server = of(spans, "SERVER", "demo.Echo/Slow", {srv.pid})
-    client = of(spans, "CLIENT", "demo.Echo/Slow", {cpid})
-    report("server demo.Echo/Slow spans", len(server), n)
-    report("client demo.Echo/Slow spans", len(client), n)
-    assert len(server) == n and len(client) == n and len(spans) == 2 * n, show(spans)
-    ok = [s for s in spans if s["attrs"].get("rpc.grpc.status_code") == 0
-          and s["status_code"] == "UNSET" and "error.type" not in s["attrs"]]
-    report("spans with gRPC status 0 and no error", len(ok), 2 * n)
-    assert len(ok) == 2 * n, show(spans)
+    spans, server, client = every_echo_call_ok(sink, srv.pid, cpid, n)
     for s in spans:
         check_rpc_attrs(s, "demo.Echo", "Slow", port)
     by_id = {(s["trace_id"], s["span_id"]) for s in client}
@@ -388,18 +395,7 @@ def test_3c_big_messages_on_concurrent_calls(require_root, sink, start_agent, cl
     agent, cpid, res = grpc_run(start_agent, sink, clients, grpc_server, "sizes",
                                 ",".join(map(str, sizes)), threads)
     assert sorted(res["echoed"]) == sorted(sizes * threads), res  # precondition
-    n = len(sizes) * threads
-    spans = sink.wait_for_spans(lambda s: pid_of(s) in {srv.pid, cpid}, 2 * n,
-                                SPAN_TIMEOUT, SETTLE)
-    server = of(spans, "SERVER", "demo.Echo/Slow", {srv.pid})
-    client = of(spans, "CLIENT", "demo.Echo/Slow", {cpid})
-    report("server demo.Echo/Slow spans", len(server), n)
-    report("client demo.Echo/Slow spans", len(client), n)
-    assert len(server) == n and len(client) == n and len(spans) == 2 * n, show(spans)
-    ok = sum(s["attrs"].get("rpc.grpc.status_code") == 0 and s["status_code"] == "UNSET"
-             for s in spans)
-    report("spans with gRPC status 0 and no error", ok, 2 * n)
-    assert ok == 2 * n, show(spans)
+    every_echo_call_ok(sink, srv.pid, cpid, len(sizes) * threads)
     assert_agent_healthy(agent)
 
 
