@@ -50,7 +50,6 @@ struct at_h2_walk {
 	__u8 state;	 /* enum at_h2_state */
 	__u8 have;	 /* bytes of hdr read */
 	__u8 lost;	 /* not a frame boundary, or unreadable memory */
-	__u8 full;	 /* no room for more records */
 	/* The header being read: 9 bytes, the rest room for masked offsets. */
 	__u8 hdr[32];
 };
@@ -124,13 +123,13 @@ static __always_inline long h2_next_piece(struct at_h2_walk *w)
 }
 
 /* Writes a record's fixed part: the frame at call offset `start` with up to
- * `kept` payload bytes to follow. Returns how many fit, or -1: no room. */
+ * `kept` payload bytes to follow. Returns how many fit, or -1: no room (then
+ * none for any later frame either: `out` only grows, so records never skip
+ * a frame). */
 static __always_inline long h2_put_record(struct at_h2_walk *w, __u32 start, __u32 kept)
 {
-	if (w->full || w->out + AT_H2_RECORD > AT_WIDE_CAPTURE) {
-		w->full = 1;
+	if (w->out + AT_H2_RECORD > AT_WIDE_CAPTURE)
 		return -1;
-	}
 	__u32 room = AT_WIDE_CAPTURE - w->out - AT_H2_RECORD;
 	if (kept > room)
 		kept = room;
@@ -255,7 +254,7 @@ static long h2_step(__u64 i, void *ctx)
 static __always_inline long h2_first_header(struct at_h2_pos *hp, const struct at_data_event *ev, __u32 len)
 {
 	if (!hp->tracked) {
-		if (ev->captured_len >= 8 && *(const __u64 *)ev->data == AT_H2_PREFACE_HEAD)
+		if (starts_with_h2_preface(ev))
 			return AT_H2_PREFACE_LEN;
 		return ev->captured_len == len ? AT_H2_PROBE : AT_H2_UNKNOWN;
 	}

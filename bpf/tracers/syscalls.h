@@ -69,9 +69,14 @@ static __always_inline __u32 capture_cap(const struct at_conn_info *info)
  * connection's byte stream, read or written: capture it wide from now on.
  * Eight bytes tell it apart from anything HTTP/1 could send. */
 #define AT_H2_PREFACE_HEAD 0x5448202a20495250ULL /* "PRI * HT", little endian */
+static __always_inline int starts_with_h2_preface(const struct at_data_event *ev)
+{
+	return ev->captured_len >= 8 && *(const __u64 *)ev->data == AT_H2_PREFACE_HEAD;
+}
+
 static __always_inline void note_http2(struct at_conn_info *info, const struct at_data_event *ev)
 {
-	if (!info->wide && ev->captured_len >= 8 && *(const __u64 *)ev->data == AT_H2_PREFACE_HEAD)
+	if (!info->wide && starts_with_h2_preface(ev))
 		info->wide = 1;
 }
 
