@@ -397,8 +397,10 @@ impl Pipeline {
                 self.close(key, c.ts_ns);
             }
             Ok(Event::WireCtx(w)) => {
+                if !self.on_wire(&w) {
+                    return false;
+                }
                 self.counts.data_record(bytes.len());
-                self.on_wire(&w);
             }
             Ok(Event::Flow(f)) => {
                 self.counts.proc_record(bytes.len());
@@ -544,14 +546,14 @@ impl Pipeline {
     /// False: `d` waits for its process's event (see `process_event_pending`).
     fn on_data(&mut self, d: &DataEvent<'_>) -> bool {
         let h = &d.header;
-        if self.is_rejected(h.pid) {
-            return true;
-        }
         let key = ConnKey {
             pid: h.pid,
             fd: h.fd,
             start_ns: h.conn_start_ns,
         };
+        if self.is_rejected(h.pid) {
+            return !self.rejection_unsure(key);
+        }
         // The server request this thread serves, for a nested client call.
         let parent = if h.direction != abi::DIR_INGRESS && h.ctx_fd >= 0 {
             let server = ConnKey {
@@ -668,9 +670,15 @@ impl Pipeline {
 
     /// Trace-context ids from a TCP option: kept on the connection for the
     /// request that follows them in the ring.
-    fn on_wire(&mut self, w: &abi::WireCtxEvent) {
+    /// False: the record waits for the process ring (`rejection_unsure`).
+    fn on_wire(&mut self, w: &abi::WireCtxEvent) -> bool {
+        let key = ConnKey {
+            pid: w.pid,
+            fd: w.fd,
+            start_ns: w.conn_start_ns,
+        };
         if self.is_rejected(w.pid) {
-            return;
+            return !self.rejection_unsure(key);
         }
         let ids = WireIds {
             trace_id: w.trace_id,
@@ -686,11 +694,6 @@ impl Pipeline {
                 Self::adopt_wire_trace(&self.contexts, conn, ids.trace_id);
             }
         }
-        let key = ConnKey {
-            pid: w.pid,
-            fd: w.fd,
-            start_ns: w.conn_start_ns,
-        };
         match self.conns.get_mut(&key) {
             Some(conn) => Self::set_wire(conn, w.kind, ids),
             None if self.wire_early.len() < MAX_CONNS => {
@@ -698,6 +701,7 @@ impl Pipeline {
             }
             None => {}
         }
+        true
     }
 
     /// A root server request whose calls went out under `trace_id`: every
@@ -1241,6 +1245,28 @@ impl Pipeline {
             self.left_for_process_event = Some(key);
         }
         pending
+    }
+
+    /// Whether a record of a rejected pid the kernel no longer traces must
+    /// wait for one more pass over the process ring, as in
+    /// `process_event_pending`. The pid may have exec'ed a selected program
+    /// since, talked and exited before the data ring was read (the process
+    /// ring was drained between its fork and its exec): with its entry gone
+    /// from the map, `exec_superseded` cannot tell, and only that exec's
+    /// event, still unread, can. Once read, the record comes again.
+    fn rejection_unsure(&mut self, key: ConnKey) -> bool {
+        let Some(kernel) = &self.kernel_selection else {
+            return false;
+        };
+        if kernel.marked(key.pid) {
+            return false;
+        }
+        if self.left_for_process_event == Some(key) {
+            self.left_for_process_event = None;
+            return false;
+        }
+        self.left_for_process_event = Some(key);
+        true
     }
 
     /// Forgets rejected execs the kernel no longer traces (their last data

@@ -219,3 +219,51 @@ fn a_child_of_an_exec_not_yet_described_carries_its_rule_name() {
         vec!["cache-client".to_owned()]
     );
 }
+
+#[test]
+fn data_of_an_exec_that_exited_before_its_event_is_read_is_not_dropped() {
+    // A shell no rule selects forked this process before its rejection
+    // reached the kernel; the process ring was drained after that fork,
+    // and the data ring then read (a long drain under load) after this
+    // process exec'ed a selected program, talked and exited: the kernel
+    // map no longer holds it, so nothing there tells this data from the
+    // rejected fork's.
+    let (mut pipeline, spans) = exec_selecting_pipeline();
+    pipeline.with_kernel_selection(
+        crate::tracer::SelectedPids::standalone().expect("BPF map: run the tests as root"),
+    );
+    let shell = 1;
+    assert!(pipeline.on_record(&proc_record(shell, abi::PROC_EXEC, "/usr/bin/bash", 0)));
+    assert!(pipeline.on_record(&fork_record(shell)));
+    let mut procs = vec![exec_record("/usr/bin/redis-cli")];
+    let request = record(10, true, 2_000, REQUEST);
+    assert!(
+        !offer(&mut pipeline, &request, &mut procs),
+        "the first record waits for the process ring"
+    );
+    assert!(pipeline.on_record(&record(10, false, 3_000, RESPONSE)));
+    assert_eq!(
+        finish(&mut pipeline, &spans),
+        vec!["cache-client".to_owned()]
+    );
+}
+
+#[test]
+fn data_of_a_rejected_fork_the_kernel_no_longer_traces_is_dropped() {
+    // The same order with no exec after the fork: the record waits for the
+    // process ring once, then goes with the rejection.
+    let (mut pipeline, spans) = exec_selecting_pipeline();
+    pipeline.with_kernel_selection(
+        crate::tracer::SelectedPids::standalone().expect("BPF map: run the tests as root"),
+    );
+    let shell = 1;
+    assert!(pipeline.on_record(&proc_record(shell, abi::PROC_EXEC, "/usr/bin/bash", 0)));
+    assert!(pipeline.on_record(&fork_record(shell)));
+    for rec in [
+        record(10, true, 2_000, REQUEST),
+        record(10, false, 3_000, RESPONSE),
+    ] {
+        assert!(!offer(&mut pipeline, &rec, &mut Vec::new()));
+    }
+    assert_eq!(finish(&mut pipeline, &spans), Vec::<String>::new());
+}
