@@ -1,11 +1,12 @@
 //! Feeds arbitrary bytes to an HTTP/2 connection tracker, cut into segments
 //! and directions chosen by the input itself, with capture truncation and
 //! the kernel's records of frames past the cut, and checks it never panics,
-//! keeps its stream cap, and never reports a stream twice.
+//! keeps its stream cap, and never reports a stream twice; each segment
+//! also goes to the detector of connections joined midway.
 #![no_main]
 
 use autotel_protocols::http2::{
-    Http2Connection, Http2Event, Http2Request, Segment, Timing, MAX_STREAMS, PREFACE,
+    midway, Http2Connection, Http2Event, Http2Request, Segment, Timing, MAX_STREAMS, PREFACE,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -52,6 +53,7 @@ fuzz_target!(|data: &[u8]| {
             (seg, &[][..], seg.len())
         };
         let tail_bytes = &seg[seg.len().saturating_sub(32)..];
+        let _ = midway(captured, total > captured.len());
         t += 1;
         conn.feed(
             from_client,

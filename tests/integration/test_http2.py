@@ -25,7 +25,9 @@ prints the figures it checks.
 7. h2c by ``Upgrade: h2c``: curl --http2 against hypercorn (``peers/h2c_asgi_app.py``),
    both ends: stream 1 is the HTTP/1.1 request, no 101 span, trace context kept;
 8. HTTP/2 over TLS (ALPN h2): nginx ``listen ... ssl http2`` and curl --http2 https,
-   through the libssl capture, server side and client side.
+   through the libssl capture, server side and client side;
+9. a gRPC channel opened (and used) before the agent started: joined midway from its
+   frames, every later call a span per side, never a wrong name or status.
 """
 
 from __future__ import annotations
@@ -136,6 +138,13 @@ class Client:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def warm(self, timeout: float = 30) -> None:
+        """A "warm-..." scenario: open the channel and make its first calls now."""
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line.strip() == "warm", f"{line!r} {self.proc.stderr.read()}"
 
     def go(self, timeout: float = 60) -> dict:
         out, err = self.proc.communicate("go\n", timeout=timeout)
@@ -895,4 +904,60 @@ def test_8b_h2_over_tls_curl_client_spans(require_root, sink, start_agent, nginx
               and s["attrs"].get("tls.protocol.version") in ("1.2", "1.3")]
     report("client spans with tls.protocol.version and tls.next_protocol=h2", len(tls_ok), k)
     assert len(tls_ok) == k, show(client)
+    assert_agent_healthy(agent)
+
+
+# --------------------------------------------------------------------------------------
+# 9. a channel opened before the agent started
+# --------------------------------------------------------------------------------------
+
+
+def test_9_channel_opened_before_the_agent(require_root, sink, start_agent, clients,
+                                           grpc_server):
+    """The client opens its channel and calls Health/Check and demo.Echo/Slow before
+    the agent starts: the agent never sees the preface, and both HPACK tables hold
+    entries it never saw (gRPC peers index the method path, the content-type and
+    grpc-status 0). It joins from the frames: every call made after it is ready is
+    one gRPC span per side with the right kind. A name or status is reported only
+    when decoded (never a guess): a method first called after the join (demo.Echo/
+    Fail) is named, codes 5 and 13 (first sent after the join) are right, and a
+    call whose path or status stayed in the unseen tables is named ``grpc`` or has
+    no status code, and carries ``autotel.http2.hpack_unknown``."""
+    k, m = 4, 2
+    srv, port = grpc_server
+    c = clients("h2_grpc_client.py", port, "warm-unary", k, m)
+    c.warm()
+    agent = start_agent({"AUTOTEL_OPEN_PORTS": port, "AUTOTEL_PIDS": c.pid})
+    res = c.go()
+    assert res["codes"] == {"OK": k, "NOT_FOUND": m} and res["fail"] == "INTERNAL", res
+    want = 2 * (k + m + 1)
+    pids = {srv.pid, c.pid}
+    spans = sink.wait_for_spans(lambda s: pid_of(s) in pids, want, SPAN_TIMEOUT, SETTLE)
+    report("gRPC spans (server + client) of a channel opened before the agent",
+           len(spans), want)
+    assert len(spans) == want, show(spans)
+    for kind, pid in (("SERVER", srv.pid), ("CLIENT", c.pid)):
+        side = of(spans, kind, pids={pid})
+        report(f"{kind} spans", len(side), k + m + 1)
+        assert len(side) == k + m + 1, show(spans)
+        assert all(s["attrs"].get("rpc.system") == "grpc" for s in side), show(side)
+        fail = of(side, kind, "demo.Echo/Fail")
+        report(f"{kind} demo.Echo/Fail spans with code 13", len(fail), 1)
+        assert len(fail) == 1 and fail[0]["attrs"].get("rpc.grpc.status_code") == 13, \
+            show(side)
+        check_rpc_attrs(fail[0], "demo.Echo", "Fail", port)
+        checks = [s for s in side if s is not fail[0]]
+        names = Counter(s["name"] for s in checks)
+        report(f"{kind} Check spans named {CHECK} or grpc", sum(names.values()), k + m)
+        assert set(names) <= {CHECK, "grpc"}, show(checks)
+        got = codes(checks)
+        report(f"{kind} Check spans with code 5", got[5], m)
+        assert got[5] == m and set(got) <= {0, 5, None}, show(checks)
+        guessless = [s for s in checks if (s["name"] == CHECK
+                                           and s["attrs"].get("rpc.grpc.status_code")
+                                           is not None)
+                     or s["attrs"].get("autotel.http2.hpack_unknown") is True]
+        report(f"{kind} Check spans fully decoded or marked hpack_unknown",
+               len(guessless), k + m)
+        assert len(guessless) == k + m, show(checks)
     assert_agent_healthy(agent)

@@ -15,6 +15,11 @@ Scenarios:
 * traceparent TP1 TP2  Health/Check with metadata traceparent=TP1, then TP2, then none
 * sizes N1,N2,... [T]  one demo.Echo/Slow per size, echoing a payload of that many
   bytes; with T, the list runs on T threads at once
+
+A scenario named "warm-<scenario>" first makes each kind of call the scenario makes
+(Health/Check, demo.Echo/Slow) once on the channel, prints "warm" and waits for a
+second line on stdin: the channel is then open and its HPACK tables filled before an
+agent started in between.
 """
 
 import json
@@ -42,6 +47,12 @@ def main() -> int:
     grpc.channel_ready_future(channel).result(timeout=10)
     health = health_pb2_grpc.HealthStub(channel)
     ident = dict(request_serializer=None, response_deserializer=None)
+    if scenario.startswith("warm-"):
+        scenario = scenario[len("warm-"):]
+        health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        channel.unary_unary("/demo.Echo/Slow", **ident)(b"0:w", timeout=10)
+        print("warm", flush=True)
+        sys.stdin.readline()
     out = {"scenario": scenario}
     t0 = time.monotonic()
     if scenario == "unary":

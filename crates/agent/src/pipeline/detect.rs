@@ -8,10 +8,15 @@ use autotel_protocols::{http2, memcached, mysql, postgres, redis};
 /// What a connection's bytes go to.
 pub enum Protocol {
     Http1,
-    /// Prior-knowledge HTTP/2 (the client preface was seen).
+    /// HTTP/2: from its start (the client preface, or the server's
+    /// SETTINGS, was seen), or joined `midway` (frames only).
     Http2 {
         server_side: bool,
+        midway: bool,
     },
+    /// HTTP/2 frames that do not say which end wrote them: a later call's
+    /// bytes decide (these are not kept: no parser could use them).
+    NotYet,
     /// `server_side`: the observed process is the database server.
     Db {
         parser: Box<dyn DbConnection>,
@@ -53,11 +58,13 @@ const DB_DETECTORS: [Detector; 4] = [
 
 /// Decides from the first bytes seen; None when nothing matched (the caller
 /// falls back to HTTP/1, whose parser waits for a message start by itself).
-pub fn detect(role: Role, dir: Dir, data: &[u8]) -> Option<Protocol> {
+/// `cut`: `data` is a captured prefix of what the call moved.
+pub fn detect(role: Role, dir: Dir, data: &[u8], cut: bool) -> Option<Protocol> {
     // Before HTTP/1: the preface "PRI * HTTP/2.0" parses as an HTTP/1 request.
     if http2::detect(true, data) {
         return Some(Protocol::Http2 {
             server_side: dir == Dir::Ingress,
+            midway: false,
         });
     }
     // Servers (gRPC among them) may send their SETTINGS before reading the
@@ -69,6 +76,7 @@ pub fn detect(role: Role, dir: Dir, data: &[u8]) -> Option<Protocol> {
     if server_wrote && http2::detect(false, data) {
         return Some(Protocol::Http2 {
             server_side: role == Role::Server,
+            midway: false,
         });
     }
     if http1::looks_like_request(data) || http1::looks_like_response(data) {
@@ -93,5 +101,15 @@ pub fn detect(role: Role, dir: Dir, data: &[u8]) -> Option<Protocol> {
             }
         }
     }
-    None
+    // Last (its evidence is the weakest): a connection that opened before
+    // the agent started, now between frames.
+    match http2::midway(data, cut) {
+        http2::Midway::FromClient(from_client) => Some(Protocol::Http2 {
+            // The client wrote ingress bytes: we are the server.
+            server_side: from_client == (dir == Dir::Ingress),
+            midway: true,
+        }),
+        http2::Midway::Frames => Some(Protocol::NotYet),
+        http2::Midway::No => None,
+    }
 }

@@ -810,7 +810,8 @@ impl Pipeline {
             }
             _ => seg.data,
         };
-        let decided = detect::detect(conn.role, dir, bytes);
+        let cut = seg.total_len > seg.data.len();
+        let decided = detect::detect(conn.role, dir, bytes, cut);
         if decided.is_none() && bytes.len() < MIN_DECIDE_BYTES && seg.total_len == seg.data.len() {
             let mut h = held.unwrap_or(Held {
                 dir,
@@ -829,14 +830,22 @@ impl Pipeline {
             return Decision::Wait;
         }
         conn.proto = Some(match decided.unwrap_or(Protocol::Http1) {
-            Protocol::Http2 { server_side } => {
+            Protocol::NotYet => return Decision::Wait,
+            Protocol::Http2 {
+                server_side,
+                midway,
+            } => {
                 // HTTP/2 over TLS is negotiated by ALPN "h2" (RFC 9113 3.2);
                 // TLS 1.3 encrypts the server's choice, so it is known only now.
                 if let Some(t) = conn.tls.as_mut() {
                     t.alpn.get_or_insert_with(|| "h2".into());
                 }
                 Proto::Http2(Box::new(H2State {
-                    parser: Http2Connection::new(),
+                    parser: if midway {
+                        Http2Connection::mid_connection()
+                    } else {
+                        Http2Connection::new()
+                    },
                     server_side,
                     ctxs: FxHashMap::default(),
                 }))
@@ -994,7 +1003,7 @@ impl Pipeline {
                 .or_default() += 1;
             return;
         }
-        if !s.request.is_grpc() {
+        if !s.grpc {
             return self.finish(pid, conn, &h2_span::to_exchange(s, server_side), ctx);
         }
         let sampled = ctx.sampled;

@@ -10,10 +10,12 @@
 
 mod frame;
 mod hpack;
+mod midway;
 
 pub use crate::http1::{Segment, Timing};
 pub use frame::{plausible_chain, FrameHeader, PREFACE};
 pub use hpack::HpackDecoder;
+pub use midway::{midway, Midway};
 
 use frame::{FrameReader, Item};
 use std::collections::{BTreeMap, VecDeque};
@@ -119,6 +121,10 @@ pub struct Http2Stream {
     /// a header block to the capture limit, or never saw the request):
     /// fields may be missing, those present are right.
     pub hpack_unknown: bool,
+    /// The response ended with a header block after its head (trailers).
+    pub trailers: bool,
+    /// A gRPC call (see `Http2Connection::mark_grpc`).
+    pub grpc: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,6 +253,8 @@ struct Core {
     recently_closed: VecDeque<u32>,
     max_client_id: u32,
     first_client_id: Option<u32>,
+    /// A stream of this connection was a gRPC call.
+    grpc_seen: bool,
 }
 
 /// Tracks one HTTP/2 connection. Memory is bounded: ≤ `MAX_STREAMS` open
@@ -279,6 +287,7 @@ impl Http2Connection {
                 recently_closed: VecDeque::new(),
                 max_client_id: 0,
                 first_client_id: None,
+                grpc_seen: false,
             },
         }
     }
@@ -324,13 +333,37 @@ impl Http2Connection {
         }
         let side = if from_client { CLIENT } else { SERVER };
         let core = &mut self.core;
+        let first = out.len();
         self.readers[side].feed(seg, &mut |item| core.on_item(side, item, seg.timing, out));
+        self.mark_grpc(&mut out[first..]);
+    }
+
+    /// Tells gRPC calls by their content-type; when that went by in a
+    /// header block we could not decode (joined midway: gRPC clients index
+    /// it), by what only gRPC responses carry here (trailers, a
+    /// `grpc-status`), or by an earlier gRPC call on this connection.
+    fn mark_grpc(&mut self, events: &mut [Http2Event]) {
+        for ev in events {
+            if let Http2Event::Stream(s) = ev {
+                let unknown_type = s.request.content_type.is_none() && s.hpack_unknown;
+                s.grpc = s.request.is_grpc()
+                    || (unknown_type
+                        && (s.trailers || s.grpc_status.is_some() || self.core.grpc_seen));
+                self.core.grpc_seen |= s.grpc;
+            }
+        }
     }
 
     /// The connection closed: streams whose response ended (END_STREAM, or
     /// every `content-length` byte) are reported; the others are counted as
     /// unfinished.
     pub fn close(&mut self, out: &mut Vec<Http2Event>) {
+        let first = out.len();
+        self.close_streams(out);
+        self.mark_grpc(&mut out[first..]);
+    }
+
+    fn close_streams(&mut self, out: &mut Vec<Http2Event>) {
         self.core.block = [None, None];
         for (_, o) in std::mem::take(&mut self.core.streams) {
             if o.server_ended || o.body_done {
@@ -360,6 +393,8 @@ fn new_stream(id: u32, request: Http2Request, start: Timing, unknown: bool) -> H
         response_body_bytes: 0,
         reset: None,
         hpack_unknown: unknown,
+        trailers: false,
+        grpc: false,
     }
 }
 
@@ -619,6 +654,7 @@ impl Core {
             return;
         };
         o.s.hpack_unknown |= unknown;
+        o.s.trailers |= o.response_headers;
         if !o.response_headers {
             match f.status {
                 Some(s) if (100..200).contains(&s) => {} // interim: final one follows

@@ -835,3 +835,92 @@ fn records_that_do_not_continue_the_frames_lose_sync() {
         );
     }
 }
+
+#[test]
+fn joined_midway_calls_with_a_request_or_response_block_name_their_writer() {
+    // Every call of real clients and servers after the preface: frames, and
+    // the writer named right whenever a header block says.
+    let mut told = [0, 0];
+    for name in ["grpc_health.bin", "nginx_curl.bin", "nginx_h2c.bin"] {
+        let before = told;
+        for (i, (from_client, bytes)) in records(name).iter().enumerate() {
+            if bytes.starts_with(&PREFACE[..8]) {
+                continue;
+            }
+            match midway(bytes, false) {
+                Midway::FromClient(c) => {
+                    assert_eq!(c, *from_client, "{name} call {i}");
+                    told[usize::from(c)] += 1;
+                }
+                Midway::Frames => {}
+                Midway::No => panic!("{name} call {i} not taken for frames: {bytes:02x?}"),
+            }
+        }
+        assert!(told != before, "{name}: no call told its writer");
+    }
+    assert!(told[0] > 0 && told[1] > 0, "{told:?}");
+}
+
+#[test]
+fn other_protocols_are_not_taken_for_frames_joined_midway() {
+    let root = format!("{}/../../testdata", env!("CARGO_MANIFEST_DIR"));
+    let mut calls = 0;
+    for dir in ["postgres", "mysql", "redis", "memcached", "dns"] {
+        for entry in std::fs::read_dir(format!("{root}/{dir}")).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            for (i, (_, bytes)) in crate::testkit::capture(dir, &name).iter().enumerate() {
+                assert_eq!(midway(bytes, false), Midway::No, "{dir}/{name} call {i}");
+                calls += 1;
+            }
+        }
+    }
+    for entry in std::fs::read_dir(format!("{root}/http1")).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(
+            midway(&std::fs::read(&path).unwrap(), false),
+            Midway::No,
+            "{path:?}"
+        );
+    }
+    assert!(calls > 100, "{calls}");
+}
+
+#[test]
+fn joined_midway_grpc_calls_are_told_without_their_content_type() {
+    let recs = records("grpc_health.bin");
+    let s = streams(&run(&mut Http2Connection::new(), &recs, usize::MAX)).len();
+    for skip in 4..recs.len() {
+        let out = run(
+            &mut Http2Connection::mid_connection(),
+            &recs[skip..],
+            usize::MAX,
+        );
+        let ss = streams(&out);
+        // A call reset before any gRPC sign, first after the join, is not told.
+        let signs = |x: &&Http2Stream| x.trailers || x.grpc_status.is_some();
+        let first_sign = ss.iter().position(signs).unwrap_or(ss.len());
+        assert!(
+            ss[first_sign..].iter().all(|x| x.grpc),
+            "skip {skip}: {ss:?}"
+        );
+        assert!(
+            ss[..first_sign].iter().all(|x| x.reset.is_some()),
+            "skip {skip}: {ss:?}"
+        );
+        if skip == 4 {
+            assert_eq!(ss.len(), s);
+            assert!(ss.iter().any(|x| x.request.content_type.is_none()));
+        }
+    }
+    for name in ["nginx_curl.bin", "nginx_h2c.bin"] {
+        let recs = records(name);
+        for skip in 0..recs.len() {
+            let out = run(
+                &mut Http2Connection::mid_connection(),
+                &recs[skip..],
+                usize::MAX,
+            );
+            assert!(streams(&out).iter().all(|x| !x.grpc), "{name} skip {skip}");
+        }
+    }
+}
