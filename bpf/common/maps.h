@@ -51,6 +51,18 @@ struct {
 	__type(value, __u64);
 } selected_bits SEC(".maps");
 
+/* HTTP/2 connections user space recognised from their frames alone (they
+ * opened before the agent: no preface): conn_key(tgid, event fd) -> the
+ * connection's start_ns, so that a hint outliving its connection does not
+ * widen the next one on that fd. Taken by the next call that may start
+ * with a frame header (see note_http2). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u64);
+} h2_joined SEC(".maps");
+
 /* Payload events (one per syscall). Size set by the loader. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

@@ -74,10 +74,31 @@ static __always_inline int starts_with_h2_preface(const struct at_data_event *ev
 	return ev->captured_len >= 8 && *(const __u64 *)ev->data == AT_H2_PREFACE_HEAD;
 }
 
+/* A frame header's length (24 bits, big endian) under 64 KiB and a known
+ * type: HTTP/1 text (byte 3 is a letter or a space) and the databases'
+ * first bytes fail this, so only such calls pay the hint lookup. */
+static __always_inline int may_start_with_frame(const struct at_data_event *ev)
+{
+	return ev->captured_len >= 9 && ev->data[0] == 0 && ev->data[3] <= 9;
+}
+
 static __always_inline void note_http2(struct at_conn_info *info, const struct at_data_event *ev)
 {
-	if (!info->wide && starts_with_h2_preface(ev))
+	if (info->wide)
+		return;
+	if (starts_with_h2_preface(ev)) {
 		info->wide = 1;
+		return;
+	}
+	if (!may_start_with_frame(ev))
+		return;
+	__u64 key = conn_key(ev->pid, ev->fd);
+	__u64 *start = bpf_map_lookup_elem(&h2_joined, &key);
+	if (!start)
+		return;
+	if (*start == info->start_ns)
+		info->wide = 1;
+	bpf_map_delete_elem(&h2_joined, &key);
 }
 
 /* Copies up to `want` bytes from user memory into ev->data at `off`. */

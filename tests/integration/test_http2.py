@@ -961,3 +961,39 @@ def test_9_channel_opened_before_the_agent(require_root, sink, start_agent, clie
                len(guessless), k + m)
         assert len(guessless) == k + m, show(checks)
     assert_agent_healthy(agent)
+
+
+def test_9b_big_messages_on_a_channel_opened_before_the_agent(require_root, sink,
+                                                               start_agent, clients,
+                                                               grpc_server):
+    """The same join, then 200 KB and 300 KB echoes between small ones: past the
+    first call the agent tells the kernel the connection is HTTP/2 (it never saw the
+    preface), which then captures it as one whose preface it saw (the wide prefix,
+    frames followed past it): every call is a span per side, none in error. (A pause
+    after the first call lets the agent read it: a call the kernel sees before the
+    hint arrives keeps the narrow prefix.)"""
+    srv, port = grpc_server
+    sizes = "100,p300,200000,100,300000,100"
+    c = clients("h2_grpc_client.py", port, "warm-sizes", sizes)
+    c.warm()
+    agent = start_agent({"AUTOTEL_OPEN_PORTS": port, "AUTOTEL_PIDS": c.pid})
+    res = c.go()
+    calls = [int(n) for n in sizes.split(",") if not n.startswith("p")]
+    assert res["echoed"] == calls, res
+    pids = {srv.pid, c.pid}
+    want = 2 * len(calls)
+    spans = sink.wait_for_spans(lambda s: pid_of(s) in pids, want, SPAN_TIMEOUT, SETTLE)
+    errors = http2_parse_errors(agent)
+    print(f"http2 parse errors: {errors}")
+    for kind, pid in (("SERVER", srv.pid), ("CLIENT", c.pid)):
+        side = of(spans, kind, pids={pid})
+        ok = [s for s in side if s["attrs"].get("rpc.system") == "grpc"
+              and s["name"] in ("demo.Echo/Slow", "grpc") and s["status_code"] != "ERROR"
+              and s["attrs"].get("rpc.grpc.status_code") in (0, None)]
+        report(f"{kind} gRPC spans, none in error", len(ok), len(calls))
+        assert len(ok) == len(calls), show(spans)
+    assert len(spans) == want, show(spans)
+    unfinished = errors["stream_unfinished"]
+    report("http2 streams counted unfinished", unfinished, 0)
+    assert unfinished == 0
+    assert_agent_healthy(agent)

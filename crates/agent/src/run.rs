@@ -347,6 +347,9 @@ fn run(cfg: Config, mode: Mode, kube: Option<kube::Config>) -> Result<()> {
     pipeline
         .borrow_mut()
         .with_kernel_selection(tracer.selected_pids_handle()?);
+    pipeline
+        .borrow_mut()
+        .with_h2_joined(tracer.h2_joined_handle()?);
     if mode == Mode::Export {
         pipeline
             .borrow_mut()

@@ -14,7 +14,8 @@ Scenarios:
 * concurrent C MS  C concurrent demo.Echo/Slow calls (each sleeps MS ms on the server)
 * traceparent TP1 TP2  Health/Check with metadata traceparent=TP1, then TP2, then none
 * sizes N1,N2,... [T]  one demo.Echo/Slow per size, echoing a payload of that many
-  bytes; with T, the list runs on T threads at once
+  bytes (an item "pMS" pauses MS ms instead); with T, the list runs on T threads at
+  once
 
 A scenario named "warm-<scenario>" first makes each kind of call the scenario makes
 (Health/Check, demo.Echo/Slow) once on the channel, prints "warm" and waits for a
@@ -98,12 +99,17 @@ def main() -> int:
         out["serving"] = sum(c == health_pb2.HealthCheckResponse.SERVING for c in codes)
     elif scenario == "sizes":
         call = channel.unary_unary("/demo.Echo/Slow", **ident)
-        sizes = [int(n) for n in args[0].split(",")]
         threads = int(args[1]) if len(args) > 1 else 1
         if threads == 1:
-            out["echoed"] = [len(call(b"0:" + b"p" * n, timeout=30)) for n in sizes]
+            out["echoed"] = []
+            for item in args[0].split(","):
+                if item.startswith("p"):  # a pause of that many ms between calls
+                    time.sleep(int(item[1:]) / 1000)
+                    continue
+                out["echoed"].append(len(call(b"0:" + b"p" * int(item), timeout=30)))
         else:
             # the same list on concurrent threads: their frames interleave on the channel
+            sizes = [int(n) for n in args[0].split(",")]
             with futures.ThreadPoolExecutor(threads) as pool:
                 runs = pool.map(lambda _: [len(call(b"0:" + b"p" * n, timeout=30))
                                            for n in sizes], range(threads))

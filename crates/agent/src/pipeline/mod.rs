@@ -247,6 +247,8 @@ pub struct Pipeline {
     /// The kernel's selection map: tells whether a process exec'ed again
     /// since an exec event (None in tests without BPF).
     kernel_selection: Option<SelectedPids>,
+    /// The kernel's map of HTTP/2 connections joined midway (`h2_joined`).
+    h2_joined: Option<libbpf_rs::MapHandle>,
     /// Exec'ed path per pid, for resources of processes gone from /proc.
     exec_paths: HashMap<u32, String>,
     /// Selection tag (shifted down) of the last exec selected per pid.
@@ -315,6 +317,7 @@ impl Pipeline {
             exec_selector: cfg.discovery.selects_on_exec().then_some(cfg.discovery),
             rejected: HashMap::new(),
             kernel_selection: None,
+            h2_joined: None,
             exec_paths: HashMap::new(),
             decided_execs: HashMap::new(),
             rejections_done: Vec::new(),
@@ -643,7 +646,7 @@ impl Pipeline {
                 })));
             }
             if conn.proto.is_none() && !d.data.is_empty() {
-                match self.decide(&mut conn, dir, &seg) {
+                match self.decide(key, &mut conn, dir, &seg) {
                     Decision::Wait => {
                         self.conns.insert(key, conn);
                         return true;
@@ -800,7 +803,7 @@ impl Pipeline {
     /// Picks the connection's parser from its first bytes. A first read of
     /// a few bytes (a client reading a 4-byte MySQL packet header alone)
     /// says too little: such bytes are held until more arrive.
-    fn decide(&mut self, conn: &mut Conn, dir: Dir, seg: &Segment<'_>) -> Decision {
+    fn decide(&mut self, key: ConnKey, conn: &mut Conn, dir: Dir, seg: &Segment<'_>) -> Decision {
         let held = conn.held.take();
         let joined;
         let bytes: &[u8] = match &held {
@@ -839,6 +842,9 @@ impl Pipeline {
                 // TLS 1.3 encrypts the server's choice, so it is known only now.
                 if let Some(t) = conn.tls.as_mut() {
                     t.alpn.get_or_insert_with(|| "h2".into());
+                }
+                if midway {
+                    self.widen_in_kernel(key);
                 }
                 Proto::Http2(Box::new(H2State {
                     parser: if midway {
@@ -1196,6 +1202,27 @@ impl Pipeline {
     /// The kernel's selection map, to tell a rejected exec from a newer one.
     pub fn with_kernel_selection(&mut self, kernel: SelectedPids) {
         self.kernel_selection = Some(kernel);
+    }
+
+    /// The kernel's map where HTTP/2 connections joined midway are named.
+    pub fn with_h2_joined(&mut self, map: libbpf_rs::MapHandle) {
+        self.h2_joined = Some(map);
+    }
+
+    /// Tells the kernel that connection `key`, joined midway, is HTTP/2: it
+    /// captures it as it does one whose preface it saw (the wide prefix,
+    /// and frames followed past it). Lost hints (a full map) only keep the
+    /// narrow prefix.
+    fn widen_in_kernel(&self, key: ConnKey) {
+        use libbpf_rs::MapCore;
+        if let Some(map) = &self.h2_joined {
+            let kernel_key = (u64::from(key.pid) << 32) | u64::from(key.fd as u32);
+            let _ = map.update(
+                &kernel_key.to_ne_bytes(),
+                &key.start_ns.to_ne_bytes(),
+                libbpf_rs::MapFlags::ANY,
+            );
+        }
     }
 
     /// Whether `pid` exec'ed again after the exec that set selection tag

@@ -328,6 +328,11 @@ impl Tracer {
         SelectedPids::new(pids, &bits)
     }
 
+    /// An owned handle to the map of HTTP/2 connections joined midway.
+    pub fn h2_joined_handle(&self) -> Result<MapHandle> {
+        MapHandle::try_from(&self.skel.maps.h2_joined).context("duplicating the h2_joined map fd")
+    }
+
     /// Sums the per-CPU kernel counters: (name, value).
     pub fn kernel_counters(&self) -> Vec<(&'static str, u64)> {
         let map = &self.skel.maps.counters;
