@@ -220,6 +220,20 @@ fn a_child_of_an_exec_not_yet_described_carries_its_rule_name() {
     );
 }
 
+/// The kernel map (empty: this pid no longer traced) and the fork of this
+/// process by a shell no rule selects, read before the shell's rejection
+/// reached the kernel.
+fn forked_by_a_rejected_shell_and_gone() -> (Pipeline, crossbeam_channel::Receiver<SpanBatch>) {
+    let (mut pipeline, spans) = exec_selecting_pipeline();
+    pipeline.with_kernel_selection(
+        crate::tracer::SelectedPids::standalone().expect("BPF map: run the tests as root"),
+    );
+    let shell = 1;
+    assert!(pipeline.on_record(&proc_record(shell, abi::PROC_EXEC, "/usr/bin/bash", 0)));
+    assert!(pipeline.on_record(&fork_record(shell)));
+    (pipeline, spans)
+}
+
 #[test]
 fn data_of_an_exec_that_exited_before_its_event_is_read_is_not_dropped() {
     // A shell no rule selects forked this process before its rejection
@@ -228,13 +242,7 @@ fn data_of_an_exec_that_exited_before_its_event_is_read_is_not_dropped() {
     // process exec'ed a selected program, talked and exited: the kernel
     // map no longer holds it, so nothing there tells this data from the
     // rejected fork's.
-    let (mut pipeline, spans) = exec_selecting_pipeline();
-    pipeline.with_kernel_selection(
-        crate::tracer::SelectedPids::standalone().expect("BPF map: run the tests as root"),
-    );
-    let shell = 1;
-    assert!(pipeline.on_record(&proc_record(shell, abi::PROC_EXEC, "/usr/bin/bash", 0)));
-    assert!(pipeline.on_record(&fork_record(shell)));
+    let (mut pipeline, spans) = forked_by_a_rejected_shell_and_gone();
     let mut procs = vec![exec_record("/usr/bin/redis-cli")];
     let request = record(10, true, 2_000, REQUEST);
     assert!(
@@ -252,13 +260,7 @@ fn data_of_an_exec_that_exited_before_its_event_is_read_is_not_dropped() {
 fn data_of_a_rejected_fork_the_kernel_no_longer_traces_is_dropped() {
     // The same order with no exec after the fork: the record waits for the
     // process ring once, then goes with the rejection.
-    let (mut pipeline, spans) = exec_selecting_pipeline();
-    pipeline.with_kernel_selection(
-        crate::tracer::SelectedPids::standalone().expect("BPF map: run the tests as root"),
-    );
-    let shell = 1;
-    assert!(pipeline.on_record(&proc_record(shell, abi::PROC_EXEC, "/usr/bin/bash", 0)));
-    assert!(pipeline.on_record(&fork_record(shell)));
+    let (mut pipeline, spans) = forked_by_a_rejected_shell_and_gone();
     for rec in [
         record(10, true, 2_000, REQUEST),
         record(10, false, 3_000, RESPONSE),
