@@ -27,7 +27,8 @@ prints the figures it checks.
 8. HTTP/2 over TLS (ALPN h2): nginx ``listen ... ssl http2`` and curl --http2 https,
    through the libssl capture, server side and client side;
 9. a gRPC channel opened (and used) before the agent started: joined midway from its
-   frames, every later call a span per side, never a wrong name or status.
+   frames, every later call a span per side, never a wrong name or status; big
+   messages on it once the kernel was told; an h2-over-TLS connection the same way.
 """
 
 from __future__ import annotations
@@ -1002,4 +1003,32 @@ def test_9b_big_messages_on_a_channel_opened_before_the_agent(require_root, sink
     unfinished = errors["stream_unfinished"]
     report("http2 streams counted unfinished", unfinished, 0)
     assert unfinished == 0
+    assert_agent_healthy(agent)
+
+
+def test_9c_h2_over_tls_connection_opened_before_the_agent(require_root, sink, start_agent,
+                                                           clients, nginx_h2_tls):
+    """An HTTP/2-over-TLS connection (python h2 + ssl, system libssl) to nginx, opened
+    and used before the agent started: the plaintext the TLS capture reads from then
+    on has no preface either. Both ends selected (nginx by port, the client by pid):
+    each request after the agent is ready is one SERVER and one CLIENT span with its
+    path, status and version 2."""
+    proc, port = nginx_h2_tls
+    k = 6
+    c = clients("h2_tls_client.py", port, k)
+    c.warm()
+    agent = start_agent({"AUTOTEL_OPEN_PORTS": port, "AUTOTEL_PIDS": c.pid})
+    res = c.go()
+    want_status = {f"/h2/ok-{i}" if i % 2 == 0 else f"/h2/missing-{i}":
+                   200 if i % 2 == 0 else 404 for i in range(k)}
+    assert res["alpn"] == "h2" and res["statuses"] == want_status, res
+    spans = sink.wait_for_spans(lambda s: True, 2 * k, SPAN_TIMEOUT, SETTLE)
+    server = of(spans, "SERVER")
+    client = of(spans, "CLIENT", pids={c.pid})
+    report("nginx h2-over-TLS server spans of a connection opened before the agent",
+           len(server), k)
+    report("client spans of it", len(client), k)
+    check_h2_server_spans(server, want_status, port)
+    check_h2_client_spans(client, want_status, "https")
+    assert len(spans) == 2 * k, show(spans)
     assert_agent_healthy(agent)
