@@ -1249,8 +1249,7 @@ impl Pipeline {
     /// process ring, once: the kernel wrote the event before the process ran
     /// any code, so it is there by then, and the record comes again.
     fn process_event_pending(&mut self, key: ConnKey) -> bool {
-        if self.left_for_process_event == Some(key) {
-            self.left_for_process_event = None;
+        if self.was_left(key) {
             return false;
         }
         let pid = key.pid;
@@ -1283,6 +1282,17 @@ impl Pipeline {
         pending
     }
 
+    /// Whether `key`'s record was left in the ring once already (it goes on
+    /// now): the one slot `process_event_pending` and `rejection_unsure`
+    /// share, since a left record comes again before any other.
+    fn was_left(&mut self, key: ConnKey) -> bool {
+        let left = self.left_for_process_event == Some(key);
+        if left {
+            self.left_for_process_event = None;
+        }
+        left
+    }
+
     /// Whether a record of a rejected pid the kernel no longer traces must
     /// wait for one more pass over the process ring, as in
     /// `process_event_pending`. The pid may have exec'ed a selected program
@@ -1294,11 +1304,7 @@ impl Pipeline {
         let Some(kernel) = &self.kernel_selection else {
             return false;
         };
-        if kernel.marked(key.pid) {
-            return false;
-        }
-        if self.left_for_process_event == Some(key) {
-            self.left_for_process_event = None;
+        if kernel.marked(key.pid) || self.was_left(key) {
             return false;
         }
         self.left_for_process_event = Some(key);
