@@ -5,6 +5,11 @@ Requests are what real clients (curl, python urllib) send to a listening
 socket; responses are what real servers (nginx, python http.server) answer.
 Run as: python3 testdata/capture_http1.py <nginx_port> <python_server_port>
 with nginx serving index.html (and gzip on) and http.server serving the same dir.
+
+nginx_big_head.resp and pyserver_big_head.resp (response heads past the 4 KiB
+capture) were recorded with record_response from nginx 1.22 with `sendfile off`
+and three `add_header X-Policy-N "<2000 bytes>" always;`, and from the
+BIG_HEAD_SERVER of tests/integration/test_http1.py in its "one-call" mode.
 """
 import socket, subprocess, sys, threading, os
 

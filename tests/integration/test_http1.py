@@ -212,6 +212,96 @@ def test_b_request_head_past_the_capture(require_root, sink, start_agent, nginx)
     assert "c" * 100 not in json.dumps(sink.spans()), "the cookie was exported"
 
 
+BIG_HEAD_SERVER = r"""
+import http.server, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # "one-call": head and body leave in one write; else the head alone first.
+    wbufsize = 1 << 16 if sys.argv[2] == "one-call" else 0
+    def do_GET(self):
+        body = b"b" * 1500
+        self.send_response(404 if "missing" in self.path else 200)
+        # A long policy header first: the framing header lies past the capture.
+        self.send_header("Content-Security-Policy", "default-src 'self' " + "p" * 6000)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+
+def test_b_response_head_past_the_capture(require_root, sink, start_agent, nginx, tmp_path):
+    """Responses whose head is larger than the 4 KiB capture (6000 bytes of policy
+    headers) on keep-alive connections: nginx writes head and body in one call
+    (sendfile off, and its 404 page), python's http.server writes the head alone
+    or, buffered, head and body in one call, its Content-Length past the cut. Every request gets its server span with
+    its own status (none swallowed as a body), nginx's and curl's spans keep the
+    body size nginx announced early in the head, and the python spans, whose body
+    could not be told from the head, carry no body size rather than a wrong one."""
+    # nginx takes a parameter of up to 4 KB: three headers of 2000 bytes.
+    policies = " ".join(f'add_header X-Policy-{i} "{"p" * 2000}" always;' for i in range(3))
+    ngx = nginx(extra_locations=f"location /bighead/ {{ sendfile off; {policies} }}")
+    (ngx.static / "bighead").mkdir()
+    for name in ("index.html", "small.txt", "p1.txt"):
+        shutil.copy(ngx.static / name, ngx.static / "bighead" / name)
+    script = tmp_path / "big_head_server.py"
+    script.write_text(BIG_HEAD_SERVER)
+    py_ports = {mode: free_port() for mode in ("head-alone", "one-call")}
+    servers = [subprocess.Popen([sys.executable, str(script), str(p), mode])
+               for mode, p in py_ports.items()]
+    try:
+        for p, srv in zip(py_ports.values(), servers):
+            wait_port(p, 10, srv)
+        ports = ",".join(str(p) for p in [ngx.port, *py_ports.values()])
+        start_agent({}, config_yaml=("discovery:\n  services:\n"
+                                     f"    - name: web\n      open_ports: {ports}\n"
+                                     "    - name: web-client\n"
+                                     "      executable_name: \"^curl$\"\n"))
+        paths = ["/bighead/index.html", "/bighead/missing", "/bighead/small.txt",
+                 "/bighead/index.html", "/bighead/missing", "/bighead/p1.txt"]
+        sizes = {p: os.path.getsize(ngx.static / p.rsplit("/", 1)[1])
+                 for p in paths if "missing" not in p}
+        py_paths = [f"/{'missing' if i % 2 else 'ok'}{i}" for i in range(4)]
+        urls = [ngx.url(p) for p in paths] + [f"http://127.0.0.1:{p}{path}"
+                                              for p in py_ports.values() for path in py_paths]
+        args = []
+        for i, url in enumerate(urls):
+            args += (["--next"] if i else []) + ["-s", "-o", "/dev/null", "-w",
+                                                 "%{http_code} %{num_connects}\n", url]
+        out = subprocess.run(["curl"] + args, capture_output=True, text=True, timeout=30)
+        rows = [line.split() for line in out.stdout.splitlines()]
+        want_codes = [404 if "missing" in u else 200 for u in urls]
+        assert [int(r[0]) for r in rows] == want_codes, out
+        assert sum(int(r[1]) for r in rows) == 3, out  # one connection per server
+        n = len(urls)
+        spans = sink.wait_for_spans(lambda s: s["kind"] == "SERVER", n, SPAN_TIMEOUT, SETTLE)
+        clients = sink.wait_for_spans(lambda s: s["kind"] == "CLIENT", n, SPAN_TIMEOUT, SETTLE)
+        report("server spans, each response head 6 KB", len(spans), n)
+        report("client spans (curl)", len(clients), n)
+
+        def row(s):
+            a = s["attrs"]
+            return (a.get("url.path"), a.get("http.response.status_code"),
+                    a.get("http.response.body.size"))
+
+        # nginx's 404 page is its own: any size it announced will do.
+        got = Counter(row(s)[:2] + ((row(s)[2] or 0) > 100,) if s["attrs"].get("url.path") ==
+                      "/bighead/missing" else row(s) for s in spans)
+        want = Counter((p, 404, True) if "missing" in p else (p, 200, sizes[p]) for p in paths)
+        want += Counter((p, 404 if "missing" in p else 200, None) for p in py_paths * 2)
+        report("server spans with path, status and body size", +got, want)
+        assert got == want, show(spans)
+        statuses = Counter(s["attrs"].get("http.response.status_code") for s in clients)
+        report("client span statuses", dict(statuses), Counter(want_codes))
+        assert statuses == Counter(want_codes), show(clients)
+        assert "p" * 100 not in json.dumps(sink.spans()), "the policy header was exported"
+    finally:
+        for srv in servers:
+            stop_process(srv)
+
+
 # --------------------------------------------------------------------------------------
 # (b) nginx keep-alive: 30 requests on one connection
 # --------------------------------------------------------------------------------------

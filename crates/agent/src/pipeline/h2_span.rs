@@ -65,7 +65,7 @@ pub fn to_exchange(s: &Http2Stream, server_side: bool) -> Exchange {
         request_body_bytes: s.request_body_bytes,
         response_start: s.request_start,
         response_end_ns: s.response_end_ns,
-        response_body_bytes: s.response_body_bytes,
+        response_body_bytes: Some(s.response_body_bytes),
     }
 }
 

@@ -185,10 +185,9 @@ pub fn build(input: SpanInput<'_>, clock: &Clock) -> Span {
             AttrValue::Int(x.request_body_bytes as i64),
         ));
     }
-    attributes.push((
-        "http.response.body.size",
-        AttrValue::Int(x.response_body_bytes as i64),
-    ));
+    if let Some(n) = x.response_body_bytes {
+        attributes.push(("http.response.body.size", AttrValue::Int(n as i64)));
+    }
 
     // An exchange the connection's close cut short failed whatever its
     // status said (semconv: a network error on the response is an error).

@@ -129,7 +129,9 @@ pub struct Exchange {
     /// When the syscall carrying the response's last byte returned (for a
     /// response cut short, its last byte seen; with none, the close).
     pub response_end_ns: u64,
-    pub response_body_bytes: u64,
+    /// None: not known (the response head ran past the capture and its body
+    /// could not be told from it).
+    pub response_body_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -312,7 +314,8 @@ impl Http1Connection {
             }
             ReaderEvent::End { body_bytes, .. } | ReaderEvent::Cut { body_bytes, .. } => {
                 if let Some(p) = self.pending.back_mut() {
-                    p.body_bytes = body_bytes;
+                    // Unknown (a head past the capture): reported as none.
+                    p.body_bytes = body_bytes.unwrap_or(0);
                 }
             }
             ReaderEvent::Head(Head::Response(_), _) | ReaderEvent::Switched { .. } => {}
@@ -328,7 +331,7 @@ impl Http1Connection {
         req: Pending,
         response: Option<(ResponseHead, Timing)>,
         response_end_ns: u64,
-        response_body_bytes: u64,
+        response_body_bytes: Option<u64>,
         complete: bool,
     ) -> Http1Event {
         let (response, response_start, response_end_ns) = match response {
@@ -414,7 +417,7 @@ impl Http1Connection {
                     });
                     return;
                 }
-                out.push(self.exchange(req, Some((head, start)), start.exit_ns, 0, true));
+                out.push(self.exchange(req, Some((head, start)), start.exit_ns, Some(0), true));
             }
             ReaderEvent::Head(Head::Request(_), _) => {}
             ReaderEvent::Error(e) => out.push(Http1Event::Error(e)),
@@ -439,7 +442,7 @@ impl Http1Connection {
         }
         put_reader_events(events);
         while let Some(req) = self.pending.pop_front() {
-            out.push(self.exchange(req, None, closed_ns, 0, false));
+            out.push(self.exchange(req, None, closed_ns, Some(0), false));
         }
     }
 }

@@ -28,15 +28,16 @@ pub enum Head {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReaderEvent {
     Head(Head, Timing),
-    /// The current message ended: body bytes on the wire, time of the last byte.
+    /// The current message ended: body bytes on the wire (None: not known,
+    /// the head's end lay past the capture), time of the last byte.
     End {
-        body_bytes: u64,
+        body_bytes: Option<u64>,
         last_ns: u64,
     },
     /// The connection closed inside the current message's body: what was
     /// seen of it, and the time of its last byte seen.
     Cut {
-        body_bytes: u64,
+        body_bytes: Option<u64>,
         last_ns: u64,
     },
     Error(ParseError),
@@ -55,7 +56,9 @@ enum State {
     /// Chunk boundaries unknown: watch segment ends for the last chunk.
     ChunkedLost,
     UntilClose,
-    /// Out of step: wait for a segment that starts like a message.
+    /// Out of step: wait for a segment that starts like a message (also
+    /// after a message whose head ran past the capture: the rest of its body,
+    /// if any, is skipped).
     Lost,
     /// Another protocol took over the connection: nothing more to read.
     Switched,
@@ -68,7 +71,25 @@ pub struct Reader {
     head_buf: Vec<u8>,
     head_timing: Option<Timing>,
     body_bytes: u64,
+    /// False once the body's start is unknown (a head past the capture).
+    body_known: bool,
     last_ns: u64,
+}
+
+/// Where a head the capture cut short ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CutHead {
+    /// With the segment (the tail shows its blank line).
+    AtSegmentEnd,
+    /// Somewhere in the bytes past the capture, its body (if any) after it.
+    InSegment,
+}
+
+/// Whether a cut head's framing still delimits its body: only when the head
+/// ends with the segment and names its body's length or chunking (a body
+/// "until close" may just be a length the cut hid).
+fn framing_holds(cut: CutHead, f: Framing) -> bool {
+    cut == CutHead::AtSegmentEnd && f != Framing::UntilClose
 }
 
 impl Reader {
@@ -79,6 +100,7 @@ impl Reader {
             head_buf: Vec::new(),
             head_timing: None,
             body_bytes: 0,
+            body_known: true,
             last_ns: 0,
         }
     }
@@ -103,9 +125,13 @@ impl Reader {
         out.push(ReaderEvent::Error(err));
     }
 
+    fn body(&self) -> Option<u64> {
+        self.body_known.then_some(self.body_bytes)
+    }
+
     fn end(&mut self, out: &mut Vec<ReaderEvent>) {
         out.push(ReaderEvent::End {
-            body_bytes: self.body_bytes,
+            body_bytes: self.body(),
             last_ns: self.last_ns,
         });
         self.body_bytes = 0;
@@ -172,10 +198,10 @@ impl Reader {
                     let bytes: &[u8] = if buffered { &self.head_buf } else { avail };
                     let parsed = match self.parse_head(bytes) {
                         // Past the capture: what it kept may still do.
-                        Ok(None) if data.len() < total => {
-                            self.cut_head(bytes, seg.tail).map(|h| Some((h, false)))
-                        }
-                        other => other.map(|h| h.map(|h| (h, true))),
+                        Ok(None) if data.len() < total => self
+                            .cut_head(bytes, seg.tail)
+                            .map(|(h, cut)| Some((h, Some(cut)))),
+                        other => other.map(|h| h.map(|h| (h, None))),
                     };
                     match parsed {
                         Ok(None) => {
@@ -188,22 +214,32 @@ impl Reader {
                             self.lose(e, out);
                             return;
                         }
-                        Ok(Some((head, whole))) => {
+                        Ok(Some((head, cut))) => {
                             let head_len = match &head {
                                 Head::Request(h) => h.head_len,
                                 Head::Response(h) => h.head_len,
                             };
-                            // A cut head ends with the segment.
-                            pos = if whole {
-                                pos + head_len - before
-                            } else {
-                                total
+                            // A cut head's message ends with the segment.
+                            pos = match cut {
+                                None => pos + head_len - before,
+                                Some(_) => total,
                             };
                             self.head_buf.clear();
                             let f = framing(&head);
                             let timing = self.head_timing.take().unwrap_or(seg.timing);
-                            out.push(ReaderEvent::Head(head, timing));
                             self.body_bytes = 0;
+                            self.body_known = true;
+                            if let Some(cut) = cut.filter(|&c| !framing_holds(c, f)) {
+                                if cut == CutHead::InSegment && f == Framing::Switched {
+                                    // Where the other protocol starts is past the capture.
+                                    self.lose(ParseError::Truncated, out);
+                                    return;
+                                }
+                                out.push(ReaderEvent::Head(head, timing));
+                                self.end_in_segment(f, seg, out);
+                                return;
+                            }
+                            out.push(ReaderEvent::Head(head, timing));
                             match f {
                                 Framing::None => self.end(out),
                                 Framing::Length(n) => self.state = State::Body(n),
@@ -261,19 +297,23 @@ impl Reader {
         }
     }
 
-    /// A head the capture cut short (`bytes`: its start, no end in it), when
-    /// the segment's last bytes are a head's end: the head ends with the
-    /// segment (a GET whose cookies or token run past `capture.max_bytes`,
-    /// read or written in one call). Its whole lines name the method, the
-    /// target and the first headers; those past the cut are not seen, so a
-    /// body announced there is taken for the next message, which the reader
-    /// then loses and finds again at the next message start. `Err(Truncated)`
-    /// when the end is not seen or no header line is whole.
-    fn cut_head(&self, bytes: &[u8], tail: &[u8]) -> Result<Head, ParseError> {
+    /// A head the capture cut short (`bytes`: its start, no end in it): a
+    /// GET whose cookies or token run past `capture.max_bytes`, a response
+    /// whose headers (a long policy, many cookies) do, read or written in one
+    /// call, alone or with the body. Its whole lines name the method and
+    /// target, or the status, and the first headers; those past the cut are
+    /// not seen. With the tail showing a blank line (not a last chunk's) the
+    /// head ends with the segment, else somewhere past the capture. `Err(Truncated)` when no
+    /// header line is whole.
+    fn cut_head(&self, bytes: &[u8], tail: &[u8]) -> Result<(Head, CutHead), ParseError> {
         const END: &[u8] = b"\r\n\r\n";
-        if !tail.ends_with(END) {
-            return Err(ParseError::Truncated);
-        }
+        // A chunked body's last chunk ends in a blank line too ("0" is no
+        // header line).
+        let cut = if tail.ends_with(END) && !ends_with_last_chunk(tail) {
+            CutHead::AtSegmentEnd
+        } else {
+            CutHead::InSegment
+        };
         let whole_lines = bytes
             .windows(2)
             .rposition(|w| w == b"\r\n")
@@ -282,7 +322,30 @@ impl Reader {
         let mut head = Vec::with_capacity(whole_lines + 2);
         head.extend_from_slice(&bytes[..whole_lines]);
         head.extend_from_slice(b"\r\n");
-        self.parse_head(&head)?.ok_or(ParseError::Truncated)
+        let head = self.parse_head(&head)?.ok_or(ParseError::Truncated)?;
+        Ok((head, cut))
+    }
+
+    /// The message of a head past the capture whose body cannot be framed
+    /// ends with this segment, its body size unknown; a chunked one whose
+    /// last chunk is not in sight yet ends at the segment that shows it.
+    /// Body bytes of later segments, if any, are skipped until a segment
+    /// starts like a message.
+    fn end_in_segment(&mut self, f: Framing, seg: &Segment<'_>, out: &mut Vec<ReaderEvent>) {
+        let past_capture = (seg.total_len - seg.data.len()) as u64;
+        match f {
+            // Room for the rest of the head and the whole body: one call
+            // wrote the message (the common case for small responses).
+            Framing::Length(n) if n <= past_capture => self.body_bytes = n,
+            Framing::Chunked if !ends_with_last_chunk(seg.tail) => {
+                self.body_known = false;
+                self.state = State::ChunkedLost;
+                return;
+            }
+            _ => self.body_known = false,
+        }
+        self.end(out);
+        self.state = State::Lost;
     }
 
     /// A head of this reader's kind at the start of `bytes`; `Ok(None)`:
@@ -315,7 +378,7 @@ impl Reader {
             State::UntilClose => self.end(out),
             State::Body(_) | State::Chunked(_) | State::ChunkedLost => {
                 out.push(ReaderEvent::Cut {
-                    body_bytes: self.body_bytes,
+                    body_bytes: self.body(),
                     last_ns: self.last_ns,
                 });
                 self.body_bytes = 0;
