@@ -226,6 +226,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(201)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
     def log_message(self, *args):
         pass
 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
@@ -236,7 +241,8 @@ def test_b_response_head_past_the_capture(require_root, sink, start_agent, nginx
     """Responses whose head is larger than the 4 KiB capture (6000 bytes of policy
     headers) on keep-alive connections: nginx writes head and body in one call
     (sendfile off, and its 404 page), python's http.server writes the head alone
-    or, buffered, head and body in one call, its Content-Length past the cut. Every request gets its server span with
+    or, buffered, head and body in one call, its Content-Length past the cut; and a
+    POST whose 6 KB cookie and body leave curl in one call. Every request gets its server span with
     its own status (none swallowed as a body), nginx's and curl's spans keep the
     body size nginx announced early in the head, and the python spans, whose body
     could not be told from the head, carry no body size rather than a wrong one."""
@@ -270,9 +276,15 @@ def test_b_response_head_past_the_capture(require_root, sink, start_agent, nginx
         for i, url in enumerate(urls):
             args += (["--next"] if i else []) + ["-s", "-o", "/dev/null", "-w",
                                                  "%{http_code} %{num_connects}\n", url]
+        # A request head past the capture sent with its body in one call: a
+        # POST with a 6000-byte cookie.
+        post = f"http://127.0.0.1:{py_ports['head-alone']}/form"
+        args += ["--next", "-s", "-o", "/dev/null", "-w", "%{http_code} %{num_connects}\n",
+                 "-H", "Cookie: session=" + "c" * 6000, "--data-binary", "x" * 2000, post]
         out = subprocess.run(["curl"] + args, capture_output=True, text=True, timeout=30)
         rows = [line.split() for line in out.stdout.splitlines()]
-        want_codes = [404 if "missing" in u else 200 for u in urls]
+        urls.append(post)
+        want_codes = [201 if u == post else 404 if "missing" in u else 200 for u in urls]
         assert [int(r[0]) for r in rows] == want_codes, out
         assert sum(int(r[1]) for r in rows) == 3, out  # one connection per server
         n = len(urls)
@@ -291,6 +303,7 @@ def test_b_response_head_past_the_capture(require_root, sink, start_agent, nginx
                       "/bighead/missing" else row(s) for s in spans)
         want = Counter((p, 404, True) if "missing" in p else (p, 200, sizes[p]) for p in paths)
         want += Counter((p, 404 if "missing" in p else 200, None) for p in py_paths * 2)
+        want[("/form", 201, 0)] += 1
         report("server spans with path, status and body size", +got, want)
         assert got == want, show(spans)
         statuses = Counter(s["attrs"].get("http.response.status_code") for s in clients)
