@@ -85,13 +85,6 @@ enum CutHead {
     InSegment,
 }
 
-/// Whether a cut head's framing still delimits its body: only when the head
-/// ends with the segment and names its body's length or chunking (a body
-/// "until close" may just be a length the cut hid).
-fn framing_holds(cut: CutHead, f: Framing) -> bool {
-    cut == CutHead::AtSegmentEnd && f != Framing::UntilClose
-}
-
 impl Reader {
     pub fn new(kind: Kind) -> Self {
         Self {
@@ -229,15 +222,23 @@ impl Reader {
                             let timing = self.head_timing.take().unwrap_or(seg.timing);
                             self.body_bytes = 0;
                             self.body_known = true;
-                            if let Some(cut) = cut.filter(|&c| !framing_holds(c, f)) {
-                                if cut == CutHead::InSegment && f == Framing::Switched {
+                            // A cut head's framing delimits its body only when
+                            // the head ends with the segment and names a length
+                            // or chunking ("until close" may be a length the cut
+                            // hid).
+                            match (cut, f) {
+                                (Some(CutHead::InSegment), Framing::Switched) => {
                                     // Where the other protocol starts is past the capture.
                                     self.lose(ParseError::Truncated, out);
                                     return;
                                 }
-                                out.push(ReaderEvent::Head(head, timing));
-                                self.end_in_segment(f, seg, out);
-                                return;
+                                (Some(CutHead::InSegment), _)
+                                | (Some(CutHead::AtSegmentEnd), Framing::UntilClose) => {
+                                    out.push(ReaderEvent::Head(head, timing));
+                                    self.end_in_segment(f, seg, out);
+                                    return;
+                                }
+                                _ => {}
                             }
                             out.push(ReaderEvent::Head(head, timing));
                             match f {
@@ -303,8 +304,8 @@ impl Reader {
     /// call, alone or with the body. Its whole lines name the method and
     /// target, or the status, and the first headers; those past the cut are
     /// not seen. With the tail showing a blank line (not a last chunk's) the
-    /// head ends with the segment, else somewhere past the capture. `Err(Truncated)` when no
-    /// header line is whole.
+    /// head ends with the segment, else somewhere past the capture.
+    /// `Err(Truncated)` when no header line is whole.
     fn cut_head(&self, bytes: &[u8], tail: &[u8]) -> Result<(Head, CutHead), ParseError> {
         const END: &[u8] = b"\r\n\r\n";
         // A chunked body's last chunk ends in a blank line too ("0" is no
