@@ -16,6 +16,7 @@
 #include "tracers/syscalls.h"
 #include "tracers/sock_io.h"
 #include "tracers/tls.h"
+#include "tracers/go_http.h"
 
 /* Force BTF emission of the event types so the skeleton generates Rust
  * mirrors of them (checked against our own abi.rs layout in tests). */

@@ -30,6 +30,7 @@
 #define AT_SEL_INHERITED 2   /* forked from a selected process */
 #define AT_SEL_PROVISIONAL 4 /* exec'ed while an executable-name selector is set: user space decides */
 #define AT_SEL_EXPLICIT 8    /* listed by pid: survives exec */
+#define AT_SEL_GO 16         /* a Go program (amd64 register ABI): context follows goroutines */
 /* Bits above the flags of a provisional selection: a random tag of the exec
  * that made it, also sent in that exec's event, so user space rejecting one
  * exec never removes the selection a later exec of the same pid made. */
@@ -254,6 +255,8 @@ struct at_conn_info {
 	 * ciphertext, which must not move the HTTP/2 frame positions. */
 	__u8 tls_plain;
 	__u8 _pad[7];
+	/* Go programs: the goroutine that last read from it (see goroutines.h). */
+	__u64 go_reader;
 };
 
 /* at_conn_info.is_socket of an unconnected UDP socket (socket hooks only):

@@ -99,9 +99,21 @@ struct at_syscall_args {
 #define AT_ARGS_ACCEPT 100
 #define AT_ARGS_CONNECT 101
 
+/* The request a thread (or, in a Go program, a goroutine) serves: the
+ * context its own calls are made in. */
+struct at_serving {
+	struct at_thread_ctx ctx;
+	/* Trace id the outgoing requests carry on the wire: the one a peer sent
+	 * with the request being served, or one chosen at the first call. */
+	__u8 wire_trace[16];
+	__u8 ctx_valid;
+	__u8 wire_trace_valid;
+	__u8 _pad[6];
+};
+
 /* Per-thread state in task-local storage: no hashing, freed with the
- * thread. `args`: syscall arguments saved at entry for the exit; `ctx`: the
- * server request this thread serves (trace context inside a process). */
+ * thread. `args`: syscall arguments saved at entry for the exit; `serving`:
+ * the server request this thread serves (trace context inside a process). */
 /* A TLS library call in progress on this thread (uprobe entry -> return). */
 struct at_ssl_call {
 	__u64 ssl;     /* SSL* */
@@ -116,23 +128,20 @@ struct at_ssl_call {
 
 struct at_task_state {
 	struct at_syscall_args args;
-	struct at_thread_ctx ctx;
+	struct at_serving serving;
 	struct at_ssl_call ssl;
-	/* Trace id the thread's outgoing requests carry on the wire: the one a
-	 * peer sent with the request it serves, or one chosen at its first call. */
-	__u8 wire_trace[16];
 	/* 1 + the removal count at which this thread's process was last found
-	 * in selected_pids (0: never). */
+	 * in selected_pids (0: never), and the flags it had then. */
 	__u64 sel_gen;
+	__u32 sel_flags;
+	__u32 _pad_flags;
 	/* sendmmsg seen by the socket hooks: the array, and the message last
 	 * reported from it, and when. */
 	__u64 mmsg_vec;
 	__u64 mmsg_ns;
 	__u32 mmsg_idx;
 	__u8 args_valid;
-	__u8 ctx_valid;
-	__u8 wire_trace_valid;
-	__u8 _pad[1];
+	__u8 _pad[3];
 };
 
 struct {
@@ -215,7 +224,8 @@ static __always_inline void sel_unmark(__u32 tgid)
 		__sync_fetch_and_and(w, ~(1ULL << (tgid & 63)));
 }
 
-/* The count of selected_pids removals (see selected_task_state). */
+/* The count of selected_pids removals, and of flag changes that threads
+ * must see (see selected_task_state). */
 static __always_inline __u64 *sel_gen_word(void)
 {
 	__u32 idx = AT_SEL_GEN_WORD;
@@ -246,7 +256,8 @@ static __always_inline int is_selected(__u32 tgid)
 
 /* The hot-path check: the thread's state when its process is traced, NULL
  * when not. A thread found in selected_pids remembers the removal count it
- * was found at and skips the hash until an entry is removed anywhere. The
+ * was found at, and the flags, and skips the hash until an entry is removed
+ * (or gains AT_SEL_GO) anywhere. The
  * count is read before the hash, and removers bump it after deleting, so a
  * removal is never missed. */
 static __always_inline struct at_task_state *selected_task_state(__u32 tgid)
@@ -260,12 +271,15 @@ static __always_inline struct at_task_state *selected_task_state(__u32 tgid)
 	struct at_task_state *st = task_state_get(0);
 	if (st && st->sel_gen == gen)
 		return st;
-	if (!bpf_map_lookup_elem(&selected_pids, &tgid))
+	__u32 *flags = bpf_map_lookup_elem(&selected_pids, &tgid);
+	if (!flags)
 		return 0;
 	if (!st)
 		st = task_state_get(BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (st)
+	if (st) {
 		st->sel_gen = gen;
+		st->sel_flags = *flags;
+	}
 	return st;
 }
 

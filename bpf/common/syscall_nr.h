@@ -24,6 +24,8 @@
 #define AT_NR_DUP2 (-1) /* arm64 has only dup3 */
 #define AT_NR_DUP3 24
 #define AT_SYSCALL_ID(regs) ((regs)->syscallno)
+/* Go's register ABI keeps the running goroutine (its g) in R28. */
+#define AT_GO_G(regs) ((regs)->regs[28])
 #define AT_ARG0(regs) ((regs)->orig_x0)
 #define AT_ARG1(regs) ((regs)->regs[1])
 #define AT_ARG2(regs) ((regs)->regs[2])
@@ -49,6 +51,9 @@
 #define AT_NR_ACCEPT4 288
 #define AT_NR_DUP3 292
 #define AT_SYSCALL_ID(regs) ((regs)->orig_ax)
+/* Go's register ABI (1.17+) keeps the running goroutine (its g) in R14,
+ * also at a syscall and at a probe. */
+#define AT_GO_G(regs) ((regs)->r14)
 #define AT_ARG0(regs) ((regs)->di)
 #define AT_ARG1(regs) ((regs)->si)
 #define AT_ARG2(regs) ((regs)->dx)

@@ -9,6 +9,8 @@
 #ifndef AUTOTEL_NETWORK_H
 #define AUTOTEL_NETWORK_H
 
+#include "goroutines.h"
+
 #define AT_TCP_ESTABLISHED 1
 #define AT_TCP_SYN_SENT 2
 #define AT_TCP_SYN_RECV 3
@@ -156,9 +158,10 @@ static __always_inline void flow_state_change(const struct sock *sk, int oldstat
 		};
 		owner_comm(st.comm);
 		struct at_task_state *ts = selected ? task_state_get(0) : 0;
-		if (ts && ts->ctx_valid) {
-			st.ctx_fd = ts->ctx.fd;
-			st.ctx_conn_start_ns = ts->ctx.conn_start_ns;
+		struct at_serving *sv = ts ? serving_for_call(ts, tgid, 0) : 0;
+		if (sv && sv->ctx_valid) {
+			st.ctx_fd = sv->ctx.fd;
+			st.ctx_conn_start_ns = sv->ctx.conn_start_ns;
 		}
 		bpf_map_update_elem(&flows, &key, &st, BPF_ANY);
 		return;

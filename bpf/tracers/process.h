@@ -56,6 +56,11 @@ int BPF_PROG(at_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	} else if (flags && !explicit_flag) {
 		bpf_map_delete_elem(&selected_pids, &tgid);
 		sel_gen_bump();
+	} else if (flags && (*flags & AT_SEL_GO)) {
+		/* The new program may not be Go: user space decides again. */
+		__u32 kept = *flags & ~AT_SEL_GO;
+		bpf_map_update_elem(&selected_pids, &tgid, &kept, BPF_ANY);
+		sel_gen_bump();
 	}
 	struct at_proc_event *ev = reserve_proc();
 	if (!ev)
@@ -74,9 +79,13 @@ int BPF_PROG(at_fork, struct task_struct *parent, struct task_struct *child)
 	__u32 ctgid = BPF_CORE_READ(child, tgid);
 	if (ctgid != BPF_CORE_READ(child, pid) || ctgid == ptgid)
 		return 0; /* a new thread, not a new process */
-	if (!is_selected(ptgid))
+	if (sel_bit_clear(ptgid))
 		return 0;
-	__u32 v = AT_SEL_INHERITED;
+	__u32 *pflags = bpf_map_lookup_elem(&selected_pids, &ptgid);
+	if (!pflags)
+		return 0;
+	/* Same program, same runtime. */
+	__u32 v = AT_SEL_INHERITED | (*pflags & AT_SEL_GO);
 	sel_mark(ctgid);
 	bpf_map_update_elem(&selected_pids, &ctgid, &v, BPF_ANY);
 	emit_proc(AT_PROC_FORK, ctgid, ptgid);

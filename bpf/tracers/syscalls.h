@@ -342,14 +342,16 @@ static __always_inline struct at_data_event *begin_event(struct at_task_state *s
 	if (info->role == AT_ROLE_SERVER) {
 		if (direction == AT_DIR_INGRESS) {
 			/* This thread now serves the request arriving on this connection. */
-			st->ctx.fd = fd;
-			st->ctx.conn_start_ns = info->start_ns;
-			st->ctx_valid = 1;
+			st->serving.ctx.fd = fd;
+			st->serving.ctx.conn_start_ns = info->start_ns;
+			st->serving.ctx_valid = 1;
+			serving_note_read(st, tgid, info, ret);
 		}
 	} else if (direction == AT_DIR_EGRESS) {
-		if (st->ctx_valid) {
-			ev->ctx_fd = st->ctx.fd;
-			ev->ctx_conn_start_ns = st->ctx.conn_start_ns;
+		struct at_serving *sv = serving_for_call(st, tgid, info);
+		if (sv->ctx_valid) {
+			ev->ctx_fd = sv->ctx.fd;
+			ev->ctx_conn_start_ns = sv->ctx.conn_start_ns;
 		}
 	}
 	return ev;

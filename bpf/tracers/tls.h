@@ -183,12 +183,6 @@ int BPF_URETPROBE(at_ssl_ret, long ret)
  * plaintext (runtime.memmove(to, from, n)) or, failing that, its RETs (n in
  * RAX) emit the bytes. The two are paired by goroutine, not thread: a
  * goroutine parked in Read resumes on whichever thread the scheduler picks. */
-struct at_go_call_key {
-	__u32 tgid;
-	__u32 _pad;
-	__u64 g;
-};
-
 struct at_go_call {
 	__u64 buf;
 	__u64 enter_ns;
@@ -199,7 +193,7 @@ struct at_go_call {
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
-	__type(key, struct at_go_call_key);
+	__type(key, struct at_go_key);
 	__type(value, struct at_go_call);
 } go_tls_calls SEC(".maps");
 
@@ -238,7 +232,7 @@ int at_go_tls_read(struct pt_regs *ctx)
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	if (!is_selected(tgid) || go_growing_stack(ctx))
 		return 0;
-	struct at_go_call_key key = { .tgid = tgid, .g = ctx->r14 };
+	struct at_go_key key = { .tgid = tgid, .addr = ctx->r14 };
 	struct at_go_call c = {
 		.buf = ctx->bx,
 		.enter_ns = bpf_ktime_get_ns(),
@@ -266,7 +260,7 @@ static __always_inline int go_read_done(struct pt_regs *ctx, __u64 buf, long n)
 	struct at_task_state *st = selected_task_state(id >> 32);
 	if (!st)
 		return 0;
-	struct at_go_call_key key = { .tgid = id >> 32, .g = ctx->r14 };
+	struct at_go_key key = { .tgid = id >> 32, .addr = ctx->r14 };
 	struct at_go_call *p = bpf_map_lookup_elem(&go_tls_calls, &key);
 	if (!p)
 		return 0;

@@ -19,6 +19,8 @@
 #ifndef AUTOTEL_WIRE_CTX_H
 #define AUTOTEL_WIRE_CTX_H
 
+#include "goroutines.h"
+
 #define AT_TCPHDR_SYN 0x02
 
 struct at_wire_ids {
@@ -57,7 +59,7 @@ static __always_inline void random_bytes(__u8 *out, int words)
 }
 
 static __always_inline void emit_wire_event(__u8 kind, __u32 tgid, __s32 fd, struct at_conn_info *info,
-					    struct at_task_state *st, struct at_wire_ids *ids)
+					    struct at_serving *sv, struct at_wire_ids *ids)
 {
 	struct at_wire_ctx_event *ev = bpf_ringbuf_reserve(&data_events, sizeof(*ev), 0);
 	if (!ev) {
@@ -72,9 +74,9 @@ static __always_inline void emit_wire_event(__u8 kind, __u32 tgid, __s32 fd, str
 	ev->conn_start_ns = info->start_ns;
 	ev->ctx_fd = -1;
 	ev->ctx_conn_start_ns = 0;
-	if (kind == AT_WIRE_OUT && st->ctx_valid) {
-		ev->ctx_fd = st->ctx.fd;
-		ev->ctx_conn_start_ns = st->ctx.conn_start_ns;
+	if (kind == AT_WIRE_OUT && sv->ctx_valid) {
+		ev->ctx_fd = sv->ctx.fd;
+		ev->ctx_conn_start_ns = sv->ctx.conn_start_ns;
 	}
 	__builtin_memcpy(ev->trace_id, ids->trace_id, 16);
 	__builtin_memcpy(ev->span_id, ids->span_id, 8);
@@ -91,21 +93,22 @@ static __always_inline void wire_client_write(struct at_task_state *st, struct a
 	if (info->last_dir == AT_LAST_EGRESS)
 		return;
 	info->last_dir = AT_LAST_EGRESS;
+	struct at_serving *sv = serving_for_call(st, tgid, info);
 	struct at_wire_ids ids;
-	if (st->wire_trace_valid) {
-		__builtin_memcpy(ids.trace_id, st->wire_trace, 16);
+	if (sv->wire_trace_valid) {
+		__builtin_memcpy(ids.trace_id, sv->wire_trace, 16);
 	} else {
 		random_bytes(ids.trace_id, 4);
 		/* Every call made while serving this request shares its trace. */
-		if (st->ctx_valid) {
-			__builtin_memcpy(st->wire_trace, ids.trace_id, 16);
-			st->wire_trace_valid = 1;
+		if (sv->ctx_valid) {
+			__builtin_memcpy(sv->wire_trace, ids.trace_id, 16);
+			sv->wire_trace_valid = 1;
 		}
 	}
 	random_bytes(ids.span_id, 2);
 	ids.span_id[0] |= 1; /* never the all-zero invalid span id */
 	bpf_map_update_elem(&ctx_out, &info->tuple, &ids, BPF_ANY);
-	emit_wire_event(AT_WIRE_OUT, tgid, fd, info, st, &ids);
+	emit_wire_event(AT_WIRE_OUT, tgid, fd, info, sv, &ids);
 }
 
 /* Syscall exit of a read on a server connection, before its data event. */
@@ -115,15 +118,15 @@ static __always_inline void wire_server_read(struct at_task_state *st, struct at
 	if (info->last_dir != AT_LAST_INGRESS) {
 		/* A new request: what the previous one carried no longer applies. */
 		info->last_dir = AT_LAST_INGRESS;
-		st->wire_trace_valid = 0;
+		st->serving.wire_trace_valid = 0;
 	}
 	struct at_wire_in *in = bpf_map_lookup_elem(&ctx_in, &info->tuple);
 	if (!in || !in->fresh)
 		return;
 	in->fresh = 0;
-	__builtin_memcpy(st->wire_trace, in->ids.trace_id, 16);
-	st->wire_trace_valid = 1;
-	emit_wire_event(AT_WIRE_IN, tgid, fd, info, st, &in->ids);
+	__builtin_memcpy(st->serving.wire_trace, in->ids.trace_id, 16);
+	st->serving.wire_trace_valid = 1;
+	emit_wire_event(AT_WIRE_IN, tgid, fd, info, &st->serving, &in->ids);
 }
 
 /* Request boundaries, seen at syscall exit (server reads go through

@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -34,6 +35,7 @@ from otlp_sink import OtlpSink  # noqa: E402
 REPO = HERE.parents[1]
 NGINX = "/usr/sbin/nginx"
 CURL = shutil.which("curl") or "/usr/bin/curl"
+GO = shutil.which("go") or "/usr/bin/go"
 READY_TEXT = "autotel ready"
 BIG_SIZE = 10 * 1024 * 1024  # 10485760 bytes, the nginx "large body" file
 
@@ -633,3 +635,24 @@ def nginx(tmp_path):
     yield _start
     for n in started:
         stop_process(n.proc, signal.SIGTERM)  # fast shutdown of master and workers
+
+
+def build_go_peer(tmp_path: Path, stripped: bool, peer: str = "go_tls") -> Path:
+    """peers/<peer>/main.go built by the system's Go, under a unique name (the
+    executable-name selector then matches nothing else on the host); stripped:
+    without symbol table and DWARF (``-ldflags=-s -w``), as many images ship."""
+    assert os.path.exists(GO), "go not installed (scripts/setup.sh installs golang-go)"
+    exe = tmp_path / f"{peer.replace('_', '')}-{uuid.uuid4().hex[:8]}"
+    # GOPATH: Debian's Go packages (golang-google-grpc-dev and its dependencies).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AUTOTEL_"))}
+    env.update(GO111MODULE="off", GOCACHE=str(tmp_path / "gocache"),
+               GOPATH="/usr/share/gocode", HOME=str(tmp_path))
+    flags = ["-ldflags=-s -w"] if stripped else []
+    cp = subprocess.run([GO, "build", *flags, "-o", str(exe),
+                         str(HERE / "peers" / peer / "main.go")],
+                        env=env, capture_output=True, text=True, timeout=300)
+    assert cp.returncode == 0, cp.stderr
+    symtab = subprocess.run(["readelf", "-S", str(exe)], capture_output=True,
+                            text=True).stdout
+    assert (".symtab" in symtab) != stripped, symtab
+    return exe

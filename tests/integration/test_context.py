@@ -40,7 +40,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import (curl, free_port, report, stop_process, wait_port)
+from conftest import (build_go_peer, curl, free_port, report, stop_process, wait_port)
+from dbservers import start_redis
 
 HERE = Path(__file__).resolve().parent
 PEERS = HERE / "peers"
@@ -668,6 +669,116 @@ def test_three_hop_nginx_concurrent(require_root, sink, start_agent, spawn, ngin
     assert roots == CONCURRENT
     # Event loop: today's behaviour (see the comment above).
     assert kinds["dangling"] == 0, show(spans)
+    assert_agent_healthy(agent)
+
+
+# ======================================================================================
+# Go: context by goroutine
+# ======================================================================================
+
+GO_WORKERS = 8
+GO_ROUNDS = 25
+
+
+def test_go_handler_calls_follow_their_goroutine(require_root, sink, start_agent, spawn,
+                                                 tmp_path):
+    """A Go net/http server (peers/go_ctx, GOMAXPROCS=2) under 8 concurrent keep-alive
+    clients. ``/item/<id>``: the handler runs SET, GET, DEL on ``item:<id>`` in
+    redis-server over pooled connections, written from the handler's goroutine, which
+    resumes on any thread after each answer. ``/fetch/<id>``: the handler calls this
+    server's ``/back/<id>`` with net/http's client, whose request is written by the
+    connection's writer goroutine; ``/fetchs/<id>`` the same over HTTPS (crypto/tls on
+    both ends: the plaintext comes from the Go TLS probes). Every Redis span must be a
+    child of its own ``/item`` request and every HTTP client span of its own
+    ``/fetch``/``/fetchs`` request (a thread's last request is another handler's about
+    a quarter of the time here), and each ``/back`` server span a child of that client
+    span. Fails with context per thread.
+    The executable is stripped, as images ship: the probes are found by name in Go's
+    own function table."""
+    exe = build_go_peer(tmp_path, True, peer="go_ctx")  # stripped: probes found in .gopclntab
+    rd = start_redis()
+    try:
+        port = free_port()
+        agent = start_agent({"AUTOTEL_EXECUTABLE_NAME": f"^{exe.name}$"})
+        tls_port = free_port()
+        srv = spawn([exe, port, rd.port, tls_port], port=port, env={"GOMAXPROCS": "2"},
+                    name="go-ctx")
+        wait_port(tls_port, 15, srv)
+        # The net/http client probes go on the executable once discovery selects it;
+        # a writer goroutine started before them follows its thread.
+        deadline = time.time() + 30
+        while "Go net/http client context probes attached" not in agent.stderr_text():
+            assert time.time() < deadline, agent.logs_tail(40)
+            time.sleep(0.1)
+        failures: List[str] = []
+
+        def worker(w: int) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+            try:
+                for i in range(GO_ROUNDS):
+                    for kind in ("item", "fetch", "fetchs"):
+                        st = http_get(port, f"/{kind}/{w}-{i}{kind[5:]}", conn=conn)
+                        if st != 200:
+                            failures.append(f"/{kind}/{w}-{i}: {st}")
+            finally:
+                conn.close()
+
+        threads = [threading.Thread(target=worker, args=(w,)) for w in range(GO_WORKERS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not failures, failures[:5]  # precondition
+        n = GO_WORKERS * GO_ROUNDS
+        want = 5 * n + 3 * n + 2 * n  # server spans, Redis spans, HTTP client spans
+        sink.wait_for_spans(lambda s: pid_of(s) == srv.pid, want, SPAN_TIMEOUT, SETTLE)
+    finally:
+        rd.stop()
+    spans = [s for s in sink.spans() if pid_of(s) == srv.pid]
+    servers = {span_path(s): s for s in spans if s["kind"] == "SERVER"}
+    redis = [s for s in spans if s["kind"] == "CLIENT"
+             and s["attrs"].get("db.system.name") == "redis"]
+    http_clients = [s for s in spans if s["kind"] == "CLIENT"
+                    and s["attrs"].get("url.full")]
+    report("Go server spans", len(servers), 5 * n)
+    report("Redis client spans", len(redis), 3 * n)
+    report("net/http client spans", len(http_clients), 2 * n)
+    assert (len(servers), len(redis), len(http_clients)) == (5 * n, 3 * n, 2 * n), show(spans)
+    by_id = {s["span_id"]: s for s in spans}
+
+    def parent_kind(child: dict, want: Optional[dict]) -> str:
+        par = by_id.get(child["parent_span_id"])
+        if want is not None and par is want and par["trace_id"] == child["trace_id"]:
+            return "right request"
+        if not child["parent_span_id"]:
+            return "root"
+        return "another request" if par is not None else "dangling"
+
+    redis_kinds = Counter()
+    for s in redis:
+        m = re.fullmatch(r"\w+ item:(\S+)( \?)?", s["attrs"].get("db.query.text", ""))
+        assert m, s["attrs"]
+        redis_kinds[parent_kind(s, servers.get(f"/item/{m.group(1)}"))] += 1
+    http_kinds = Counter()
+    back_linked = 0
+    for c in http_clients:
+        key = span_path(c).rsplit("/", 1)[-1]
+        scheme = c["attrs"]["url.full"].split(":", 1)[0]
+        fetch = "/fetchs/" if key.endswith("s") else "/fetch/"
+        assert scheme == ("https" if key.endswith("s") else "http"), c["attrs"]
+        http_kinds[parent_kind(c, servers.get(fetch + key))] += 1
+        back = servers.get(f"/back/{key}")
+        back_linked += back is not None and parent_kind(back, c) == "right request"
+    print(f"Redis span parents: {dict(redis_kinds)}; net/http client span parents: "
+          f"{dict(http_kinds)}")
+    report("Redis spans child of their own /item request", redis_kinds["right request"],
+           3 * n)
+    report("net/http client spans child of their own /fetch(s) request",
+           http_kinds["right request"], 2 * n)
+    report("/back server spans child of their client span", back_linked, 2 * n)
+    assert redis_kinds == {"right request": 3 * n}, show(spans)
+    assert http_kinds == {"right request": 2 * n}, show(spans)
+    assert back_linked == 2 * n, show(spans)
     assert_agent_healthy(agent)
 
 

@@ -38,7 +38,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import curl_get, free_port, report, stop_process, wait_port
+from conftest import (GO, build_go_peer, curl_get, free_port, report, stop_process,
+                      wait_port)
 
 HERE = Path(__file__).resolve().parent
 PEERS = HERE / "peers"
@@ -1003,29 +1004,6 @@ def test_gnutls_server_and_wget_clients(require_root, sink, start_agent, spawn, 
 # --------------------------------------------------------------------------------------
 # 7. Go: crypto/tls, no OpenSSL anywhere (probes at entry and at each RET)
 # --------------------------------------------------------------------------------------
-
-GO = shutil.which("go") or "/usr/bin/go"
-
-
-def build_go_peer(tmp_path: Path, stripped: bool, peer: str = "go_tls") -> Path:
-    """peers/go_tls/main.go built by the system's Go, under a unique name (the
-    executable-name selector then matches nothing else on the host); stripped:
-    without symbol table and DWARF (``-ldflags=-s -w``), as many images ship."""
-    assert os.path.exists(GO), "go not installed (scripts/setup.sh installs golang-go)"
-    exe = tmp_path / f"gotls-{uuid.uuid4().hex[:8]}"
-    # GOPATH: Debian's Go packages (golang-google-grpc-dev and its dependencies).
-    env = dict(peer_env(), GO111MODULE="off", GOCACHE=str(tmp_path / "gocache"),
-               GOPATH="/usr/share/gocode", HOME=str(tmp_path))
-    flags = ["-ldflags=-s -w"] if stripped else []
-    cp = subprocess.run([GO, "build", *flags, "-o", str(exe),
-                         str(PEERS / peer / "main.go")],
-                        env=env, capture_output=True, text=True, timeout=300)
-    assert cp.returncode == 0, cp.stderr
-    symtab = subprocess.run(["readelf", "-S", str(exe)], capture_output=True,
-                            text=True).stdout
-    assert (".symtab" in symtab) != stripped, symtab
-    return exe
-
 
 def go_resource_problems(spans: List[dict], exe_name: str) -> List[str]:
     """A Go process's resource: process.runtime.name ``go`` with the version `go env

@@ -45,15 +45,16 @@ pub enum GoTlsError {
     NotGo,
     #[error("Go build info in the pre-1.18 layout: the register ABI the probes read needs 1.18 or later")]
     OldGo,
-    #[error("no crypto/tls.(*Conn).Read/Write symbols (stripped, or TLS not linked in)")]
+    #[error("the functions probed are not in its symbol or function table (not linked in)")]
     NoSymbols,
     #[error("{0}: {1}")]
     Code(&'static str, &'static str),
 }
 
-/// Finds the probe sites in the ELF file `data` (a byte slice, or a
-/// `ReadCache` over the file, which reads only the parts looked at).
-pub fn find_sites<'a, R: object::ReadRef<'a>>(data: R) -> Result<GoTlsSites, GoTlsError> {
+/// The ELF file `data` as an x86-64 Go 1.18+ executable, and its Go release.
+fn go_executable<'a, R: object::ReadRef<'a>>(
+    data: R,
+) -> Result<(object::File<'a, R>, String), GoTlsError> {
     let file = object::File::parse(data).map_err(|_| GoTlsError::NotX86Elf)?;
     if file.architecture() != object::Architecture::X86_64
         || file.format() != object::BinaryFormat::Elf
@@ -65,6 +66,13 @@ pub fn find_sites<'a, R: object::ReadRef<'a>>(data: R) -> Result<GoTlsSites, GoT
         .and_then(|s| s.data().ok())
         .ok_or(GoTlsError::NotGo)?;
     let version = build_version(info)?;
+    Ok((file, version))
+}
+
+/// Finds the probe sites in the ELF file `data` (a byte slice, or a
+/// `ReadCache` over the file, which reads only the parts looked at).
+pub fn find_sites<'a, R: object::ReadRef<'a>>(data: R) -> Result<GoTlsSites, GoTlsError> {
+    let (file, version) = go_executable(data)?;
     let [read, write, memmove] = find_functions(&file, [READ, WRITE, MEMMOVE]);
     let (Some(read), Some(write)) = (read, write) else {
         return Err(GoTlsError::NoSymbols);
@@ -85,6 +93,47 @@ pub fn find_sites<'a, R: object::ReadRef<'a>>(data: R) -> Result<GoTlsSites, GoT
         write: offset_by(entry_site(write_code), write_at),
         read_copy: copy.map(|o| read_at + o),
         read_rets: read_rets.into_iter().map(|o| read_at + o).collect(),
+    })
+}
+
+/// net/http's client: the goroutine that makes a request hands it, in
+/// `(*persistConn).roundTrip`, to the connection's writer goroutine, which
+/// runs `(*persistConn).writeLoop` for the connection's life (net/http
+/// since Go 1.0; both take the *persistConn as receiver, in RAX).
+pub const ROUND_TRIP: &str = "net/http.(*persistConn).roundTrip";
+pub const WRITE_LOOP: &str = "net/http.(*persistConn).writeLoop";
+
+/// Where the net/http client probes go (bpf/tracers/go_http.h), as file
+/// offsets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoHttpClientSites {
+    pub version: String,
+    pub round_trip: EntrySite,
+    pub write_loop: EntrySite,
+}
+
+/// Finds the net/http client's probe sites in the ELF file `data`;
+/// `NoSymbols` when the program does not link net/http's client.
+pub fn find_http_client_sites<'a, R: object::ReadRef<'a>>(
+    data: R,
+) -> Result<GoHttpClientSites, GoTlsError> {
+    let (file, version) = go_executable(data)?;
+    let [Some(round_trip), Some(write_loop)] = find_functions(&file, [ROUND_TRIP, WRITE_LOOP])
+    else {
+        return Err(GoTlsError::NoSymbols);
+    };
+    let site = |name, (addr, size)| {
+        function_bytes(&file, addr, size)
+            .map(|(code, at)| offset_by(entry_site(code), at))
+            .ok_or(GoTlsError::Code(
+                name,
+                "symbol outside the file's code sections",
+            ))
+    };
+    Ok(GoHttpClientSites {
+        version,
+        round_trip: site(ROUND_TRIP, round_trip)?,
+        write_loop: site(WRITE_LOOP, write_loop)?,
     })
 }
 
@@ -478,5 +527,6 @@ mod tests {
         assert_eq!(go_version(&me[..]), None);
         assert_eq!(find_sites(&me[..]), Err(GoTlsError::NotGo));
         assert_eq!(find_sites(&b"not an elf"[..]), Err(GoTlsError::NotX86Elf));
+        assert_eq!(find_http_client_sites(&me[..]), Err(GoTlsError::NotGo));
     }
 }

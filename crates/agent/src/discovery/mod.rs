@@ -302,6 +302,11 @@ impl Discoverer {
         // The resource goes first: the kernel traces the process from the
         // insert on, and its first span must find the configured naming.
         let res = Arc::new(resource::build(pid, &self.host, exec_path, &naming));
+        let flags = if resource::follows_goroutines(&res) {
+            flags | abi::SEL_GO
+        } else {
+            flags
+        };
         let before = self
             .resources
             .write()

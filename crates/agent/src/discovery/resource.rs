@@ -286,6 +286,17 @@ pub fn detect_sdk(pid: u32) -> Option<&'static str> {
     detect_sdk_in(&procfs::environ(pid), &procfs::cmdline(pid))
 }
 
+/// Whether the kernel should follow `res`'s request context by goroutine: a
+/// Go program on x86-64, where the register ABI (Go 1.17+; the build info
+/// read here is 1.18+) keeps the running goroutine in R14.
+pub fn follows_goroutines(res: &Resource) -> bool {
+    cfg!(target_arch = "x86_64")
+        && res
+            .attributes
+            .iter()
+            .any(|(k, v)| k == "process.runtime.name" && *v == AttrValue::from("go"))
+}
+
 /// `exec_path`: the path seen at exec, used when /proc no longer has the
 /// process (short-lived clients).
 pub fn build(pid: u32, host: &str, exec_path: Option<&str>, naming: &Naming) -> Resource {

@@ -59,6 +59,8 @@ pub const SEL_CONFIRMED: u32 = 1;
 pub const SEL_INHERITED: u32 = 2;
 pub const SEL_EXPLICIT: u32 = 8;
 pub const SEL_PROVISIONAL: u32 = 4;
+/// A Go program (amd64 register ABI): the kernel follows context by goroutine.
+pub const SEL_GO: u32 = 16;
 /// Bits above the flags: the tag of the exec that made a provisional selection.
 pub const SEL_TAG_SHIFT: u32 = 8;
 /// Hard ceiling of capture.max_bytes and capture.http2_max_bytes

@@ -172,10 +172,10 @@ impl Tracer {
         );
         let uprobe_multi = tls::kernel_has_uprobe_multi();
         if uprobe_multi {
-            // The TLS programs are the ones attached per file (tls.rs); the
-            // same test picks them here, so a new one cannot be left out.
+            // The programs attached per file (tls.rs); the same test picks
+            // them here, so a new one cannot be left out.
             for mut prog in open.open_object_mut().progs_mut() {
-                if tls::is_tls_program(&prog.name().to_string_lossy()) {
+                if tls::is_per_file_program(&prog.name().to_string_lossy()) {
                     prog.set_attach_type(libbpf_rs::ProgramAttachType::TraceUprobeMulti);
                 }
             }
@@ -219,7 +219,7 @@ impl Tracer {
             if !prog.autoload() {
                 continue; // the capture hooks not used on this kernel
             }
-            if tls::is_tls_program(&name) {
+            if tls::is_per_file_program(&name) {
                 continue; // attached per library file, see tls.rs
             }
             if name == SOCKOPS_PROGRAM {

@@ -4,6 +4,7 @@
 //! bit is set before its entry is written and cleared only once the entry
 //! is gone, so a clear bit always means "not traced".
 
+use super::abi;
 use anyhow::{bail, Context, Result};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use std::os::fd::{AsFd, AsRawFd};
@@ -18,7 +19,8 @@ const SEL_BITS_WORDS: u32 = 4_194_304 / 64;
 /// bits with atomic instructions, so user space must too; a map update
 /// would rewrite a whole word and could undo a concurrent fork's bit. The
 /// last word is the removal count (AT_SEL_GEN_WORD): threads that found
-/// their process selected skip the hash until it moves.
+/// their process selected skip the hash, and keep the flags they found,
+/// until it moves.
 struct Bits {
     words: *const AtomicU64,
     /// Bit words, not counting the removal count after them.
@@ -148,10 +150,17 @@ impl SelectedPids {
     }
 
     pub fn insert(&self, pid: u32, flags: u32) -> Result<()> {
+        let gains_go =
+            flags & abi::SEL_GO != 0 && self.flags(pid).is_none_or(|f| f & abi::SEL_GO == 0);
         self.bits.set(pid);
         self.pids
             .update(&pid.to_ne_bytes(), &flags.to_ne_bytes(), MapFlags::ANY)
-            .with_context(|| format!("selecting pid {pid}"))
+            .with_context(|| format!("selecting pid {pid}"))?;
+        // Threads keep the flags they found until the count moves.
+        if gains_go {
+            self.bits.removed();
+        }
+        Ok(())
     }
 
     pub fn remove(&self, pid: u32) {
@@ -206,6 +215,22 @@ mod tests {
         assert!(sel.marked(b), "removing a neighbour cleared the bit");
         assert_eq!(sel.flags(a), None);
         assert_eq!(sel.flags(b), Some(1));
+        // Threads keep the flags they found until the count moves: gaining
+        // AT_SEL_GO must move it, once.
+        let before = sel.bits.removals();
+        sel.insert(b, 1 | abi::SEL_GO).unwrap();
+        assert_eq!(
+            sel.bits.removals(),
+            before + 1,
+            "gaining SEL_GO must move the count"
+        );
+        sel.insert(b, 1 | abi::SEL_GO).unwrap();
+        sel.insert(b, 1).unwrap();
+        assert_eq!(
+            sel.bits.removals(),
+            before + 1,
+            "other writes must not move it"
+        );
         // A pid past the bitmap (pid_max raised beyond it) is still selectable.
         sel.insert(u32::MAX - 1, 1).unwrap();
         assert!(!sel.marked(u32::MAX - 1));

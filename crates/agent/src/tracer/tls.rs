@@ -8,8 +8,10 @@ use autotel_protocols::{go_binary, openssl_binary};
 use libbpf_rs::{Link, ProgramMut, UprobeMultiOpts, UprobeOpts};
 use std::path::{Path, PathBuf};
 
-pub fn is_tls_program(name: &str) -> bool {
-    ["at_ssl_", "at_gnutls_", "at_go_tls_"]
+/// The programs attached per file (here), not at load: the TLS probes and
+/// the Go ones (crypto/tls, net/http's client).
+pub fn is_per_file_program(name: &str) -> bool {
+    ["at_ssl_", "at_gnutls_", "at_go_"]
         .iter()
         .any(|p| name.starts_with(p))
 }
@@ -173,7 +175,49 @@ impl Tracer {
         if let Some(n) = self.attach_gnutls(&key, &defined) {
             return TlsAttach::Attached(n);
         }
+        self.attach_go_http_client(&key);
         self.attach_go_tls(&key)
+    }
+
+    /// Places the net/http client probes on `path` if it is a Go program
+    /// that links the client (see protocols::go_binary::ROUND_TRIP): they
+    /// carry a request's context to the goroutine that writes it. Without
+    /// them that write takes its thread's context, which in Go may be
+    /// another request's.
+    fn attach_go_http_client(&self, path: &Path) {
+        let sites = match read_elf(path, |elf| go_binary::find_http_client_sites(elf))
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(path = %path.display(), "no net/http client probes: {e}");
+                return;
+            }
+        };
+        let p = &self.skel.progs;
+        let placed = [
+            (&p.at_go_http_round_trip, sites.round_trip),
+            (&p.at_go_http_write_loop, sites.write_loop),
+        ]
+        .into_iter()
+        .map(|(prog, e)| {
+            self.place_at_offsets(prog, path, &[e.offset], &[u64::from(e.on_check)], false)
+        })
+        .collect::<libbpf_rs::Result<Vec<Vec<Link>>>>();
+        match placed {
+            Ok(links) => {
+                tracing::info!(path = %path.display(), go = %sites.version, "Go net/http client context probes attached");
+                self.tls_links
+                    .borrow_mut()
+                    .extend(links.into_iter().flatten());
+            }
+            // Dropped with the links placed so far: a writer whose round
+            // trips are not seen falls back to its thread, as without them.
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "Go net/http client probes not placed")
+            }
+        }
     }
 
     /// OpenSSL: on the internal functions where found, else on the exported

@@ -1,0 +1,159 @@
+// A net/http server whose handler talks to Redis over pooled connections the
+// way Go Redis clients do: each command is written from the handler's own
+// goroutine, which parks while it waits for the answer and resumes on
+// whichever thread the scheduler picks. GET /item/<id> runs SET, GET and DEL
+// on the key item:<id>, so each Redis span names the request it belongs to.
+// GET /fetch/<id> calls this server's /back/<id> with net/http's client, and
+// GET /fetchs/<id> calls it over HTTPS (crypto/tls on both ends, a
+// self-signed certificate made at start) on the second port.
+//
+// Usage: go_ctx <listen port> <redis port> <https port>
+package main
+
+import (
+	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+type redisConn struct {
+	c net.Conn
+	r *bufio.Reader
+}
+
+// do sends one command in RESP and reads one reply (status, integer, error
+// or bulk string).
+func (rc *redisConn) do(args ...string) (string, error) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "*%d\r\n", len(args))
+	for _, a := range args {
+		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	}
+	if _, err := rc.c.Write([]byte(b.String())); err != nil {
+		return "", err
+	}
+	line, err := rc.r.ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	line = strings.TrimRight(line, "\r\n")
+	switch {
+	case strings.HasPrefix(line, "-"):
+		return "", fmt.Errorf("redis: %s", line[1:])
+	case strings.HasPrefix(line, "$"):
+		n, err := strconv.Atoi(line[1:])
+		if err != nil || n < 0 {
+			return "", err
+		}
+		buf := make([]byte, n+2)
+		if _, err := io.ReadFull(rc.r, buf); err != nil {
+			return "", err
+		}
+		return string(buf[:n]), nil
+	}
+	return line, nil
+}
+
+func main() {
+	if len(os.Args) != 4 {
+		fmt.Fprintln(os.Stderr, "usage: go_ctx <listen port> <redis port> <https port>")
+		os.Exit(2)
+	}
+	redisAddr := "127.0.0.1:" + os.Args[2]
+	pool := make(chan *redisConn, 64)
+	get := func() (*redisConn, error) {
+		select {
+		case rc := <-pool:
+			return rc, nil
+		default:
+			c, err := net.Dial("tcp", redisAddr)
+			if err != nil {
+				return nil, err
+			}
+			return &redisConn{c, bufio.NewReader(c)}, nil
+		}
+	}
+	http.HandleFunc("/item/", func(w http.ResponseWriter, r *http.Request) {
+		key := "item:" + strings.TrimPrefix(r.URL.Path, "/item/")
+		rc, err := get()
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		for _, cmd := range [][]string{{"SET", key, "v"}, {"GET", key}, {"DEL", key}} {
+			if _, err := rc.do(cmd...); err != nil {
+				rc.c.Close()
+				http.Error(w, err.Error(), http.StatusBadGateway)
+				return
+			}
+		}
+		pool <- rc
+		fmt.Fprintf(w, "ok %s\n", key)
+	})
+	// GET /fetch/<id> calls GET /back/<id> on this server through net/http's
+	// client: its transport writes the request from a connection's own writer
+	// goroutine, not from the handler's.
+	fetch := func(client *http.Client, base string) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			id := r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]
+			resp, err := client.Get(base + "/back/" + id)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadGateway)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			fmt.Fprintf(w, "fetched %s: %d\n", id, resp.StatusCode)
+		}
+	}
+	http.HandleFunc("/fetch/", fetch(http.DefaultClient, "http://127.0.0.1:"+os.Args[1]))
+	// HTTP/1.1 over TLS: a Transport with its own TLS config does not try HTTP/2.
+	insecure := &http.Client{Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	http.HandleFunc("/fetchs/", fetch(insecure, "https://127.0.0.1:"+os.Args[3]))
+	http.HandleFunc("/back/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "back %s\n", strings.TrimPrefix(r.URL.Path, "/back/"))
+	})
+	go func() {
+		srv := &http.Server{Addr: "127.0.0.1:" + os.Args[3],
+			TLSConfig: &tls.Config{Certificates: []tls.Certificate{selfSigned()}}}
+		fmt.Fprintln(os.Stderr, srv.ListenAndServeTLS("", ""))
+		os.Exit(1)
+	}()
+	if err := http.ListenAndServe("127.0.0.1:"+os.Args[1], nil); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
+func selfSigned() tls.Certificate {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	tmpl := x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, &tmpl, &tmpl, &key.PublicKey, key)
+	if err != nil {
+		panic(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
