@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import CURL, report
+from conftest import CURL, build_go_peer, report
 from netns import IP, Topology, sh, two_hosts  # noqa: F401 (fixture)
 
 HTTP_PORT = 18090
@@ -333,30 +333,49 @@ def test_redis_commands_link_across_nat(nat_hosts, start_agent, sink, tmp_path):
 PROXY_PORT = 18093
 
 
+@pytest.mark.parametrize("proxy_kind", ["python", "go"])
 @pytest.mark.parametrize("traced_curl", [True, False], ids=["curl-traced", "curl-untraced"])
-def test_three_hops_one_trace(nat_hosts, start_agent, sink, tmp_path, traced_curl):
-    """curl (A) -> peers/proxy.py (R: a stdlib ThreadingHTTPServer that fetches from the
-    backend with urllib in the handler thread) -> http.server (B), one agent per host.
-    Each request is ONE trace across the three hosts: the proxy's server span is the
-    child of curl's span, its client span the child of its server span, and B's server
-    span the child of the proxy's client span; the proxy sends the trace id it
-    received, which its kernel learned from the incoming option. With curl untraced,
-    the proxy's request is a root and takes the trace id its kernel chose for the
-    outgoing call, so the backend still lands in the same trace."""
+def test_three_hops_one_trace(nat_hosts, start_agent, sink, tmp_path, traced_curl, proxy_kind):
+    """curl (A) -> proxy (R) -> http.server (B), one agent per host. The proxy is
+    peers/proxy.py (a stdlib ThreadingHTTPServer that fetches from the backend with
+    urllib in the handler thread) or peers/go_ctx (net/http: the handler's request is
+    written by the client connection's writer goroutine). Each request is ONE trace
+    across the three hosts: the proxy's server span is the child of curl's span, its
+    client span the child of its server span, and B's server span the child of the
+    proxy's client span; the proxy sends the trace id it received, which its kernel
+    learned from the incoming option. With curl untraced, the proxy's request is a
+    root and takes the trace id its kernel chose for the outgoing call, so the backend
+    still lands in the same trace."""
     topo = nat_hosts
     server = serve(topo, tmp_path)
-    proxy = topo.popen(topo.r, [sys.executable, str(PEERS / "proxy.py"), str(PROXY_PORT),
-                                f"http://{topo.ip_b}:{HTTP_PORT}"], log=tmp_path / "proxy.log",
-                       env={**os.environ, "PROXY_BIND": topo.gw_a})
+    backend = f"http://{topo.ip_b}:{HTTP_PORT}"
+    if proxy_kind == "go":
+        exe = build_go_peer(tmp_path, False, peer="go_ctx")
+        # Its HTTPS port is not used here; Redis is dialed only for /item.
+        proxy = topo.popen(topo.r, [str(exe), str(PROXY_PORT), "0", str(PROXY_PORT + 10)],
+                           log=tmp_path / "proxy.log",
+                           env={**os.environ, "GO_CTX_HOST": topo.gw_a, "GO_CTX_BACKEND": backend})
+        path = "/fetch/f{}.txt"
+    else:
+        proxy = topo.popen(topo.r, [sys.executable, str(PEERS / "proxy.py"), str(PROXY_PORT),
+                                    backend], log=tmp_path / "proxy.log",
+                           env={**os.environ, "PROXY_BIND": topo.gw_a})
+        path = "/f{}.txt"
     topo.wait_port(topo.r, topo.gw_a, PROXY_PORT, proc=proxy)
     start_agent(agent_env(AUTOTEL_PIDS=server.pid))
-    start_agent(agent_env(AUTOTEL_PIDS=proxy.pid))
+    proxy_agent = start_agent(agent_env(AUTOTEL_PIDS=proxy.pid))
+    if proxy_kind == "go":
+        # The writer goroutines must start after the net/http client probes.
+        deadline = time.time() + 30
+        while "Go net/http client context probes attached" not in proxy_agent.stderr_text():
+            assert time.time() < deadline, proxy_agent.logs_tail(40)
+            time.sleep(0.1)
     if traced_curl:
         start_agent(agent_env(AUTOTEL_EXECUTABLE_NAME="^curl$"))
     k = 4
     runs = [topo.run(topo.a, [CURL, "-sS", "--noproxy", "*", "-o", "/dev/null", "-w",
-                              "%{http_code}", f"http://{topo.gw_a}:{PROXY_PORT}/f{i}.txt"],
-                     check=False) for i in range(k)]
+                              "%{http_code}", f"http://{topo.gw_a}:{PROXY_PORT}"
+                              + path.format(i)], check=False) for i in range(k)]
     report("HTTP 200 through the proxy", sum(r.stdout == "200" for r in runs), k)
     assert all(r.stdout == "200" for r in runs), [(r.stdout, r.stderr) for r in runs]
     pids = {r.pid for r in runs}

@@ -7,6 +7,9 @@
 // GET /fetchs/<id> calls it over HTTPS (crypto/tls on both ends, a
 // self-signed certificate made at start) on the second port.
 //
+// Environment: GO_CTX_HOST, the address to listen on (127.0.0.1);
+// GO_CTX_BACKEND, a base URL that /fetch/<path> fetches <path> from instead.
+//
 // Usage: go_ctx <listen port> <redis port> <https port>
 package main
 
@@ -72,7 +75,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: go_ctx <listen port> <redis port> <https port>")
 		os.Exit(2)
 	}
-	redisAddr := "127.0.0.1:" + os.Args[2]
+	redisAddr := "127.0.0.1:" + os.Args[2] // dialed at the first /item
 	pool := make(chan *redisConn, 64)
 	get := func() (*redisConn, error) {
 		select {
@@ -106,10 +109,14 @@ func main() {
 	// GET /fetch/<id> calls GET /back/<id> on this server through net/http's
 	// client: its transport writes the request from a connection's own writer
 	// goroutine, not from the handler's.
+	host := "127.0.0.1"
+	if h := os.Getenv("GO_CTX_HOST"); h != "" {
+		host = h
+	}
 	fetch := func(client *http.Client, base string) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
 			id := r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]
-			resp, err := client.Get(base + "/back/" + id)
+			resp, err := client.Get(base + "/" + id)
 			if err != nil {
 				http.Error(w, err.Error(), http.StatusBadGateway)
 				return
@@ -119,21 +126,25 @@ func main() {
 			fmt.Fprintf(w, "fetched %s: %d\n", id, resp.StatusCode)
 		}
 	}
-	http.HandleFunc("/fetch/", fetch(http.DefaultClient, "http://127.0.0.1:"+os.Args[1]))
+	backend := "http://" + host + ":" + os.Args[1] + "/back"
+	if b := os.Getenv("GO_CTX_BACKEND"); b != "" {
+		backend = b
+	}
+	http.HandleFunc("/fetch/", fetch(http.DefaultClient, backend))
 	// HTTP/1.1 over TLS: a Transport with its own TLS config does not try HTTP/2.
 	insecure := &http.Client{Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
-	http.HandleFunc("/fetchs/", fetch(insecure, "https://127.0.0.1:"+os.Args[3]))
+	http.HandleFunc("/fetchs/", fetch(insecure, "https://"+host+":"+os.Args[3]+"/back"))
 	http.HandleFunc("/back/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "back %s\n", strings.TrimPrefix(r.URL.Path, "/back/"))
 	})
 	go func() {
-		srv := &http.Server{Addr: "127.0.0.1:" + os.Args[3],
+		srv := &http.Server{Addr: host + ":" + os.Args[3],
 			TLSConfig: &tls.Config{Certificates: []tls.Certificate{selfSigned()}}}
 		fmt.Fprintln(os.Stderr, srv.ListenAndServeTLS("", ""))
 		os.Exit(1)
 	}()
-	if err := http.ListenAndServe("127.0.0.1:"+os.Args[1], nil); err != nil {
+	if err := http.ListenAndServe(host+":"+os.Args[1], nil); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
