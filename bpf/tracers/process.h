@@ -4,6 +4,8 @@
 #ifndef AUTOTEL_PROCESS_H
 #define AUTOTEL_PROCESS_H
 
+#include "goroutines.h"
+
 static __always_inline struct at_proc_event *reserve_proc(void)
 {
 	struct at_proc_event *ev = bpf_ringbuf_reserve(&proc_events, sizeof(*ev), 0);
@@ -155,6 +157,15 @@ static __always_inline void forget_open_fds(__u32 tgid)
 	bpf_loop(AT_MAX_FD_WORDS, exit_fd_word, &w, 0);
 }
 
+/* A Go program's writer goroutines: an entry that never bound to a
+ * connection could bind to a later process's with the same pid and g. */
+static long forget_go_writer(struct bpf_map *map, struct at_go_key *key, struct at_go_writer *w, __u32 *tgid)
+{
+	if (key->tgid == *tgid)
+		bpf_map_delete_elem(map, key);
+	return 0;
+}
+
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(at_exit)
 {
@@ -162,17 +173,21 @@ int BPF_PROG(at_exit)
 	__u32 tgid = id >> 32;
 	if (tgid != (__u32)id)
 		return 0; /* a thread, not the process */
-	if (!is_selected(tgid)) {
+	__u32 *flags = sel_bit_clear(tgid) ? 0 : bpf_map_lookup_elem(&selected_pids, &tgid);
+	if (!flags) {
 		/* Selected provisionally at exec and rejected since: its fds may
 		 * still have entries (it has task state only if it was traced). */
 		if (task_state_get(0))
 			forget_open_fds(tgid);
 		return 0;
 	}
+	__u32 go = *flags & AT_SEL_GO;
 	bpf_map_delete_elem(&selected_pids, &tgid);
 	sel_unmark(tgid);
 	sel_gen_bump();
 	forget_open_fds(tgid);
+	if (go)
+		bpf_for_each_map_elem(&go_writers, forget_go_writer, &tgid, 0);
 	emit_proc(AT_PROC_EXIT, tgid, 0);
 	return 0;
 }

@@ -7,6 +7,7 @@ broken agent or server cannot hang the suite.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -36,6 +37,7 @@ REPO = HERE.parents[1]
 NGINX = "/usr/sbin/nginx"
 CURL = shutil.which("curl") or "/usr/bin/curl"
 GO = shutil.which("go") or "/usr/bin/go"
+BPFTOOL = "/usr/sbin/bpftool"
 READY_TEXT = "autotel ready"
 BIG_SIZE = 10 * 1024 * 1024  # 10485760 bytes, the nginx "large body" file
 
@@ -656,3 +658,36 @@ def build_go_peer(tmp_path: Path, stripped: bool, peer: str = "go_tls") -> Path:
                             text=True).stdout
     assert (".symtab" in symtab) != stripped, symtab
     return exe
+
+
+def bpftool_json(*args: str) -> list:
+    out = subprocess.run([BPFTOOL, "-j", *args], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, f"bpftool {' '.join(args)}: {out.stderr}"
+    return json.loads(out.stdout or "[]") or []
+
+
+def held_map_ids(pid: int) -> set:
+    """BPF map ids held by ``pid``'s file descriptors (/proc/PID/fdinfo ``map_id:``)."""
+    ids = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fdinfo")
+    except OSError:
+        return ids
+    for fd in fds:
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                m = re.search(r"^map_id:\s*(\d+)", f.read(), re.M)
+        except OSError:
+            continue
+        if m:
+            ids.add(int(m.group(1)))
+    return ids
+
+
+def agent_map_id(agent_pid: int, name: str) -> int:
+    """The id of the map called ``name`` held by this agent (exactly one)."""
+    ids = held_map_ids(agent_pid)
+    found = [m["id"] for m in bpftool_json("map", "show")
+             if m["id"] in ids and m.get("name") == name]
+    assert len(found) == 1, f"agent {agent_pid}: maps named {name!r} held: {found}"
+    return found[0]

@@ -40,7 +40,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import (build_go_peer, curl, free_port, report, stop_process, wait_port)
+from conftest import (agent_map_id, bpftool_json, build_go_peer, curl, free_port, report,
+                      stop_process, wait_port)
 from dbservers import start_redis
 
 HERE = Path(__file__).resolve().parent
@@ -694,7 +695,8 @@ def test_go_handler_calls_follow_their_goroutine(require_root, sink, start_agent
     a quarter of the time here), and each ``/back`` server span a child of that client
     span. Fails with context per thread.
     The executable is stripped, as images ship: the probes are found by name in Go's
-    own function table."""
+    own function table. When the program exits, the kernel's map of its writer
+    goroutines holds none of them any more."""
     exe = build_go_peer(tmp_path, True, peer="go_ctx")  # stripped: probes found in .gopclntab
     rd = start_redis()
     try:
@@ -779,6 +781,28 @@ def test_go_handler_calls_follow_their_goroutine(require_root, sink, start_agent
     assert redis_kinds == {"right request": 3 * n}, show(spans)
     assert http_kinds == {"right request": 2 * n}, show(spans)
     assert back_linked == 2 * n, show(spans)
+    # The kernel forgets a Go program's writer goroutines when it exits: one that
+    # never wrote could otherwise bind to a later process with the same pid and g.
+    writers = agent_map_id(agent.pid, "go_writers")
+
+    def writers_of(pid: int) -> int:
+        n = 0
+        for e in bpftool_json("map", "dump", "id", str(writers)):
+            key = (e.get("formatted") or {}).get("key", e.get("key"))
+            tgid = key["tgid"] if isinstance(key, dict) else \
+                int.from_bytes(bytes(int(b, 16) for b in key[:4]), "little")
+            n += tgid == pid
+        return n
+
+    running = writers_of(srv.pid)
+    stop_process(srv)
+    deadline = time.time() + 10
+    while writers_of(srv.pid) and time.time() < deadline:
+        time.sleep(0.2)
+    after = writers_of(srv.pid)
+    report("writer goroutines of the Go program in the kernel: running, after exit",
+           (running > 0, after), (True, 0))
+    assert running > 0 and after == 0, (running, after)
     assert_agent_healthy(agent)
 
 

@@ -35,10 +35,9 @@ from typing import Dict, List, Optional, Set
 
 import pytest
 
-from conftest import (NGINX, REPO, children_of, curl, free_port, report, stop_process,
-                      wait_port)
+from conftest import (NGINX, REPO, agent_map_id, bpftool_json, children_of, curl, free_port,
+                      report, stop_process, wait_port)
 
-BPFTOOL = "/usr/sbin/bpftool"
 WRK = "/usr/bin/wrk"
 MAX_CONNS = 65_536          # user-space cap on tracked connections (pipeline/mod.rs)
 CONNS_MAP_MAX = 65_536      # max_entries of the kernel `conns` LRU map (maps.h)
@@ -72,39 +71,6 @@ def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         m = re.search(r"^VmRSS:\s+(\d+) kB", f.read(), re.M)
     return int(m.group(1)) / 1024 if m else 0.0
-
-
-def bpftool_json(*args: str) -> list:
-    out = subprocess.run([BPFTOOL, "-j", *args], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, f"bpftool {' '.join(args)}: {out.stderr}"
-    return json.loads(out.stdout or "[]") or []
-
-
-def held_map_ids(pid: int) -> Set[int]:
-    """BPF map ids held by ``pid``'s file descriptors (/proc/PID/fdinfo ``map_id:``)."""
-    ids = set()
-    try:
-        fds = os.listdir(f"/proc/{pid}/fdinfo")
-    except OSError:
-        return ids
-    for fd in fds:
-        try:
-            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                m = re.search(r"^map_id:\s*(\d+)", f.read(), re.M)
-        except OSError:
-            continue
-        if m:
-            ids.add(int(m.group(1)))
-    return ids
-
-
-def agent_map_id(agent_pid: int, name: str) -> int:
-    """The id of the map called ``name`` held by this agent (exactly one)."""
-    ids = held_map_ids(agent_pid)
-    found = [m["id"] for m in bpftool_json("map", "show")
-             if m["id"] in ids and m.get("name") == name]
-    assert len(found) == 1, f"agent {agent_pid}: maps named {name!r} held: {found}"
-    return found[0]
 
 
 def map_keys(map_id: int) -> List[int]:

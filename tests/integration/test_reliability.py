@@ -40,11 +40,10 @@ from typing import Dict, List, Optional, Set, Tuple
 import pytest
 from google.protobuf import json_format
 
-from conftest import (CURL, HERE, REPO, READY_TEXT, free_port, report, stop_process, tail, urllib_request,
+from conftest import (CURL, HERE, REPO, READY_TEXT, bpftool_json, free_port, report, stop_process, tail, urllib_request,
                       wait_port)
 from otlp_sink import OtlpSink
 
-BPFTOOL = "/usr/sbin/bpftool"
 WRK = "/usr/bin/wrk"
 PROG_PREFIX = "at_"
 UPROBE_EVENTS = "/sys/kernel/tracing/uprobe_events"
@@ -163,12 +162,6 @@ def bpf_fd_ids(pid: int) -> Tuple[Set[int], Set[int]]:
         if m:
             progs.add(int(m.group(1)))
     return progs, links
-
-
-def bpftool_json(*args: str) -> list:
-    out = subprocess.run([BPFTOOL, "-j", *args], capture_output=True, text=True, timeout=30)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout or "[]") or []
 
 
 def live_bpf() -> Tuple[Dict[int, dict], Dict[int, dict]]:

@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import (GO, build_go_peer, curl_get, free_port, report, stop_process,
+from conftest import (GO, bpftool_json, build_go_peer, curl_get, free_port, report, stop_process,
                       wait_port)
 
 HERE = Path(__file__).resolve().parent
@@ -46,7 +46,6 @@ PEERS = HERE / "peers"
 NGINX = "/usr/sbin/nginx"
 NODE = shutil.which("node") or "/usr/bin/node"
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
-BPFTOOL = "/usr/sbin/bpftool"
 UPROBE_EVENTS = "/sys/kernel/tracing/uprobe_events"
 SPAN_TIMEOUT = 10.0
 SETTLE = 1.0
@@ -772,12 +771,6 @@ def bpf_fd_ids(pid: int) -> Tuple[Set[int], Set[int]]:
         if m:
             progs.add(int(m.group(1)))
     return progs, links
-
-
-def bpftool_json(*args: str) -> list:
-    out = subprocess.run([BPFTOOL, "-j", *args], capture_output=True, text=True, timeout=30)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout or "[]") or []
 
 
 def uprobe_event_lines() -> Optional[List[str]]:

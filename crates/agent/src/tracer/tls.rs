@@ -70,6 +70,17 @@ fn read_elf<T>(
     Ok(read(&object::ReadCache::new(std::fs::File::open(path)?)))
 }
 
+/// `find` over the Go executable at `path`, its failure (unreadable, not Go,
+/// functions missing) as text.
+fn go_sites<T>(
+    path: &Path,
+    find: impl FnOnce(&object::ReadCache<std::fs::File>) -> Result<T, go_binary::GoTlsError>,
+) -> Result<T, String> {
+    read_elf(path, find)
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+}
+
 /// The Go release that built the executable at `path` (None: not Go, or
 /// unreadable). Reads only the headers and the build info.
 pub fn go_version_of(path: &Path) -> Option<String> {
@@ -185,10 +196,7 @@ impl Tracer {
     /// them that write takes its thread's context, which in Go may be
     /// another request's.
     fn attach_go_http_client(&self, path: &Path) {
-        let sites = match read_elf(path, |elf| go_binary::find_http_client_sites(elf))
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()))
-        {
+        let sites = match go_sites(path, |elf| go_binary::find_http_client_sites(elf)) {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(path = %path.display(), "no net/http client probes: {e}");
@@ -365,10 +373,7 @@ impl Tracer {
     /// Places the Go crypto/tls probes on `path` if it is a Go program
     /// with TLS linked in (see protocols::go_binary).
     fn attach_go_tls(&self, path: &Path) -> TlsAttach {
-        let sites = match read_elf(path, |elf| go_binary::find_sites(elf))
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()))
-        {
+        let sites = match go_sites(path, |elf| go_binary::find_sites(elf)) {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(path = %path.display(), "no TLS capture for this file: no OpenSSL read/write symbols, and as Go: {e}");
