@@ -17,6 +17,7 @@
 #include "tracers/sock_io.h"
 #include "tracers/tls.h"
 #include "tracers/go_http.h"
+#include "tracers/go_spawn.h"
 
 /* Force BTF emission of the event types so the skeleton generates Rust
  * mirrors of them (checked against our own abi.rs layout in tests). */

@@ -108,7 +108,10 @@ struct at_serving {
 	__u8 wire_trace[16];
 	__u8 ctx_valid;
 	__u8 wire_trace_valid;
-	__u8 _pad[6];
+	/* A Go goroutine's copy of its creator's (goroutines.h); 0 in a
+	 * thread's own. */
+	__u8 inherited;
+	__u8 _pad[5];
 };
 
 /* Per-thread state in task-local storage: no hashing, freed with the

@@ -9,6 +9,7 @@
 #define AUTOTEL_GO_HTTP_H
 
 #include "goroutines.h"
+#include "wire_ctx.h"
 
 /* (*persistConn).roundTrip, on the goroutine making the request: the
  * request belongs to what that goroutine serves. */
@@ -20,12 +21,8 @@ int at_go_http_round_trip(struct pt_regs *ctx)
 	if (!st || go_growing_stack(ctx))
 		return 0;
 	struct at_serving *sv = serving_for_call(st, tgid, 0);
-	/* Every call made while serving a request shares one trace on the wire
-	 * (see wire_client_write), the writer's too: choose it here. */
-	if (propagate_ctx && sv->ctx_valid && !sv->wire_trace_valid) {
-		random_bytes(sv->wire_trace, 4);
-		sv->wire_trace_valid = 1;
-	}
+	/* The writer's call shares the request's trace on the wire. */
+	wire_trace_pick(sv);
 	struct at_go_key key = { .tgid = tgid, .addr = ctx->ax };
 	bpf_map_update_elem(&go_round_trips, &key, sv, BPF_ANY);
 	return 0;

@@ -110,31 +110,45 @@ static __always_inline struct at_serving *writer_round_trip(struct at_go_key *ke
 	return bpf_map_lookup_elem(&go_round_trips, &pk);
 }
 
+/* The request goroutine `g` serves (0: none known): its own while it is
+ * still the last reader of the connection it read it from (a g is reused
+ * once its goroutine ends), or the one it inherited from its creator while
+ * that connection lasts. A stale entry is dropped. */
+static __always_inline struct at_serving *goroutine_serving(__u32 tgid, __u64 g)
+{
+	struct at_go_key key = { .tgid = tgid, .addr = g };
+	struct at_serving *sv = bpf_map_lookup_elem(&go_serving, &key);
+	if (!sv)
+		return 0;
+	__u64 ck = conn_key(tgid, sv->ctx.fd);
+	struct at_conn_info *srv = bpf_map_lookup_elem(&conns, &ck);
+	if (srv && srv->start_ns == sv->ctx.conn_start_ns && (sv->inherited || srv->go_reader == g))
+		return sv;
+	bpf_map_delete_elem(&go_serving, &key);
+	return 0;
+}
+
 /* The context of a call made now on `info` (0: not known): in a Go program
- * the goroutine's own while it is still the last reader of the connection
- * it read from (a g is reused once its goroutine ends), or for a net/http writer
- * goroutine that of the round trip it writes; otherwise, and for other
- * goroutines that never read a request (gRPC's writers), the thread's. */
+ * the goroutine's own request; for a net/http writer goroutine that of the
+ * round trip it writes, which comes before what the writer inherited from
+ * the handler that dialed its connection; then what the goroutine
+ * inherited; otherwise, for goroutines that never read a request nor were
+ * started by one that did (gRPC's writers), the thread's. */
 static __always_inline struct at_serving *serving_for_call(struct at_task_state *st, __u32 tgid,
 							   struct at_conn_info *info)
 {
 	if (!(st->sel_flags & AT_SEL_GO))
 		return &st->serving;
 	struct at_go_key key = { .tgid = tgid, .addr = current_goroutine() };
-	struct at_serving *sv = bpf_map_lookup_elem(&go_serving, &key);
-	if (sv) {
-		__u64 ck = conn_key(tgid, sv->ctx.fd);
-		struct at_conn_info *srv = bpf_map_lookup_elem(&conns, &ck);
-		if (srv && srv->start_ns == sv->ctx.conn_start_ns && srv->go_reader == key.addr)
-			return sv;
-		bpf_map_delete_elem(&go_serving, &key);
-	}
+	struct at_serving *sv = goroutine_serving(tgid, key.addr);
+	if (sv && !sv->inherited)
+		return sv;
 	if (info) {
-		sv = writer_round_trip(&key, info);
-		if (sv)
-			return sv;
+		struct at_serving *w = writer_round_trip(&key, info);
+		if (w)
+			return w;
 	}
-	return &st->serving;
+	return sv ? sv : &st->serving;
 }
 
 #endif

@@ -58,6 +58,16 @@ static __always_inline void random_bytes(__u8 *out, int words)
 	}
 }
 
+/* Every call made while serving a request carries one trace on the wire:
+ * choose it before `sv` is copied to another goroutine that may call first. */
+static __always_inline void wire_trace_pick(struct at_serving *sv)
+{
+	if (propagate_ctx && sv->ctx_valid && !sv->wire_trace_valid) {
+		random_bytes(sv->wire_trace, 4);
+		sv->wire_trace_valid = 1;
+	}
+}
+
 static __always_inline void emit_wire_event(__u8 kind, __u32 tgid, __s32 fd, struct at_conn_info *info,
 					    struct at_serving *sv, struct at_wire_ids *ids)
 {

@@ -6,7 +6,8 @@
 #![no_main]
 
 use autotel_protocols::go_binary::{
-    build_version, entry_site, find_sites, only_call_to, pclntab_lookup, ret_offsets, READ, WRITE,
+    build_version, curg_offsets, enqueue_call, entry_site, find_sites, find_spawn_sites,
+    only_call_to, pclntab_lookup, ret_offsets, READ, WRITE,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -16,6 +17,15 @@ fuzz_target!(|data: &[u8]| {
         assert!(sites.read.offset < len && sites.write.offset < len);
         assert!(sites.read_copy.is_none_or(|c| c < len));
         assert!(sites.read_rets.iter().all(|&r| r < len));
+    }
+    if let Ok(sites) = find_spawn_sites(data) {
+        assert!(sites.enqueue < len && sites.g_m < 0x1000 && sites.m_curg < 0x1000);
+    }
+    if let Ok(enqueue) = enqueue_call(data, 0x40_0000, 0x40_0000, 0x40_0010) {
+        assert!(enqueue < len);
+    }
+    if let Some((g_m, m_curg)) = curg_offsets(data) {
+        assert!(g_m < 0x1000 && m_curg < 0x1000);
     }
     let _ = build_version(data);
     for (addr, size) in pclntab_lookup(data, 0x40_0000, [READ, WRITE])

@@ -679,6 +679,9 @@ def test_three_hop_nginx_concurrent(require_root, sink, start_agent, spawn, ngin
 
 GO_WORKERS = 8
 GO_ROUNDS = 25
+# The go_ctx handlers each round calls, and the suffix of its ids (/fetch's
+# ids end in a digit).
+GO_KINDS = {"item": "", "fetch": "t", "fetchs": "s", "fan": "n"}
 
 
 def test_go_handler_calls_follow_their_goroutine(require_root, sink, start_agent, spawn,
@@ -689,11 +692,14 @@ def test_go_handler_calls_follow_their_goroutine(require_root, sink, start_agent
     resumes on any thread after each answer. ``/fetch/<id>``: the handler calls this
     server's ``/back/<id>`` with net/http's client, whose request is written by the
     connection's writer goroutine; ``/fetchs/<id>`` the same over HTTPS (crypto/tls on
-    both ends: the plaintext comes from the Go TLS probes). Every Redis span must be a
-    child of its own ``/item`` request and every HTTP client span of its own
-    ``/fetch``/``/fetchs`` request (a thread's last request is another handler's about
-    a quarter of the time here), and each ``/back`` server span a child of that client
-    span. Fails with context per thread.
+    both ends: the plaintext comes from the Go TLS probes). ``/fan/<id>``: the handler
+    starts a goroutine for SET, GET, DEL on ``fan:<id>`` and another that starts a third
+    to call ``/back/<id>``, and waits (errgroup style). Every Redis span must be a
+    child of its own ``/item`` or ``/fan`` request and every HTTP client span of its own
+    ``/fetch``/``/fetchs``/``/fan`` request (a thread's last request is another
+    handler's about a quarter of the time here), and each ``/back`` server span a child
+    of that client span. Fails with context per thread, and the ``/fan`` calls without
+    the goroutine-creation probes.
     The executable is stripped, as images ship: the probes are found by name in Go's
     own function table. When the program exits, the kernel's map of its writer
     goroutines holds none of them any more."""
@@ -708,8 +714,11 @@ def test_go_handler_calls_follow_their_goroutine(require_root, sink, start_agent
         wait_port(tls_port, 15, srv)
         # The net/http client probes go on the executable once discovery selects it;
         # a writer goroutine started before them follows its thread.
+        # So do the goroutine-creation probes: a goroutine started before them follows
+        # its thread.
         deadline = time.time() + 30
-        while "Go net/http client context probes attached" not in agent.stderr_text():
+        while not all(f"Go {what} probes attached" in agent.stderr_text()
+                      for what in ("net/http client context", "goroutine creation")):
             assert time.time() < deadline, agent.logs_tail(40)
             time.sleep(0.1)
         failures: List[str] = []
@@ -718,8 +727,8 @@ def test_go_handler_calls_follow_their_goroutine(require_root, sink, start_agent
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
             try:
                 for i in range(GO_ROUNDS):
-                    for kind in ("item", "fetch", "fetchs"):
-                        st = http_get(port, f"/{kind}/{w}-{i}{kind[5:]}", conn=conn)
+                    for kind, suffix in GO_KINDS.items():
+                        st = http_get(port, f"/{kind}/{w}-{i}{suffix}", conn=conn)
                         if st != 200:
                             failures.append(f"/{kind}/{w}-{i}: {st}")
             finally:
@@ -732,7 +741,7 @@ def test_go_handler_calls_follow_their_goroutine(require_root, sink, start_agent
             t.join(120)
         assert not failures, failures[:5]  # precondition
         n = GO_WORKERS * GO_ROUNDS
-        want = 5 * n + 3 * n + 2 * n  # server spans, Redis spans, HTTP client spans
+        want = 7 * n + 6 * n + 3 * n  # server spans, Redis spans, HTTP client spans
         sink.wait_for_spans(lambda s: pid_of(s) == srv.pid, want, SPAN_TIMEOUT, SETTLE)
     finally:
         rd.stop()
@@ -742,10 +751,10 @@ def test_go_handler_calls_follow_their_goroutine(require_root, sink, start_agent
              and s["attrs"].get("db.system.name") == "redis"]
     http_clients = [s for s in spans if s["kind"] == "CLIENT"
                     and s["attrs"].get("url.full")]
-    report("Go server spans", len(servers), 5 * n)
-    report("Redis client spans", len(redis), 3 * n)
-    report("net/http client spans", len(http_clients), 2 * n)
-    assert (len(servers), len(redis), len(http_clients)) == (5 * n, 3 * n, 2 * n), show(spans)
+    report("Go server spans", len(servers), 7 * n)
+    report("Redis client spans", len(redis), 6 * n)
+    report("net/http client spans", len(http_clients), 3 * n)
+    assert (len(servers), len(redis), len(http_clients)) == (7 * n, 6 * n, 3 * n), show(spans)
     by_id = {s["span_id"]: s for s in spans}
 
     def parent_kind(child: dict, want: Optional[dict]) -> str:
@@ -756,31 +765,38 @@ def test_go_handler_calls_follow_their_goroutine(require_root, sink, start_agent
             return "root"
         return "another request" if par is not None else "dangling"
 
-    redis_kinds = Counter()
+    # Per handler kind: the parents of its Redis and HTTP client spans.
+    kinds = {k: Counter() for k in GO_KINDS}
+    wrong: List[str] = []
+
+    def note(kind: str, span: dict, parent: str) -> None:
+        kinds[kind][parent] += 1
+        if parent != "right request":
+            wrong.append(f"{span['name']} {span_path(span) or span['attrs'].get('db.query.text')}"
+                         f" of /{kind}: {parent}")
+
     for s in redis:
-        m = re.fullmatch(r"\w+ item:(\S+)( \?)?", s["attrs"].get("db.query.text", ""))
+        m = re.fullmatch(r"\w+ (item|fan):(\S+)( \?)?", s["attrs"].get("db.query.text", ""))
         assert m, s["attrs"]
-        redis_kinds[parent_kind(s, servers.get(f"/item/{m.group(1)}"))] += 1
-    http_kinds = Counter()
+        note(m.group(1), s, parent_kind(s, servers.get(f"/{m.group(1)}/{m.group(2)}")))
     back_linked = 0
     for c in http_clients:
         key = span_path(c).rsplit("/", 1)[-1]
+        kind = next(k for k, suffix in GO_KINDS.items() if suffix and key.endswith(suffix))
         scheme = c["attrs"]["url.full"].split(":", 1)[0]
-        fetch = "/fetchs/" if key.endswith("s") else "/fetch/"
-        assert scheme == ("https" if key.endswith("s") else "http"), c["attrs"]
-        http_kinds[parent_kind(c, servers.get(fetch + key))] += 1
+        assert scheme == ("https" if kind == "fetchs" else "http"), c["attrs"]
+        note(kind, c, parent_kind(c, servers.get(f"/{kind}/{key}")))
         back = servers.get(f"/back/{key}")
         back_linked += back is not None and parent_kind(back, c) == "right request"
-    print(f"Redis span parents: {dict(redis_kinds)}; net/http client span parents: "
-          f"{dict(http_kinds)}")
-    report("Redis spans child of their own /item request", redis_kinds["right request"],
-           3 * n)
-    report("net/http client spans child of their own /fetch(s) request",
-           http_kinds["right request"], 2 * n)
-    report("/back server spans child of their client span", back_linked, 2 * n)
-    assert redis_kinds == {"right request": 3 * n}, show(spans)
-    assert http_kinds == {"right request": 2 * n}, show(spans)
-    assert back_linked == 2 * n, show(spans)
+    print("client span parents by handler: " + "; ".join(f"{k} {dict(c)}"
+                                                         for k, c in kinds.items()))
+    want_calls = {"item": 3 * n, "fetch": n, "fetchs": n, "fan": 4 * n}
+    for kind, calls in want_calls.items():
+        report(f"/{kind} handlers' client spans child of their own request",
+               kinds[kind]["right request"], calls)
+    report("/back server spans child of their client span", back_linked, 3 * n)
+    assert kinds == {k: {"right request": calls} for k, calls in want_calls.items()}, wrong
+    assert back_linked == 3 * n, show(spans)
     # The kernel forgets a Go program's writer goroutines when it exits: one that
     # never wrote could otherwise bind to a later process with the same pid and g.
     writers = agent_map_id(agent.pid, "go_writers")

@@ -137,6 +137,120 @@ pub fn find_http_client_sites<'a, R: object::ReadRef<'a>>(
     })
 }
 
+/// Goroutine creation: `go f()` compiles to a call of runtime.newproc, whose
+/// closure runs on the system stack: `newg := newproc1(fn, gp, pc, ..)`, then
+/// `runqput(pp, newg, next)`. At that call (an instruction the kernel
+/// emulates) the new goroutine is in RBX (the register ABI's second
+/// argument), and the creator is the thread's current user goroutine,
+/// `g0.m.curg` with g0 in R14. This shape has held since Go 1.17 (register
+/// ABI) through 1.23's extra newproc1 arguments.
+pub const NEWPROC_CLOSURE: &str = "runtime.newproc.func1";
+pub const NEWPROC1: &str = "runtime.newproc1";
+pub const RUNQPUT: &str = "runtime.runqput";
+/// Where the offsets of `g.m` and `m.curg` are read from: the assembly of
+/// runtime.systemstack loads `g.m.curg` back after the function it ran
+/// (named with its ABI in the symbol table, without it in `.gopclntab`).
+pub const SYSTEMSTACK: [&str; 2] = ["runtime.systemstack.abi0", "runtime.systemstack"];
+
+/// Where the goroutine-creation probe goes (bpf/tracers/go_spawn.h).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoSpawnSites {
+    pub version: String,
+    /// The file offset of newproc's closure's call of runqput.
+    pub enqueue: u64,
+    /// Offsets of `m` in the runtime's g and of `curg` in its m.
+    pub g_m: u32,
+    pub m_curg: u32,
+}
+
+/// Finds the goroutine-creation probe site in the ELF file `data`.
+pub fn find_spawn_sites<'a, R: object::ReadRef<'a>>(data: R) -> Result<GoSpawnSites, GoTlsError> {
+    let (file, version) = go_executable(data)?;
+    let [closure, newproc1, runqput, stack_abi0, stack] = find_functions(
+        &file,
+        [
+            NEWPROC_CLOSURE,
+            NEWPROC1,
+            RUNQPUT,
+            SYSTEMSTACK[0],
+            SYSTEMSTACK[1],
+        ],
+    );
+    let (Some(closure), Some(newproc1), Some(runqput), Some(stack)) =
+        (closure, newproc1, runqput, stack_abi0.or(stack))
+    else {
+        return Err(GoTlsError::NoSymbols);
+    };
+    let code_of = |name, (addr, size)| {
+        function_bytes(&file, addr, size).ok_or(GoTlsError::Code(
+            name,
+            "symbol outside the file's code sections",
+        ))
+    };
+    let (code, at) = code_of(NEWPROC_CLOSURE, closure)?;
+    let enqueue = enqueue_call(code, closure.0, newproc1.0, runqput.0)?;
+    let (g_m, m_curg) = curg_offsets(code_of(SYSTEMSTACK[1], stack)?.0).ok_or(GoTlsError::Code(
+        SYSTEMSTACK[1],
+        "no load of g.m.curg after its call",
+    ))?;
+    Ok(GoSpawnSites {
+        version,
+        enqueue: at + enqueue,
+        g_m,
+        m_curg,
+    })
+}
+
+/// The offset in newproc's closure (`code`, at address `at`) of its one call
+/// of runqput, after its one call of newproc1.
+pub fn enqueue_call(code: &[u8], at: u64, newproc1: u64, runqput: u64) -> Result<u64, GoTlsError> {
+    match (
+        only_call_to(code, at, newproc1),
+        only_call_to(code, at, runqput),
+    ) {
+        (Some(c), Some(q)) if c < q => Ok(q),
+        _ => Err(GoTlsError::Code(
+            NEWPROC_CLOSURE,
+            "not one call of newproc1 followed by one of runqput",
+        )),
+    }
+}
+
+/// The offsets of `g.m` and `m.curg` from runtime.systemstack's machine
+/// code: after its indirect call of the function it runs, it loads the g
+/// register's m (`mov rbx, [rax+g_m]`) and that m's curg (`mov rax,
+/// [rbx+m_curg]`) to switch back. None: not that shape.
+pub fn curg_offsets(code: &[u8]) -> Option<(u32, u32)> {
+    use iced_x86::OpKind;
+    let ins: Vec<_> = Decoder::with_ip(64, code, 0, DecoderOptions::NONE)
+        .into_iter()
+        .collect();
+    let call = ins
+        .iter()
+        .position(|i| i.mnemonic() == Mnemonic::Call && i.op0_kind() == OpKind::Register)?;
+    // A register loaded from memory at base + small displacement.
+    let load = |i: &iced_x86::Instruction| {
+        (i.mnemonic() == Mnemonic::Mov
+            && i.op_count() == 2
+            && i.op0_kind() == OpKind::Register
+            && i.op1_kind() == OpKind::Memory
+            && i.memory_index() == iced_x86::Register::None
+            && i.memory_displacement64() < 0x1000)
+            .then(|| {
+                (
+                    i.op0_register(),
+                    i.memory_base(),
+                    i.memory_displacement64() as u32,
+                )
+            })
+    };
+    ins[call + 1..].windows(2).take(3).find_map(|w| {
+        let (m, _, g_m) = load(&w[0])?;
+        let (_, base, m_curg) = load(&w[1])?;
+        (base == m).then_some((g_m, m_curg))
+    })
+}
+
 /// Address and size of the functions `names`: from the symbol table, or
 /// when the binary was stripped (`-ldflags=-s`) from the runtime's own
 /// function table, which is still there with every name.
@@ -442,6 +556,30 @@ mod tests {
                 on_check: false
             }
         );
+    }
+
+    /// runtime.newproc.func1 of a go1.19.8 build (at 0x43c6c0; newproc1 at
+    /// 0x43c740, runqput at 0x440840, as `go tool nm` and `go tool objdump`
+    /// read the same file).
+    #[test]
+    fn enqueue_call_of_a_real_newproc_closure() {
+        let code = include_bytes!("../../../testdata/go_binary/newproc_func1_go1.19.8.bin");
+        assert_eq!(enqueue_call(code, 0x43c6c0, 0x43c740, 0x440840), Ok(0x40));
+        // Either call missing, or the two swapped, places nothing.
+        assert!(enqueue_call(code, 0x43c6c0, 0x43c741, 0x440840).is_err());
+        assert!(enqueue_call(code, 0x43c6c0, 0x440840, 0x43c740).is_err());
+        assert!(enqueue_call(&code[..0x40], 0x43c6c0, 0x43c740, 0x440840).is_err());
+    }
+
+    /// runtime.systemstack.abi0 of the same build: `mov rbx, [rax+0x30]; mov
+    /// rax, [rbx+0xc0]` after `call rdi` (go1.19's g.m and m.curg).
+    #[test]
+    fn curg_offsets_of_a_real_systemstack() {
+        let code = include_bytes!("../../../testdata/go_binary/systemstack_go1.19.8.bin");
+        assert_eq!(curg_offsets(code), Some((0x30, 0xc0)));
+        // Cut before the loads, or without the call: not found.
+        assert_eq!(curg_offsets(&code[..0x52]), None);
+        assert_eq!(curg_offsets(&code[0x4a..]), None);
     }
 
     /// A .gopclntab in the Go 1.18+ layout with the functions `funcs`

@@ -70,6 +70,10 @@ fn read_elf<T>(
     Ok(read(&object::ReadCache::new(std::fs::File::open(path)?)))
 }
 
+/// One set of Go probes on a file: its Go release and the links placed per
+/// site, or why the file has no such sites.
+type GoProbes = Result<(String, libbpf_rs::Result<Vec<Vec<Link>>>), String>;
+
 /// `find` over the Go executable at `path`, its failure (unreadable, not Go,
 /// functions missing) as text.
 fn go_sites<T>(
@@ -187,6 +191,7 @@ impl Tracer {
             return TlsAttach::Attached(n);
         }
         self.attach_go_http_client(&key);
+        self.attach_go_spawns(&key);
         self.attach_go_tls(&key)
     }
 
@@ -196,34 +201,59 @@ impl Tracer {
     /// them that write takes its thread's context, which in Go may be
     /// another request's.
     fn attach_go_http_client(&self, path: &Path) {
-        let sites = match go_sites(path, |elf| go_binary::find_http_client_sites(elf)) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(path = %path.display(), "no net/http client probes: {e}");
-                return;
-            }
-        };
         let p = &self.skel.progs;
-        let placed = [
-            (&p.at_go_http_round_trip, sites.round_trip),
-            (&p.at_go_http_write_loop, sites.write_loop),
-        ]
-        .into_iter()
-        .map(|(prog, e)| {
-            self.place_at_offsets(prog, path, &[e.offset], &[u64::from(e.on_check)], false)
-        })
-        .collect::<libbpf_rs::Result<Vec<Vec<Link>>>>();
+        let sites = go_sites(path, |elf| go_binary::find_http_client_sites(elf));
+        self.keep_go_probes(
+            path,
+            "Go net/http client context probes",
+            sites.map(|s| {
+                let placed = [
+                    (&p.at_go_http_round_trip, s.round_trip),
+                    (&p.at_go_http_write_loop, s.write_loop),
+                ]
+                .into_iter()
+                .map(|(prog, e)| {
+                    self.place_at_offsets(prog, path, &[e.offset], &[u64::from(e.on_check)], false)
+                })
+                .collect();
+                (s.version, placed)
+            }),
+        );
+    }
+
+    /// Places the goroutine-creation probe on `path` if it is a Go program
+    /// (see protocols::go_binary::NEWPROC_CLOSURE): a goroutine started
+    /// while serving a request inherits it. Without it the goroutine follows
+    /// its thread.
+    fn attach_go_spawns(&self, path: &Path) {
+        let prog = &self.skel.progs.at_go_newproc;
+        let sites = go_sites(path, |elf| go_binary::find_spawn_sites(elf));
+        self.keep_go_probes(
+            path,
+            "Go goroutine creation probes",
+            sites.map(|s| {
+                let offsets = (u64::from(s.g_m) << 32) | u64::from(s.m_curg);
+                let placed = self.place_at_offsets(prog, path, &[s.enqueue], &[offsets], false);
+                (s.version, placed.map(|l| vec![l]))
+            }),
+        );
+    }
+
+    /// Keeps the links of one set of Go probes on `path`, all or none, and
+    /// says so: `what` names them in the log.
+    fn keep_go_probes(&self, path: &Path, what: &str, placed: GoProbes) {
         match placed {
-            Ok(links) => {
-                tracing::info!(path = %path.display(), go = %sites.version, "Go net/http client context probes attached");
+            Err(e) => tracing::debug!(path = %path.display(), "no {what}: {e}"),
+            Ok((version, Ok(links))) => {
+                tracing::info!(path = %path.display(), go = %version, "{what} attached");
                 self.tls_links
                     .borrow_mut()
                     .extend(links.into_iter().flatten());
             }
-            // Dropped with the links placed so far: a writer whose round
-            // trips are not seen falls back to its thread, as without them.
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "Go net/http client probes not placed")
+            // Dropped with the links placed so far: without them the calls
+            // fall back to their thread's context, as before.
+            Ok((_, Err(e))) => {
+                tracing::warn!(path = %path.display(), error = %e, "{what} not placed")
             }
         }
     }

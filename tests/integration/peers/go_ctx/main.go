@@ -5,7 +5,10 @@
 // on the key item:<id>, so each Redis span names the request it belongs to.
 // GET /fetch/<id> calls this server's /back/<id> with net/http's client, and
 // GET /fetchs/<id> calls it over HTTPS (crypto/tls on both ends, a
-// self-signed certificate made at start) on the second port.
+// self-signed certificate made at start) on the second port. GET /fan/<id>
+// does both from goroutines it starts, as errgroup-style handlers do: one
+// runs SET, GET and DEL on fan:<id>, another starts a third that calls
+// /back/<id>; the handler waits for them.
 //
 // Environment: GO_CTX_HOST, the address to listen on (127.0.0.1);
 // GO_CTX_BACKEND, a base URL that /fetch/<path> fetches <path> from instead.
@@ -29,6 +32,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -135,6 +139,51 @@ func main() {
 	insecure := &http.Client{Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	http.HandleFunc("/fetchs/", fetch(insecure, "https://"+host+":"+os.Args[3]+"/back"))
+	http.HandleFunc("/fan/", func(w http.ResponseWriter, r *http.Request) {
+		id := strings.TrimPrefix(r.URL.Path, "/fan/")
+		errs := make(chan error, 2)
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			rc, err := get()
+			if err != nil {
+				errs <- err
+				return
+			}
+			key := "fan:" + id
+			for _, cmd := range [][]string{{"SET", key, "v"}, {"GET", key}, {"DEL", key}} {
+				if _, err := rc.do(cmd...); err != nil {
+					rc.c.Close()
+					errs <- err
+					return
+				}
+			}
+			pool <- rc
+		}()
+		go func() {
+			defer wg.Done()
+			done := make(chan error, 1)
+			go func() {
+				resp, err := http.Get(backend + "/" + id)
+				if err == nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+				done <- err
+			}()
+			if err := <-done; err != nil {
+				errs <- err
+			}
+		}()
+		wg.Wait()
+		close(errs)
+		if err := <-errs; err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		fmt.Fprintf(w, "fanned out %s\n", id)
+	})
 	http.HandleFunc("/back/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "back %s\n", strings.TrimPrefix(r.URL.Path, "/back/"))
 	})
