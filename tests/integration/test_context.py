@@ -681,7 +681,7 @@ GO_WORKERS = 8
 GO_ROUNDS = 25
 # The go_ctx handlers each round calls, and the suffix of its ids (/fetch's
 # ids end in a digit).
-GO_KINDS = {"item": "", "fetch": "t", "fetchs": "s", "fan": "n"}
+GO_KINDS = {"item": "", "fetch": "t", "fetchs": "s", "fetch2": "h", "fan": "n"}
 
 
 def test_go_handler_calls_follow_their_goroutine(require_root, sink, start_agent, spawn,
@@ -692,14 +692,16 @@ def test_go_handler_calls_follow_their_goroutine(require_root, sink, start_agent
     resumes on any thread after each answer. ``/fetch/<id>``: the handler calls this
     server's ``/back/<id>`` with net/http's client, whose request is written by the
     connection's writer goroutine; ``/fetchs/<id>`` the same over HTTPS (crypto/tls on
-    both ends: the plaintext comes from the Go TLS probes). ``/fan/<id>``: the handler
+    both ends: the plaintext comes from the Go TLS probes); ``/fetch2/<id>`` over HTTP/2
+    (one connection for all handlers; each request's frames are written by a goroutine
+    its round trip starts). ``/fan/<id>``: the handler
     starts a goroutine for SET, GET, DEL on ``fan:<id>`` and another that starts a third
     to call ``/back/<id>``, and waits (errgroup style). Every Redis span must be a
     child of its own ``/item`` or ``/fan`` request and every HTTP client span of its own
-    ``/fetch``/``/fetchs``/``/fan`` request (a thread's last request is another
-    handler's about a quarter of the time here), and each ``/back`` server span a child
-    of that client span. Fails with context per thread, and the ``/fan`` calls without
-    the goroutine-creation probes.
+    ``/fetch``/``/fetchs``/``/fetch2``/``/fan`` request (a thread's last request is
+    another handler's about a quarter of the time here), and each ``/back`` server span
+    a child of that client span. Fails with context per thread, and the ``/fan`` and
+    ``/fetch2`` calls without the goroutine-creation probe.
     The executable is stripped, as images ship: the probes are found by name in Go's
     own function table. When the program exits, the kernel's map of its writer
     goroutines holds none of them any more."""
@@ -741,7 +743,7 @@ def test_go_handler_calls_follow_their_goroutine(require_root, sink, start_agent
             t.join(120)
         assert not failures, failures[:5]  # precondition
         n = GO_WORKERS * GO_ROUNDS
-        want = 7 * n + 6 * n + 3 * n  # server spans, Redis spans, HTTP client spans
+        want = 9 * n + 6 * n + 4 * n  # server spans, Redis spans, HTTP client spans
         sink.wait_for_spans(lambda s: pid_of(s) == srv.pid, want, SPAN_TIMEOUT, SETTLE)
     finally:
         rd.stop()
@@ -751,10 +753,10 @@ def test_go_handler_calls_follow_their_goroutine(require_root, sink, start_agent
              and s["attrs"].get("db.system.name") == "redis"]
     http_clients = [s for s in spans if s["kind"] == "CLIENT"
                     and s["attrs"].get("url.full")]
-    report("Go server spans", len(servers), 7 * n)
+    report("Go server spans", len(servers), 9 * n)
     report("Redis client spans", len(redis), 6 * n)
-    report("net/http client spans", len(http_clients), 3 * n)
-    assert (len(servers), len(redis), len(http_clients)) == (7 * n, 6 * n, 3 * n), show(spans)
+    report("net/http client spans", len(http_clients), 4 * n)
+    assert (len(servers), len(redis), len(http_clients)) == (9 * n, 6 * n, 4 * n), show(spans)
     by_id = {s["span_id"]: s for s in spans}
 
     def parent_kind(child: dict, want: Optional[dict]) -> str:
@@ -784,19 +786,19 @@ def test_go_handler_calls_follow_their_goroutine(require_root, sink, start_agent
         key = span_path(c).rsplit("/", 1)[-1]
         kind = next(k for k, suffix in GO_KINDS.items() if suffix and key.endswith(suffix))
         scheme = c["attrs"]["url.full"].split(":", 1)[0]
-        assert scheme == ("https" if kind == "fetchs" else "http"), c["attrs"]
+        assert scheme == ("https" if kind in ("fetchs", "fetch2") else "http"), c["attrs"]
         note(kind, c, parent_kind(c, servers.get(f"/{kind}/{key}")))
         back = servers.get(f"/back/{key}")
         back_linked += back is not None and parent_kind(back, c) == "right request"
     print("client span parents by handler: " + "; ".join(f"{k} {dict(c)}"
                                                          for k, c in kinds.items()))
-    want_calls = {"item": 3 * n, "fetch": n, "fetchs": n, "fan": 4 * n}
+    want_calls = {"item": 3 * n, "fetch": n, "fetchs": n, "fetch2": n, "fan": 4 * n}
     for kind, calls in want_calls.items():
         report(f"/{kind} handlers' client spans child of their own request",
                kinds[kind]["right request"], calls)
-    report("/back server spans child of their client span", back_linked, 3 * n)
+    report("/back server spans child of their client span", back_linked, 4 * n)
     assert kinds == {k: {"right request": calls} for k, calls in want_calls.items()}, wrong
-    assert back_linked == 3 * n, show(spans)
+    assert back_linked == 4 * n, show(spans)
     # The kernel forgets a Go program's writer goroutines when it exits: one that
     # never wrote could otherwise bind to a later process with the same pid and g.
     writers = agent_map_id(agent.pid, "go_writers")

@@ -5,7 +5,8 @@
 // on the key item:<id>, so each Redis span names the request it belongs to.
 // GET /fetch/<id> calls this server's /back/<id> with net/http's client, and
 // GET /fetchs/<id> calls it over HTTPS (crypto/tls on both ends, a
-// self-signed certificate made at start) on the second port. GET /fan/<id>
+// self-signed certificate made at start) on the second port, and GET
+// /fetch2/<id> the same over HTTP/2. GET /fan/<id>
 // does both from goroutines it starts, as errgroup-style handlers do: one
 // runs SET, GET and DEL on fan:<id>, another starts a third that calls
 // /back/<id>; the handler waits for them.
@@ -139,6 +140,11 @@ func main() {
 	insecure := &http.Client{Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	http.HandleFunc("/fetchs/", fetch(insecure, "https://"+host+":"+os.Args[3]+"/back"))
+	// HTTP/2 over TLS: one connection for every handler; each request's frames
+	// are written by a goroutine the round trip starts.
+	h2 := &http.Client{Transport: &http.Transport{ForceAttemptHTTP2: true,
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	http.HandleFunc("/fetch2/", fetch(h2, "https://"+host+":"+os.Args[3]+"/back"))
 	http.HandleFunc("/fan/", func(w http.ResponseWriter, r *http.Request) {
 		id := strings.TrimPrefix(r.URL.Path, "/fan/")
 		errs := make(chan error, 2)
