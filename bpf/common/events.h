@@ -131,7 +131,8 @@ struct at_data_event {
 	__u16 captured_len;  /* bytes of data[] that are valid */
 	__u16 tail_len;      /* bytes of tail[] that are valid */
 	/* The server connection whose request this thread was serving when it
-	 * wrote this (egress on non-server sockets); ctx_fd < 0: none. */
+	 * wrote this (egress on non-server sockets); ctx_fd < 0: none
+	 * (AT_CTX_OVER: known to serve none, see goroutine_serving). */
 	__s32 ctx_fd;
 	/* HTTP/2: bytes of frame records after the prefix in data[] (see
 	 * AT_H2_RECORD); 0 on every other connection. */
@@ -254,10 +255,18 @@ struct at_conn_info {
 	/* TLS plaintext was read from a library on it: the socket calls carry
 	 * ciphertext, which must not move the HTTP/2 frame positions. */
 	__u8 tls_plain;
-	__u8 _pad[7];
-	/* Go programs: the goroutine that last read from it (see goroutines.h). */
+	/* Go programs (see goroutines.h), server side: a response was written
+	 * since the last request read, and how many requests were read. */
+	__u8 go_replied;
+	__u8 _pad[2];
+	__u32 go_requests;
+	/* Go programs: the goroutine that last read from it. */
 	__u64 go_reader;
 };
+
+/* at_data_event.ctx_fd of a write by a Go goroutine whose inherited request
+ * is over: no parent, not even the one the connection's last write had. */
+#define AT_CTX_OVER -2
 
 /* at_conn_info.is_socket of an unconnected UDP socket (socket hooks only):
  * its calls to port 53 are DNS, the tuple holds the last peer. */

@@ -111,7 +111,9 @@ struct at_serving {
 	/* A Go goroutine's copy of its creator's (goroutines.h); 0 in a
 	 * thread's own. */
 	__u8 inherited;
-	__u8 _pad[5];
+	__u8 _pad;
+	/* Go: which request of its connection (at_conn_info.go_requests). */
+	__u32 request;
 };
 
 /* Per-thread state in task-local storage: no hashing, freed with the

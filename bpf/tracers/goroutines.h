@@ -82,6 +82,11 @@ static __always_inline void serving_note_read(struct at_task_state *st, __u32 tg
 	if (!key.addr)
 		return;
 	info->go_reader = key.addr;
+	if (info->go_replied || !info->go_requests) {
+		info->go_replied = 0;
+		info->go_requests++;
+	}
+	st->serving.request = info->go_requests;
 	struct at_serving *sv = bpf_map_lookup_elem(&go_serving, &key);
 	if (sv)
 		*sv = st->serving;
@@ -110,10 +115,22 @@ static __always_inline struct at_serving *writer_round_trip(struct at_go_key *ke
 	return bpf_map_lookup_elem(&go_round_trips, &pk);
 }
 
+/* A response written on a Go program's server connection: the next read
+ * there starts another request. */
+static __always_inline void serving_note_reply(struct at_task_state *st, struct at_conn_info *info)
+{
+	if (st->sel_flags & AT_SEL_GO)
+		info->go_replied = 1;
+}
+
 /* The request goroutine `g` serves (0: none known): its own while it is
  * still the last reader of the connection it read it from (a g is reused
- * once its goroutine ends), or the one it inherited from its creator while
- * that connection lasts. A stale entry is dropped. */
+ * once its goroutine ends), or the one it inherited from its creator until
+ * that connection reads its next request or closes. A goroutine that
+ * outlives its request (a pool's, a refresher started lazily by the first
+ * request) then serves none: its entry stays, without a valid context, so
+ * its calls are roots rather than children of whatever its thread read. A
+ * stale own entry is dropped. */
 static __always_inline struct at_serving *goroutine_serving(__u32 tgid, __u64 g)
 {
 	struct at_go_key key = { .tgid = tgid, .addr = g };
@@ -122,7 +139,15 @@ static __always_inline struct at_serving *goroutine_serving(__u32 tgid, __u64 g)
 		return 0;
 	__u64 ck = conn_key(tgid, sv->ctx.fd);
 	struct at_conn_info *srv = bpf_map_lookup_elem(&conns, &ck);
-	if (srv && srv->start_ns == sv->ctx.conn_start_ns && (sv->inherited || srv->go_reader == g))
+	int alive = srv && srv->start_ns == sv->ctx.conn_start_ns;
+	if (sv->inherited) {
+		if (!alive || srv->go_requests != sv->request) {
+			sv->ctx_valid = 0;
+			sv->wire_trace_valid = 0;
+		}
+		return sv;
+	}
+	if (alive && srv->go_reader == g)
 		return sv;
 	bpf_map_delete_elem(&go_serving, &key);
 	return 0;
@@ -132,8 +157,9 @@ static __always_inline struct at_serving *goroutine_serving(__u32 tgid, __u64 g)
  * the goroutine's own request; for a net/http writer goroutine that of the
  * round trip it writes, which comes before what the writer inherited from
  * the handler that dialed its connection; then what the goroutine
- * inherited; otherwise, for goroutines that never read a request nor were
- * started by one that did (gRPC's writers), the thread's. */
+ * inherited (valid or over); otherwise, for goroutines that never read a
+ * request nor were started while one was served (gRPC's writers), the
+ * thread's. */
 static __always_inline struct at_serving *serving_for_call(struct at_task_state *st, __u32 tgid,
 							   struct at_conn_info *info)
 {

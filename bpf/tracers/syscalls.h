@@ -346,12 +346,16 @@ static __always_inline struct at_data_event *begin_event(struct at_task_state *s
 			st->serving.ctx.conn_start_ns = info->start_ns;
 			st->serving.ctx_valid = 1;
 			serving_note_read(st, tgid, info, ret);
+		} else {
+			serving_note_reply(st, info);
 		}
 	} else if (direction == AT_DIR_EGRESS) {
 		struct at_serving *sv = serving_for_call(st, tgid, info);
 		if (sv->ctx_valid) {
 			ev->ctx_fd = sv->ctx.fd;
 			ev->ctx_conn_start_ns = sv->ctx.conn_start_ns;
+		} else if (sv->inherited) {
+			ev->ctx_fd = AT_CTX_OVER;
 		}
 	}
 	return ev;

@@ -682,6 +682,7 @@ GO_ROUNDS = 25
 # The go_ctx handlers each round calls, and the suffix of its ids (/fetch's
 # ids end in a digit).
 GO_KINDS = {"item": "", "fetch": "t", "fetchs": "s", "fetch2": "h", "fan": "n"}
+GO_LATE = 20
 
 
 def test_go_handler_calls_follow_their_goroutine(require_root, sink, start_agent, spawn,
@@ -741,9 +742,18 @@ def test_go_handler_calls_follow_their_goroutine(require_root, sink, start_agent
             t.start()
         for t in threads:
             t.join(120)
+        # A goroutine that outlives its request: /later/<i> starts one that calls Redis
+        # only while /release/<i>, the next request on the same connection, is served.
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+        for i in range(GO_LATE):
+            for path in (f"/later/{i}", f"/release/{i}"):
+                if http_get(port, path, conn=conn) != 200:
+                    failures.append(path)
+        conn.close()
         assert not failures, failures[:5]  # precondition
         n = GO_WORKERS * GO_ROUNDS
-        want = 9 * n + 6 * n + 4 * n  # server spans, Redis spans, HTTP client spans
+        # server spans, Redis spans, HTTP client spans
+        want = 9 * n + 2 * GO_LATE + 6 * n + GO_LATE + 4 * n
         sink.wait_for_spans(lambda s: pid_of(s) == srv.pid, want, SPAN_TIMEOUT, SETTLE)
     finally:
         rd.stop()
@@ -753,10 +763,13 @@ def test_go_handler_calls_follow_their_goroutine(require_root, sink, start_agent
              and s["attrs"].get("db.system.name") == "redis"]
     http_clients = [s for s in spans if s["kind"] == "CLIENT"
                     and s["attrs"].get("url.full")]
-    report("Go server spans", len(servers), 9 * n)
-    report("Redis client spans", len(redis), 6 * n)
+    late = [s for s in redis if "later:" in s["attrs"].get("db.query.text", "")]
+    redis = [s for s in redis if s not in late]
+    report("Go server spans", len(servers), 9 * n + 2 * GO_LATE)
+    report("Redis client spans", len(redis) + len(late), 6 * n + GO_LATE)
     report("net/http client spans", len(http_clients), 4 * n)
-    assert (len(servers), len(redis), len(http_clients)) == (9 * n, 6 * n, 4 * n), show(spans)
+    assert (len(servers), len(redis), len(late), len(http_clients)) == \
+        (9 * n + 2 * GO_LATE, 6 * n, GO_LATE, 4 * n), show(spans)
     by_id = {s["span_id"]: s for s in spans}
 
     def parent_kind(child: dict, want: Optional[dict]) -> str:
@@ -799,6 +812,17 @@ def test_go_handler_calls_follow_their_goroutine(require_root, sink, start_agent
     report("/back server spans child of their client span", back_linked, 4 * n)
     assert kinds == {k: {"right request": calls} for k, calls in want_calls.items()}, wrong
     assert back_linked == 4 * n, show(spans)
+    # The late calls belong to no request: /later had answered, and /release, the
+    # connection's request when they ran, did not start them.
+    late_kinds = Counter("root" if not s["parent_span_id"] else
+                         "/later" if by_id.get(s["parent_span_id"]) is
+                         servers.get("/later/" + s["attrs"]["db.query.text"].split(":")[-1])
+                         else "other" for s in late)
+    report("calls of goroutines that outlived their request, without a parent",
+           late_kinds["root"], GO_LATE)
+    assert late_kinds == {"root": GO_LATE}, [
+        (s["attrs"]["db.query.text"], by_id.get(s["parent_span_id"], {}).get("name"))
+        for s in late]
     # The kernel forgets a Go program's writer goroutines when it exits: one that
     # never wrote could otherwise bind to a later process with the same pid and g.
     writers = agent_map_id(agent.pid, "go_writers")

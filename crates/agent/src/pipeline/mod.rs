@@ -618,7 +618,11 @@ impl Pipeline {
             }
         }
         if !conn.is_opaque() {
-            if parent.is_some() {
+            // A write without a context keeps the connection's last parent
+            // (the rest of a request written in several calls), unless the
+            // kernel knows it serves no request: a Go goroutine whose
+            // inherited request is over, on a pooled connection.
+            if parent.is_some() || h.ctx_fd == abi::CTX_OVER {
                 conn.client_parent = parent;
             }
             let seg = Segment {

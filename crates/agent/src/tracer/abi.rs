@@ -23,6 +23,8 @@ pub const TCP_SYN_SENT: u8 = 2;
 pub const PROTO_UDP: u8 = 17;
 
 pub const DIR_INGRESS: u8 = 0;
+/// at_data_event.ctx_fd of a write known to serve no request (AT_CTX_OVER).
+pub const CTX_OVER: i32 = -2;
 
 pub const ROLE_CLIENT: u8 = 1;
 pub const ROLE_SERVER: u8 = 2;

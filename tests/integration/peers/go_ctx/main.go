@@ -190,6 +190,29 @@ func main() {
 		}
 		fmt.Fprintf(w, "fanned out %s\n", id)
 	})
+	// GET /later/<id> starts a goroutine and answers at once; the goroutine
+	// runs GET later:<id> only when GET /release/<id> (the next request on the
+	// connection) lets it, and /release answers once it has.
+	releases := make(chan chan struct{})
+	http.HandleFunc("/later/", func(w http.ResponseWriter, r *http.Request) {
+		key := "later:" + strings.TrimPrefix(r.URL.Path, "/later/")
+		go func() {
+			done := <-releases
+			defer close(done)
+			if rc, err := get(); err == nil {
+				if _, err := rc.do("GET", key); err == nil {
+					pool <- rc
+				}
+			}
+		}()
+		fmt.Fprintf(w, "started %s\n", key)
+	})
+	http.HandleFunc("/release/", func(w http.ResponseWriter, r *http.Request) {
+		done := make(chan struct{})
+		releases <- done
+		<-done
+		fmt.Fprintln(w, "released")
+	})
 	http.HandleFunc("/back/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "back %s\n", strings.TrimPrefix(r.URL.Path, "/back/"))
 	})
