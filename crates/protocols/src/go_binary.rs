@@ -77,14 +77,8 @@ pub fn find_sites<'a, R: object::ReadRef<'a>>(data: R) -> Result<GoTlsSites, GoT
     let (Some(read), Some(write)) = (read, write) else {
         return Err(GoTlsError::NoSymbols);
     };
-    let sites = [(READ, read), (WRITE, write)].map(|(name, (addr, size))| {
-        function_bytes(&file, addr, size).ok_or(GoTlsError::Code(
-            name,
-            "symbol outside the file's code sections",
-        ))
-    });
-    let [read_fn, write_fn] = sites;
-    let ((read_code, read_at), (write_code, write_at)) = (read_fn?, write_fn?);
+    let (read_code, read_at) = code_of(&file, READ, read)?;
+    let (write_code, write_at) = code_of(&file, WRITE, write)?;
     let read_rets = ret_offsets(read_code).map_err(|e| GoTlsError::Code(READ, e))?;
     let copy = memmove.and_then(|(target, _)| only_call_to(read_code, read.0, target));
     Ok(GoTlsSites {
@@ -122,13 +116,8 @@ pub fn find_http_client_sites<'a, R: object::ReadRef<'a>>(
     else {
         return Err(GoTlsError::NoSymbols);
     };
-    let site = |name, (addr, size)| {
-        function_bytes(&file, addr, size)
-            .map(|(code, at)| offset_by(entry_site(code), at))
-            .ok_or(GoTlsError::Code(
-                name,
-                "symbol outside the file's code sections",
-            ))
+    let site = |name, function| {
+        code_of(&file, name, function).map(|(code, at)| offset_by(entry_site(code), at))
     };
     Ok(GoHttpClientSites {
         version,
@@ -181,18 +170,11 @@ pub fn find_spawn_sites<'a, R: object::ReadRef<'a>>(data: R) -> Result<GoSpawnSi
     else {
         return Err(GoTlsError::NoSymbols);
     };
-    let code_of = |name, (addr, size)| {
-        function_bytes(&file, addr, size).ok_or(GoTlsError::Code(
-            name,
-            "symbol outside the file's code sections",
-        ))
-    };
-    let (code, at) = code_of(NEWPROC_CLOSURE, closure)?;
+    let (code, at) = code_of(&file, NEWPROC_CLOSURE, closure)?;
     let enqueue = enqueue_call(code, closure.0, newproc1.0, runqput.0)?;
-    let (g_m, m_curg) = curg_offsets(code_of(SYSTEMSTACK[1], stack)?.0).ok_or(GoTlsError::Code(
-        SYSTEMSTACK[1],
-        "no load of g.m.curg after its call",
-    ))?;
+    let (g_m, m_curg) = curg_offsets(code_of(&file, SYSTEMSTACK[1], stack)?.0).ok_or(
+        GoTlsError::Code(SYSTEMSTACK[1], "no load of g.m.curg after its call"),
+    )?;
     Ok(GoSpawnSites {
         version,
         enqueue: at + enqueue,
@@ -374,6 +356,19 @@ fn offset_by(site: EntrySite, by: u64) -> EntrySite {
         offset: site.offset + by,
         ..site
     }
+}
+
+/// `function_bytes` of the Go function `name` found at (address, size),
+/// or the error that says the symbol table pointed outside the code.
+fn code_of<'a, R: object::ReadRef<'a>>(
+    file: &object::File<'a, R>,
+    name: &'static str,
+    (addr, size): (u64, u64),
+) -> Result<(&'a [u8], u64), GoTlsError> {
+    function_bytes(file, addr, size).ok_or(GoTlsError::Code(
+        name,
+        "symbol outside the file's code sections",
+    ))
 }
 
 /// The bytes of the function at `addr` (its first `size`, all in one code
